@@ -1,0 +1,62 @@
+"""Where Chargeback finds its warehouse, configuration, landing files and outputs.
+
+Every location comes from an environment variable with a project-local default, so
+the same code runs the zero-install demo (embedded PostgreSQL under ``.warehouse/``)
+and a production deployment (``WAREHOUSE_DSN`` pointing at any PostgreSQL >= 15).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _project_root() -> Path:
+    """The checkout this package lives in (``src/chargeback`` -> repo root), else cwd."""
+    here = Path(__file__).resolve().parents[2]
+    if (here / "pyproject.toml").exists() and (here / "src" / "chargeback").is_dir():
+        return here
+    return Path.cwd()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved locations. Build one with :func:`get_settings`; never mutate."""
+
+    root: Path
+    warehouse_dsn: str | None
+    """Explicit PostgreSQL DSN; ``None`` means the embedded server under ``embedded_dir``."""
+    embedded_dir: Path
+    database: str | None
+    """Database to use (created if missing). ``None``: the one the DSN names, or ``chargeback``."""
+    config_dir: Path
+    landing: str
+    """Landing location of snapshot files: a local path or any fsspec URL."""
+    reports_out: str
+    """Where invoice PDFs are written: a local path or any fsspec URL."""
+    reports_dir: Path
+    dbt_project_dir: Path
+    dbt_profiles_dir: Path
+    gx_dir: Path
+    """GX project root for Data Docs (kept beside the warehouse, git-ignored)."""
+    expectations_dir: Path
+
+
+def get_settings() -> Settings:
+    root = Path(os.environ.get("CHARGEBACK_HOME", _project_root())).resolve()
+    state = root / ".warehouse"
+    return Settings(
+        root=root,
+        warehouse_dsn=os.environ.get("WAREHOUSE_DSN") or None,
+        embedded_dir=Path(os.environ.get("CHARGEBACK_EMBEDDED_DIR", state)),
+        database=os.environ.get("CHARGEBACK_DATABASE") or None,
+        config_dir=Path(os.environ.get("CHARGEBACK_CONFIG_DIR", root / "config")),
+        landing=os.environ.get("CHARGEBACK_LANDING", str(root / "landing")),
+        reports_out=os.environ.get("CHARGEBACK_REPORTS_OUT", str(root / "reports" / "out")),
+        reports_dir=root / "reports",
+        dbt_project_dir=root,
+        dbt_profiles_dir=root / "dbt_project",
+        gx_dir=Path(os.environ.get("CHARGEBACK_GX_DIR", state / "gx")),
+        expectations_dir=root / "expectations",
+    )

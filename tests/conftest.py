@@ -1,0 +1,49 @@
+"""Every test runs against a real PostgreSQL: the embedded server by default, or the
+server ``WAREHOUSE_DSN`` names. The session gets a database of its own
+(``CHARGEBACK_TEST_DATABASE``, default ``chargeback_test``), dropped and created
+anew, so a run never sees a previous run's rows. Environment variables are set
+here, not passed around, so subprocesses (dbt, Airflow) see the same warehouse.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_warehouse(tmp_path_factory: pytest.TempPathFactory):
+    """A clean warehouse database with the shipped configuration applied."""
+    from chargeback import configuration, warehouse
+
+    name = os.environ.get("CHARGEBACK_TEST_DATABASE", "chargeback_test")
+    scratch = tmp_path_factory.mktemp("chargeback")
+    os.environ["CHARGEBACK_DATABASE"] = name
+    os.environ["CHARGEBACK_LANDING"] = str(scratch / "landing")
+    os.environ["CHARGEBACK_REPORTS_OUT"] = str(scratch / "reports-out")
+    os.environ["CHARGEBACK_GX_DIR"] = str(scratch / "gx")
+    warehouse.drop_database(name)
+    warehouse.ensure_schema()
+    configuration.load()
+    yield warehouse.dsn()
+
+
+@pytest.fixture
+def settings():
+    from chargeback.settings import get_settings
+
+    return get_settings()
+
+
+@pytest.fixture
+def landing(settings) -> Path:
+    """An empty landing directory for the test."""
+    path = Path(settings.landing)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
