@@ -110,16 +110,20 @@ create table if not exists pipeline.validations (
 );
 
 -- Invoice numbers are gapless per issuer: taken from this counter in the
--- same transaction that records the invoice.
+-- same transaction that records the invoice (chargeback.invoices.render_month).
 create table if not exists pipeline.invoice_counters (
     issuer text primary key,
-    last_number bigint not null
+    last_number bigint not null check (last_number >= 0)
 );
+-- One row per tenant and billing month. A re-render updates the row and keeps
+-- its number; period_end is the last day of the period (inclusive).
 create table if not exists pipeline.invoices (
     invoice_number text primary key,
+    issuer text not null default 'chargeback',
     tenant_id text not null,
     period_start date not null,
     period_end date not null,
+    issue_date date,
     currency text not null,
     total numeric(18, 2) not null,
     pdf_uri text not null,
@@ -128,3 +132,17 @@ create table if not exists pipeline.invoices (
     rendered_at timestamptz not null default now(),
     unique (tenant_id, period_start)
 );
+-- Warehouses created before these columns existed. Checked first: an unconditional
+-- `alter table` would take an exclusive lock on every ensure_schema() call.
+do $$
+begin
+    if not exists (select 1 from information_schema.columns
+                   where table_schema = 'pipeline' and table_name = 'invoices' and column_name = 'issuer') then
+        alter table pipeline.invoices add column issuer text not null default 'chargeback';
+    end if;
+    if not exists (select 1 from information_schema.columns
+                   where table_schema = 'pipeline' and table_name = 'invoices' and column_name = 'issue_date') then
+        alter table pipeline.invoices add column issue_date date;
+    end if;
+end
+$$;

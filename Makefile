@@ -1,0 +1,53 @@
+# Chargeback — the two commands a new user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
+export XDG_RUNTIME_DIR ?= /tmp
+export GX_ANALYTICS_ENABLED := false
+export AIRFLOW_HOME ?= $(CURDIR)/airflow_home
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+
+.PHONY: install system-deps demo test test-external-pg bench airflow lint dbt-docs warehouse-stop clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip uv
+	$(VENV)/bin/uv pip install --python $(PY) -q -e '.[test]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: system-deps $(STAMP) ## create the virtualenv and install Chargeback with its test tools
+
+system-deps: ## Debian libraries WeasyPrint needs (installed when missing and we are root)
+	@if ! ldconfig -p | grep -q 'libpango-1.0.so.0' || ! ldconfig -p | grep -q 'libharfbuzz-subset.so.0'; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 >/dev/null; \
+	  else echo "install libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 (Debian) for PDF rendering"; exit 1; fi; \
+	fi
+
+demo: install ## simulate a month for 50 tenants and run both DAGs through Airflow
+	$(VENV)/bin/chargeback demo
+
+test: install ## the whole suite on the embedded warehouse
+	$(VENV)/bin/pytest
+
+test-external-pg: install ## the warehouse integration tests again, on the server $$WAREHOUSE_DSN names
+	@test -n "$$WAREHOUSE_DSN" || { echo "set WAREHOUSE_DSN, e.g. postgresql://postgres@127.0.0.1:5432/postgres"; exit 2; }
+	$(VENV)/bin/pytest -m warehouse
+
+bench: install ## performance figures as JSON lines
+	$(PY) -m chargeback.bench
+
+airflow: install ## Airflow standalone (web UI on :8080) against the same warehouse
+	$(PY) -m chargeback.orchestrate standalone
+
+lint: install
+	$(VENV)/bin/ruff check src tests dags
+
+warehouse-stop: ## stop the embedded PostgreSQL
+	$(VENV)/bin/chargeback warehouse stop
+
+clean: warehouse-stop
+	rm -rf .warehouse airflow_home landing reports/out dbt_project/target dbt_project/logs

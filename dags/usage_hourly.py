@@ -1,0 +1,104 @@
+"""
+### usage_hourly — hourly usage snapshots into the warehouse, gated, transformed, checked
+
+Each run owns one data interval `[data_interval_start, data_interval_end)` (one hour on
+the schedule). It:
+
+1. **applies the configuration** (`config/*.yml`, validated; all or nothing),
+2. **extracts** the interval's snapshot files from the landing location and stages them with `COPY`,
+3. **gates** the staged rows with Great Expectations (`expectations/raw_usage_staging.json`) —
+   a failure names the file, line and field and stops the run; nothing is published,
+4. **publishes** them, replacing exactly the interval's rows (replays change nothing),
+5. **transforms** with dbt (`dbt build` over the window: incremental models touch only these hours),
+6. **checks** the marts: allocated cost reconciles to each pool's cost to the cent.
+
+A manual run may pass a wider window (`start`, `end`, ISO-8601 UTC) — that is how backfills
+and the demo cover a month in one run — and a `source` (`files` or `simulator`).
+Logic lives in `chargeback.pipeline`; this file only wires tasks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+
+from chargeback.dag_defaults import default_args
+
+
+@dag(
+    schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(retry_delay=dt.timedelta(minutes=2)),
+    params={
+        "start": Param(None, type=["null", "string"], description="Override window start (ISO-8601 UTC)"),
+        "end": Param(None, type=["null", "string"], description="Override window end (ISO-8601 UTC)"),
+        "source": Param("files", enum=["files", "simulator"], description="Where snapshots come from"),
+        "tenants": Param(None, type=["null", "integer"], description="Simulator: first N configured tenants"),
+        "seed": Param(42, type="integer", description="Simulator: random seed"),
+    },
+    tags=["chargeback", "usage", "hourly"],
+    doc_md=__doc__,
+)
+def usage_hourly():
+    @task
+    def resolve_window(params=None, data_interval_start=None, data_interval_end=None) -> dict[str, str]:
+        """The window this run owns: the data interval, or the start/end a manual run passed."""
+        from chargeback import pipeline
+
+        start, end = pipeline.resolve_window(params, data_interval_start, data_interval_end)
+        return {"start": start.isoformat(), "end": end.isoformat()}
+
+    @task
+    def apply_configuration() -> dict[str, int]:
+        """Validate config/*.yml and replace the warehouse's configuration tables atomically."""
+        from chargeback import pipeline
+
+        return pipeline.apply_configuration()
+
+    @task
+    def extract_and_stage(window: dict[str, str], params=None) -> int:
+        """Stage the window's snapshot files with COPY; returns the load id."""
+        from chargeback import pipeline
+
+        source = pipeline.make_source(params["source"], tenants=params["tenants"], seed=params["seed"])
+        start, end = pipeline.resolve_window(window, None, None)
+        return pipeline.extract_and_stage(start, end, source)
+
+    @task
+    def gate(load_id: int, window: dict[str, str]) -> None:
+        """Great Expectations on the staged rows; a failure rejects the load."""
+        from chargeback import pipeline
+
+        pipeline.gate(load_id, *pipeline.resolve_window(window, None, None))
+
+    @task
+    def publish(load_id: int) -> None:
+        """Replace the window's published snapshots with the staged ones in one transaction."""
+        from chargeback import pipeline
+
+        pipeline.publish(load_id)
+
+    @task
+    def transform(window: dict[str, str]) -> None:
+        """dbt build over the window (incremental models rebuild only these hours)."""
+        from chargeback import pipeline
+
+        pipeline.transform(*pipeline.resolve_window(window, None, None))
+
+    @task
+    def check_marts(window: dict[str, str]) -> None:
+        """Great Expectations on the marts: money reconciles to the cent."""
+        from chargeback import pipeline
+
+        pipeline.check_marts(*pipeline.resolve_window(window, None, None))
+
+    window = resolve_window()
+    load_id = extract_and_stage(window)
+    apply_configuration() >> load_id
+    gate(load_id, window) >> publish(load_id) >> transform(window) >> check_marts(window)
+
+
+usage_hourly()

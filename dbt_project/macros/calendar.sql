@@ -1,0 +1,20 @@
+{#-
+    Calendar helpers. All month arithmetic is done in UTC on `timestamp` values, so
+    neither the session TimeZone nor daylight saving can move a month boundary.
+-#}
+
+{#- First day (date) of the UTC month of a timestamptz expression. -#}
+{% macro utc_month(timestamptz_expression) -%}
+    (date_trunc('month', ({{ timestamptz_expression }}) at time zone 'UTC'))::date
+{%- endmacro %}
+
+{#- Number of hours in the calendar month starting at a date / timestamp. -#}
+{% macro hours_in_month(month_start) -%}
+    (
+        extract(
+            epoch from (
+                ({{ month_start }})::timestamp + interval '1 month'
+            ) - ({{ month_start }})::timestamp
+        ) / 3600
+    )::integer
+{%- endmacro %}

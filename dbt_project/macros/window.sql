@@ -1,0 +1,141 @@
+{#-
+    The run window: vars window_start / window_end (ISO-8601, [start, end); a
+    timestamp without offset is UTC). Hourly models read and replace the hours in
+    the window; monthly models read and replace the whole months it touches.
+    Without the vars every model builds everything.
+-#}
+
+{#- none, or a dict of SQL-ready UTC literals:
+    start / end: 'YYYY-MM-DD HH:MM:SS.ffffff+00:00' (the window itself),
+    first_month / end_month: 'YYYY-MM-DD' (first day of the first month touched /
+    first day after the last month touched). -#}
+{% macro chargeback_window() -%}
+    {%- set raw_start = var('window_start', none) -%}
+    {%- set raw_end = var('window_end', none) -%}
+    {%- if raw_start in (none, '') and raw_end in (none, '') -%}
+        {{- return(none) -}}
+    {%- endif -%}
+    {%- if raw_start in (none, '') or raw_end in (none, '') -%}
+        {{- exceptions.raise_compiler_error(
+            "set both vars window_start and window_end, or neither (got window_start="
+            ~ raw_start ~ ", window_end=" ~ raw_end ~ ")"
+        ) -}}
+    {%- endif -%}
+    {%- set start = _chargeback_parse_utc('window_start', raw_start) -%}
+    {%- set end = _chargeback_parse_utc('window_end', raw_end) -%}
+    {%- if start >= end -%}
+        {{- exceptions.raise_compiler_error(
+            "window_start (" ~ start.isoformat() ~ ") must be before window_end ("
+            ~ end.isoformat() ~ ")"
+        ) -}}
+    {%- endif -%}
+    {%- set dt = modules.datetime -%}
+    {%- set last = end - dt.timedelta(microseconds=1) -%}
+    {%- set first_month = dt.date(start.year, start.month, 1) -%}
+    {%- if last.month == 12 -%}
+        {%- set end_month = dt.date(last.year + 1, 1, 1) -%}
+    {%- else -%}
+        {%- set end_month = dt.date(last.year, last.month + 1, 1) -%}
+    {%- endif -%}
+    {{- return({
+        'start': start.isoformat(' '),
+        'end': end.isoformat(' '),
+        'first_month': first_month.isoformat(),
+        'end_month': end_month.isoformat(),
+    }) -}}
+{%- endmacro %}
+
+{#- A var (string, or datetime if YAML parsed it) as an aware UTC datetime. -#}
+{% macro _chargeback_parse_utc(name, value) -%}
+    {%- set dt = modules.datetime -%}
+    {%- set iso = (
+        '^[0-9]{4}-[0-9]{2}-[0-9]{2}'
+        ~ '([ T][0-9]{2}(:[0-9]{2}(:[0-9]{2}([.][0-9]{1,6})?)?)?'
+        ~ '([+-][0-9]{2}(:?[0-9]{2})?)?)?$'
+    ) -%}
+    {%- if value is string -%}
+        {%- set text = value | trim -%}
+        {%- if text[-1:] in ('Z', 'z') -%}
+            {%- set text = text[:-1] ~ '+00:00' -%}
+        {%- endif -%}
+        {%- if not modules.re.match(iso, text) -%}
+            {{- exceptions.raise_compiler_error(
+                name ~ " is not an ISO-8601 timestamp: '" ~ value ~ "'"
+            ) -}}
+        {%- endif -%}
+        {%- set parsed = dt.datetime.fromisoformat(text) -%}
+    {%- elif value.hour is defined -%}
+        {%- set parsed = value -%}
+    {%- elif value.year is defined -%}
+        {%- set parsed = dt.datetime(value.year, value.month, value.day) -%}
+    {%- else -%}
+        {{- exceptions.raise_compiler_error(
+            name ~ " is not an ISO-8601 timestamp: '" ~ value ~ "'"
+        ) -}}
+    {%- endif -%}
+    {%- if parsed.tzinfo is none -%}
+        {%- set parsed = parsed.replace(tzinfo=modules.pytz.utc) -%}
+    {%- endif -%}
+    {{- return(parsed.astimezone(modules.pytz.utc)) -}}
+{%- endmacro %}
+
+{#- Predicate: a timestamptz column lies in the window's hours (true without a window). -#}
+{% macro window_hours(column) -%}
+    {%- set window = chargeback_window() -%}
+    {%- if window is none -%}
+        true
+    {%- else -%}
+        ({{ column }} >= timestamptz '{{ window.start }}'
+        and {{ column }} < timestamptz '{{ window.end }}')
+    {%- endif -%}
+{%- endmacro %}
+
+{#- Predicate: a column lies in the months the window touches (true without a
+    window). data_type 'date' compares a month's first day (e.g. invoice_month);
+    'timestamptz' compares instants (e.g. hour_start) with UTC month boundaries. -#}
+{% macro window_months(column, data_type='date') -%}
+    {%- set window = chargeback_window() -%}
+    {%- if window is none -%}
+        true
+    {%- elif data_type == 'date' -%}
+        ({{ column }} >= date '{{ window.first_month }}'
+        and {{ column }} < date '{{ window.end_month }}')
+    {%- elif data_type == 'timestamptz' -%}
+        ({{ column }} >= timestamptz '{{ window.first_month }} 00:00:00+00:00'
+        and {{ column }} < timestamptz '{{ window.end_month }} 00:00:00+00:00')
+    {%- else -%}
+        {{- exceptions.raise_compiler_error(
+            "window_months: data_type must be 'date' or 'timestamptz', got " ~ data_type
+        ) -}}
+    {%- endif -%}
+{%- endmacro %}
+
+{#- Predicate selecting the rows a windowed model owns for this run, from the
+    model's meta: window_column and window_grain ('hour': timestamptz hours in the
+    window; 'month': the date of the first day of each month the window touches). -#}
+{% macro window_predicate(meta) -%}
+    {%- set column = meta.get('window_column') -%}
+    {%- set grain = meta.get('window_grain', 'hour') -%}
+    {%- if column is none -%}
+        {{- exceptions.raise_compiler_error("meta.window_column is not set") -}}
+    {%- elif grain == 'hour' -%}
+        {{ window_hours(column) }}
+    {%- elif grain == 'month' -%}
+        {{ window_months(column, 'date') }}
+    {%- else -%}
+        {{- exceptions.raise_compiler_error(
+            "meta.window_grain must be 'hour' or 'month', got " ~ grain
+        ) -}}
+    {%- endif -%}
+{%- endmacro %}
+
+{#- pre_hook of the windowed incremental models: inside the model's transaction,
+    delete the rows the run is about to rebuild (all rows without a window), so a
+    replayed window never keeps stale rows. Nothing to do when the table is new or
+    being fully refreshed. -#}
+{% macro delete_window() -%}
+    {%- if is_incremental() -%}
+        delete from {{ this }}
+        where {{ window_predicate(config.get('meta')) }}
+    {%- endif -%}
+{%- endmacro %}

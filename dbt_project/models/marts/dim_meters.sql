@@ -1,0 +1,21 @@
+with
+
+meters as (
+
+    select * from {{ ref('stg_config__meters') }}
+
+),
+
+final as (
+
+    select
+        meter,
+        unit,
+        kind,
+        description
+
+    from meters
+
+)
+
+select * from final

@@ -1,0 +1,262 @@
+"""The ``chargeback`` command: every stage by hand, and the demo.
+
+Expected failures (bad input, bad configuration, a failed gate or check) print one
+clear line — what, where, why — plus the detail, and exit 1. Only a bug prints a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+
+from chargeback import __version__
+
+
+def _progress(label: str, total: int) -> Callable[[int], None]:
+    """A one-line progress counter on stderr for long steps."""
+    done = 0
+    tty = sys.stderr.isatty()
+
+    def step(n: int = 1) -> None:
+        nonlocal done
+        done += n
+        if tty or done == total or done % max(1, total // 10) == 0:
+            end = "\n" if done >= total else ("\r" if tty else "\n")
+            sys.stderr.write(f"{label}: {done}/{total}{end}")
+            sys.stderr.flush()
+
+    return step
+
+
+def _window(args: argparse.Namespace) -> tuple[dt.datetime, dt.datetime]:
+    from chargeback import pipeline
+
+    if getattr(args, "month", None):
+        return pipeline.month_window(args.month)
+    if args.start and args.end:
+        return pipeline.resolve_window({"start": args.start, "end": args.end}, None, None)
+    raise ValueError("give a window: --month YYYY-MM, or --start and --end (ISO-8601 UTC)")
+
+
+def _last_closed_month(today: dt.date | None = None) -> str:
+    today = today or dt.datetime.now(dt.UTC).date()
+    return (today.replace(day=1) - dt.timedelta(days=1)).strftime("%Y-%m")
+
+
+def cmd_warehouse(args: argparse.Namespace) -> int:
+    from chargeback import warehouse
+
+    if args.action == "start":
+        warehouse.ensure_schema()
+        print(warehouse.dsn())
+    elif args.action == "dsn":
+        print(warehouse.dsn())
+    elif args.action == "stop":
+        print("stopped" if warehouse.stop_embedded() else "no embedded warehouse was running")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from chargeback import configuration
+
+    if args.action == "check":
+        cfg = configuration.read()
+    else:
+        cfg = configuration.load()
+    print(f"configuration ok: {len(cfg.tenants)} tenants, {len(cfg.meters)} meters, "
+          f"{len(cfg.cost_pools)} cost pools, {len(cfg.price_books)} price books"
+          + ("" if args.action == "check" else " — applied to the warehouse"))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from chargeback import configuration
+    from chargeback.settings import get_settings
+    from chargeback.simulate import simulate
+
+    settings = get_settings()
+    start, end = _window(args)
+    ids = configuration.read().tenant_ids
+    if args.tenants > len(ids):
+        raise ValueError(f"--tenants {args.tenants}: the configuration has only {len(ids)} tenants "
+                         f"(config/tenants.yml)")
+    landing = args.landing or settings.landing
+    hours = int((end - start).total_seconds() // 3600)
+    rows = simulate(landing, ids[: args.tenants], start, end, seed=args.seed, fmt=args.format,
+                    progress=_progress("simulating hours", hours))
+    print(f"wrote {rows:,} snapshots for {args.tenants} tenants, {hours} hours, to {landing}")
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from chargeback import pipeline
+
+    start, end = _window(args)
+    source = pipeline.make_source(args.source, tenants=args.tenants, seed=args.seed)
+    pipeline.apply_configuration()
+    load_id = pipeline.extract_and_stage(start, end, source)
+    pipeline.gate(load_id, start, end)
+    pipeline.publish(load_id)
+    print(f"load {load_id}: [{start.isoformat()}, {end.isoformat()}) staged, gated and published")
+    return 0
+
+
+def cmd_transform(args: argparse.Namespace) -> int:
+    from chargeback import pipeline
+
+    start, end = _window(args) if (args.month or args.start) else (None, None)
+    pipeline.transform(start, end)
+    pipeline.check_marts(start, end)
+    print("dbt build and mart checks passed")
+    return 0
+
+
+def cmd_invoices(args: argparse.Namespace) -> int:
+    from chargeback import pipeline
+
+    records = pipeline.render_invoices(args.period, workers=args.workers)
+    print(f"rendered {len(records)} invoices for {args.period}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from chargeback import summary
+
+    print(summary.render(summary.month_summary(args.period)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Simulate a month, run usage_hourly over it and billing_monthly for it, through Airflow."""
+    from chargeback import configuration, orchestrate, pipeline, summary, warehouse
+    from chargeback.settings import get_settings
+    from chargeback.simulate import simulate
+
+    settings = get_settings()
+    period = args.period or _last_closed_month()
+    start, end = pipeline.month_window(period)
+    t0 = time.monotonic()
+
+    def say(msg: str) -> None:
+        print(f"[{time.monotonic() - t0:6.1f}s] {msg}", flush=True)
+
+    say(f"warehouse: {warehouse.dsn()}")
+    warehouse.ensure_schema()
+    configuration.load()
+    ids = configuration.read().tenant_ids[: args.tenants]
+    hours = int((end - start).total_seconds() // 3600)
+    rows = simulate(settings.landing, ids, start, end, seed=args.seed,
+                    progress=_progress("simulating hours", hours))
+    say(f"simulated {rows:,} snapshots: {len(ids)} tenants x {hours} hours -> {settings.landing}")
+    say("Airflow: usage_hourly over the month (extract, stage, GX gate, publish, dbt build, mart checks)")
+    orchestrate.run_dag("usage_hourly", {"start": start.isoformat(), "end": end.isoformat(), "source": "files"},
+                        quiet=not args.verbose)
+    say("Airflow: billing_monthly for the month (mart checks, PDF invoices)")
+    orchestrate.run_dag("billing_monthly", {"period": period}, quiet=not args.verbose)
+    say(f"invoices: {settings.reports_out.rstrip('/')}/{period}/")
+    print()
+    print(summary.render(summary.month_summary(period)))
+    print()
+    say("done")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chargeback", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"chargeback {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="show pipeline logs")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def window_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--month", help="a whole month, YYYY-MM")
+        sp.add_argument("--start", help="window start, ISO-8601 UTC (whole hour)")
+        sp.add_argument("--end", help="window end (exclusive), ISO-8601 UTC (whole hour)")
+
+    sp = sub.add_parser("warehouse", help="start the embedded warehouse, print its DSN, or stop it")
+    sp.add_argument("action", choices=["start", "dsn", "stop"])
+    sp.set_defaults(func=cmd_warehouse)
+
+    sp = sub.add_parser("config", help="validate (check) or validate and apply the configuration")
+    sp.add_argument("action", choices=["check", "apply"])
+    sp.set_defaults(func=cmd_config)
+
+    sp = sub.add_parser("simulate", help="write simulated snapshot files to the landing location")
+    window_args(sp)
+    sp.add_argument("--tenants", type=int, default=50)
+    sp.add_argument("--seed", type=int, default=42)
+    sp.add_argument("--format", choices=["mixed", "jsonl", "csv"], default="mixed")
+    sp.add_argument("--landing", help="landing location (default $CHARGEBACK_LANDING or ./landing)")
+    sp.set_defaults(func=cmd_simulate)
+
+    sp = sub.add_parser("load", help="extract, stage, gate and publish a window of snapshots")
+    window_args(sp)
+    sp.add_argument("--source", choices=["files", "simulator"], default=None)
+    sp.add_argument("--tenants", type=int, default=None, help="simulator: first N tenants")
+    sp.add_argument("--seed", type=int, default=42, help="simulator: seed")
+    sp.set_defaults(func=cmd_load)
+
+    sp = sub.add_parser("transform", help="dbt build (a window, or everything) and the mart checks")
+    window_args(sp)
+    sp.set_defaults(func=cmd_transform)
+
+    sp = sub.add_parser("invoices", help="render the PDF invoices of a month")
+    sp.add_argument("--period", required=True, help="YYYY-MM")
+    sp.add_argument("--workers", type=int, default=2)
+    sp.set_defaults(func=cmd_invoices)
+
+    sp = sub.add_parser("summary", help="print the finance summary of a month")
+    sp.add_argument("--period", required=True, help="YYYY-MM")
+    sp.set_defaults(func=cmd_summary)
+
+    sp = sub.add_parser("demo", help="simulate a month and run both DAGs through Airflow")
+    sp.add_argument("--tenants", type=int, default=50)
+    sp.add_argument("--period", help="YYYY-MM (default: the last closed month)")
+    sp.add_argument("--seed", type=int, default=42)
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from chargeback.configuration import ConfigError
+    from chargeback.load import LoadError
+    from chargeback.orchestrate import AirflowRunFailed
+    from chargeback.warehouse import WarehouseError
+
+    errors: list[type[BaseException]] = [ConfigError, LoadError, AirflowRunFailed, WarehouseError, ValueError]
+    for module, name in (("gate", "GateFailed"), ("checks", "ChecksFailed"),
+                         ("transform", "TransformError"), ("invoices", "InvoiceError")):
+        try:
+            mod = __import__(f"chargeback.{module}", fromlist=[name])
+            errors.append(getattr(mod, name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    try:
+        return args.func(args)
+    except _expected_errors() as exc:
+        text = str(exc).strip() or type(exc).__name__
+        first, _, detail = text.partition("\n")
+        print(f"chargeback {args.command}: error: {first}", file=sys.stderr)
+        if detail:
+            print(detail, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Defaults every Chargeback DAG shares: retries, retry delay, failure notification.
+
+Kept in the package (and light to import) so DAG files stay wiring only.
+``CHARGEBACK_RETRY_DELAY_SECONDS`` shortens the delay for in-process test runs, where
+a real two-minute wait between tries would only slow the suite down.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from chargeback.notify import on_task_failure
+
+
+def default_args(retry_delay: dt.timedelta = dt.timedelta(minutes=2)) -> dict:
+    override = os.environ.get("CHARGEBACK_RETRY_DELAY_SECONDS")
+    return {
+        "owner": "data-engineering",
+        "retries": 2,
+        "retry_delay": dt.timedelta(seconds=int(override)) if override else retry_delay,
+        "retry_exponential_backoff": not override,
+        "on_failure_callback": on_task_failure,
+    }

@@ -1,0 +1,140 @@
+"""The steps Airflow tasks and the CLI run, one function per task.
+
+DAG files stay wiring only: each task body is one call into this module. Every step
+works on an explicit window ``[start, end)`` — never on "now" — reads and writes only
+that window, and replaces rather than appends, so a retried or replayed task changes
+nothing. Steps hand each other data through the warehouse (``load_id`` is the only
+thing passed along), never through a worker's local disk.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from typing import Any
+
+from chargeback import configuration, load, warehouse
+from chargeback.settings import Settings, get_settings
+from chargeback.sources import FileSource, SimulatorSource, UsageSource
+
+log = logging.getLogger(__name__)
+
+
+def parse_instant(value: str | dt.datetime) -> dt.datetime:
+    """An ISO-8601 instant (``Z`` or an offset; naive means UTC) as an aware UTC datetime."""
+    if isinstance(value, dt.datetime):
+        moment = value
+    else:
+        try:
+            moment = dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"not an ISO-8601 timestamp: {value!r} (expected e.g. 2026-10-01T00:00:00Z)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC)
+
+
+def resolve_window(params: dict[str, Any] | None, interval_start: Any, interval_end: Any) -> tuple[dt.datetime, dt.datetime]:
+    """The run's window: ``params.start``/``params.end`` when a manual run gives them, else the data interval."""
+    params = params or {}
+    start = parse_instant(params.get("start") or interval_start)
+    end = parse_instant(params.get("end") or interval_end)
+    if end <= start:
+        raise ValueError(f"empty window: start {start.isoformat()} is not before end {end.isoformat()}")
+    return start, end
+
+
+def month_window(period: str) -> tuple[dt.datetime, dt.datetime]:
+    """``'2026-10'`` -> (2026-10-01T00:00Z, 2026-11-01T00:00Z)."""
+    try:
+        start = dt.datetime.strptime(period, "%Y-%m").replace(tzinfo=dt.UTC)
+    except ValueError:
+        raise ValueError(f"not a billing period: {period!r} (expected YYYY-MM, e.g. 2026-10)") from None
+    end = (start + dt.timedelta(days=32)).replace(day=1)
+    return start, end
+
+
+def make_source(name: str | None = None, *, tenants: int | None = None, seed: int = 42,
+                settings: Settings | None = None) -> UsageSource:
+    """The usage source called ``name`` (``files`` or ``simulator``; default ``$CHARGEBACK_SOURCE`` or files)."""
+    settings = settings or get_settings()
+    name = name or os.environ.get("CHARGEBACK_SOURCE", "files")
+    if name == "files":
+        return FileSource(settings.landing)
+    if name == "simulator":
+        ids = configuration.read(settings.config_dir).tenant_ids
+        return SimulatorSource(settings.landing, ids[:tenants] if tenants else ids, seed=seed)
+    raise ValueError(f"unknown usage source {name!r}: choose 'files' or 'simulator'")
+
+
+# ---- usage_hourly -------------------------------------------------------------------
+
+def apply_configuration(settings: Settings | None = None) -> dict[str, int]:
+    """Validate ``config/`` and replace the warehouse's configuration tables atomically."""
+    cfg = configuration.load(settings=settings)
+    counts = {"tenants": len(cfg.tenants), "meters": len(cfg.meters),
+              "cost_pools": len(cfg.cost_pools), "price_books": len(cfg.price_books)}
+    log.info("configuration applied: %s", counts)
+    return counts
+
+
+def extract_and_stage(start: dt.datetime, end: dt.datetime, source: UsageSource,
+                      settings: Settings | None = None) -> int:
+    result = load.stage(source, start, end, settings)
+    log.info("staged load %s: %s rows from %s files for [%s, %s)",
+             result.load_id, result.rows, result.files, start.isoformat(), end.isoformat())
+    return result.load_id
+
+
+def gate(load_id: int, start: dt.datetime, end: dt.datetime, settings: Settings | None = None) -> None:
+    """Validate the staged rows with GX; a failure rejects the load and stops the run."""
+    from chargeback import gate as gx_gate
+
+    try:
+        outcome = gx_gate.validate_staged(load_id, start, end, settings=settings)
+    except gx_gate.GateFailed as exc:
+        load.reject(load_id, str(exc), settings)
+        raise
+    log.info("gate passed for load %s: %s", load_id, outcome)
+
+
+def publish(load_id: int, settings: Settings | None = None) -> None:
+    result = load.publish(load_id, settings)
+    log.info("published load %s: %s rows replaced by %s", load_id, result.rows_deleted, result.rows_loaded)
+
+
+def transform(start: dt.datetime | None, end: dt.datetime | None, settings: Settings | None = None) -> None:
+    from chargeback import transform as dbt
+
+    dbt.build(start, end)
+
+
+def check_marts(start: dt.datetime | None, end: dt.datetime | None, settings: Settings | None = None) -> None:
+    from chargeback import checks
+
+    outcome = checks.check_marts(start, end, settings=settings)
+    log.info("mart checks passed: %s", outcome)
+
+
+def run_usage_window(start: dt.datetime, end: dt.datetime, source: UsageSource,
+                     settings: Settings | None = None) -> int:
+    """The whole hourly chain for one window, in-process (the CLI's ``load`` + ``transform``)."""
+    apply_configuration(settings)
+    load_id = extract_and_stage(start, end, source, settings)
+    gate(load_id, start, end, settings)
+    publish(load_id, settings)
+    transform(start, end, settings)
+    check_marts(start, end, settings)
+    return load_id
+
+
+# ---- billing_monthly ----------------------------------------------------------------
+
+def render_invoices(period: str, settings: Settings | None = None, workers: int = 2) -> list:
+    from chargeback import invoices
+
+    warehouse.ensure_schema(settings)
+    records = invoices.render_month(period, workers=workers, settings=settings)
+    log.info("rendered %s invoices for %s", len(records), period)
+    return records

@@ -1,0 +1,398 @@
+"""Invoices: rendered from the marts, read back from the PDF, checked to the cent.
+
+Run with ``CHARGEBACK_TEST_DATABASE=cb_test_pdf`` to keep out of colleagues' databases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import importlib.util
+import io
+import logging
+from decimal import Decimal
+from pathlib import Path
+
+import fsspec
+import pypdf
+import pytest
+
+from chargeback import invoices, warehouse
+from chargeback.invoices import Invoice, InvoiceError, InvoiceLine, Tenant
+from chargeback.money import round_money
+
+D = Decimal
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_DBT = importlib.util.find_spec("chargeback.transform") is not None
+
+
+def pdf_text(data: bytes) -> str:
+    reader = pypdf.PdfReader(io.BytesIO(data))
+    return "\n".join(page.extract_text() for page in reader.pages)
+
+
+def cents(amount: Decimal) -> str:
+    """How a total must read on the page: ``Decimal('1234.5') -> '1,234.50'``."""
+    return f"{amount:,.2f}"
+
+
+# --------------------------------------------------------------------------- pure rendering
+
+TENANT = Tenant("t001", "Globex Cloud risk-staging", "Globex", "Cloud", "risk", "enterprise",
+                "finance+risk@globex.example")
+LINES = [
+    InvoiceLine("ingested_gb", "Log data ingested", D("12345.678912"), "GB", D("0.420000"), D("5185.19"),
+                "USD", "enterprise", "per_unit"),
+    InvoiceLine("query_cpu_seconds", "Query engine CPU time", D("2345678.5"), "s", D("0.000300"), D("703.70"),
+                "USD", "enterprise", "per_unit"),
+    InvoiceLine("stored_gb", "Log data retained in storage", D("45210.333"), "GB", D("0.025000"), D("1130.26"),
+                "USD", "enterprise", "per_unit"),
+]
+INVOICE = Invoice("CB-2026-000123", "t001", dt.date(2026, 10, 1), dt.date(2026, 10, 31), dt.date(2026, 11, 2),
+                  "USD", D("7019.15"), "enterprise")
+
+
+def test_quantities_print_three_decimals_with_thousands_separators():
+    assert invoices.format_quantity(D("2345678.5")) == "2,345,678.500"
+    assert invoices.format_quantity(D("12345.678912")) == "12,345.679"
+    assert invoices.format_quantity(D("0")) == "0.000"
+
+
+def test_unit_prices_print_exactly_with_at_least_two_decimals():
+    assert invoices.format_unit_price(D("0.000300"), "USD") == "0.0003 USD"
+    assert invoices.format_unit_price(D("0.500000"), "USD") == "0.50 USD"
+    assert invoices.format_unit_price(D("1200"), "EUR") == "1,200.00 EUR"
+
+
+def test_period_must_be_a_month():
+    assert invoices.parse_period("2024-02") == (dt.date(2024, 2, 1), dt.date(2024, 2, 29))
+    for bad in ("2026-13", "2026-1", "October", ""):
+        with pytest.raises(InvoiceError, match="YYYY-MM"):
+            invoices.parse_period(bad)
+
+
+def test_invoice_pdf_shows_bill_to_period_number_and_total_to_the_cent():
+    text = pdf_text(invoices.render_invoice_pdf(INVOICE, LINES, TENANT))
+    for expected in ("Globex Cloud risk-staging", "t001", "Globex", "Cloud", "risk",
+                     "finance+risk@globex.example", "CB-2026-000123", "2 November 2026",
+                     "1 October 2026 – 31 October 2026", "enterprise", "INVOICE", "DRAFT",
+                     "Log data ingested", "12,345.679", "2,345,678.500", "0.0003 USD", "5,185.19 USD",
+                     "Total 7,019.15 USD", "Page 1 of 1", "Chargeback — Log Platform"):
+        assert expected in text, expected
+
+
+def test_invoice_accepts_plain_mappings():
+    pdf = invoices.render_invoice_pdf(dataclasses.asdict(INVOICE) | {"issuer": invoices.DEFAULT_ISSUER},
+                                      [dataclasses.asdict(line) for line in LINES], dataclasses.asdict(TENANT))
+    assert "7,019.15 USD" in pdf_text(pdf)
+
+
+def test_same_invoice_renders_to_identical_bytes():
+    assert invoices.render_invoice_pdf(INVOICE, LINES, TENANT) == invoices.render_invoice_pdf(INVOICE, LINES, TENANT)
+
+
+def test_template_escapes_what_the_data_says():
+    tenant = dataclasses.replace(TENANT, tenant_name='Acme <b>"Bold"</b> & Sons <img src="http://example.com/x.png">')
+    html = invoices.render_invoice_html(INVOICE, LINES, tenant)
+    assert "<b>" not in html
+    assert "&lt;b&gt;&#34;Bold&#34;&lt;/b&gt; &amp; Sons &lt;img" in html
+    assert 'Acme <b>"Bold"</b> & Sons' in pdf_text(invoices.render_invoice_pdf(INVOICE, LINES, tenant))
+
+
+def test_long_invoice_repeats_table_header_and_prints_total_once():
+    lines = [InvoiceLine(f"m{i:02d}", f"Meter {i}", D(i), "GB", D("0.5"), round_money(D(i) * D("0.5")), "USD", "std")
+             for i in range(1, 61)]
+    invoice = dataclasses.replace(INVOICE, total=sum((line.amount for line in lines), D(0)))
+    reader = pypdf.PdfReader(io.BytesIO(invoices.render_invoice_pdf(invoice, lines, TENANT)))
+    pages = [page.extract_text() for page in reader.pages]
+    assert len(pages) > 1
+    assert all("UNIT PRICE" in page for page in pages)
+    assert [f"Page {n} of {len(pages)}" in page for n, page in enumerate(pages, 1)] == [True] * len(pages)
+    assert [("Total " + cents(invoice.total)) in page for page in pages] == [False] * (len(pages) - 1) + [True]
+
+
+def test_pdf_embeds_the_shipped_fonts_only():
+    reader = pypdf.PdfReader(io.BytesIO(invoices.render_invoice_pdf(INVOICE, LINES, TENANT)))
+    fonts = {font["/BaseFont"].split("+", 1)[-1]
+             for page in reader.pages for font in page["/Resources"]["/Font"].values()}
+    assert fonts == {"Chargeback-Sans", "Chargeback-Sans-Bold"}
+
+
+def test_rendering_logs_no_warnings(caplog):
+    """Every CSS rule is understood and every resource loads (WeasyPrint only logs those)."""
+    with caplog.at_level(logging.WARNING, logger="weasyprint"):
+        invoices.render_invoice_pdf(INVOICE, LINES, TENANT)
+    # The host's missing HarfBuzz-Subset library (fontTools subsets instead) is not ours to fix.
+    assert [r.getMessage() for r in caplog.records if "HarfBuzz-Subset" not in r.getMessage()] == []
+
+
+def test_total_that_disagrees_with_its_lines_is_refused():
+    with pytest.raises(InvoiceError, match="differs from the sum of its lines"):
+        invoices.render_invoice_pdf(dataclasses.replace(INVOICE, total=D("7019.16")), LINES, TENANT)
+
+
+def test_float_money_is_refused():
+    with pytest.raises(TypeError, match="float"):
+        invoices.render_invoice_pdf(dataclasses.replace(INVOICE, total=7019.15), LINES, TENANT)
+
+
+def test_url_fetcher_refuses_network_and_paths_outside_reports():
+    fetcher = invoices.ReportsURLFetcher(ROOT / "reports")
+    css = fetcher.fetch((ROOT / "reports" / "templates" / "invoice.css").as_uri())
+    assert b"@font-face" in css.read()
+    for url in ("http://example.com/logo.png", "https://example.com/font.ttf", "ftp://example.com/x",
+                "data:text/css,body{}", "file:///etc/passwd", (ROOT / "pyproject.toml").as_uri(),
+                (ROOT / "reports" / "templates" / ".." / ".." / "pyproject.toml").as_uri(),
+                "file://otherhost/reports/templates/invoice.css"):
+        with pytest.raises(invoices.URLRefusedError, match="refused"):
+            fetcher.fetch(url)
+
+
+def test_renderer_stops_on_an_http_url():
+    html = '<html><body><p>x</p><img src="http://example.com/logo.png"></body></html>'
+    with pytest.raises(InvoiceError, match=r"refused 'http://example.com/logo.png'.*no network"):
+        invoices.html_to_pdf(html, reports_dir=ROOT / "reports", base_url=ROOT / "reports" / "templates" / "x.html")
+    css = '<html><head><style>@import url("https://example.com/x.css");</style></head><body>x</body></html>'
+    with pytest.raises(InvoiceError, match=r"refused 'https://example\.com/x\.css'"):
+        invoices.html_to_pdf(css, reports_dir=ROOT / "reports", base_url=ROOT / "reports" / "templates" / "x.html")
+
+
+def test_missing_font_stops_the_rendering_instead_of_falling_back(tmp_path):
+    reports = tmp_path / "reports"
+    (reports / "templates").mkdir(parents=True)
+    for name in ("invoice.html", "invoice.css"):
+        (reports / "templates" / name).write_text((ROOT / "reports" / "templates" / name).read_text())
+    with pytest.raises(InvoiceError, match=r"DejaVuSans.*does not exist"):
+        invoices.render_invoice_pdf(INVOICE, LINES, TENANT, reports_dir=reports)
+
+
+# --------------------------------------------------------------------------- the month, from the warehouse
+
+SNAPSHOT_TENANTS = ("t001", "t002", "t003")
+
+
+def _snapshots(period_start: dt.date, hours: int = 6) -> list[tuple]:
+    """Hand-made usage: a few hours of every meter for three tenants, odd decimals included."""
+    rows = []
+    start = dt.datetime(period_start.year, period_start.month, period_start.day, tzinfo=dt.UTC)
+    meters = {"ingested_gb": ("GB", "counter", D("12.3456")), "stored_gb": ("GB", "gauge", D("1500.125")),
+              "scanned_gb": ("GB", "counter", D("250.5")), "query_cpu_seconds": ("s", "counter", D("3600.75")),
+              "alerts_fired": ("alerts", "counter", D("3"))}
+    for t, tenant_id in enumerate(SNAPSHOT_TENANTS, 1):
+        for h in range(hours):
+            hour = start + dt.timedelta(hours=h)
+            for meter, (unit, kind, base) in meters.items():
+                value = base * t + D(h) / D(7)
+                value = value.quantize(D("0.000001"))
+                rows.append((f"{period_start:%Y%m}-{tenant_id}-{meter}-{h}", tenant_id, meter, value, unit, hour,
+                             hour + dt.timedelta(minutes=5), kind, "test_invoices.py", len(rows) + 1, 0))
+    return rows
+
+
+def _build_marts(period_start: dt.date) -> None:
+    rows = _snapshots(period_start)
+    with warehouse.connect() as conn:
+        conn.cursor().executemany(
+            "insert into raw.usage_snapshots (snapshot_id, tenant_id, meter, value, unit, hour_start, emitted_at,"
+            " kind, source_file, source_line, load_id) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " on conflict (snapshot_id) do nothing",
+            rows,
+        )
+    if HAVE_DBT:
+        from chargeback import transform
+
+        transform.build()
+    else:
+        _handmade_marts()
+
+
+def _handmade_marts() -> None:
+    """Stand-in for the dbt marts (same columns as docs/CONTRACTS.md) until transform.py exists."""
+    with warehouse.connect() as conn:
+        conn.execute("""
+            create schema if not exists marts;
+            drop table if exists marts.fct_invoice_lines, marts.fct_invoices, marts.dim_tenants;
+            create table marts.dim_tenants as
+                select tenant_id, tenant_name, organisation, business_unit, team, price_book, billing_email
+                from config.tenants;
+            create table marts.fct_invoice_lines as
+            with usage as (
+                select date_trunc('month', hour_start at time zone 'UTC')::date as invoice_month,
+                       tenant_id, meter, unit, kind,
+                       case when kind = 'gauge' then avg(value) else sum(value) end as quantity
+                from raw.usage_snapshots group by 1, 2, 3, 4, 5
+            )
+            select u.invoice_month, u.tenant_id, u.meter, u.quantity, u.unit, p.unit_price,
+                   round(u.quantity * p.unit_price, 2)::numeric(18, 2) as amount, p.currency, p.price_book,
+                   'per_unit'::text as pricing_model, m.description
+            from usage as u
+            join config.tenants as t using (tenant_id)
+            join config.prices as p on p.price_book = t.price_book and p.meter = u.meter
+            join config.meters as m on m.meter = u.meter;
+            create table marts.fct_invoices as
+                select invoice_month, tenant_id, sum(amount)::numeric(18, 2) as total, min(currency) as currency,
+                       count(*)::int as line_count
+                from marts.fct_invoice_lines group by 1, 2;
+        """)
+
+
+def _mart_totals(period_start: dt.date) -> dict[str, Decimal]:
+    with warehouse.connect() as conn:
+        return dict(conn.execute("select tenant_id, total from marts.fct_invoices where invoice_month = %s",
+                                 (period_start,)).fetchall())
+
+
+def _db_invoices(period_start: dt.date) -> dict[str, tuple]:
+    with warehouse.connect() as conn:
+        rows = conn.execute("select tenant_id, invoice_number, total, pdf_uri, pdf_sha256, status, issue_date"
+                            " from pipeline.invoices where period_start = %s", (period_start,)).fetchall()
+    return {row[0]: row[1:] for row in rows}
+
+
+def _counter() -> int:
+    with warehouse.connect() as conn:
+        row = conn.execute("select last_number from pipeline.invoice_counters where issuer = 'chargeback'").fetchone()
+    return row[0] if row else 0
+
+
+def _read_uri(uri: str) -> bytes:
+    with fsspec.open(uri, "rb") as f:
+        return f.read()
+
+
+@pytest.fixture(scope="module")
+def october():
+    """October 2026 built from snapshots and rendered once with two worker processes."""
+    _build_marts(dt.date(2026, 10, 1))
+    records = invoices.render_month("2026-10", workers=2, issue_date=dt.date(2026, 11, 2))
+    return records
+
+
+def test_month_renders_one_pdf_per_tenant_with_the_mart_total_to_the_cent(october, settings):
+    totals = _mart_totals(dt.date(2026, 10, 1))
+    assert sorted(r.tenant_id for r in october) == sorted(totals) == list(SNAPSHOT_TENANTS)
+    for record in october:
+        path = Path(settings.reports_out) / "2026-10" / f"{record.tenant_id}.pdf"
+        assert record.pdf_uri == path.as_uri()
+        text = pdf_text(path.read_bytes())
+        assert isinstance(record.total, Decimal)
+        assert record.total == totals[record.tenant_id]
+        assert f"Total {cents(totals[record.tenant_id])} USD" in text
+        assert f"Tenant ID {record.tenant_id}" in text
+        assert f"Invoice number {record.invoice_number}" in text
+        assert "Billing period 1 October 2026 – 31 October 2026" in text
+        assert "Issue date 2 November 2026" in text
+        tenant_name = {"t001": "Globex Cloud risk-staging", "t002": "Acme Corp Retail pricing-prod",
+                       "t003": "Globex Cloud claims-prod"}[record.tenant_id]
+        assert tenant_name in text
+    assert sorted(p.name for p in (Path(settings.reports_out) / "2026-10").iterdir()) == [
+        "t001.pdf", "t002.pdf", "t003.pdf"]  # no temporary files left behind
+
+
+def test_every_printed_line_amount_is_the_mart_amount(october):
+    with warehouse.connect() as conn:
+        lines = conn.execute("select tenant_id, amount, quantity from marts.fct_invoice_lines"
+                             " where invoice_month = '2026-10-01'").fetchall()
+    texts = {r.tenant_id: pdf_text(_read_uri(r.pdf_uri)) for r in october}
+    for tenant_id, amount, quantity in lines:
+        assert f"{cents(amount)} USD" in texts[tenant_id]
+        assert invoices.format_quantity(quantity) in texts[tenant_id]
+
+
+def test_recorded_sha256_matches_the_pdf_file(october):
+    recorded = _db_invoices(dt.date(2026, 10, 1))
+    for record in october:
+        number, total, uri, sha, status, issue_date = recorded[record.tenant_id]
+        assert (number, total, uri, sha, status, issue_date) == (
+            record.invoice_number, record.total, record.pdf_uri, record.pdf_sha256, "draft", dt.date(2026, 11, 2))
+        assert hashlib.sha256(_read_uri(uri)).hexdigest() == sha
+
+
+def test_rerender_keeps_numbers_and_takes_none(october):
+    before = _counter()
+    again = invoices.render_month("2026-10", workers=2, issue_date=dt.date(2026, 11, 2))
+    assert {r.tenant_id: r.invoice_number for r in again} == {r.tenant_id: r.invoice_number for r in october}
+    assert {r.tenant_id: r.pdf_sha256 for r in again} == {r.tenant_id: r.pdf_sha256 for r in october}
+    assert _counter() == before
+    later = invoices.render_month("2026-10", workers=1, issue_date=dt.date(2026, 11, 5))
+    assert [r.invoice_number for r in later] == [r.invoice_number for r in october]
+    assert _db_invoices(dt.date(2026, 10, 1))["t001"][5] == dt.date(2026, 11, 5)
+    assert _counter() == before
+
+
+def test_invoice_numbers_are_gapless_and_follow_tenant_order(october):
+    _build_marts(dt.date(2026, 11, 1))
+    november = invoices.render_month("2026-11", workers=2, issue_date=dt.date(2026, 12, 1))
+    with warehouse.connect() as conn:
+        numbers = [n for (n,) in conn.execute(
+            "select invoice_number from pipeline.invoices where issuer = 'chargeback'")]
+    sequences = sorted(int(n.rsplit("-", 1)[1]) for n in numbers)
+    assert sequences == list(range(1, _counter() + 1))
+    assert all(n.startswith("CB-2026-") and len(n) == len("CB-2026-000001") for n in numbers)
+    oct_numbers = [r.invoice_number for r in sorted(october, key=lambda r: r.tenant_id)]
+    nov_numbers = [r.invoice_number for r in sorted(november, key=lambda r: r.tenant_id)]
+    assert oct_numbers == sorted(oct_numbers)
+    assert nov_numbers == sorted(nov_numbers)
+    assert min(nov_numbers) > max(oct_numbers)
+
+
+def test_failed_render_takes_no_number_and_leaves_no_file(october, settings, monkeypatch):
+    _build_marts(dt.date(2026, 12, 1))
+    before = _counter()
+    real = invoices._render_job
+
+    def fail_on_t002(job):
+        if job.tenant.tenant_id == "t002":
+            raise RuntimeError("renderer crashed")
+        return real(job)
+
+    monkeypatch.setattr(invoices, "_render_job", fail_on_t002)
+    with pytest.raises(RuntimeError, match="renderer crashed"):
+        invoices.render_month("2026-12", workers=1, issue_date=dt.date(2027, 1, 2))
+    assert _counter() == before
+    assert _db_invoices(dt.date(2026, 12, 1)) == {}
+    out = Path(settings.reports_out) / "2026-12"
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_only_drafts_are_rerendered(october):
+    with warehouse.connect() as conn:
+        conn.execute("update pipeline.invoices set status = 'final' where tenant_id = 't003'"
+                     " and period_start = '2026-10-01'")
+    try:
+        with pytest.raises(InvoiceError, match=r"CB-2026-\d{6} of tenant t003 for 2026-10 is final"):
+            invoices.render_month("2026-10", workers=2, issue_date=dt.date(2026, 11, 2))
+    finally:
+        with warehouse.connect() as conn:
+            conn.execute("update pipeline.invoices set status = 'draft' where tenant_id = 't003'"
+                         " and period_start = '2026-10-01'")
+
+
+def test_invoices_can_go_to_any_fsspec_location(october, settings):
+    memory = dataclasses.replace(settings, reports_out="memory://chargeback-invoices")
+    records = invoices.render_month("2026-10", workers=2, settings=memory, issue_date=dt.date(2026, 11, 2))
+    for record in records:
+        assert record.pdf_uri == f"memory://chargeback-invoices/2026-10/{record.tenant_id}.pdf"
+        assert hashlib.sha256(_read_uri(record.pdf_uri)).hexdigest() == record.pdf_sha256
+    invoices.render_month("2026-10", workers=2, issue_date=dt.date(2026, 11, 2))  # back to the default location
+
+
+def test_month_without_invoices_is_a_clear_error(october):
+    with pytest.raises(InvoiceError, match="no invoices for 2019-03"):
+        invoices.render_month("2019-03")
+
+
+def test_mart_total_that_disagrees_with_its_lines_stops_the_month(october):
+    before = _counter()
+    with warehouse.connect() as conn:
+        conn.execute("update marts.fct_invoices set total = total + 0.01"
+                     " where tenant_id = 't002' and invoice_month = '2026-10-01'")
+    try:
+        with pytest.raises(InvoiceError, match=r"tenant t002\).*differs from the sum of its lines"):
+            invoices.render_month("2026-10", workers=2, issue_date=dt.date(2026, 11, 2))
+    finally:
+        with warehouse.connect() as conn:
+            conn.execute("update marts.fct_invoices set total = total - 0.01"
+                         " where tenant_id = 't002' and invoice_month = '2026-10-01'")
+    assert _counter() == before
