@@ -71,3 +71,21 @@ def run_dag(dag_id: str, conf: dict, *, settings: Settings | None = None, quiet:
         tail = "\n".join(output.strip().splitlines()[-40:])
         raise AirflowRunFailed(f"DAG {dag_id} run failed (conf {json.dumps(conf)}); last lines:\n{tail}")
     return output
+
+
+def standalone(settings: Settings | None = None) -> int:
+    """``airflow standalone`` (scheduler, API server and web UI on :8080) with Chargeback's DAGs and warehouse."""
+    from chargeback import warehouse
+
+    warehouse.ensure_schema(settings)  # starts the embedded warehouse so tasks find it running
+    ensure_metadata_db(settings)
+    env = airflow_env(settings)
+    print(f"Airflow home: {env['AIRFLOW_HOME']} — the admin password is printed below and kept in "
+          f"{env['AIRFLOW_HOME']}/simple_auth_manager_passwords.json.generated", flush=True)
+    return _airflow(["standalone"], env, capture=False).returncode
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["standalone"]:
+        sys.exit(standalone())
+    sys.exit("usage: python -m chargeback.orchestrate standalone")

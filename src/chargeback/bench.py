@@ -1,0 +1,163 @@
+"""``make bench``: performance figures as JSON lines, measured in one run.
+
+Figures (each line ``{"name", "value", "unit"}``):
+
+- ``P3_load_vs_copy`` (csv and jsonl): loader rows/s (stage + publish of one large
+  snapshot file) ÷ a bare ``COPY`` of the same file into an unconstrained table. Goal ≥ 0.5.
+- ``P1_incremental_ratio``: one hourly run (configuration, stage, GX gate, publish,
+  dbt build of the window, mart checks) with 30 days already loaded ÷ the same with
+  1 day loaded, 1,000 tenants. Goal ≤ 1.3 — an hourly run costs the new hour, not the history.
+- ``P2_transform_vs_scan``: full-month dbt build ÷ one bare ``group by tenant, meter``
+  scan of the same usage rows, 1,000 tenants. Goal ≤ 5.
+
+Everything runs in a database of its own (``chargeback_bench``) with a generated
+1,000-tenant configuration, so the demo's warehouse is left alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+BENCH_TENANTS = int(os.environ.get("CHARGEBACK_BENCH_TENANTS", "1000"))
+MONTH_START = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
+HOUR = dt.timedelta(hours=1)
+
+
+def emit(name: str, value: float, unit: str, **extra) -> None:
+    print(json.dumps({"name": name, "value": round(value, 4), "unit": unit, **extra}), flush=True)
+
+
+def _note(msg: str) -> None:
+    print(f"# {msg}", file=sys.stderr, flush=True)
+
+
+def _timed(fn, *args, **kwargs) -> float:
+    t0 = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - t0
+
+
+def _bench_config(base: Path, target: Path, tenants: int) -> list[str]:
+    shutil.copytree(base, target)
+    ids = [f"b{i:05d}" for i in range(1, tenants + 1)]
+    doc = {"tenants": [
+        {"tenant_id": t, "name": f"Bench tenant {t}", "organisation": f"Org {int(t[1:]) % 7}",
+         "business_unit": f"BU {int(t[1:]) % 13}", "team": f"team-{int(t[1:]) % 31}", "price_book": "standard"}
+        for t in ids]}
+    (target / "tenants.yml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return ids
+
+
+def bench_load_vs_copy(work: Path) -> None:
+    from chargeback import load, warehouse
+    from chargeback.simulate import simulate
+    from chargeback.sources import FileSource
+
+    ids = [f"p{i:05d}" for i in range(1, 40_001)]  # one hour of 40,000 tenants: 200,000 rows in one file
+    hour = dt.datetime(2026, 9, 1, tzinfo=dt.UTC)
+    for fmt in ("csv", "jsonl"):
+        landing = work / f"landing-p3-{fmt}"
+        rows = simulate(str(landing), ids, hour, hour + HOUR, fmt=fmt)
+        (path,) = (landing / "usage" / f"{hour:%Y-%m-%d}" / f"{hour:%H}").iterdir()
+        best_load = best_copy = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            staged = load.stage(FileSource(str(landing)), hour, hour + HOUR)
+            load.publish(staged.load_id)
+            best_load = min(best_load, time.perf_counter() - t0)
+            with warehouse.connect() as conn:
+                conn.execute("create temp table bare (snapshot_id text, tenant_id text, meter text, value numeric,"
+                             " unit text, hour timestamptz, emitted_at timestamptz, kind text)")
+                if fmt == "jsonl":
+                    conn.execute("alter table bare add column doc text")
+                t0 = time.perf_counter()
+                statement = ("copy bare from stdin with (format csv, header)" if fmt == "csv" else
+                             "copy bare (doc) from stdin with (format csv, delimiter e'\\x1f', quote e'\\x1e')")
+                with conn.cursor().copy(statement) as copy, path.open("rb") as fh:
+                    while chunk := fh.read(1 << 20):
+                        copy.write(chunk)
+                best_copy = min(best_copy, time.perf_counter() - t0)
+                conn.rollback()
+        with warehouse.connect() as conn:
+            conn.execute("delete from raw.usage_snapshots where hour_start = %s", (hour,))
+        load_rate, copy_rate = rows / best_load, rows / best_copy
+        emit("P3_loader_rows_per_s" + ("" if fmt == "csv" else "_jsonl"), load_rate, "rows/s", rows=rows)
+        emit("P3_copy_rows_per_s" + ("" if fmt == "csv" else "_jsonl"), copy_rate, "rows/s", rows=rows)
+        emit("P3_load_vs_copy" + ("" if fmt == "csv" else "_jsonl"), load_rate / copy_rate, "ratio", goal=">= 0.5")
+
+
+def bench_incremental_and_transform(work: Path, ids: list[str]) -> None:
+    from chargeback import pipeline, transform, warehouse
+    from chargeback.simulate import simulate
+    from chargeback.sources import FileSource
+
+    landing = work / "landing"
+    source = FileSource(str(landing))
+    end = MONTH_START + dt.timedelta(days=31)
+    _note(f"simulating {len(ids)} tenants x 31 days")
+    rows = simulate(str(landing), ids, MONTH_START, end)
+    _note(f"{rows:,} snapshots; loading day 1")
+
+    def hourly_run(hour: dt.datetime) -> float:
+        return min(_timed(pipeline.run_usage_window, hour, hour + HOUR, source) for _ in range(2))
+
+    day2 = MONTH_START + dt.timedelta(days=1)
+    pipeline.run_usage_window(MONTH_START, day2, source)
+    one_day = hourly_run(day2)
+    _note("loading days 2-30")
+    day31 = MONTH_START + dt.timedelta(days=30)
+    pipeline.run_usage_window(day2, day31, source)
+    thirty_days = hourly_run(day31)
+    emit("P1_hourly_run_1_day_loaded", one_day, "s", tenants=len(ids))
+    emit("P1_hourly_run_30_days_loaded", thirty_days, "s", tenants=len(ids))
+    emit("P1_incremental_ratio", thirty_days / one_day, "ratio", goal="<= 1.3")
+
+    pipeline.run_usage_window(day31, end, source)
+    full = min(_timed(transform.build, None, None) for _ in range(2))
+    with warehouse.connect() as conn:
+        t0 = time.perf_counter()
+        conn.execute("select tenant_id, meter, sum(value) from raw.usage_snapshots"
+                     " where hour_start >= %s and hour_start < %s group by tenant_id, meter",
+                     (MONTH_START, end)).fetchall()
+        scan = time.perf_counter() - t0
+        n = conn.execute("select count(*) from raw.usage_snapshots").fetchone()[0]
+    emit("P2_full_month_transform", full, "s", rows=n, tenants=len(ids))
+    emit("P2_group_by_scan", scan, "s", rows=n)
+    emit("P2_transform_vs_scan", full / scan, "ratio", goal="<= 5")
+
+
+def main() -> int:
+    from chargeback import warehouse
+    from chargeback.settings import get_settings
+
+    root = get_settings().root
+    work = Path(tempfile.mkdtemp(prefix="chargeback-bench-"))
+    os.environ["CHARGEBACK_DATABASE"] = os.environ.get("CHARGEBACK_BENCH_DATABASE", "chargeback_bench")
+    os.environ["CHARGEBACK_CONFIG_DIR"] = str(work / "config")
+    os.environ["CHARGEBACK_GX_DIR"] = str(work / "gx")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    ids = _bench_config(root / "config", work / "config", BENCH_TENANTS)
+    try:
+        warehouse.drop_database(os.environ["CHARGEBACK_DATABASE"])
+        warehouse.ensure_schema()
+        from chargeback import configuration
+
+        configuration.load()
+        bench_load_vs_copy(work)
+        bench_incremental_and_transform(work, ids)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
