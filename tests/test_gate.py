@@ -30,8 +30,18 @@ METERS = {  # as config/meters.yml defines them
     "query_cpu_seconds": ("s", "counter"),
     "alerts_fired": ("alerts", "counter"),
 }
-COLUMNS = ("snapshot_id", "tenant_id", "meter", "value", "unit", "hour_start", "emitted_at", "kind",
-           "source_file", "source_line")
+COLUMNS = (
+    "snapshot_id",
+    "tenant_id",
+    "meter",
+    "value",
+    "unit",
+    "hour_start",
+    "emitted_at",
+    "kind",
+    "source_file",
+    "source_line",
+)
 
 
 def snapshot(line: int, **overrides) -> dict:
@@ -80,8 +90,13 @@ def clean_rows(n: int) -> list[dict]:
     """``n`` valid snapshots spread over tenants and meters, as a real hour looks."""
     meters = list(METERS)
     return [
-        snapshot(i + 1, snapshot_id=f"ok-{i}", tenant_id=f"t{i % 50 + 1:03d}", meter=meters[i % len(meters)],
-                 value=Decimal(i % 997) / 10)
+        snapshot(
+            i + 1,
+            snapshot_id=f"ok-{i}",
+            tenant_id=f"t{i % 50 + 1:03d}",
+            meter=meters[i % len(meters)],
+            value=Decimal(i % 997) / 10,
+        )
         for i in range(n)
     ]
 
@@ -151,8 +166,10 @@ def test_known_tenants_are_read_from_config_at_run_time():
     with pytest.raises(gate.GateFailed):
         gate.validate_staged(stage([row]), START, END)
     with warehouse.connect() as conn:
-        conn.execute("insert into config.tenants select 't999', tenant_name, organisation, business_unit, team,"
-                     " price_book, billing_email from config.tenants where tenant_id = 't001'")
+        conn.execute(
+            "insert into config.tenants select 't999', tenant_name, organisation, business_unit, team,"
+            " price_book, billing_email from config.tenants where tenant_id = 't001'"
+        )
     try:
         assert gate.validate_staged(stage([row]), START, END).success
     finally:
@@ -195,10 +212,13 @@ def test_gate_rejects_negative_value_naming_file_and_line():
 def test_gate_rejects_unknown_tenant_and_meter():
     error = rejected([snapshot(1), snapshot(2, tenant_id="t404"), snapshot(3, meter="egress_gb")])
     message = str(error)
-    assert f"expect_column_values_to_be_in_set(tenant_id in config.tenants): 1 row(s), e.g. {FILE}:2 tenant_id=t404" \
+    assert (
+        f"expect_column_values_to_be_in_set(tenant_id in config.tenants): 1 row(s), e.g. {FILE}:2 tenant_id=t404"
         in message
-    assert f"expect_column_values_to_be_in_set(meter in config.meters): 1 row(s), e.g. {FILE}:3 meter=egress_gb" \
-        in message
+    )
+    assert (
+        f"expect_column_values_to_be_in_set(meter in config.meters): 1 row(s), e.g. {FILE}:3 meter=egress_gb" in message
+    )
     assert error.result.failed_expectations == 2  # an unknown meter is not also reported as a unit mismatch
 
 
@@ -226,8 +246,7 @@ def test_gate_rejects_kind_not_matching_meter_or_unknown_kind():
         f"unexpected_rows_expectation(kind = the meter's kind in config.meters): 1 row(s), "
         f"e.g. {FILE}:2 meter=stored_gb kind=counter meter_kind=gauge"
     ) in message
-    assert f"expect_column_values_to_be_in_set(kind is counter or gauge): 1 row(s), e.g. {FILE}:3 kind=level" \
-        in message
+    assert f"expect_column_values_to_be_in_set(kind is counter or gauge): 1 row(s), e.g. {FILE}:3 kind=level" in message
 
 
 def test_gate_rejects_missing_fields_naming_each_column():
@@ -235,17 +254,21 @@ def test_gate_rejects_missing_fields_naming_each_column():
     rows = [snapshot(line, **{column: None}) for line, column in enumerate(required, start=10)]
     message = str(rejected(rows))
     for line, column in enumerate(required, start=10):
-        assert f"expect_column_values_to_not_be_null({column} is set): 1 row(s), e.g. {FILE}:{line} {column}=null" \
+        assert (
+            f"expect_column_values_to_not_be_null({column} is set): 1 row(s), e.g. {FILE}:{line} {column}=null"
             in message
+        )
 
 
 def test_gate_rejects_hours_outside_the_window_or_off_the_hour():
-    error = rejected([
-        snapshot(1),
-        snapshot(2, hour_start=END),  # the window is [start, end)
-        snapshot(3, hour_start=START - dt.timedelta(hours=1)),
-        snapshot(4, hour_start=START + dt.timedelta(minutes=30)),
-    ])
+    error = rejected(
+        [
+            snapshot(1),
+            snapshot(2, hour_start=END),  # the window is [start, end)
+            snapshot(3, hour_start=START - dt.timedelta(hours=1)),
+            snapshot(4, hour_start=START + dt.timedelta(minutes=30)),
+        ]
+    )
     message = str(error)
     assert (
         f"expect_column_values_to_be_between(window_start <= hour_start < window_end): 2 row(s), "
@@ -287,14 +310,16 @@ def test_data_docs_are_written(settings):
     docs = settings.gx_dir / "data_docs"
     assert (docs / "index.html").is_file()
     page = Path(info.value.result.data_docs_url.removeprefix("file://"))
-    assert page.is_file() and page.is_relative_to(docs)
+    assert page.is_file()
+    assert page.is_relative_to(docs)
     assert f"load-{load_id}" in page.parts
     html = page.read_text()
     assert "raw_usage_staging" in html
     assert "value &gt;= 0" in html or "value >= 0" in html
     assert "raw_usage_staging" in (docs / "index.html").read_text()
     stored = list((settings.gx_dir / "validations" / "raw_usage_staging" / f"load-{load_id}").rglob("*.json"))
-    assert len(stored) == 1 and json.loads(stored[0].read_text())["success"] is False
+    assert len(stored) == 1
+    assert json.loads(stored[0].read_text())["success"] is False
 
 
 def test_gate_keeps_gx_output_off_stdout(capfd):
@@ -320,7 +345,8 @@ def test_suite_files_are_declarative_gx_suites(settings):
         spec = json.loads(path.read_text())
         suite = gx.ExpectationSuite(**spec)
         assert suite.name == path.stem
-        assert spec["meta"]["table"] and spec["meta"]["row_key"], path
+        assert spec["meta"]["table"], path
+        assert spec["meta"]["row_key"], path
         assert all(e.get("description") for e in spec["expectations"]), f"{path}: describe every expectation"
 
 
@@ -345,5 +371,6 @@ def test_gate_on_180k_rows_takes_seconds():
     started = time.monotonic()
     result = gate.validate_staged(load_id, START, END)
     seconds = time.monotonic() - started
-    assert result.success and result.row_count == 180_000
+    assert result.success
+    assert result.row_count == 180_000
     assert seconds < 30, f"gate took {seconds:.1f}s on 180k rows"

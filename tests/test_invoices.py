@@ -8,9 +8,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import importlib.util
 import io
 import logging
+import re
+import threading
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,13 +19,12 @@ import fsspec
 import pypdf
 import pytest
 
-from chargeback import invoices, warehouse
+from chargeback import invoices, transform, warehouse
 from chargeback.invoices import Invoice, InvoiceError, InvoiceLine, Tenant
 from chargeback.money import round_money
 
 D = Decimal
 ROOT = Path(__file__).resolve().parents[1]
-HAVE_DBT = importlib.util.find_spec("chargeback.transform") is not None
 
 
 def pdf_text(data: bytes) -> str:
@@ -176,21 +176,22 @@ def _snapshots(period_start: dt.date, hours: int = 6) -> list[tuple]:
     """Hand-made usage: a few hours of every meter for three tenants, odd decimals included."""
     rows = []
     start = dt.datetime(period_start.year, period_start.month, period_start.day, tzinfo=dt.UTC)
-    meters = {"ingested_gb": ("GB", "counter", D("12.3456")), "stored_gb": ("GB", "gauge", D("1500.125")),
-              "scanned_gb": ("GB", "counter", D("250.5")), "query_cpu_seconds": ("s", "counter", D("3600.75")),
+    meters = {"ingested_gb": ("GB", "counter", D("1234.5678")), "stored_gb": ("GB", "gauge", D("150012.5")),
+              "scanned_gb": ("GB", "counter", D("25050.5")), "query_cpu_seconds": ("s", "counter", D("360075.25")),
               "alerts_fired": ("alerts", "counter", D("3"))}
     for t, tenant_id in enumerate(SNAPSHOT_TENANTS, 1):
         for h in range(hours):
             hour = start + dt.timedelta(hours=h)
             for meter, (unit, kind, base) in meters.items():
-                value = base * t + D(h) / D(7)
-                value = value.quantize(D("0.000001"))
+                odd = D(h) if meter == "alerts_fired" else (D(h) / D(7)).quantize(D("0.000001"))
+                value = base * t + odd
                 rows.append((f"{period_start:%Y%m}-{tenant_id}-{meter}-{h}", tenant_id, meter, value, unit, hour,
                              hour + dt.timedelta(minutes=5), kind, "test_invoices.py", len(rows) + 1, 0))
     return rows
 
 
 def _build_marts(period_start: dt.date) -> None:
+    """Publish the month's hand-made snapshots and run the real dbt transform over that month."""
     rows = _snapshots(period_start)
     with warehouse.connect() as conn:
         conn.cursor().executemany(
@@ -199,42 +200,8 @@ def _build_marts(period_start: dt.date) -> None:
             " on conflict (snapshot_id) do nothing",
             rows,
         )
-    if HAVE_DBT:
-        from chargeback import transform
-
-        transform.build()
-    else:
-        _handmade_marts()
-
-
-def _handmade_marts() -> None:
-    """Stand-in for the dbt marts (same columns as docs/CONTRACTS.md) until transform.py exists."""
-    with warehouse.connect() as conn:
-        conn.execute("""
-            create schema if not exists marts;
-            drop table if exists marts.fct_invoice_lines, marts.fct_invoices, marts.dim_tenants;
-            create table marts.dim_tenants as
-                select tenant_id, tenant_name, organisation, business_unit, team, price_book, billing_email
-                from config.tenants;
-            create table marts.fct_invoice_lines as
-            with usage as (
-                select date_trunc('month', hour_start at time zone 'UTC')::date as invoice_month,
-                       tenant_id, meter, unit, kind,
-                       case when kind = 'gauge' then avg(value) else sum(value) end as quantity
-                from raw.usage_snapshots group by 1, 2, 3, 4, 5
-            )
-            select u.invoice_month, u.tenant_id, u.meter, u.quantity, u.unit, p.unit_price,
-                   round(u.quantity * p.unit_price, 2)::numeric(18, 2) as amount, p.currency, p.price_book,
-                   'per_unit'::text as pricing_model, m.description
-            from usage as u
-            join config.tenants as t using (tenant_id)
-            join config.prices as p on p.price_book = t.price_book and p.meter = u.meter
-            join config.meters as m on m.meter = u.meter;
-            create table marts.fct_invoices as
-                select invoice_month, tenant_id, sum(amount)::numeric(18, 2) as total, min(currency) as currency,
-                       count(*)::int as line_count
-                from marts.fct_invoice_lines group by 1, 2;
-        """)
+    start = dt.datetime(period_start.year, period_start.month, 1, tzinfo=dt.UTC)
+    transform.build(start, (start + dt.timedelta(days=32)).replace(day=1))
 
 
 def _mart_totals(period_start: dt.date) -> dict[str, Decimal]:
@@ -263,73 +230,83 @@ def _read_uri(uri: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def october():
-    """October 2026 built from snapshots and rendered once with two worker processes."""
-    _build_marts(dt.date(2026, 10, 1))
-    records = invoices.render_month("2026-10", workers=2, issue_date=dt.date(2026, 11, 2))
+    """October 2030 built from snapshots and rendered once with two worker processes.
+
+    A month far from the ones other test modules bill, so their data cannot mix with ours.
+    """
+    _build_marts(dt.date(2030, 10, 1))
+    records = invoices.render_month("2030-10", workers=2, issue_date=dt.date(2030, 11, 2))
     return records
 
 
+@pytest.mark.warehouse
 def test_month_renders_one_pdf_per_tenant_with_the_mart_total_to_the_cent(october, settings):
-    totals = _mart_totals(dt.date(2026, 10, 1))
+    totals = _mart_totals(dt.date(2030, 10, 1))
     assert sorted(r.tenant_id for r in october) == sorted(totals) == list(SNAPSHOT_TENANTS)
+    assert max(totals.values()) >= 1000  # the thousands separator is on the page too
     for record in october:
-        path = Path(settings.reports_out) / "2026-10" / f"{record.tenant_id}.pdf"
-        assert record.pdf_uri == path.as_uri()
+        path = Path(settings.reports_out) / "2030-10" / f"{record.tenant_id}.pdf"
+        assert record.pdf_uri == str(path)
         text = pdf_text(path.read_bytes())
         assert isinstance(record.total, Decimal)
         assert record.total == totals[record.tenant_id]
         assert f"Total {cents(totals[record.tenant_id])} USD" in text
         assert f"Tenant ID {record.tenant_id}" in text
         assert f"Invoice number {record.invoice_number}" in text
-        assert "Billing period 1 October 2026 – 31 October 2026" in text
-        assert "Issue date 2 November 2026" in text
+        assert "Billing period 1 October 2030 – 31 October 2030" in text
+        assert "Issue date 2 November 2030" in text
         tenant_name = {"t001": "Globex Cloud risk-staging", "t002": "Acme Corp Retail pricing-prod",
                        "t003": "Globex Cloud claims-prod"}[record.tenant_id]
         assert tenant_name in text
-    assert sorted(p.name for p in (Path(settings.reports_out) / "2026-10").iterdir()) == [
+    assert sorted(p.name for p in (Path(settings.reports_out) / "2030-10").iterdir()) == [
         "t001.pdf", "t002.pdf", "t003.pdf"]  # no temporary files left behind
 
 
+@pytest.mark.warehouse
 def test_every_printed_line_amount_is_the_mart_amount(october):
     with warehouse.connect() as conn:
         lines = conn.execute("select tenant_id, amount, quantity from marts.fct_invoice_lines"
-                             " where invoice_month = '2026-10-01'").fetchall()
+                             " where invoice_month = '2030-10-01'").fetchall()
     texts = {r.tenant_id: pdf_text(_read_uri(r.pdf_uri)) for r in october}
     for tenant_id, amount, quantity in lines:
         assert f"{cents(amount)} USD" in texts[tenant_id]
         assert invoices.format_quantity(quantity) in texts[tenant_id]
 
 
+@pytest.mark.warehouse
 def test_recorded_sha256_matches_the_pdf_file(october):
-    recorded = _db_invoices(dt.date(2026, 10, 1))
+    recorded = _db_invoices(dt.date(2030, 10, 1))
     for record in october:
         number, total, uri, sha, status, issue_date = recorded[record.tenant_id]
         assert (number, total, uri, sha, status, issue_date) == (
-            record.invoice_number, record.total, record.pdf_uri, record.pdf_sha256, "draft", dt.date(2026, 11, 2))
+            record.invoice_number, record.total, record.pdf_uri, record.pdf_sha256, "draft", dt.date(2030, 11, 2))
         assert hashlib.sha256(_read_uri(uri)).hexdigest() == sha
 
 
+@pytest.mark.warehouse
 def test_rerender_keeps_numbers_and_takes_none(october):
     before = _counter()
-    again = invoices.render_month("2026-10", workers=2, issue_date=dt.date(2026, 11, 2))
+    again = invoices.render_month("2030-10", workers=2, issue_date=dt.date(2030, 11, 2))
     assert {r.tenant_id: r.invoice_number for r in again} == {r.tenant_id: r.invoice_number for r in october}
     assert {r.tenant_id: r.pdf_sha256 for r in again} == {r.tenant_id: r.pdf_sha256 for r in october}
     assert _counter() == before
-    later = invoices.render_month("2026-10", workers=1, issue_date=dt.date(2026, 11, 5))
+    later = invoices.render_month("2030-10", workers=1, issue_date=dt.date(2030, 11, 5))
     assert [r.invoice_number for r in later] == [r.invoice_number for r in october]
-    assert _db_invoices(dt.date(2026, 10, 1))["t001"][5] == dt.date(2026, 11, 5)
+    assert _db_invoices(dt.date(2030, 10, 1))["t001"][5] == dt.date(2030, 11, 5)
     assert _counter() == before
 
 
+@pytest.mark.warehouse
 def test_invoice_numbers_are_gapless_and_follow_tenant_order(october):
-    _build_marts(dt.date(2026, 11, 1))
-    november = invoices.render_month("2026-11", workers=2, issue_date=dt.date(2026, 12, 1))
+    _build_marts(dt.date(2030, 11, 1))
+    november = invoices.render_month("2030-11", workers=2, issue_date=dt.date(2030, 12, 1))
     with warehouse.connect() as conn:
         numbers = [n for (n,) in conn.execute(
             "select invoice_number from pipeline.invoices where issuer = 'chargeback'")]
     sequences = sorted(int(n.rsplit("-", 1)[1]) for n in numbers)
     assert sequences == list(range(1, _counter() + 1))
-    assert all(n.startswith("CB-2026-") and len(n) == len("CB-2026-000001") for n in numbers)
+    assert all(re.fullmatch(r"CB-\d{4}-\d{6}", n) for n in numbers)
+    assert all(r.invoice_number.startswith("CB-2030-") for r in october + november)
     oct_numbers = [r.invoice_number for r in sorted(october, key=lambda r: r.tenant_id)]
     nov_numbers = [r.invoice_number for r in sorted(november, key=lambda r: r.tenant_id)]
     assert oct_numbers == sorted(oct_numbers)
@@ -337,8 +314,9 @@ def test_invoice_numbers_are_gapless_and_follow_tenant_order(october):
     assert min(nov_numbers) > max(oct_numbers)
 
 
+@pytest.mark.warehouse
 def test_failed_render_takes_no_number_and_leaves_no_file(october, settings, monkeypatch):
-    _build_marts(dt.date(2026, 12, 1))
+    _build_marts(dt.date(2030, 12, 1))
     before = _counter()
     real = invoices._render_job
 
@@ -349,50 +327,84 @@ def test_failed_render_takes_no_number_and_leaves_no_file(october, settings, mon
 
     monkeypatch.setattr(invoices, "_render_job", fail_on_t002)
     with pytest.raises(RuntimeError, match="renderer crashed"):
-        invoices.render_month("2026-12", workers=1, issue_date=dt.date(2027, 1, 2))
+        invoices.render_month("2030-12", workers=1, issue_date=dt.date(2031, 1, 2))
     assert _counter() == before
-    assert _db_invoices(dt.date(2026, 12, 1)) == {}
-    out = Path(settings.reports_out) / "2026-12"
+    assert _db_invoices(dt.date(2030, 12, 1)) == {}
+    out = Path(settings.reports_out) / "2030-12"
     assert not out.exists() or list(out.iterdir()) == []
 
 
+@pytest.mark.warehouse
 def test_only_drafts_are_rerendered(october):
     with warehouse.connect() as conn:
         conn.execute("update pipeline.invoices set status = 'final' where tenant_id = 't003'"
-                     " and period_start = '2026-10-01'")
+                     " and period_start = '2030-10-01'")
     try:
-        with pytest.raises(InvoiceError, match=r"CB-2026-\d{6} of tenant t003 for 2026-10 is final"):
-            invoices.render_month("2026-10", workers=2, issue_date=dt.date(2026, 11, 2))
+        with pytest.raises(InvoiceError, match=r"CB-2030-\d{6} of tenant t003 for 2030-10 is final"):
+            invoices.render_month("2030-10", workers=2, issue_date=dt.date(2030, 11, 2))
     finally:
         with warehouse.connect() as conn:
             conn.execute("update pipeline.invoices set status = 'draft' where tenant_id = 't003'"
-                         " and period_start = '2026-10-01'")
+                         " and period_start = '2030-10-01'")
 
 
+@pytest.mark.warehouse
 def test_invoices_can_go_to_any_fsspec_location(october, settings):
     memory = dataclasses.replace(settings, reports_out="memory://chargeback-invoices")
-    records = invoices.render_month("2026-10", workers=2, settings=memory, issue_date=dt.date(2026, 11, 2))
+    records = invoices.render_month("2030-10", workers=2, settings=memory, issue_date=dt.date(2030, 11, 2))
     for record in records:
-        assert record.pdf_uri == f"memory://chargeback-invoices/2026-10/{record.tenant_id}.pdf"
+        assert record.pdf_uri == f"memory://chargeback-invoices/2030-10/{record.tenant_id}.pdf"
         assert hashlib.sha256(_read_uri(record.pdf_uri)).hexdigest() == record.pdf_sha256
-    invoices.render_month("2026-10", workers=2, issue_date=dt.date(2026, 11, 2))  # back to the default location
+    invoices.render_month("2030-10", workers=2, issue_date=dt.date(2030, 11, 2))  # back to the default location
 
 
+@pytest.mark.warehouse
 def test_month_without_invoices_is_a_clear_error(october):
     with pytest.raises(InvoiceError, match="no invoices for 2019-03"):
         invoices.render_month("2019-03")
 
 
+@pytest.mark.warehouse
 def test_mart_total_that_disagrees_with_its_lines_stops_the_month(october):
     before = _counter()
     with warehouse.connect() as conn:
         conn.execute("update marts.fct_invoices set total = total + 0.01"
-                     " where tenant_id = 't002' and invoice_month = '2026-10-01'")
+                     " where tenant_id = 't002' and invoice_month = '2030-10-01'")
     try:
         with pytest.raises(InvoiceError, match=r"tenant t002\).*differs from the sum of its lines"):
-            invoices.render_month("2026-10", workers=2, issue_date=dt.date(2026, 11, 2))
+            invoices.render_month("2030-10", workers=2, issue_date=dt.date(2030, 11, 2))
     finally:
         with warehouse.connect() as conn:
             conn.execute("update marts.fct_invoices set total = total - 0.01"
-                         " where tenant_id = 't002' and invoice_month = '2026-10-01'")
+                         " where tenant_id = 't002' and invoice_month = '2030-10-01'")
     assert _counter() == before
+
+
+@pytest.mark.warehouse
+def test_concurrent_runs_of_a_new_month_share_numbers_without_gaps(october):
+    _build_marts(dt.date(2031, 1, 1))
+    before = _counter()
+    results: list[list[invoices.InvoiceRecord]] = []
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            results.append(invoices.render_month("2031-01", workers=1, issue_date=dt.date(2031, 2, 1)))
+        except Exception as exc:  # noqa: BLE001 - handed to the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    first, second = ({r.tenant_id: r.invoice_number for r in result} for result in results)
+    assert first == second
+    assert _counter() == before + len(SNAPSHOT_TENANTS)
+    assert sorted(int(n.rsplit("-", 1)[1]) for n in first.values()) == list(range(before + 1, _counter() + 1))
+
+
+def test_missing_template_is_a_clear_error(tmp_path):
+    with pytest.raises(InvoiceError, match=r"invoice template .*invoice\.html does not exist"):
+        invoices.render_invoice_pdf(INVOICE, LINES, TENANT, reports_dir=tmp_path)

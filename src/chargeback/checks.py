@@ -75,8 +75,7 @@ def check_marts(
     specs = [gate.load_suite(name, settings) for name in SUITES]
     _require_tables([gate.suite_table(s) for s in specs], settings)
     runs = [
-        SuiteRun(spec=spec, query=batch_query(spec, start, end), window_start=start, window_end=end)
-        for spec in specs
+        SuiteRun(spec=spec, query=batch_query(spec, start, end), window_start=start, window_end=end) for spec in specs
     ]
     window = format_window(start, end) if start and end else "all rows"
     run_name = "marts-" + (f"{start:%Y%m%dT%H%MZ}-{end:%Y%m%dT%H%MZ}" if start and end else "all")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg.types.json import Jsonb
 
 from chargeback import warehouse
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 SUITE = "raw_usage_staging"
 EXAMPLES_PER_FAILURE = 3
 """Offending rows quoted per failed expectation in messages (the Data Docs page has up to 20)."""
-DATA_DOCS_RESULTS_LIMIT = 100
+DATA_DOCS_RESULTS_LIMIT = 50
 """Validation runs listed in (and re-rendered for) the Data Docs index; older pages stay on disk."""
 
 _UNEXPECTED_ROWS = "unexpected_rows_expectation"
@@ -243,7 +244,7 @@ def run_suites(runs: Sequence[SuiteRun], run_name: str, settings: Settings | Non
         for (run, result, _key, order), url in zip(outcomes, urls, strict=True):
             results.append(_record(conn, run, result, order, url, time.monotonic() - started))
     for r in results:
-        log.info("%s on %s: %s", r.suite, r.table_name, r.summary.replace("\n", "; "))
+        log.info("%s in %.1fs%s", r, r.seconds, "" if r.success else ":\n" + r.summary)
     return results
 
 
@@ -307,10 +308,8 @@ def _row_key(spec: Mapping[str, Any]) -> tuple[str, ...]:
 
 def _dispose(datasource: Any) -> None:
     """Close GX's connection pools now rather than whenever the context is collected."""
-    for engine in (getattr(datasource, "_engine", None), getattr(datasource, "_execution_engine", None)):
-        engine = getattr(engine, "engine", engine)
-        if engine is not None and hasattr(engine, "dispose"):
-            engine.dispose()
+    datasource.get_execution_engine().engine.dispose()
+    datasource.get_engine().dispose()
 
 
 def _build_data_docs(context: Any, keys: list[Any], suite_names: list[str]) -> list[str | None]:
@@ -326,13 +325,18 @@ def _build_data_docs(context: Any, keys: list[Any], suite_names: list[str]) -> l
             sites = context.get_docs_sites_urls(resource_identifier=key, site_name="local_site")
             urls.append(sites[0]["site_url"] if sites else None)
         return urls
-    except Exception:  # noqa: BLE001 - the validation is recorded in the warehouse regardless
+    except Exception:  # the validation is recorded in the warehouse regardless
         log.warning("could not build GX Data Docs", exc_info=True)
         return [None] * len(keys)
 
 
 def _record(
-    conn: Any, run: SuiteRun, result: dict[str, Any], order: list[str | None], url: str | None, seconds: float
+    conn: psycopg.Connection,
+    run: SuiteRun,
+    result: dict[str, Any],
+    order: list[str | None],
+    url: str | None,
+    seconds: float,
 ) -> SuiteResult:
     spec = run.spec
     position = {i: n for n, i in enumerate(order)}
@@ -391,10 +395,7 @@ def failure_message(headline: str, results: Iterable[SuiteResult]) -> str:
     results = list(results)
     failures = [f for r in results for f in r.failures]
     tail = [f"Data Docs: {r.data_docs_url}" for r in results if not r.success and r.data_docs_url]
-    tail += [
-        "pipeline.validations: validation_id "
-        + ", ".join(str(r.validation_id) for r in results if not r.success)
-    ]
+    tail += ["pipeline.validations: validation_id " + ", ".join(str(r.validation_id) for r in results if not r.success)]
     if len(failures) == 1:
         return f"{headline}: {failures[0]}\n" + "\n".join(tail)
     return f"{headline}:\n" + "\n".join(f"  {f}" for f in failures) + "\n" + "\n".join(tail)
@@ -419,7 +420,7 @@ def describe_failure(result: Mapping[str, Any], row_key: Sequence[str] = ()) -> 
         if not rows:
             column = (config.get("kwargs") or {}).get("column", "value")
             rows = [{column: v} for v in res.get("partial_unexpected_list") or []]
-        rows = sorted(_dedupe(rows), key=lambda r: tuple(str(r.get(k, "")).zfill(12) for k in row_key))
+        rows = sorted(_dedupe(rows), key=lambda r: _sort_key(r, row_key))
         return _rows_line(head, res.get("unexpected_count"), rows, row_key)
     mismatched = (res.get("details") or {}).get("mismatched")
     if isinstance(mismatched, dict):
@@ -463,6 +464,11 @@ def _dedupe(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
             seen.add(k)
             out.append(row)
     return out
+
+
+def _sort_key(row: Mapping[str, Any], row_key: Sequence[str]) -> tuple:
+    """GX samples offending rows in no order; quote them by key (file, then line number)."""
+    return tuple((0, v, "") if isinstance(v, int | float) else (1, 0, str(v)) for v in (row.get(k) for k in row_key))
 
 
 def _format_row(row: Mapping[str, Any], row_key: Sequence[str]) -> str:

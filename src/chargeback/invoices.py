@@ -269,6 +269,8 @@ def invoice_context(invoice: Invoice, lines: Sequence[InvoiceLine], tenant: Tena
             "issue_date": format_date(invoice.issue_date),
             "issue_date_iso": invoice.issue_date.isoformat(),
             "period": f"{format_date(invoice.period_start)} – {format_date(invoice.period_end)}",
+            "period_from": format_date(invoice.period_start),
+            "period_to": format_date(invoice.period_end),
             "currency": invoice.currency,
             "price_book": invoice.price_book,
             "total": format_money(invoice.total, invoice.currency),
@@ -319,15 +321,19 @@ def render_invoice_html(invoice: Invoice | Mapping[str, Any], lines: Sequence[In
     lines = [_coerce(InvoiceLine, line) for line in lines]
     check_invoice(invoice, lines, tenant)
     templates = Path(reports_dir or get_settings().reports_dir) / "templates"
-    env = _template_environment(str(templates))
-    return env.get_template(TEMPLATE).render(invoice_context(invoice, lines, tenant))
+    try:
+        template = _template_environment(str(templates)).get_template(TEMPLATE)
+    except jinja2.TemplateNotFound:
+        raise InvoiceError(f"invoice template {templates / TEMPLATE} does not exist") from None
+    return template.render(invoice_context(invoice, lines, tenant))
 
 
 def render_invoice_pdf(invoice: Invoice | Mapping[str, Any], lines: Sequence[InvoiceLine | Mapping[str, Any]],
                        tenant: Tenant | Mapping[str, Any], *, reports_dir: Path | str | None = None) -> bytes:
     """Render one invoice to PDF bytes. Pure: reads only the template, CSS and fonts.
 
-    Same inputs give the same bytes (the PDF's creation date is the issue date).
+    Same inputs give the same bytes with the same WeasyPrint and font subsetter: the PDF's
+    creation date and its font subsets' timestamps are the issue date, not the clock.
     """
     invoice = _coerce(Invoice, invoice)
     reports_dir = Path(reports_dir or get_settings().reports_dir).resolve()
@@ -392,16 +398,19 @@ def render_month(period: str, *, workers: int = 2, settings: Settings | None = N
                  issue_date: dt.date | None = None, issuer: Issuer = DEFAULT_ISSUER) -> list[InvoiceRecord]:
     """Render and record the invoices of ``period`` (``'YYYY-MM'``) as drafts, one PDF per tenant.
 
-    PDFs go to ``<reports_out>/<YYYY-MM>/<tenant_id>.pdf``. ``issue_date`` defaults to today
-    (an orchestrated run should pass its own date). ``workers`` processes render in parallel;
+    PDFs go to ``<reports_out>/<YYYY-MM>/<tenant_id>.pdf``. ``issue_date`` defaults to today (UTC);
+    an orchestrated run should pass its own date. ``workers`` processes render in parallel;
     ``workers=1`` renders in this process. Raises :class:`InvoiceError` when the marts hold no
     invoice for the period, when figures disagree, or when a tenant's invoice is no longer a draft.
+
+    Worker processes start by forkserver (else spawn) and import the caller's main module:
+    a script calling this needs the usual ``if __name__ == "__main__":`` guard.
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     settings = settings or get_settings()
     period_start, period_end = parse_period(period)
-    issue_date = issue_date or dt.date.today()
+    issue_date = issue_date or dt.datetime.now(dt.UTC).date()
 
     warehouse.ensure_schema(settings)
     headers, lines_by_tenant, tenants = _read_month(period_start, settings)
@@ -477,9 +486,12 @@ def _assemble(period: str, headers: Sequence[Mapping[str, Any]], lines_by_tenant
 
 
 def _pdf_uri(reports_out: str, period: str, tenant_id: str) -> str:
-    """The PDF's address: ``file:///...`` for a local ``reports_out``, else a URL under it as configured."""
-    if "://" not in reports_out:
-        return (Path(reports_out) / period / f"{tenant_id}.pdf").resolve().as_uri()
+    """Where the PDF is, in the form ``reports_out`` is configured in (any fsspec URL opens it).
+
+    An absolute path for a local ``reports_out``, else a URL under it: ``s3://bucket/2026-10/t001.pdf``.
+    """
+    if "://" not in reports_out and "::" not in reports_out:
+        return str((Path(reports_out) / period / f"{tenant_id}.pdf").resolve())
     return f"{reports_out.rstrip('/')}/{period}/{tenant_id}.pdf"
 
 

@@ -132,9 +132,15 @@ def run_usage_window(start: dt.datetime, end: dt.datetime, source: UsageSource,
 # ---- billing_monthly ----------------------------------------------------------------
 
 def render_invoices(period: str, settings: Settings | None = None, workers: int = 2) -> list:
+    """Render the month's invoices, issued on the first day after the period.
+
+    The issue date derives from the period, never from "now", so re-running a month
+    renders byte-identical PDFs.
+    """
     from chargeback import invoices
 
     warehouse.ensure_schema(settings)
-    records = invoices.render_month(period, workers=workers, settings=settings)
+    issue_date = month_window(period)[1].date()
+    records = invoices.render_month(period, workers=workers, settings=settings, issue_date=issue_date)
     log.info("rendered %s invoices for %s", len(records), period)
     return records
