@@ -1,14 +1,16 @@
 {#-
-    Calendar helpers. All month arithmetic is done in UTC on `timestamp` values, so
-    neither the session TimeZone nor daylight saving can move a month boundary.
+    Calendar helpers. Month arithmetic is done in UTC on `timestamp` values, so
+    neither the session TimeZone nor daylight saving moves a month boundary.
 -#}
 
 {#- First day (date) of the UTC month of a timestamptz expression. -#}
 {% macro utc_month(timestamptz_expression) -%}
-    (date_trunc('month', ({{ timestamptz_expression }}) at time zone 'UTC'))::date
+    (
+        date_trunc('month', ({{ timestamptz_expression }}) at time zone 'UTC')
+    )::date
 {%- endmacro %}
 
-{#- Number of hours in the calendar month starting at a date / timestamp. -#}
+{#- Hours in the calendar month starting at a date or timestamp. -#}
 {% macro hours_in_month(month_start) -%}
     (
         extract(

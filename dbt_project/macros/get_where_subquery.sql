@@ -1,9 +1,9 @@
 {#-
-    Data tests on a windowed model check only the rows this run rebuilt, so a test
-    costs in proportion to the window, not to the history. A model opts in with
-    meta.window_column / meta.window_grain (the same meta its delete pre_hook
-    uses); without window vars the tests see every row. A test's own `where`
-    config is kept and combined.
+    Data tests on a windowed model check only the rows this run rebuilt, so a
+    test costs in proportion to the window, not to the history. A model opts in
+    with meta.window_column / meta.window_grain (the same meta its delete
+    pre_hook uses); without window vars the tests see every row. A test's own
+    `where` config is kept and combined.
 -#}
 {% macro get_where_subquery(relation) -%}
     {%- set conditions = [] -%}
@@ -17,7 +17,10 @@
     {%- endif -%}
     {%- if conditions -%}
         {%- set filtered -%}
-            (select * from {{ relation }} where {{ conditions | join(' and ') }}) dbt_subquery
+            (
+                select * from {{ relation }}
+                where {{ conditions | join(' and ') }}
+            ) dbt_subquery
         {%- endset -%}
         {%- do return(filtered) -%}
     {%- else -%}

@@ -1,18 +1,21 @@
 {#-
-    Split `amount` (numeric with cents) over the rows of a partition in proportion
-    to `weight`, in whole cents, so that the parts add up to `amount` exactly.
+    Split `amount` (numeric with cents) over the rows of a partition in
+    proportion to `weight`, in whole cents, so that the parts add up to
+    `amount` exactly.
 
-    Largest-remainder method: every row first gets the floor of its exact share in
-    cents; the cents left over go one each to the rows with the largest remainders,
-    ties broken by `order_by` (so the result is deterministic).
+    Largest-remainder method: each row first gets the floor of its exact share
+    in cents; the cents left over go one each to the rows with the largest
+    remainders, ties broken by `order_by` (so the result is deterministic).
 
-    `total_weight` must be the sum of `weight` over the partition (and > 0), and
-    `amount` must be the same on every row of the partition. The arithmetic is exact:
-    div() and mod() on numeric never round, so a remainder can't be misranked.
-    Returns numeric(18, 2); it is a window-function expression, so use it in a
-    select list.
+    `total_weight` must be the sum of `weight` over the partition, and `amount`
+    the same on every row of it. The arithmetic is exact: div() and mod() on
+    numeric never round, so no remainder is misranked. A null total_weight
+    gives null (the caller decides what an empty partition means). Returns
+    numeric(18, 2); a window-function expression, so use it in a select list.
 -#}
-{% macro largest_remainder(amount, weight, total_weight, partition_by, order_by) -%}
+{% macro largest_remainder(
+    amount, weight, total_weight, partition_by, order_by
+) -%}
     {%- set numerator -%}
         (({{ amount }}) * 100 * ({{ weight }}))
     {%- endset -%}

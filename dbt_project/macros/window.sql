@@ -1,14 +1,15 @@
 {#-
     The run window: vars window_start / window_end (ISO-8601, [start, end); a
-    timestamp without offset is UTC). Hourly models read and replace the hours in
-    the window; monthly models read and replace the whole months it touches.
+    timestamp without offset is UTC). Hourly models read and replace the hours
+    in the window; monthly models read and replace the whole months it touches.
     Without the vars every model builds everything.
 -#}
 
 {#- none, or a dict of SQL-ready UTC literals:
-    start / end: 'YYYY-MM-DD HH:MM:SS.ffffff+00:00' (the window itself),
-    first_month / end_month: 'YYYY-MM-DD' (first day of the first month touched /
-    first day after the last month touched). -#}
+    start / end: 'YYYY-MM-DD HH:MM:SS+00:00' (the window itself),
+    first_month: 'YYYY-MM-DD', first day of the first month touched,
+    end_month: 'YYYY-MM-DD', first day after the last month touched,
+    hours: length of the window in hours. -#}
 {% macro chargeback_window() -%}
     {%- set raw_start = var('window_start', none) -%}
     {%- set raw_end = var('window_end', none) -%}
@@ -17,16 +18,16 @@
     {%- endif -%}
     {%- if raw_start in (none, '') or raw_end in (none, '') -%}
         {{- exceptions.raise_compiler_error(
-            "set both vars window_start and window_end, or neither (got window_start="
-            ~ raw_start ~ ", window_end=" ~ raw_end ~ ")"
+            "set both vars window_start and window_end, or neither (got"
+            ~ " window_start=" ~ raw_start ~ ", window_end=" ~ raw_end ~ ")"
         ) -}}
     {%- endif -%}
     {%- set start = _chargeback_parse_utc('window_start', raw_start) -%}
     {%- set end = _chargeback_parse_utc('window_end', raw_end) -%}
     {%- if start >= end -%}
         {{- exceptions.raise_compiler_error(
-            "window_start (" ~ start.isoformat() ~ ") must be before window_end ("
-            ~ end.isoformat() ~ ")"
+            "window_start (" ~ start.isoformat() ~ ") must be before"
+            ~ " window_end (" ~ end.isoformat() ~ ")"
         ) -}}
     {%- endif -%}
     {%- set dt = modules.datetime -%}
@@ -42,6 +43,7 @@
         'end': end.isoformat(' '),
         'first_month': first_month.isoformat(),
         'end_month': end_month.isoformat(),
+        'hours': (end - start).total_seconds() / 3600,
     }) -}}
 {%- endmacro %}
 
@@ -79,7 +81,8 @@
     {{- return(parsed.astimezone(modules.pytz.utc)) -}}
 {%- endmacro %}
 
-{#- Predicate: a timestamptz column lies in the window's hours (true without a window). -#}
+{#- Predicate: a timestamptz column lies in the window's hours (true without
+    a window). -#}
 {% macro window_hours(column) -%}
     {%- set window = chargeback_window() -%}
     {%- if window is none -%}
@@ -90,9 +93,10 @@
     {%- endif -%}
 {%- endmacro %}
 
-{#- Predicate: a column lies in the months the window touches (true without a
-    window). data_type 'date' compares a month's first day (e.g. invoice_month);
-    'timestamptz' compares instants (e.g. hour_start) with UTC month boundaries. -#}
+{#- Predicate: a column lies in the months the window touches (true without
+    a window). data_type 'date' compares a month's first day (e.g.
+    invoice_month); 'timestamptz' compares instants (e.g. hour_start) with UTC
+    month boundaries. -#}
 {% macro window_months(column, data_type='date') -%}
     {%- set window = chargeback_window() -%}
     {%- if window is none -%}
@@ -105,14 +109,16 @@
         and {{ column }} < timestamptz '{{ window.end_month }} 00:00:00+00:00')
     {%- else -%}
         {{- exceptions.raise_compiler_error(
-            "window_months: data_type must be 'date' or 'timestamptz', got " ~ data_type
+            "window_months: data_type must be 'date' or 'timestamptz', got "
+            ~ data_type
         ) -}}
     {%- endif -%}
 {%- endmacro %}
 
-{#- Predicate selecting the rows a windowed model owns for this run, from the
-    model's meta: window_column and window_grain ('hour': timestamptz hours in the
-    window; 'month': the date of the first day of each month the window touches). -#}
+{#- Predicate selecting the rows a windowed model owns in this run, from the
+    model's meta: window_column and window_grain ('hour': a timestamptz in the
+    window's hours; 'month': a date, the first day of a month the window
+    touches). -#}
 {% macro window_predicate(meta) -%}
     {%- set column = meta.get('window_column') -%}
     {%- set grain = meta.get('window_grain', 'hour') -%}
@@ -129,13 +135,25 @@
     {%- endif -%}
 {%- endmacro %}
 
-{#- pre_hook of the windowed incremental models: inside the model's transaction,
-    delete the rows the run is about to rebuild (all rows without a window), so a
-    replayed window never keeps stale rows. Nothing to do when the table is new or
-    being fully refreshed. -#}
+{#- pre_hook of the windowed incremental models: inside the model's
+    transaction, delete the rows the run is about to rebuild (all rows without a
+    window), so a replayed window never keeps stale rows. Nothing to do when the
+    table is new or being fully refreshed. -#}
 {% macro delete_window() -%}
     {%- if is_incremental() -%}
         delete from {{ this }}
         where {{ window_predicate(config.get('meta')) }}
+    {%- endif -%}
+{%- endmacro %}
+
+{#- post_hook of the windowed incremental models: refresh the planner's
+    statistics after a large write (no window, or a window of a day or more),
+    so the next models and tests plan for the new rows. Small hourly windows
+    leave it to autovacuum: an hourly run shouldn't cost more as history grows.
+-#}
+{% macro analyze_after_large_write() -%}
+    {%- set window = chargeback_window() -%}
+    {%- if window is none or window.hours >= 24 -%}
+        analyze {{ this }}
     {%- endif -%}
 {%- endmacro %}

@@ -1,14 +1,17 @@
 {#-
     Each pool's monthly cost spread evenly over the hours of the calendar month
     (UTC), in cents, so that the hours of a month add up to the monthly cost
-    exactly: largest remainder with equal weights, so the leftover cents go to the
-    earliest hours. A version of the rule that starts or ends inside a month keeps
-    only its hours, i.e. the month is prorated by the hour.
+    exactly: largest remainder with equal weights, so the leftover cents go to
+    the earliest hours. A version of the rule that starts or ends inside a
+    month keeps only its hours, i.e. the month is prorated by the hour.
 
-    Hours produced: with a window, the window's hours (spread computed over their
-    whole months); without one, every hour of each month that has usage.
+    Hours produced: with a window, the window's hours (the spread is computed
+    over their whole months); without, every hour of each month with usage.
 -#}
-{%- set window = chargeback_window() -%}
+{#- Declared always, although a windowed run doesn't read it, so the DAG (and
+    cosmos' rendering of it) doesn't change with the vars. #}
+-- depends_on: {{ ref('stg_raw__usage_snapshots') }}
+{% set window = chargeback_window() %}
 
 with
 

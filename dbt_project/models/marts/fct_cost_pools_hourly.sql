@@ -4,6 +4,7 @@
         incremental_strategy='append',
         on_schema_change='fail',
         pre_hook="{{ delete_window() }}",
+        post_hook="{{ analyze_after_large_write() }}",
         indexes=[
             {'columns': ['hour_start', 'pool'], 'unique': true},
         ],

@@ -13,9 +13,11 @@
         incremental_strategy='append',
         on_schema_change='fail',
         pre_hook="{{ delete_window() }}",
-        indexes=[
-            {'columns': ['invoice_month', 'tenant_id', 'meter'], 'unique': true},
-        ],
+        post_hook="{{ analyze_after_large_write() }}",
+        indexes=[{
+            'columns': ['invoice_month', 'tenant_id', 'meter'],
+            'unique': true,
+        }],
     )
 }}
 
@@ -81,6 +83,8 @@ measured as (
 
     from monthly_usage
 
+    -- left joins: usage of an unknown meter or tenant, or without a price,
+    -- fails the not-null constraints of the contract instead of vanishing
     left join meters
         on monthly_usage.meter = meters.meter
 

@@ -4,9 +4,8 @@
         incremental_strategy='append',
         on_schema_change='fail',
         pre_hook="{{ delete_window() }}",
-        indexes=[
-            {'columns': ['hour_start', 'tenant_id', 'meter'], 'unique': true},
-        ],
+        post_hook="{{ analyze_after_large_write() }}",
+        indexes=[{'columns': ['hour_start']}],
     )
 }}
 
@@ -36,7 +35,7 @@ hourly as (
 
     from snapshots
 
-    group by tenant_id, meter, hour_start
+    group by hour_start, tenant_id, meter
 
 ),
 
@@ -53,8 +52,12 @@ final as (
 
     from hourly
 
+    -- left join: an unknown meter fails the not-null constraint on unit
     left join meters
         on hourly.meter = meters.meter
+
+    -- written in hour order, so a window's rows sit together on disk
+    order by hourly.hour_start, hourly.tenant_id, hourly.meter
 
 )
 

@@ -1,9 +1,11 @@
 {#-
-    Effective-dated configuration ([valid_from, valid_to), valid_to null = open) has
-    at most one row in force per key on any day, so a price or an allocation rule is
-    never picked twice.
+    Effective-dated configuration ([valid_from, valid_to), valid_to null = open)
+    has at most one version in force per key on any day, so a price or an
+    allocation rule is never picked twice.
 -#}
-{% test effective_dates_do_not_overlap(model, partition_by, valid_from='valid_from', valid_to='valid_to') %}
+{% test effective_dates_do_not_overlap(
+    model, partition_by, valid_from='valid_from', valid_to='valid_to'
+) %}
 
 with
 

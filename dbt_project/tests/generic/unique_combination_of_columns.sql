@@ -1,7 +1,7 @@
 {#-
-    The combination of columns is unique: the grain of a model with a composite key.
-    Nulls count as a value (two rows with tenant_id null for the same pool and hour
-    are a duplicate), unlike a unique index.
+    The combination of columns is unique: the grain of a model with a composite
+    key. Nulls count as a value (two rows with tenant_id null for the same pool
+    and hour are a duplicate), unlike in a unique index.
 -#}
 {% test unique_combination_of_columns(model, combination_of_columns) %}
 

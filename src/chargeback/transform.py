@@ -1,0 +1,221 @@
+"""Transform stage: run the dbt project (``dbt_project.yml`` + ``dbt_project/``).
+
+dbt runs in-process through ``dbtRunner`` so a DAG task, the CLI and the tests all
+get the same result objects and the same error messages, without a subprocess.
+A window ``[window_start, window_end)`` makes the hourly models replace exactly
+those hours and the monthly models the months the window touches; without one,
+every model rebuilds everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from chargeback import warehouse
+from chargeback.settings import Settings, get_settings
+
+# dbt keeps global state (flags, adapters, event manager): one invocation at a time
+# per process. Separate processes (Airflow tasks) don't share it.
+_dbt_lock = threading.Lock()
+
+_FAILED = {"error", "fail", "runtime error"}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# dbt's own header line ("Database Error in model x (path)") says nothing new.
+_HEADER = re.compile(r"^\w[\w ]* (Error|error) in \w+ \S+ \(.*\)$")
+_KINDS = {"Database Error", "Compilation Error", "Runtime Error"}
+
+
+class TransformError(RuntimeError):
+    """dbt failed; the message has one line per failed model or test and why."""
+
+    def __init__(self, message: str, failures: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.failures = failures
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    """Outcome of one model, data test or unit test of the run."""
+
+    resource_type: str
+    name: str
+    status: str
+    message: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TransformResult:
+    """What a successful ``build`` did, for the task log and the tests."""
+
+    window_start: datetime | None
+    window_end: datetime | None
+    seconds: float
+    nodes: tuple[NodeResult, ...]
+
+    def count(self, resource_type: str) -> int:
+        """How many nodes of a type ran, e.g. ``count("unit_test")``."""
+        return sum(1 for n in self.nodes if n.resource_type == resource_type)
+
+
+def build(
+    window_start: datetime | None = None,
+    window_end: datetime | None = None,
+    *,
+    select: str | None = None,
+    full_refresh: bool = False,
+) -> TransformResult:
+    """``dbt build`` (models, data tests and unit tests) over a window, or over everything.
+
+    Naive datetimes are taken as UTC. Raises :class:`TransformError` when any model
+    or test fails; dbt skips whatever depends on a failure, so a failed run never
+    publishes marts built on bad data.
+    """
+    window = _window(window_start, window_end)
+    if window and full_refresh:
+        # a full refresh recreates the incremental tables: with a window they would
+        # keep only the window's rows
+        raise ValueError("full_refresh rebuilds everything; call it without a window")
+    settings = get_settings()
+    warehouse.ensure_schema(settings)
+    args = ["build"]
+    if window:
+        args += ["--vars", json.dumps({"window_start": window[0].isoformat(), "window_end": window[1].isoformat()})]
+    if select:
+        args += ["--select", select]
+    if full_refresh:
+        args.append("--full-refresh")
+    started = time.monotonic()
+    with _one_build_at_a_time(settings):
+        outcome = _invoke(args, settings)
+    nodes = tuple(_node_result(r) for r in (outcome.result.results if outcome.result else ()))
+    failed = [n for n in nodes if n.status in _FAILED]
+    if outcome.exception is not None or not outcome.success or failed:
+        raise _error("dbt build", outcome, nodes, failed)
+    return TransformResult(
+        window_start=window[0] if window else None,
+        window_end=window[1] if window else None,
+        seconds=round(time.monotonic() - started, 3),
+        nodes=nodes,
+    )
+
+
+def parse() -> Path:
+    """Write ``manifest.json`` (``dbt parse``) for Airflow's cosmos; returns its path."""
+    settings = get_settings()
+    outcome = _invoke(["parse"], settings)
+    if outcome.exception is not None or not outcome.success:
+        raise _error("dbt parse", outcome, (), [])
+    return _target_path(settings) / "manifest.json"
+
+
+def _window(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime] | None:
+    if start is None and end is None:
+        return None
+    if start is None or end is None:
+        raise ValueError("pass both window_start and window_end, or neither")
+    start, end = (d.replace(tzinfo=UTC) if d.tzinfo is None else d.astimezone(UTC) for d in (start, end))
+    if start >= end:
+        raise ValueError(f"window_start {start.isoformat()} must be before window_end {end.isoformat()}")
+    return start, end
+
+
+def _target_path(settings: Settings) -> Path:
+    return settings.dbt_profiles_dir / "target"
+
+
+def _invoke(args: list[str], settings: Settings):  # -> dbtRunnerResult
+    from dbt.cli.main import dbtRunner  # heavy import: only when a transform runs
+
+    common = [
+        "--project-dir",
+        str(settings.dbt_project_dir),
+        "--profiles-dir",
+        str(settings.dbt_profiles_dir),
+        "--target-path",
+        str(_target_path(settings)),
+        "--log-path",
+        str(settings.dbt_profiles_dir / "logs"),
+        "--no-use-colors",
+    ]
+    with _dbt_lock, _environ(warehouse.dbt_env(settings)):
+        return dbtRunner().invoke([args[0], *common, *args[1:]])
+
+
+@contextlib.contextmanager
+def _one_build_at_a_time(settings: Settings) -> Iterator[None]:
+    """Every build recreates the staging views and the dimension tables, so two
+    builds against one database (e.g. two Airflow windows) must not overlap: a
+    session advisory lock makes the second wait for the first."""
+    with warehouse.connect(settings, autocommit=True) as conn:
+        conn.execute("select pg_advisory_lock(hashtext('chargeback.transform'))")
+        try:
+            yield
+        finally:
+            conn.execute("select pg_advisory_unlock(hashtext('chargeback.transform'))")
+
+
+@contextlib.contextmanager
+def _environ(values: Mapping[str, str]) -> Iterator[None]:
+    """profiles.yml reads the connection with env_var(): set it for this run only."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def _node_result(result) -> NodeResult:
+    node = result.node
+    return NodeResult(
+        resource_type=str(getattr(node.resource_type, "value", node.resource_type)),
+        name=node.name,
+        status=str(getattr(result.status, "value", result.status)),
+        message=_one_line(result.message or ""),
+        seconds=round(result.execution_time or 0.0, 3),
+    )
+
+
+def _one_line(message: str) -> str:
+    """The informative part of a dbt message on one line (no colours, no header, no diff)."""
+    lines = [line.strip() for line in _ANSI.sub("", message).splitlines()]
+    lines = [line for line in lines if line and not _HEADER.match(line) and line not in _KINDS]
+    if not lines:
+        return ""
+    first = lines[0]
+    if first.startswith("An error occurred during execution of unit test") and len(lines) > 1:
+        lines = lines[1:]  # dbt's generic preamble; the database's reason follows
+        first = "could not run: " + lines[0]
+    if first.startswith("actual differs from expected"):
+        return "actual differs from expected (see the diff in the dbt log)"
+    failing = re.fullmatch(r"Got (\d+) results?, configured to (fail|warn) if .*", first)
+    if failing:
+        count = int(failing.group(1))
+        return f"{count} failing row{'' if count == 1 else 's'}"
+    detail = next((line for line in lines[1:] if line.startswith("DETAIL:")), "")
+    return " ".join(f"{first} {detail}".split())
+
+
+def _error(what: str, outcome, nodes: tuple[NodeResult, ...], failed: list[NodeResult]) -> TransformError:
+    lines = tuple(f"{n.resource_type} {n.name}: {n.message or n.status}" for n in failed)
+    if outcome.exception is not None:
+        lines += (f"{what} could not run: {_one_line(str(outcome.exception)) or type(outcome.exception).__name__}",)
+    if not lines:
+        lines = (f"{what} failed (see dbt_project/logs/dbt.log)",)
+    skipped = sum(1 for n in nodes if n.status == "skipped")
+    header = f"{what} failed: {len(failed)} failed" + (f", {skipped} skipped because of them" if skipped else "")
+    return TransformError(header + "\n" + "\n".join(f"- {line}" for line in lines), lines)

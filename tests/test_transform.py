@@ -1,0 +1,416 @@
+"""The transform stage against real PostgreSQL and real dbt, checked to the cent.
+
+Snapshots are inserted straight into raw.usage_snapshots. The module works in a
+database of its own (so other modules' rows can't change a total) and shares a few
+dbt builds between the tests, since each dbt invocation costs seconds.
+
+The data (October 2026: 744 hours; prices from config/price_books.yml, pools from
+config/cost_pools.yml). H = 2026-10-01 13:00 UTC, hour 13 of the month.
+
+    tenant (book)      H: ingested_gb  query_cpu_seconds  stored_gb  scanned_gb   H+1: stored_gb
+    t001 (enterprise)       1          100                744        -                 744
+    t002 (enterprise)       1          200                -          -                 -
+    t007 (standard)         1          400                372        1                 -
+
+Pool costs per hour (monthly cost in cents / 744, leftover cents to the first hours):
+    compute 1800000 = 2419 x 744 + 264 -> H (hour 13 < 264) costs 24.20
+    storage  950000 = 1276 x 744 + 656 -> 12.77 at H and H+1
+    network  320000 =  430 x 744 +  80 -> 4.31 at H
+    platform_team 2400000 = 3225 x 744 + 600 -> 32.26 at H
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from chargeback import configuration, transform, warehouse
+
+H = datetime(2026, 10, 1, 13, tzinfo=UTC)
+OCTOBER = datetime(2026, 10, 1).date()
+D = Decimal
+
+SNAPSHOTS = [
+    # tenant, meter, value, hour, kind
+    ("t001", "ingested_gb", "1", H, "counter"),
+    ("t002", "ingested_gb", "1", H, "counter"),
+    ("t007", "ingested_gb", "1", H, "counter"),
+    ("t001", "query_cpu_seconds", "100", H, "counter"),
+    ("t002", "query_cpu_seconds", "200", H, "counter"),
+    ("t007", "query_cpu_seconds", "400", H, "counter"),
+    ("t001", "stored_gb", "744", H, "gauge"),
+    ("t007", "stored_gb", "372", H, "gauge"),
+    ("t007", "scanned_gb", "1", H, "counter"),
+    ("t001", "stored_gb", "744", H + timedelta(hours=1), "gauge"),
+]
+UNITS = {"ingested_gb": "GB", "stored_gb": "GB", "scanned_gb": "GB", "query_cpu_seconds": "s"}
+
+
+def query(sql: str, *params) -> list[tuple]:
+    with warehouse.connect() as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def execute(sql: str, *params) -> None:
+    with warehouse.connect() as conn:
+        conn.execute(sql, params)
+
+
+def allocations(hour: datetime) -> dict[tuple[str, str | None], Decimal]:
+    rows = query(
+        "select pool, tenant_id, allocated_cost from marts.fct_cost_allocations_hourly where hour_start = %s", hour
+    )
+    return {(pool, tenant): cost for pool, tenant, cost in rows}
+
+
+def invoice_lines() -> dict[tuple[str, str], tuple[Decimal, str, Decimal, Decimal]]:
+    rows = query(
+        "select tenant_id, meter, quantity, unit, unit_price, amount from marts.fct_invoice_lines"
+        " where invoice_month = %s",
+        OCTOBER,
+    )
+    return {(t, m): (q, u, p, a) for t, m, q, u, p, a in rows}
+
+
+def invoices() -> dict[str, tuple[Decimal, int]]:
+    rows = query("select tenant_id, total, line_count from marts.fct_invoices where invoice_month = %s", OCTOBER)
+    return {t: (total, lines) for t, total, lines in rows}
+
+
+def mart_rows() -> dict[str, list[tuple]]:
+    """Every row of the hourly and monthly marts, to compare two builds."""
+    tables = [
+        "fct_usage_hourly",
+        "fct_cost_pools_hourly",
+        "fct_cost_allocations_hourly",
+        "fct_invoice_lines",
+        "fct_invoices",
+    ]
+    return {t: sorted(query(f"select * from marts.{t}"), key=repr) for t in tables}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def transform_database(test_warehouse):
+    """A database for this module only, with the shipped configuration."""
+    session_db = os.environ["CHARGEBACK_DATABASE"]
+    name = f"{session_db}_transform"
+    warehouse.drop_database(name)
+    os.environ["CHARGEBACK_DATABASE"] = name
+    try:
+        warehouse.ensure_schema()
+        configuration.load()
+        rows = [
+            (
+                f"test/{tenant}/{meter}/{hour:%Y%m%d%H}",
+                tenant,
+                meter,
+                D(value),
+                UNITS[meter],
+                hour,
+                hour + timedelta(minutes=5),
+                kind,
+                "test_transform.py",
+                i + 1,
+                1,
+            )
+            for i, (tenant, meter, value, hour, kind) in enumerate(SNAPSHOTS)
+        ]
+        with warehouse.connect() as conn, conn.cursor() as cur:
+            cur.executemany(
+                "insert into raw.usage_snapshots (snapshot_id, tenant_id, meter, value, unit, hour_start,"
+                " emitted_at, kind, source_file, source_line, load_id) values (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                rows,
+            )
+        yield name
+    finally:
+        os.environ["CHARGEBACK_DATABASE"] = session_db
+
+
+@pytest.fixture(scope="module")
+def built(transform_database) -> transform.TransformResult:
+    """First run ever (tables created) over the two hours H and H+1."""
+    return transform.build(H, H + timedelta(hours=2))
+
+
+@pytest.fixture(scope="module")
+def rebuilt(built) -> tuple[dict, dict]:
+    """The same window built a second time: rows before and after."""
+    before = mart_rows()
+    transform.build(H, H + timedelta(hours=2))
+    return before, mart_rows()
+
+
+@pytest.fixture(scope="module")
+def replayed_without_t002(rebuilt) -> transform.TransformResult:
+    """t002's snapshots of hour H withdrawn, then hour H replayed on its own."""
+    execute("delete from raw.usage_snapshots where tenant_id = 't002' and hour_start = %s", H)
+    return transform.build(H, H + timedelta(hours=1))
+
+
+@pytest.fixture(scope="module")
+def full_build(replayed_without_t002) -> transform.TransformResult:
+    """No window: every model rebuilds everything from raw."""
+    return transform.build()
+
+
+def test_build_runs_every_model_data_test_and_unit_test(built):
+    assert built.count("model") == 12  # 13 models, the ephemeral one is compiled into its mart
+    assert built.count("unit_test") >= 10
+    assert built.count("test") >= 50
+    assert {n.status for n in built.nodes} <= {"success", "pass"}
+    assert built.window_start == H
+    assert built.window_end == H + timedelta(hours=2)
+
+
+def test_pool_cost_of_an_hour_is_the_monthly_cost_spread_by_largest_remainder(built):
+    rows = query(
+        "select pool, pool_cost, currency, driver_meter from marts.fct_cost_pools_hourly"
+        " where hour_start = %s order by pool",
+        H,
+    )
+    assert rows == [
+        ("compute", D("24.20"), "USD", "query_cpu_seconds"),
+        ("network", D("4.31"), "USD", "ingested_gb"),
+        ("platform_team", D("32.26"), "USD", "ingested_gb"),
+        ("storage", D("12.77"), "USD", "stored_gb"),
+    ]
+    # only the window's hours are written
+    hours = query("select distinct hour_start from marts.fct_cost_pools_hourly order by 1")
+    assert [h for (h,) in hours] == [H, H + timedelta(hours=1)]
+
+
+def test_pool_cost_is_split_between_three_tenants_to_the_cent(built):
+    assert allocations(H) == {
+        # 4.31 split 1:1:1 -> 143.67 cents each: 143 + 143 + 143 = 429, 2 left over,
+        # equal remainders -> to the lowest tenant_ids
+        ("network", "t001"): D("1.44"),
+        ("network", "t002"): D("1.44"),
+        ("network", "t007"): D("1.43"),
+        # 32.26 split 1:1:1 -> 1075.33 each, 1 cent left over -> t001
+        ("platform_team", "t001"): D("10.76"),
+        ("platform_team", "t002"): D("10.75"),
+        ("platform_team", "t007"): D("10.75"),
+        # 24.20 split 100:200:400 -> 345.71 / 691.43 / 1382.86 cents: floors 2418,
+        # 2 left over to the largest remainders .86 (t007) and .71 (t001)
+        ("compute", "t001"): D("3.46"),
+        ("compute", "t002"): D("6.91"),
+        ("compute", "t007"): D("13.83"),
+        # 12.77 split 744:372 = 2:1 -> 851.33 / 425.67 cents, 1 left over -> t007
+        ("storage", "t001"): D("8.51"),
+        ("storage", "t007"): D("4.26"),
+    }
+
+
+def test_hour_without_driver_usage_keeps_pool_cost_unallocated(built):
+    assert allocations(H + timedelta(hours=1)) == {
+        ("compute", None): D("24.20"),  # hour 14 < 264: still gets the leftover cent
+        ("network", None): D("4.31"),
+        ("platform_team", None): D("32.26"),
+        ("storage", "t001"): D("12.77"),
+    }
+    methods = query("select distinct method, ratio from marts.fct_cost_allocations_hourly where tenant_id is null")
+    assert methods == [("unallocated", D("1"))]
+
+
+def test_allocations_add_up_to_pool_cost_for_every_pool_hour(built):
+    mismatches = query(
+        "select p.pool, p.hour_start, p.pool_cost, sum(a.allocated_cost)"
+        " from marts.fct_cost_pools_hourly p"
+        " left join marts.fct_cost_allocations_hourly a using (pool, hour_start)"
+        " group by p.pool, p.hour_start, p.pool_cost"
+        " having sum(a.allocated_cost) is distinct from p.pool_cost"
+    )
+    assert mismatches == []
+
+
+def test_invoice_lines_price_per_unit_and_round_half_up(built):
+    assert invoice_lines() == {
+        # enterprise: ingested 0.42, query_cpu_seconds 0.0003, stored 0.025 per GB-month
+        ("t001", "ingested_gb"): (D("1"), "GB", D("0.42"), D("0.42")),
+        ("t001", "query_cpu_seconds"): (D("100"), "s", D("0.0003"), D("0.03")),
+        ("t001", "stored_gb"): (D("2"), "GB-month", D("0.025"), D("0.05")),  # (744 + 744) / 744
+        ("t002", "ingested_gb"): (D("1"), "GB", D("0.42"), D("0.42")),
+        ("t002", "query_cpu_seconds"): (D("200"), "s", D("0.0003"), D("0.06")),
+        # standard: ingested 0.50, query_cpu_seconds 0.0004, stored 0.03, scanned 0.005
+        ("t007", "ingested_gb"): (D("1"), "GB", D("0.5"), D("0.50")),
+        ("t007", "query_cpu_seconds"): (D("400"), "s", D("0.0004"), D("0.16")),
+        ("t007", "stored_gb"): (D("0.5"), "GB-month", D("0.03"), D("0.02")),  # 0.015 half-up
+        ("t007", "scanned_gb"): (D("1"), "GB", D("0.005"), D("0.01")),  # 0.005 half-up
+    }
+
+
+def test_invoice_total_is_the_sum_of_its_lines(built):
+    assert invoices() == {"t001": (D("0.50"), 3), "t002": (D("0.48"), 2), "t007": (D("0.69"), 4)}
+
+
+def test_money_columns_are_numeric_with_cents(built):
+    types = query(
+        "select table_name, column_name, data_type, numeric_scale from information_schema.columns"
+        " where table_schema = 'marts' and column_name in ('pool_cost', 'allocated_cost', 'amount', 'total')"
+        " order by 1, 2"
+    )
+    assert types == [
+        ("fct_cost_allocations_hourly", "allocated_cost", "numeric", 2),
+        ("fct_cost_pools_hourly", "pool_cost", "numeric", 2),
+        ("fct_invoice_lines", "amount", "numeric", 2),
+        ("fct_invoices", "total", "numeric", 2),
+    ]
+
+
+def test_rebuilding_a_window_changes_nothing(rebuilt):
+    before, after = rebuilt
+    assert after == before
+    assert len(after["fct_usage_hourly"]) == len(SNAPSHOTS)
+
+
+def test_replayed_hour_with_fewer_tenants_keeps_no_stale_rows(replayed_without_t002):
+    assert query("select count(*) from marts.fct_usage_hourly where tenant_id = 't002'") == [(0,)]
+    assert allocations(H) == {
+        # 4.31 split 1:1 -> 215.5 cents each, 1 left over -> t001
+        ("network", "t001"): D("2.16"),
+        ("network", "t007"): D("2.15"),
+        ("platform_team", "t001"): D("16.13"),
+        ("platform_team", "t007"): D("16.13"),
+        # 24.20 split 100:400 -> 484 / 1936 cents exactly
+        ("compute", "t001"): D("4.84"),
+        ("compute", "t007"): D("19.36"),
+        ("storage", "t001"): D("8.51"),
+        ("storage", "t007"): D("4.26"),
+    }
+    # hour H+1 was outside the window and is untouched
+    assert allocations(H + timedelta(hours=1))[("storage", "t001")] == D("12.77")
+    # the month is rebuilt: t002 no longer has lines or an invoice
+    assert {t for t, _ in invoice_lines()} == {"t001", "t007"}
+    assert invoices() == {"t001": (D("0.50"), 3), "t007": (D("0.69"), 4)}
+
+
+def test_build_without_window_covers_every_hour_of_the_month_exactly(full_build):
+    rows = query(
+        "select pool, count(*), sum(pool_cost) from marts.fct_cost_pools_hourly"
+        " where hour_start >= '2026-10-01 00:00+00' and hour_start < '2026-11-01 00:00+00'"
+        " group by pool order by pool"
+    )
+    assert rows == [
+        ("compute", 744, D("18000.00")),
+        ("network", 744, D("3200.00")),
+        ("platform_team", 744, D("24000.00")),
+        ("storage", 744, D("9500.00")),
+    ]
+    assert query("select sum(allocated_cost) from marts.fct_cost_allocations_hourly") == [(D("54700.00"),)]
+    assert allocations(H)[("compute", "t007")] == D("19.36")
+    assert invoices() == {"t001": (D("0.50"), 3), "t007": (D("0.69"), 4)}
+
+
+def test_failing_data_test_and_model_are_named_in_the_error(full_build):
+    """A snapshot of an unknown tenant fails the relationships test and the pricing;
+    the month keeps its previous invoice lines, and replaying after the fix heals it."""
+    hour = H + timedelta(hours=2)
+    before = invoice_lines()
+    execute(
+        "insert into raw.usage_snapshots (snapshot_id, tenant_id, meter, value, unit, hour_start, emitted_at,"
+        " kind, source_file, source_line, load_id) values"
+        " ('test/ghost', 'ghost', 'ingested_gb', 1, 'GB', %s, %s, 'counter', 'test_transform.py', 99, 1)",
+        hour,
+        hour,
+    )
+    try:
+        with pytest.raises(transform.TransformError) as failure:
+            transform.build(hour, hour + timedelta(hours=1))
+    finally:
+        execute("delete from raw.usage_snapshots where snapshot_id = 'test/ghost'")
+    message = str(failure.value)
+    assert message.startswith("dbt build failed:")
+    assert "- test relationships_fct_usage_hourly_tenant_id__tenant_id__ref_dim_tenants_: 1 failing row\n" in message
+    assert '- model fct_invoice_lines: null value in column "unit_price"' in message
+    assert all("\n" not in line for line in failure.value.failures)
+    assert invoice_lines() == before  # the model's delete of October was rolled back
+
+    transform.build(hour, hour + timedelta(hours=1))
+    assert query("select count(*) from marts.fct_usage_hourly where tenant_id = 'ghost'") == [(0,)]
+    assert allocations(hour)[("network", None)] == D("4.31")
+
+
+def test_failing_unit_test_fails_the_build(full_build, tmp_path, monkeypatch, settings):
+    """A copy of the project whose allocation unit test expects a wrong cent: the model
+    is skipped and the error names the unit test."""
+    shutil.copy(settings.root / "dbt_project.yml", tmp_path / "dbt_project.yml")
+    shutil.copytree(
+        settings.root / "dbt_project", tmp_path / "dbt_project", ignore=shutil.ignore_patterns("target", "logs")
+    )
+    marts_yml = tmp_path / "dbt_project" / "models" / "marts" / "_marts.yml"
+    text = marts_yml.read_text()
+    assert "allocated_cost: 33.34" in text
+    marts_yml.write_text(text.replace("allocated_cost: 33.34", "allocated_cost: 33.33", 1))
+    monkeypatch.setenv("CHARGEBACK_HOME", str(tmp_path))
+    monkeypatch.setenv("CHARGEBACK_EMBEDDED_DIR", str(settings.embedded_dir))
+    with pytest.raises(transform.TransformError) as failure:
+        transform.build(select="fct_cost_allocations_hourly")  # unit tests run before their model
+    assert failure.value.failures == (
+        "unit_test fct_cost_allocations_hourly_equal_split_ties_by_tenant:"
+        " actual differs from expected (see the diff in the dbt log)",
+    )
+    assert str(failure.value).startswith("dbt build failed: 1 failed, ")  # the model and its tests skipped
+
+
+def test_parse_writes_the_manifest(transform_database):
+    manifest = transform.parse()
+    assert manifest.name == "manifest.json"
+    assert manifest.is_file()
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "problem"),
+    [
+        (H, None, "pass both"),
+        (H, H, "must be before"),
+        (H + timedelta(hours=1), H, "must be before"),
+    ],
+)
+def test_window_must_be_a_nonempty_interval(start, end, problem):
+    with pytest.raises(ValueError, match=problem):
+        transform.build(start, end)
+
+
+def test_full_refresh_of_a_window_is_refused():
+    """It would recreate the tables with only the window's rows."""
+    with pytest.raises(ValueError, match="without a window"):
+        transform.build(H, H + timedelta(hours=1), full_refresh=True)
+
+
+def test_dbt_messages_shrink_to_one_line():
+    one_line = transform._one_line
+    assert one_line("Got 3 results, configured to fail if != 0") == "3 failing rows"
+    assert (
+        one_line(
+            "Database Error in model fct_x (dbt_project/models/marts/fct_x.sql)\n"
+            '  null value in column "amount" violates not-null constraint\n'
+            "  DETAIL:  Failing row contains (1, null).\n"
+            "  compiled code at target/run/fct_x.sql"
+        )
+        == 'null value in column "amount" violates not-null constraint DETAIL: Failing row contains (1, null).'
+    )
+    assert (
+        one_line(
+            "Runtime Error in unit_test u (models/x.yml)\n"
+            "  An error occurred during execution of unit test 'u'. There may be an error in the unit test"
+            ' definition: check the data types.\n   Database Error\n    syntax error at or near "with"\n'
+            "    LINE 75: with\n"
+        )
+        == 'could not run: syntax error at or near "with"'
+    )
+    assert one_line("\n\n\x1b[32mactual\x1b[0m differs from expected:\n\n@@ ,a\n→ ,1→2") == (
+        "actual differs from expected (see the diff in the dbt log)"
+    )
+
+
+def test_window_is_taken_in_utc():
+    two_hours_east = timezone(timedelta(hours=2))
+    assert transform._window(datetime(2026, 10, 1, 13), datetime(2026, 10, 1, 14)) == (H, H + timedelta(hours=1))
+    assert transform._window(datetime(2026, 10, 1, 15, tzinfo=two_hours_east), H + timedelta(hours=1)) == (
+        H,
+        H + timedelta(hours=1),
+    )
