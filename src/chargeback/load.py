@@ -86,6 +86,8 @@ def stage(source: UsageSource, start: dt.datetime, end: dt.datetime, settings: S
         _finish_run(settings, load_id, "failed", str(exc))
         raise
     with warehouse.connect(settings) as conn:
+        # Fresh statistics, or the gate's queries plan the bulk load as if it were empty.
+        conn.execute("analyze raw.usage_staging")
         conn.execute(
             "update pipeline.load_runs set status = 'staged', rows_in = %s where load_id = %s", (rows, load_id)
         )
@@ -248,6 +250,8 @@ def publish(load_id: int, settings: Settings | None = None) -> PublishResult:
             (load_id,),
         ).rowcount
         conn.execute("delete from raw.usage_staging where load_id = %s", (load_id,))
+        if loaded > 10_000:  # a backfill: keep the planner's statistics true for dbt's reads
+            conn.execute("analyze raw.usage_snapshots")
         conn.execute(
             "update pipeline.load_runs set status = 'published', rows_loaded = %s, finished_at = now()"
             " where load_id = %s",

@@ -55,7 +55,7 @@ class TenantProfile:
 def profile(seed: int, tenant_id: str) -> TenantProfile:
     rng = random.Random(f"{seed}:{tenant_id}")
     return TenantProfile(
-        ingest_gb_per_hour=min(0.05 * rng.paretovariate(1.16), 400.0),
+        ingest_gb_per_hour=min(0.2 * rng.paretovariate(1.16), 400.0),
         retention_days=rng.choice([7, 15, 30, 30, 90]),
         scan_ratio=rng.lognormvariate(0.5, 0.9),
         cpu_seconds_per_gb=rng.uniform(0.8, 2.5),
