@@ -146,3 +146,20 @@ begin
     end if;
 end
 $$;
+
+-- BI tools (Metabase, Superset, ...) read the documented marts through a read-only role.
+-- Grant it to a login role of your own: `create role metabase login password '…' in role chargeback_bi`.
+-- Where the warehouse user may not create roles, this is skipped with a notice.
+create schema if not exists marts;
+do $$
+begin
+    if not exists (select 1 from pg_roles where rolname = 'chargeback_bi') then
+        create role chargeback_bi nologin;
+    end if;
+    grant usage on schema marts to chargeback_bi;
+    grant select on all tables in schema marts to chargeback_bi;
+    alter default privileges in schema marts grant select on tables to chargeback_bi;
+exception when insufficient_privilege then
+    raise notice 'chargeback_bi role not set up: %', sqlerrm;
+end
+$$;
