@@ -1,0 +1,46 @@
+"""The command line: expected failures are one clear line, never a traceback."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from chargeback.cli import main
+from chargeback.simulate import simulate
+
+START = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+
+
+def test_a_malformed_file_is_one_line_naming_file_and_line(landing, capsys):
+    simulate(str(landing), ["t001"], START, START + dt.timedelta(hours=1), fmt="jsonl")
+    (bad,) = (landing / "usage" / "2026-06-01" / "00").iterdir()
+    bad.write_text(bad.read_text() + "{oops\n")
+
+    code = main(["load", "--start", "2026-06-01T00:00:00Z", "--end", "2026-06-01T01:00:00Z"])
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.splitlines()[0] == f"chargeback load: error: {bad}:6: not valid JSON (Expecting property name " \
+        "enclosed in double quotes at column 2)"
+    assert "Traceback" not in err
+
+
+def test_a_bad_period_is_explained(capsys):
+    assert main(["summary", "--period", "2026-13"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "chargeback summary: error: not a billing period: '2026-13' (expected YYYY-MM, e.g. 2026-10)")
+
+
+def test_simulate_then_load_reports_what_it_did(landing, capsys):
+    assert main(["simulate", "--start", "2026-06-02T00:00:00Z", "--end", "2026-06-02T02:00:00Z",
+                 "--tenants", "3"]) == 0
+    assert "wrote 30 snapshots for 3 tenants, 2 hours" in capsys.readouterr().out
+    assert main(["load", "--start", "2026-06-02T00:00:00Z", "--end", "2026-06-02T02:00:00Z"]) == 0
+    assert "staged, gated and published" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args", [["load"], ["simulate"]])
+def test_a_missing_window_is_explained(args, capsys):
+    assert main(args) == 1
+    assert "give a window: --month YYYY-MM, or --start and --end" in capsys.readouterr().err
