@@ -26,7 +26,9 @@ from chargeback.dag_defaults import default_args
     catchup=False,
     max_active_runs=1,
     default_args=default_args(retry_delay=dt.timedelta(minutes=5)),
-    params={"period": Param(None, type=["null", "string"], description="Billing month YYYY-MM (default: the data interval)")},
+    params={
+        "period": Param(None, type=["null", "string"], description="Billing month YYYY-MM (default: data interval)"),
+    },
     tags=["chargeback", "billing", "monthly"],
     doc_md=__doc__,
 )

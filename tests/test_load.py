@@ -112,7 +112,8 @@ def test_malformed_json_line_names_file_and_line_and_loads_nothing(landing):
         status, message = conn.execute(
             "select status, message from pipeline.load_runs order by load_id desc limit 1").fetchone()
         staged = conn.execute("select count(*) from raw.usage_staging").fetchone()[0]
-    assert status == "failed" and f"{bad}:7" in message
+    assert status == "failed"
+    assert f"{bad}:7" in message
     assert staged == 0
 
 

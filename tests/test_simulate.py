@@ -32,7 +32,8 @@ def test_same_seed_same_files_and_a_sub_window_reproduces_its_hours(tmp_path):
     simulate(str(tmp_path / "b"), tenants, START + dt.timedelta(hours=2), START + dt.timedelta(hours=4), seed=7)
     a = _rows(tmp_path / "a", START + dt.timedelta(hours=2), START + dt.timedelta(hours=4))
     b = _rows(tmp_path / "b", START + dt.timedelta(hours=2), START + dt.timedelta(hours=4))
-    assert a == b and len(a) == 2 * 5 * 5
+    assert a == b
+    assert len(a) == 2 * 5 * 5
     assert len({r["snapshot_id"] for r in a}) == len(a)
 
 

@@ -65,10 +65,7 @@ def cmd_warehouse(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     from chargeback import configuration
 
-    if args.action == "check":
-        cfg = configuration.read()
-    else:
-        cfg = configuration.load()
+    cfg = configuration.read() if args.action == "check" else configuration.load()
     print(f"configuration ok: {len(cfg.tenants)} tenants, {len(cfg.meters)} meters, "
           f"{len(cfg.cost_pools)} cost pools, {len(cfg.price_books)} price books"
           + ("" if args.action == "check" else " — applied to the warehouse"))

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import io
 import json
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 import psycopg
+from psycopg import sql
 
 from chargeback import warehouse
 from chargeback.settings import Settings
@@ -119,7 +119,7 @@ def _copy_jsonl(conn: psycopg.Connection, f: SnapshotFile) -> None:
     # One text column per line; delimiter and quote are control characters that JSON
     # text never contains raw, so every line arrives verbatim and in order.
     conn.execute("truncate landed_jsonl restart identity")
-    conn.execute("alter table landed_jsonl alter column file set default %s" % _literal(conn, f.url))
+    conn.execute(sql.SQL("alter table landed_jsonl alter column file set default {}").format(sql.Literal(f.url)))
     with conn.cursor().copy(
         "copy landed_jsonl (doc) from stdin with (format csv, delimiter e'\\x1f', quote e'\\x1e')"
     ) as copy, f.open() as fh:
@@ -129,7 +129,7 @@ def _copy_jsonl(conn: psycopg.Connection, f: SnapshotFile) -> None:
 
 def _copy_csv(conn: psycopg.Connection, f: SnapshotFile) -> None:
     conn.execute("truncate landed_csv restart identity")
-    conn.execute("alter table landed_csv alter column file set default %s" % _literal(conn, f.url))
+    conn.execute(sql.SQL("alter table landed_csv alter column file set default {}").format(sql.Literal(f.url)))
     with f.open() as fh:
         header_line = fh.readline().decode("utf-8-sig", errors="replace")
         header = next(csv.reader([header_line]), [])
@@ -151,10 +151,6 @@ def _copy_csv(conn: psycopg.Connection, f: SnapshotFile) -> None:
         except psycopg.errors.DataError as exc:
             line = _copy_error_line(exc)
             raise LoadError(f"{f.url}:{line + 1 if line else '?'}: row: {exc.diag.message_primary}") from None
-
-
-def _literal(conn: psycopg.Connection, value: str) -> str:
-    return psycopg.sql.Literal(value).as_string(conn)
 
 
 def _copy_error_line(exc: psycopg.Error) -> int | None:

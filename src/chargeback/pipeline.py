@@ -35,7 +35,9 @@ def parse_instant(value: str | dt.datetime) -> dt.datetime:
     return moment.astimezone(dt.UTC)
 
 
-def resolve_window(params: dict[str, Any] | None, interval_start: Any, interval_end: Any) -> tuple[dt.datetime, dt.datetime]:
+def resolve_window(
+    params: dict[str, Any] | None, interval_start: Any, interval_end: Any
+) -> tuple[dt.datetime, dt.datetime]:
     """The run's window: ``params.start``/``params.end`` when a manual run gives them, else the data interval."""
     params = params or {}
     start = parse_instant(params.get("start") or interval_start)

