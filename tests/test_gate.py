@@ -19,6 +19,8 @@ import pytest
 
 from chargeback import gate, warehouse
 
+pytestmark = pytest.mark.warehouse
+
 ROOT = Path(__file__).resolve().parents[1]
 START = dt.datetime(2026, 10, 1, 13, tzinfo=dt.UTC)
 END = START + dt.timedelta(hours=1)

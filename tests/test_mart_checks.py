@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import importlib.util
 
 import pytest
 
@@ -19,7 +18,8 @@ from chargeback import checks, configuration, warehouse
 from chargeback.gate import utc
 from chargeback.settings import get_settings
 
-HAVE_TRANSFORM = importlib.util.find_spec("chargeback.transform") is not None
+pytestmark = pytest.mark.warehouse
+
 START = dt.datetime(2026, 10, 1, 13, tzinfo=dt.UTC)
 END = START + dt.timedelta(hours=1)
 
@@ -227,7 +227,6 @@ DBT_START = dt.datetime(2026, 11, 3, 10, tzinfo=dt.UTC)
 DBT_END = DBT_START + dt.timedelta(hours=2)
 
 
-@pytest.mark.skipif(not HAVE_TRANSFORM, reason="chargeback.transform (dbt) does not exist yet")
 def test_checks_pass_on_dbt_output_and_name_pool_and_hour_of_a_corrupted_allocation():
     from chargeback import transform
 

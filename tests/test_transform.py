@@ -30,6 +30,8 @@ import pytest
 
 from chargeback import configuration, transform, warehouse
 
+pytestmark = pytest.mark.warehouse
+
 H = datetime(2026, 10, 1, 13, tzinfo=UTC)
 OCTOBER = datetime(2026, 10, 1).date()
 D = Decimal
