@@ -35,10 +35,14 @@ _CHUNK = 1 << 20
 _PARSE_JSONL = """
 insert into raw.usage_staging (load_id, snapshot_id, tenant_id, meter, value, unit,
                                hour_start, emitted_at, kind, source_file, source_line)
-select %(load_id)s, d->>'snapshot_id', d->>'tenant_id', d->>'meter', (d->>'value')::numeric,
-       d->>'unit', (d->>'hour')::timestamptz, (d->>'emitted_at')::timestamptz, d->>'kind',
-       file, line::integer
-from (select file, line, doc::jsonb as d from landed_jsonl where btrim(coalesce(doc, '')) <> '') as parsed
+select %(load_id)s, r.snapshot_id, r.tenant_id, r.meter, r.value::numeric, r.unit,
+       r.hour::timestamptz, r.emitted_at::timestamptz, r.kind, l.file, l.line::integer
+from landed_jsonl as l
+cross join lateral json_to_record(l.doc::json) as r(
+    snapshot_id text, tenant_id text, meter text, value text, unit text,
+    hour text, emitted_at text, kind text
+)
+where btrim(coalesce(l.doc, '')) <> ''
 """
 _PARSE_CSV = """
 insert into raw.usage_staging (load_id, snapshot_id, tenant_id, meter, value, unit,
