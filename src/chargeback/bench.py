@@ -32,8 +32,11 @@ MONTH_START = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
 
 
+_RESULTS = sys.stdout  # JSON lines only; everything the pipeline logs goes to stderr
+
+
 def emit(name: str, value: float, unit: str, **extra) -> None:
-    print(json.dumps({"name": name, "value": round(value, 4), "unit": unit, **extra}), flush=True)
+    print(json.dumps({"name": name, "value": round(value, 4), "unit": unit, **extra}), file=_RESULTS, flush=True)
 
 
 def _note(msg: str) -> None:
@@ -139,6 +142,7 @@ def main() -> int:
     from chargeback import warehouse
     from chargeback.settings import get_settings
 
+    sys.stdout = sys.stderr  # dbt prints its progress to stdout
     root = get_settings().root
     work = Path(tempfile.mkdtemp(prefix="chargeback-bench-"))
     os.environ["CHARGEBACK_DATABASE"] = os.environ.get("CHARGEBACK_BENCH_DATABASE", "chargeback_bench")
