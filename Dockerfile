@@ -6,4 +6,5 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 USER airflow
 COPY --chown=airflow:root . /opt/chargeback
-RUN pip install --no-cache-dir -e /opt/chargeback
+RUN pip install --no-cache-dir -e /opt/chargeback \
+ && cd /opt/chargeback && python -c "from chargeback import transform; transform.parse()"

@@ -8,6 +8,10 @@ export GX_ANALYTICS_ENABLED := false
 export AIRFLOW_HOME ?= $(CURDIR)/airflow_home
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+# astronomer-cosmos renders usage_hourly's dbt tasks: no telemetry, no project hashing
+export AIRFLOW__COSMOS__ENABLE_TELEMETRY := False
+export AIRFLOW__COSMOS__ENABLE_DAG_VERSIONING := False
+export DO_NOT_TRACK := 1
 
 .PHONY: install system-deps demo test test-external-pg bench airflow lint dbt-docs warehouse-stop clean
 
@@ -18,6 +22,9 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: system-deps $(STAMP) ## create the virtualenv and install Chargeback with its test tools
+	@# dbt parse -> dbt_project/target/manifest.json, which the usage_hourly DAG is rendered from
+	@$(PY) -c 'from chargeback import transform; transform.parse()' >/dev/null || \
+	  { echo "dbt parse failed: see dbt_project/logs/dbt.log"; exit 1; }
 
 system-deps: ## Debian libraries WeasyPrint needs (installed when missing and we are root)
 	@if ! ldconfig -p | grep -q 'libpango-1.0.so.0' || ! ldconfig -p | grep -q 'libharfbuzz-subset.so.0'; then \

@@ -9,12 +9,30 @@ the schedule). It:
 3. **gates** the staged rows with Great Expectations (`expectations/raw_usage_staging.json`) —
    a failure names the file, line and field and stops the run; nothing is published,
 4. **publishes** them, replacing exactly the interval's rows (replays change nothing),
-5. **transforms** with dbt (`dbt build` over the window: incremental models touch only these hours),
+5. **transforms** with dbt, one task per model (task group `transform`, rendered by
+   astronomer-cosmos): each task is `dbt build --select <model>` over the window — its unit
+   tests, the model, then its data tests; a failing test fails the task and the run, and
+   dbt tests that span several models run as their own tasks once all their models are built.
+   Incremental models touch only the window's hours,
 6. **checks** the marts: allocated cost reconciles to each pool's cost to the cent.
 
 A manual run may pass a wider window (`start`, `end`, ISO-8601 UTC) — that is how backfills
 and the demo cover a month in one run — and a `source` (`files` or `simulator`).
 Logic lives in `chargeback.pipeline`; this file only wires tasks.
+
+**dbt manifest.** The dbt tasks are rendered from `dbt_project/target/manifest.json`, so
+parsing this file never runs dbt. `make install`, the test suite and `chargeback demo`
+(`chargeback.transform.parse()`) write it; if it is missing the file fails to import with
+"run `make install` (dbt parse) first". Re-run it after changing the dbt project, or new
+models get no task.
+
+**One transform per database.** The dbt tasks take no lock of their own (the CLI's
+`chargeback transform` does, with an advisory lock): `max_active_runs=1` keeps two runs of
+this DAG from building the same warehouse at once.
+
+**Environment.** The tasks read the warehouse connection from `CHARGEBACK_PG_*`
+(`chargeback.warehouse.dbt_env()`), which `chargeback.orchestrate.airflow_env()` exports
+for `airflow dags test` and `make airflow`; it also turns cosmos' telemetry off.
 """
 
 from __future__ import annotations
@@ -22,8 +40,20 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
+from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior, TestIndirectSelection
 
 from chargeback.dag_defaults import default_args
+from chargeback.transform import dbt_paths
+
+DBT = dbt_paths()  # paths only: no dbt, no database
+if not DBT.manifest.is_file():
+    raise FileNotFoundError(f"{DBT.manifest} is missing: run `make install` (dbt parse) first")
+
+WINDOW_VARS = {
+    "window_start": "{{ ti.xcom_pull(task_ids='resolve_window')['start'] }}",
+    "window_end": "{{ ti.xcom_pull(task_ids='resolve_window')['end'] }}",
+}
 
 
 @dag(
@@ -82,23 +112,47 @@ def usage_hourly():
         pipeline.publish(load_id)
 
     @task
-    def transform(window: dict[str, str]) -> None:
-        """dbt build over the window (incremental models rebuild only these hours)."""
-        from chargeback import pipeline
-
-        pipeline.transform(*pipeline.resolve_window(window, None, None))
-
-    @task
     def check_marts(window: dict[str, str]) -> None:
         """Great Expectations on the marts: money reconciles to the cent."""
         from chargeback import pipeline
 
         pipeline.check_marts(*pipeline.resolve_window(window, None, None))
 
+    transform = DbtTaskGroup(
+        group_id="transform",
+        project_config=ProjectConfig(
+            manifest_path=DBT.manifest,
+            project_name="chargeback",
+            install_dbt_deps=False,
+        ),
+        profile_config=ProfileConfig(
+            profile_name="chargeback", target_name="warehouse", profiles_yml_filepath=DBT.profiles_yml,
+        ),
+        execution_config=ExecutionConfig(
+            execution_mode=ExecutionMode.LOCAL,
+            invocation_mode=InvocationMode.DBT_RUNNER,
+            dbt_project_path=DBT.project_dir,
+            test_indirect_selection=TestIndirectSelection.CAUTIOUS,
+        ),
+        render_config=RenderConfig(
+            load_method=LoadMode.DBT_MANIFEST,
+            test_behavior=TestBehavior.BUILD,
+            should_detach_multiple_parents_tests=True,
+            emit_datasets=False,
+            ephemeral_models_as_empty_operator=False,  # int_cost_pools_hourly has unit tests
+        ),
+        operator_args={
+            "vars": WINDOW_VARS,
+            "env": {"DBT_LOG_PATH": str(DBT.log_dir), "DBT_USE_COLORS": "false"},
+            "doc_md": "dbt over this run's window (see the `transform` section of the DAG docs"
+                      " and the model's description in `dbt_project/models/`).",
+        },
+    )
+
     window = resolve_window()
     load_id = extract_and_stage(window)
     apply_configuration() >> load_id
-    gate(load_id, window) >> publish(load_id) >> transform(window) >> check_marts(window)
+    gate(load_id, window) >> publish(load_id) >> transform >> check_marts(window)
 
 
 usage_hourly()

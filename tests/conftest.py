@@ -15,11 +15,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The DAG integrity tests parse dags/ in this process: cosmos must read these before it
+# is first imported (see chargeback.orchestrate.cosmos_env).
+os.environ.setdefault("AIRFLOW__COSMOS__ENABLE_TELEMETRY", "False")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("AIRFLOW__COSMOS__ENABLE_DAG_VERSIONING", "False")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def test_warehouse(tmp_path_factory: pytest.TempPathFactory):
-    """A clean warehouse database with the shipped configuration applied."""
-    from chargeback import configuration, warehouse
+    """A clean warehouse database with the shipped configuration applied, and the dbt
+    manifest usage_hourly's dbt tasks are rendered from."""
+    from chargeback import configuration, transform, warehouse
+
+    transform.parse()
 
     name = os.environ.get("CHARGEBACK_TEST_DATABASE", "chargeback_test")
     scratch = tmp_path_factory.mktemp("chargeback")
@@ -30,7 +39,7 @@ def test_warehouse(tmp_path_factory: pytest.TempPathFactory):
     warehouse.drop_database(name)
     warehouse.ensure_schema()
     configuration.load()
-    yield warehouse.dsn()
+    return warehouse.dsn()
 
 
 @pytest.fixture

@@ -151,7 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rows = simulate(settings.landing, ids, start, end, seed=args.seed,
                     progress=_progress("simulating hours", hours))
     say(f"simulated {rows:,} snapshots: {len(ids)} tenants x {hours} hours -> {settings.landing}")
-    say("Airflow: usage_hourly over the month (extract, stage, GX gate, publish, dbt build, mart checks)")
+    say("Airflow: usage_hourly over the month (extract, stage, GX gate, publish, dbt models, mart checks)")
     orchestrate.run_dag("usage_hourly", {"start": start.isoformat(), "end": end.isoformat(), "source": "files"},
                         quiet=not args.verbose)
     say("Airflow: billing_monthly for the month (mart checks, PDF invoices)")

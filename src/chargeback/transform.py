@@ -109,13 +109,57 @@ def build(
     )
 
 
-def parse() -> Path:
-    """Write ``manifest.json`` (``dbt parse``) for Airflow's cosmos; returns its path."""
+def parse(environ: Mapping[str, str] | None = None) -> Path:
+    """Write ``manifest.json`` (``dbt parse``) for Airflow's cosmos; returns its path.
+
+    Parsing never connects: the ``CHARGEBACK_PG_*`` values come from ``environ`` (default
+    ``os.environ``) and, where missing (``make install``, a fresh checkout), placeholders,
+    so no warehouse is started just to parse. Real values keep dbt's partial parse valid
+    for the builds that follow.
+    """
     settings = get_settings()
-    outcome = _invoke(["parse"], settings)
+    environ = os.environ if environ is None else environ
+    env = {key: environ.get(key) or value for key, value in _PARSE_PLACEHOLDERS.items()}
+    outcome = _invoke(["parse", "--quiet"], settings, env=env)
     if outcome.exception is not None or not outcome.success:
         raise _error("dbt parse", outcome, (), [])
-    return _target_path(settings) / "manifest.json"
+    return manifest_path(settings)
+
+
+# profiles.yml needs values, not a server, to parse
+_PARSE_PLACEHOLDERS = {
+    "CHARGEBACK_PG_HOST": "localhost",
+    "CHARGEBACK_PG_PORT": "5432",
+    "CHARGEBACK_PG_USER": "postgres",
+    "CHARGEBACK_PG_PASSWORD": "",
+    "CHARGEBACK_PG_DBNAME": "chargeback",
+}
+
+
+@dataclass(frozen=True)
+class DbtPaths:
+    """Where the dbt project, its profile, manifest and logs are — what the DAG wires cosmos with."""
+
+    project_dir: Path
+    profiles_yml: Path
+    manifest: Path
+    log_dir: Path
+
+
+def dbt_paths(settings: Settings | None = None) -> DbtPaths:
+    """The dbt locations :func:`build` uses, for cosmos (paths only: cheap at DAG parse time)."""
+    settings = settings or get_settings()
+    return DbtPaths(
+        project_dir=settings.dbt_project_dir,
+        profiles_yml=settings.dbt_profiles_dir / "profiles.yml",
+        manifest=manifest_path(settings),
+        log_dir=settings.dbt_profiles_dir / "logs",
+    )
+
+
+def manifest_path(settings: Settings | None = None) -> Path:
+    """Where :func:`parse` writes the manifest the ``usage_hourly`` DAG is rendered from."""
+    return _target_path(settings or get_settings()) / "manifest.json"
 
 
 def _window(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime] | None:
@@ -133,7 +177,7 @@ def _target_path(settings: Settings) -> Path:
     return settings.dbt_profiles_dir / "target"
 
 
-def _invoke(args: list[str], settings: Settings):  # -> dbtRunnerResult
+def _invoke(args: list[str], settings: Settings, env: Mapping[str, str] | None = None):  # -> dbtRunnerResult
     from dbt.cli.main import dbtRunner  # heavy import: only when a transform runs
 
     common = [
@@ -147,7 +191,7 @@ def _invoke(args: list[str], settings: Settings):  # -> dbtRunnerResult
         str(settings.dbt_profiles_dir / "logs"),
         "--no-use-colors",
     ]
-    with _dbt_lock, _environ(warehouse.dbt_env(settings)):
+    with _dbt_lock, _environ(warehouse.dbt_env(settings) if env is None else env):
         return dbtRunner().invoke([args[0], *common, *args[1:]])
 
 
