@@ -180,3 +180,17 @@ def test_an_empty_window_loads_nothing_and_is_not_an_error(landing):
 def test_window_bounds_must_be_whole_utc_hours(landing):
     with pytest.raises(ValueError, match="whole hours"):
         load.stage(FileSource(str(landing)), START + dt.timedelta(minutes=30), START + dt.timedelta(hours=2))
+
+
+def test_any_fsspec_landing_location_loads_like_a_local_directory():
+    landing = "memory://chargeback-landing"
+    simulate(landing, TENANTS, *TWO_HOURS)
+
+    staged = load.stage(FileSource(landing), *TWO_HOURS)
+    result = load.publish(staged.load_id)
+
+    assert (staged.files, result.rows_loaded) == (2, 30)
+    with warehouse.connect() as conn:
+        files = {r[0] for r in conn.execute("select distinct source_file from raw.usage_snapshots")}
+    assert files == {f"memory:///chargeback-landing/usage/2026-09-03/{h:02d}/simulated-42.{ext}"
+                     for h, ext in ((0, "jsonl"), (1, "csv"))}
