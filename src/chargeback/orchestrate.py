@@ -52,6 +52,8 @@ def airflow_env(settings: Settings | None = None, *, warehouse: bool = True) -> 
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
         "GX_ANALYTICS_ENABLED": "false",
         "NO_COLOR": "1",
+        # airflow standalone starts its components as `airflow …` subprocesses
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         **cosmos_env(home),
     })
     if warehouse:
