@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from chargeback import warehouse
 from chargeback.money import format_money
-from chargeback.pipeline import month_window
+from chargeback.periods import month_window
 from chargeback.settings import Settings
 
 
