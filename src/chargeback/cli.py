@@ -97,7 +97,14 @@ def cmd_load(args: argparse.Namespace) -> int:
     start, end = _window(args)
     source = pipeline.make_source(args.source, tenants=args.tenants, seed=args.seed)
     pipeline.apply_configuration()
-    load_id = pipeline.extract_and_stage(start, end, source)
+    step = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal step
+        step = step or _progress("staging files", total)
+        step(1)
+
+    load_id = pipeline.extract_and_stage(start, end, source, progress=progress)
     pipeline.gate(load_id, start, end)
     pipeline.publish(load_id)
     print(f"load {load_id}: [{start.isoformat()}, {end.isoformat()}) staged, gated and published")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -73,8 +74,17 @@ class PublishResult:
     rows_loaded: int
 
 
-def stage(source: UsageSource, start: dt.datetime, end: dt.datetime, settings: Settings | None = None) -> StageResult:
-    """Stage the snapshots of ``[start, end)`` from ``source``; return the new ``load_id``."""
+def stage(
+    source: UsageSource,
+    start: dt.datetime,
+    end: dt.datetime,
+    settings: Settings | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> StageResult:
+    """Stage the snapshots of ``[start, end)`` from ``source``; return the new ``load_id``.
+
+    ``progress(done, total)`` is called after each file, for long windows.
+    """
     warehouse.ensure_schema(settings)
     files = source.files(start, end)
     with warehouse.connect(settings) as conn:
@@ -85,7 +95,7 @@ def stage(source: UsageSource, start: dt.datetime, end: dt.datetime, settings: S
         ).fetchone()[0]
     try:
         with warehouse.connect(settings) as conn:
-            rows = _stage_files(conn, load_id, files)
+            rows = _stage_files(conn, load_id, files, progress)
     except LoadError as exc:
         _finish_run(settings, load_id, "failed", str(exc))
         raise
@@ -98,7 +108,8 @@ def stage(source: UsageSource, start: dt.datetime, end: dt.datetime, settings: S
     return StageResult(load_id, start, end, len(files), rows)
 
 
-def _stage_files(conn: psycopg.Connection, load_id: int, files: list[SnapshotFile]) -> int:
+def _stage_files(conn: psycopg.Connection, load_id: int, files: list[SnapshotFile],
+                 progress: Callable[[int, int], None] | None = None) -> int:
     conn.execute(
         "create temp table landed_jsonl (line bigint generated always as identity, file text, doc text)"
         " on commit drop"
@@ -109,13 +120,15 @@ def _stage_files(conn: psycopg.Connection, load_id: int, files: list[SnapshotFil
         + ") on commit drop"
     )
     rows = 0
-    for f in files:
+    for done, f in enumerate(files, start=1):
         if f.format == "jsonl":
             _copy_jsonl(conn, f)
             rows += _parse(conn, f, _PARSE_JSONL, "landed_jsonl", load_id)
         else:
             _copy_csv(conn, f)
             rows += _parse(conn, f, _PARSE_CSV, "landed_csv", load_id)
+        if progress:
+            progress(done, len(files))
     return rows
 
 

@@ -46,8 +46,8 @@ def apply_configuration(settings: Settings | None = None) -> dict[str, int]:
 
 
 def extract_and_stage(start: dt.datetime, end: dt.datetime, source: UsageSource,
-                      settings: Settings | None = None) -> int:
-    result = load.stage(source, start, end, settings)
+                      settings: Settings | None = None, progress=None) -> int:
+    result = load.stage(source, start, end, settings, progress)
     log.info("staged load %s: %s rows from %s files for [%s, %s)",
              result.load_id, result.rows, result.files, start.isoformat(), end.isoformat())
     return result.load_id
