@@ -15,7 +15,7 @@ import datetime as dt
 import pytest
 
 from chargeback import checks, configuration, warehouse
-from chargeback.gate import utc
+from chargeback.periods import parse_instant as utc
 from chargeback.settings import get_settings
 
 pytestmark = pytest.mark.warehouse

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from chargeback import gate, warehouse
-from chargeback.gate import SuiteResult, SuiteRun, ValidationError, format_window, utc
+from chargeback.gate import SuiteResult, SuiteRun, ValidationError, format_window
+from chargeback.periods import parse_instant as utc
 from chargeback.settings import Settings, get_settings
 
 SUITES = (

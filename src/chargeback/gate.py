@@ -30,6 +30,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from chargeback import warehouse
+from chargeback.periods import parse_instant as utc
 from chargeback.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -507,15 +508,6 @@ def format_window(start: dt.datetime, end: dt.datetime) -> str:
     start, end = utc(start), utc(end)
     end_fmt = "%H:%MZ" if end.date() == start.date() else "%Y-%m-%dT%H:%MZ"
     return f"{start:%Y-%m-%dT%H:%MZ}–{end.strftime(end_fmt)}"
-
-
-def utc(value: dt.datetime | str) -> dt.datetime:
-    """An aware UTC datetime from a datetime or ISO-8601 string (naive means UTC)."""
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC)
 
 
 def _json_safe(value: Any) -> Any:

@@ -17,10 +17,11 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from chargeback import warehouse
+from chargeback.periods import parse_instant
 from chargeback.settings import Settings, get_settings
 
 # dbt keeps global state (flags, adapters, event manager): one invocation at a time
@@ -167,7 +168,7 @@ def _window(start: datetime | None, end: datetime | None) -> tuple[datetime, dat
         return None
     if start is None or end is None:
         raise ValueError("pass both window_start and window_end, or neither")
-    start, end = (d.replace(tzinfo=UTC) if d.tzinfo is None else d.astimezone(UTC) for d in (start, end))
+    start, end = parse_instant(start), parse_instant(end)
     if start >= end:
         raise ValueError(f"window_start {start.isoformat()} must be before window_end {end.isoformat()}")
     return start, end
