@@ -96,7 +96,6 @@ def cmd_load(args: argparse.Namespace) -> int:
 
     start, end = _window(args)
     source = pipeline.make_source(args.source, tenants=args.tenants, seed=args.seed)
-    pipeline.apply_configuration()
     step = None
 
     def progress(done: int, total: int) -> None:
@@ -104,9 +103,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         step = step or _progress("staging files", total)
         step(1)
 
-    load_id = pipeline.extract_and_stage(start, end, source, progress=progress)
-    pipeline.gate(load_id, start, end)
-    pipeline.publish(load_id)
+    load_id = pipeline.load_window(start, end, source, progress=progress)
     print(f"load {load_id}: [{start.isoformat()}, {end.isoformat()}) staged, gated and published")
     return 0
 
@@ -227,20 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Failures a user can act on. Evaluated only when something was raised, so the
+    heavier imports (WeasyPrint via invoices) cost nothing on the success path."""
+    from chargeback.checks import ChecksFailed
     from chargeback.configuration import ConfigError
+    from chargeback.gate import GateFailed
+    from chargeback.invoices import InvoiceError
     from chargeback.load import LoadError
     from chargeback.orchestrate import AirflowRunFailed
+    from chargeback.transform import TransformError
     from chargeback.warehouse import WarehouseError
 
-    errors: list[type[BaseException]] = [ConfigError, LoadError, AirflowRunFailed, WarehouseError, ValueError]
-    for module, name in (("gate", "GateFailed"), ("checks", "ChecksFailed"),
-                         ("transform", "TransformError"), ("invoices", "InvoiceError")):
-        try:
-            mod = __import__(f"chargeback.{module}", fromlist=[name])
-            errors.append(getattr(mod, name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
+    return (ConfigError, LoadError, GateFailed, ChecksFailed, TransformError, InvoiceError,
+            AirflowRunFailed, WarehouseError, ValueError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 import os
 
-from chargeback import configuration, load, warehouse
+from chargeback import configuration, load
 from chargeback.periods import month_window, parse_instant, resolve_window  # noqa: F401 - DAG tasks use them
 from chargeback.settings import Settings, get_settings
 from chargeback.sources import FileSource, SimulatorSource, UsageSource
@@ -83,13 +83,20 @@ def check_marts(start: dt.datetime | None, end: dt.datetime | None, settings: Se
     log.info("mart checks passed: %s", outcome)
 
 
-def run_usage_window(start: dt.datetime, end: dt.datetime, source: UsageSource,
-                     settings: Settings | None = None) -> int:
-    """The whole hourly chain for one window, in-process (the CLI's ``load`` + ``transform``)."""
+def load_window(start: dt.datetime, end: dt.datetime, source: UsageSource,
+                settings: Settings | None = None, progress=None) -> int:
+    """Configuration, extract, gate and publish for one window, in-process (``chargeback load``)."""
     apply_configuration(settings)
-    load_id = extract_and_stage(start, end, source, settings)
+    load_id = extract_and_stage(start, end, source, settings, progress)
     gate(load_id, start, end, settings)
     publish(load_id, settings)
+    return load_id
+
+
+def run_usage_window(start: dt.datetime, end: dt.datetime, source: UsageSource,
+                     settings: Settings | None = None) -> int:
+    """The whole hourly chain for one window, in-process (``load_window``, then dbt and the checks)."""
+    load_id = load_window(start, end, source, settings)
     transform(start, end, settings)
     check_marts(start, end, settings)
     return load_id
@@ -105,7 +112,6 @@ def render_invoices(period: str, settings: Settings | None = None, workers: int 
     """
     from chargeback import invoices
 
-    warehouse.ensure_schema(settings)
     issue_date = month_window(period)[1].date()
     records = invoices.render_month(period, workers=workers, settings=settings, issue_date=issue_date)
     log.info("rendered %s invoices for %s", len(records), period)
