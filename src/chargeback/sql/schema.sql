@@ -57,25 +57,106 @@ create table if not exists config.meters (
     kind text not null check (kind in ('counter', 'gauge')),
     description text not null
 );
+-- Tables whose shape changed since an earlier release are dropped here: they hold
+-- nothing but the last applied configuration, which the next apply writes again.
+do $$
+begin
+    if exists (select from information_schema.columns
+               where table_schema = 'config' and table_name = 'cost_pools'
+                 and column_name = 'method') then
+        drop table config.cost_pools;
+    end if;
+    if exists (select from information_schema.columns
+               where table_schema = 'config' and table_name = 'prices'
+                 and column_name = 'unit_price') then
+        drop table config.prices;
+    end if;
+end
+$$;
+-- Monthly contract terms per tenant; a month is billed on the terms in force on its first day.
+create table if not exists config.tenant_terms (
+    tenant_id text not null,
+    valid_from date not null,
+    valid_to date,
+    discount_percent numeric(7, 4) not null default 0
+        check (discount_percent >= 0 and discount_percent <= 100),
+    monthly_commitment numeric(18, 2) not null default 0 check (monthly_commitment >= 0),
+    overage_uplift_percent numeric(7, 4) not null default 0 check (overage_uplift_percent >= 0),
+    retention_days integer not null default 30 check (retention_days > 0),
+    primary key (tenant_id, valid_from)
+);
+-- One row per version of a cost pool (docs/COST_ENGINE.md).
 create table if not exists config.cost_pools (
     pool text not null,
+    valid_from date not null,
+    valid_to date,
     description text not null,
     monthly_cost numeric(18, 2) not null check (monthly_cost >= 0),
     currency text not null,
-    valid_from date not null,
-    valid_to date,
-    method text not null,
-    driver_meter text,
+    capacity_meter text,
+    capacity_per_hour numeric(38, 12) check (capacity_per_hour > 0),
+    idle_policy text not null default 'platform'
+        check (idle_policy in ('platform', 'redistribute')),
     primary key (pool, valid_from)
 );
+-- The allocation rule of a pool version: one or more parts, each with a method.
+create table if not exists config.allocation_rules (
+    pool text not null,
+    valid_from date not null,
+    part integer not null check (part >= 1),
+    share_percent numeric(7, 4) not null check (share_percent > 0 and share_percent <= 100),
+    method text not null
+        check (method in ('direct', 'proportional', 'even', 'fixed', 'activity_based')),
+    primary key (pool, valid_from, part)
+);
+-- What a part is split over: driver meters, activities, active tenants or fixed shares.
+create table if not exists config.allocation_components (
+    pool text not null,
+    valid_from date not null,
+    part integer not null,
+    component text not null,
+    basis text not null check (basis in ('usage', 'active', 'fixed')),
+    meter text,
+    weight numeric(18, 6) not null check (weight > 0),
+    primary key (pool, valid_from, part, component),
+    check ((basis = 'usage') = (meter is not null))
+);
+-- Tenants' percentages of a `fixed` part, or the one tenant (100) of a `direct` part.
+create table if not exists config.allocation_fixed_shares (
+    pool text not null,
+    valid_from date not null,
+    part integer not null,
+    tenant_id text not null,
+    percent numeric(7, 4) not null check (percent > 0 and percent <= 100),
+    primary key (pool, valid_from, part, tenant_id)
+);
+-- One row per price book version and meter: its pricing model.
 create table if not exists config.prices (
     price_book text not null,
-    currency text not null,
     valid_from date not null,
     valid_to date,
+    currency text not null,
     meter text not null,
+    pricing_model text not null
+        check (pricing_model in ('per_unit', 'graduated', 'volume', 'package', 'retention')),
+    free_allowance numeric(38, 12) not null default 0 check (free_allowance >= 0),
+    package_size numeric(38, 12) check (package_size > 0),
+    package_price numeric(18, 6) check (package_price >= 0),
+    primary key (price_book, meter, valid_from),
+    check ((pricing_model = 'package') = (package_size is not null and package_price is not null))
+);
+-- Tiers of a price: bounds in billable units (after the free allowance) of the month.
+create table if not exists config.price_tiers (
+    price_book text not null,
+    valid_from date not null,
+    meter text not null,
+    tier integer not null check (tier >= 1),
+    lower_bound numeric(38, 12) not null check (lower_bound >= 0),
+    upper_bound numeric(38, 12),
+    retention_days integer check (retention_days > 0),
     unit_price numeric(18, 6) not null check (unit_price >= 0),
-    primary key (price_book, meter, valid_from)
+    primary key (price_book, meter, valid_from, tier),
+    check (upper_bound is null or upper_bound > lower_bound)
 );
 
 -- One row per extract+load run of a window.
