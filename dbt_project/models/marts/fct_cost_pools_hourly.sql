@@ -1,3 +1,8 @@
+{#-
+    Cost of each pool per UTC hour (int_cost_pools_hourly): the monthly cost
+    spread over the month's hours, and for a pool with a capacity its split
+    into used and idle cost by the hour's utilisation.
+-#}
 {{
     config(
         materialized='incremental',
@@ -25,10 +30,17 @@ final as (
         pool,
         hour_start,
         pool_cost,
+        used_cost,
+        idle_cost,
+        capacity_meter,
+        capacity,
+        capacity_used,
+        utilisation,
         currency,
-        method,
-        driver_meter,
-        rule_valid_from
+        rule_valid_from,
+        monthly_cost,
+        hours_in_month,
+        idle_policy
 
     from pool_hours
 

@@ -10,13 +10,14 @@ renamed as (
 
     select
         pool::text as pool,
+        valid_from::date as valid_from,
+        valid_to::date as valid_to,
         description::text as description,
         monthly_cost::numeric(18, 2) as monthly_cost,
         currency::text as currency,
-        valid_from::date as valid_from,
-        valid_to::date as valid_to,
-        method::text as method,
-        driver_meter::text as driver_meter
+        capacity_meter::text as capacity_meter,
+        capacity_per_hour::numeric(38, 12) as capacity_per_hour,
+        idle_policy::text as idle_policy
 
     from source
 

@@ -1,0 +1,83 @@
+{#-
+    fct_cost_allocations_hourly summed per UTC calendar month, for BI, the
+    ledger and FOCUS: one row per month, tenant (null for idle kept by the
+    platform and unallocated cost), pool, rule version, part, component and
+    cost_type. A windowed run rebuilds the months the window touches.
+-#}
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='append',
+        on_schema_change='fail',
+        pre_hook="{{ delete_window() }}",
+        post_hook="{{ analyze_after_large_write() }}",
+        indexes=[{'columns': ['cost_month', 'tenant_id']}],
+    )
+}}
+
+with
+
+allocations as (
+
+    select * from {{ ref('fct_cost_allocations_hourly') }}
+    where {{ window_months('hour_start', 'timestamptz') }}
+
+),
+
+monthly as (
+
+    select
+        {{ utc_month('hour_start') }} as cost_month,
+        tenant_id,
+        pool,
+        rule_valid_from,
+        part,
+        method,
+        component,
+        cost_type,
+        driver_meter,
+        currency,
+        sum(driver_quantity) as driver_quantity,
+        sum(allocated_cost) as allocated_cost,
+        count(*) as hour_count
+
+    from allocations
+
+    group by
+        {{ utc_month('hour_start') }},
+        tenant_id,
+        pool,
+        rule_valid_from,
+        part,
+        method,
+        component,
+        cost_type,
+        driver_meter,
+        currency
+
+),
+
+final as (
+
+    select
+        cost_month,
+        tenant_id,
+        pool,
+        rule_valid_from,
+        part,
+        method,
+        component,
+        cost_type,
+        driver_meter,
+        case
+            when driver_meter is not null then driver_quantity
+        end::numeric(38, 12) as driver_quantity,
+        allocated_cost::numeric(18, 2) as allocated_cost,
+        currency,
+        hour_count::integer as hour_count
+
+    from monthly
+
+)
+
+select * from final
