@@ -8,6 +8,7 @@ warehouse tables in one transaction: the whole configuration loads, or none does
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
@@ -32,16 +33,6 @@ class Meter(_Model):
     unit: str
     kind: Literal["counter", "gauge"]
     description: str
-
-
-class Tenant(_Model):
-    tenant_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    name: str
-    organisation: str
-    business_unit: str
-    team: str
-    price_book: str
-    billing_email: str | None = None
 
 
 class TenantTerms(_Model):
@@ -104,8 +95,9 @@ class AllocationPart(_Model):
 
     @model_validator(mode="after")
     def _settings_match_method(self) -> AllocationPart:
-        given = {f for f in ("tenant", "driver", "drivers", "percentages", "activities")
-                 if getattr(self, f) is not None}
+        given = {
+            f for f in ("tenant", "driver", "drivers", "percentages", "activities") if getattr(self, f) is not None
+        }
         allowed = _METHOD_FIELDS[self.method]
         extra = sorted(given - allowed)
         if extra:
@@ -119,8 +111,10 @@ class AllocationPart(_Model):
             field, what = needs[self.method]
             raise ValueError(f"method {self.method} needs `{field}`: {what}")
         if self.method == "proportional" and len(given) != 1:
-            raise ValueError("method proportional needs either `driver` (one meter) or `drivers` "
-                             "(meters with weights), not both and not neither")
+            raise ValueError(
+                "method proportional needs either `driver` (one meter) or `drivers` "
+                "(meters with weights), not both and not neither"
+            )
         for name, mapping in (("drivers", self.drivers), ("percentages", self.percentages)):
             for key, value in (mapping or {}).items():
                 if value <= 0:
@@ -217,7 +211,7 @@ class Price(_Model):
                 raise ValueError(f"the last tier must have no up_to (it covers everything above {bounds[-1]})")
             if None in bounds[:-1]:
                 raise ValueError("only the last tier may omit up_to")
-            for lower, upper in zip(bounds[:-1], bounds[1:-1], strict=False):
+            for lower, upper in itertools.pairwise(bounds[:-1]):
                 if upper <= lower:
                     raise ValueError(f"tiers overlap or are out of order: up_to {upper} comes after up_to {lower}")
         elif m == "package":
@@ -336,7 +330,7 @@ def _overlaps(versions: list[tuple[dt.date, dt.date | None]]) -> list[str]:
     for start, end in ordered:
         if end is not None and end <= start:
             problems.append(f"valid_to {end} is not after valid_from {start}")
-    for (start, end), (next_start, _) in zip(ordered, ordered[1:], strict=False):
+    for (start, end), (next_start, _) in itertools.pairwise(ordered):
         if end is None or end > next_start:
             until = "open-ended" if end is None else f"until {end}"
             problems.append(f"the version from {start} ({until}) overlaps the version from {next_start}")
@@ -390,8 +384,9 @@ def _check_references(cfg: Configuration, config_dir: Path) -> None:
         if not p.parts:
             problems.append(f"{where} has no allocation rule: add `allocation:` with a method")
         if p.capacity is not None and p.capacity.meter not in meters:
-            problems.append(f"{where}: capacity is measured by meter '{p.capacity.meter}', "
-                            "which meters.yml does not define")
+            problems.append(
+                f"{where}: capacity is measured by meter '{p.capacity.meter}', which meters.yml does not define"
+            )
         shares = sum(part.share_percent for part in p.parts)
         if p.parts and shares != 100:
             problems.append(f"{where}: the parts' share_percent add up to {shares}, not 100")
@@ -469,21 +464,45 @@ def apply(cfg: Configuration, settings: Settings | None = None) -> None:
         cur.executemany(
             "insert into config.tenants (tenant_id, tenant_name, organisation, business_unit, team,"
             " price_book, billing_email) values (%s, %s, %s, %s, %s, %s, %s)",
-            [(t.tenant_id, t.name, t.organisation, t.business_unit, t.team, t.price_book, t.billing_email)
-             for t in cfg.tenants],
+            [
+                (t.tenant_id, t.name, t.organisation, t.business_unit, t.team, t.price_book, t.billing_email)
+                for t in cfg.tenants
+            ],
         )
         cur.executemany(
             "insert into config.tenant_terms (tenant_id, valid_from, valid_to, discount_percent,"
             " monthly_commitment, overage_uplift_percent, retention_days) values (%s, %s, %s, %s, %s, %s, %s)",
-            [(t.tenant_id, x.valid_from, x.valid_to, x.discount_percent, x.monthly_commitment,
-              x.overage_uplift_percent, x.retention_days) for t in cfg.tenants for x in t.terms],
+            [
+                (
+                    t.tenant_id,
+                    x.valid_from,
+                    x.valid_to,
+                    x.discount_percent,
+                    x.monthly_commitment,
+                    x.overage_uplift_percent,
+                    x.retention_days,
+                )
+                for t in cfg.tenants
+                for x in t.terms
+            ],
         )
         cur.executemany(
             "insert into config.cost_pools (pool, valid_from, valid_to, description, monthly_cost, currency,"
             " capacity_meter, capacity_per_hour, idle_policy) values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            [(p.pool, p.valid_from, p.valid_to, p.description, p.monthly_cost, p.currency,
-              p.capacity.meter if p.capacity else None, p.capacity.per_hour if p.capacity else None, p.idle)
-             for p in cfg.cost_pools],
+            [
+                (
+                    p.pool,
+                    p.valid_from,
+                    p.valid_to,
+                    p.description,
+                    p.monthly_cost,
+                    p.currency,
+                    p.capacity.meter if p.capacity else None,
+                    p.capacity.per_hour if p.capacity else None,
+                    p.idle,
+                )
+                for p in cfg.cost_pools
+            ],
         )
         parts = [(p, i, part) for p in cfg.cost_pools for i, part in enumerate(p.parts, 1)]
         cur.executemany(
@@ -499,26 +518,53 @@ def apply(cfg: Configuration, settings: Settings | None = None) -> None:
         cur.executemany(
             "insert into config.allocation_fixed_shares (pool, valid_from, part, tenant_id, percent)"
             " values (%s, %s, %s, %s, %s)",
-            [(p.pool, p.valid_from, i, tenant, pct) for p, i, part in parts
-             for tenant, pct in part.fixed_shares().items()],
+            [
+                (p.pool, p.valid_from, i, tenant, pct)
+                for p, i, part in parts
+                for tenant, pct in part.fixed_shares().items()
+            ],
         )
         cur.executemany(
             "insert into config.prices (price_book, valid_from, valid_to, currency, meter, pricing_model,"
             " free_allowance, package_size, package_price) values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            [(b.price_book, b.valid_from, b.valid_to, b.currency, meter, price.model, price.free_allowance,
-              price.package_size, price.package_price) for b in cfg.price_books for meter, price in b.prices.items()],
+            [
+                (
+                    b.price_book,
+                    b.valid_from,
+                    b.valid_to,
+                    b.currency,
+                    meter,
+                    price.model,
+                    price.free_allowance,
+                    price.package_size,
+                    price.package_price,
+                )
+                for b in cfg.price_books
+                for meter, price in b.prices.items()
+            ],
         )
         cur.executemany(
             "insert into config.price_tiers (price_book, valid_from, meter, tier, lower_bound, upper_bound,"
             " retention_days, unit_price) values (%s, %s, %s, %s, %s, %s, %s, %s)",
-            [(b.price_book, b.valid_from, meter, *row) for b in cfg.price_books
-             for meter, price in b.prices.items() for row in price.tier_rows()],
+            [
+                (b.price_book, b.valid_from, meter, *row)
+                for b in cfg.price_books
+                for meter, price in b.prices.items()
+                for row in price.tier_rows()
+            ],
         )
 
 
 _TABLES = (
-    "config.tenants", "config.tenant_terms", "config.meters", "config.cost_pools", "config.allocation_rules",
-    "config.allocation_components", "config.allocation_fixed_shares", "config.prices", "config.price_tiers",
+    "config.tenants",
+    "config.tenant_terms",
+    "config.meters",
+    "config.cost_pools",
+    "config.allocation_rules",
+    "config.allocation_components",
+    "config.allocation_fixed_shares",
+    "config.prices",
+    "config.price_tiers",
 )
 
 
