@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from chargeback import warehouse
 from chargeback.settings import Settings, get_settings
@@ -159,13 +159,16 @@ class CostPool(_Model):
     valid_to: dt.date | None = None
     capacity: Capacity | None = None
     idle: Literal["platform", "redistribute"] = "platform"
-    allocation: AllocationPart | list[AllocationPart] | None = None
+    allocation: list[AllocationPart] | None = None
+
+    @field_validator("allocation", mode="before")
+    @classmethod
+    def _one_rule_is_one_part(cls, value: object) -> object:
+        return [value] if isinstance(value, dict) else value
 
     @property
     def parts(self) -> list[AllocationPart]:
-        if self.allocation is None:
-            return []
-        return self.allocation if isinstance(self.allocation, list) else [self.allocation]
+        return self.allocation or []
 
 
 class Tier(_Model):
@@ -318,7 +321,9 @@ def _describe_entry(exc: ValidationError, path: Path, section: str, index: int, 
             ident += f" (from {entry['valid_from']})"
     msgs = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(entry)"
+        # list positions count from 1, as a reader of the YAML counts them: terms[1]
+        field = "".join(f"[{p + 1}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        field = field or "(entry)"
         msgs.append(f"{path}: {section} {ident}, field {field}: {err['msg'].removeprefix('Value error, ')}")
     return "\n".join(msgs)
 
