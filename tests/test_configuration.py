@@ -32,11 +32,11 @@ def test_shipped_configuration_is_valid():
 
 
 def test_unknown_meter_in_a_price_book_is_named(config_dir):
-    _edit(config_dir / "price_books.yml", "alerts_fired: \"0.01\"", "alerts_fird: \"0.01\"")
+    _edit(config_dir / "price_books.yml", 'query_cpu_seconds: "0.0003"', 'query_cpu_secs: "0.0003"')
     with pytest.raises(configuration.ConfigError) as err:
         configuration.read(config_dir)
-    assert "price book standard prices meter 'alerts_fird', which meters.yml does not define" in str(err.value)
-    assert "price book standard has no price for meter 'alerts_fired'" in str(err.value)
+    assert "price book enterprise prices meter 'query_cpu_secs', which meters.yml does not define" in str(err.value)
+    assert "price book enterprise has no price for meter 'query_cpu_seconds'" in str(err.value)
 
 
 def test_tenant_without_a_known_price_book_is_named(config_dir):
@@ -49,7 +49,8 @@ def test_a_float_like_negative_cost_is_refused_with_file_entry_and_field(config_
     _edit(config_dir / "cost_pools.yml", 'monthly_cost: "9500.00"', 'monthly_cost: "-9500.00"')
     with pytest.raises(configuration.ConfigError) as err:
         configuration.read(config_dir)
-    assert f"{config_dir / 'cost_pools.yml'}: cost_pools pool storage, field monthly_cost" in str(err.value)
+    where = f"{config_dir / 'cost_pools.yml'}: cost_pools pool storage (from 2020-01-01), field monthly_cost"
+    assert where in str(err.value)
 
 
 @pytest.mark.warehouse
@@ -60,3 +61,115 @@ def test_invalid_configuration_leaves_the_warehouse_unchanged(config_dir):
         configuration.load(config_dir)
     with warehouse.connect() as conn:
         assert conn.execute("select count(*) from config.tenants").fetchone()[0] == 50
+
+
+def _problems(config_dir: Path) -> str:
+    with pytest.raises(configuration.ConfigError) as err:
+        configuration.read(config_dir)
+    return str(err.value)
+
+
+def test_tiers_out_of_order_are_named_with_book_and_meter(config_dir):
+    _edit(config_dir / "price_books.yml", '{up_to: "10000", unit_price: "0.35"}', '{up_to: "900", unit_price: "0.35"}')
+    assert (
+        f"{config_dir / 'price_books.yml'}: price_books price_book enterprise (from 2020-01-01), "
+        "field prices.ingested_gb: tiers overlap or are out of order: up_to 900 comes after up_to 1000"
+    ) in _problems(config_dir)
+
+
+def test_a_tier_without_a_bound_before_the_last_is_refused(config_dir):
+    _edit(config_dir / "price_books.yml", '{up_to: "100000", unit_price: "0.0035"}', '{unit_price: "0.0035"}')
+    assert "field prices.scanned_gb: only the last tier may omit up_to" in _problems(config_dir)
+
+
+def test_fixed_percentages_must_add_up_to_100(config_dir):
+    _edit(config_dir / "cost_pools.yml", "{t001: 50, t002: 30, t003: 20}", "{t001: 50, t002: 30, t003: 10}")
+    assert (
+        "cost_pools pool support_contract (from 2020-01-01), field allocation[1]: "
+        "fixed percentages add up to 90, not 100"
+    ) in _problems(config_dir)
+
+
+def test_parts_must_add_up_to_100(config_dir):
+    _edit(config_dir / "cost_pools.yml", "{share_percent: 60, method: even}", "{share_percent: 50, method: even}")
+    assert (
+        f"{config_dir / 'cost_pools.yml'}: pool observability_stack (from 2020-01-01): "
+        "the parts' share_percent add up to 90, not 100"
+    ) in _problems(config_dir)
+
+
+def test_a_pool_without_a_rule_is_named(config_dir):
+    _edit(config_dir / "cost_pools.yml", "    allocation: {method: proportional, driver: ingested_gb}\n", "")
+    assert (
+        f"{config_dir / 'cost_pools.yml'}: pool network (from 2020-01-01) has no allocation rule: "
+        "add `allocation:` with a method"
+    ) in _problems(config_dir)
+
+
+def test_a_method_with_the_wrong_settings_says_what_it_needs(config_dir):
+    _edit(config_dir / "cost_pools.yml", "{method: direct, tenant: t004}", "{method: direct}")
+    assert "field allocation[1]: method direct needs `tenant`: the tenant the pool belongs to" in _problems(config_dir)
+
+
+def test_allocation_to_an_unknown_tenant_or_meter_is_named(config_dir):
+    _edit(config_dir / "cost_pools.yml", "{method: direct, tenant: t004}", "{method: direct, tenant: t404}")
+    _edit(config_dir / "cost_pools.yml", "{meter: alerts_fired, weight: 10}", "{meter: alerts, weight: 10}")
+    problems = _problems(config_dir)
+    assert "pool dedicated_cluster (from 2020-01-01) is allocated to tenant 't404'" in problems
+    assert "pool platform_team (from 2020-01-01) is allocated by meter 'alerts', which meters.yml" in problems
+
+
+def test_overlapping_versions_of_a_pool_are_refused(config_dir):
+    _edit(config_dir / "cost_pools.yml", "valid_to: 2026-10-15", "valid_to: 2026-10-20")
+    assert (
+        f"{config_dir / 'cost_pools.yml'}: pool compute: the version from 2020-01-01 (until 2026-10-20) "
+        "overlaps the version from 2026-10-15"
+    ) in _problems(config_dir)
+
+
+def test_overlapping_versions_of_a_price_book_are_refused(config_dir):
+    _edit(config_dir / "price_books.yml", "    valid_to: 2026-10-15\n", "")
+    assert "price book standard: the version from 2020-01-01 (open-ended) overlaps the version from 2026-10-15" in (
+        _problems(config_dir)
+    )
+
+
+def test_retention_longer_than_any_tier_is_named(config_dir):
+    _edit(config_dir / "tenants.yml", "retention_days: 7", "retention_days: 400")
+    assert (
+        "price book enterprise (from 2020-01-01) has no stored_gb retention tier of 400 days or more, "
+        "which tenant t003 keeps its logs for"
+    ) in _problems(config_dir)
+
+
+def test_terms_start_on_the_first_of_a_month(config_dir):
+    _edit(config_dir / "tenants.yml", "valid_from: 2025-07-01", "valid_from: 2025-07-15")
+    assert "tenants tenant_id t002, field terms[1]: terms start on the first day of a month, not 2025-07-15" in (
+        _problems(config_dir)
+    )
+
+
+@pytest.mark.warehouse
+def test_a_rule_whose_driver_has_no_usage_in_the_period_is_named():
+    from datetime import UTC, datetime
+
+    configuration.load(CONFIG)
+    start, end = datetime(2031, 3, 1, tzinfo=UTC), datetime(2031, 4, 1, tzinfo=UTC)
+    with warehouse.connect() as conn:
+        conn.execute("delete from raw.usage_snapshots where hour_start >= %s and hour_start < %s", (start, end))
+        conn.execute(
+            "insert into raw.usage_snapshots (snapshot_id, tenant_id, meter, value, unit, hour_start, emitted_at,"
+            " kind, source_file, source_line, load_id)"
+            " select 'cfg-test-' || meter, 't001', meter, 1, 'GB', %s, %s, 'counter', 'test', 1, 0"
+            " from unnest(array['ingested_gb', 'stored_gb', 'scanned_gb', 'query_cpu_seconds']) as meter",
+            (start, start),
+        )
+    try:
+        problems = configuration.drivers_without_usage(start, end)
+    finally:
+        with warehouse.connect() as conn:
+            conn.execute("delete from raw.usage_snapshots where snapshot_id like 'cfg-test-%'")
+    assert problems == [
+        "pool platform_team (rule from 2020-01-01) is allocated by meter 'alerts_fired', which has no usage "
+        "from 2031-03-01 00:00 to 2031-04-01 00:00 UTC: check the rule or the meter's data"
+    ]

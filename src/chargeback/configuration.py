@@ -8,12 +8,13 @@ warehouse tables in one transaction: the whole configuration loads, or none does
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from chargeback import warehouse
 from chargeback.settings import Settings, get_settings
@@ -34,6 +35,25 @@ class Meter(_Model):
     description: str
 
 
+class TenantTerms(_Model):
+    """Monthly contract terms; a month is billed on the terms in force on its first day."""
+
+    valid_from: dt.date
+    valid_to: dt.date | None = None
+    discount_percent: Decimal = Field(default=Decimal(0), ge=0, le=100)
+    monthly_commitment: Decimal = Field(default=Decimal(0), ge=0, decimal_places=2)
+    overage_uplift_percent: Decimal = Field(default=Decimal(0), ge=0)
+    retention_days: int = Field(default=30, gt=0)
+
+    @model_validator(mode="after")
+    def _monthly(self) -> TenantTerms:
+        if self.valid_from.day != 1:
+            raise ValueError(f"terms start on the first day of a month, not {self.valid_from}")
+        if self.valid_to is not None and (self.valid_to.day != 1 or self.valid_to <= self.valid_from):
+            raise ValueError(f"terms end on the first day of a later month, not {self.valid_to}")
+        return self
+
+
 class Tenant(_Model):
     tenant_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     name: str
@@ -42,11 +62,92 @@ class Tenant(_Model):
     team: str
     price_book: str
     billing_email: str | None = None
+    terms: list[TenantTerms] = []
 
 
-class Allocation(_Model):
-    method: Literal["proportional"]
-    driver: str
+class Activity(_Model):
+    meter: str
+    weight: Decimal = Field(gt=0)
+
+
+Method = Literal["direct", "proportional", "even", "fixed", "activity_based"]
+
+# which settings each method takes (besides method and share_percent)
+_METHOD_FIELDS: dict[str, set[str]] = {
+    "direct": {"tenant"},
+    "proportional": {"driver", "drivers"},
+    "even": set(),
+    "fixed": {"percentages"},
+    "activity_based": {"activities"},
+}
+
+
+class AllocationPart(_Model):
+    """One allocation rule, or one part of a pool split into parts by ``share_percent``."""
+
+    method: Method
+    share_percent: Decimal = Field(default=Decimal(100), gt=0, le=100)
+    tenant: str | None = None
+    driver: str | None = None
+    drivers: dict[str, Decimal] | None = None
+    percentages: dict[str, Decimal] | None = None
+    activities: dict[str, Activity] | None = None
+
+    @model_validator(mode="after")
+    def _settings_match_method(self) -> AllocationPart:
+        given = {
+            f for f in ("tenant", "driver", "drivers", "percentages", "activities") if getattr(self, f) is not None
+        }
+        allowed = _METHOD_FIELDS[self.method]
+        extra = sorted(given - allowed)
+        if extra:
+            raise ValueError(f"method {self.method} takes no {', '.join(extra)}")
+        needs = {
+            "direct": ("tenant", "the tenant the pool belongs to"),
+            "fixed": ("percentages", "each tenant's percentage"),
+            "activity_based": ("activities", "the activities with their meter and weight"),
+        }
+        if self.method in needs and not given:
+            field, what = needs[self.method]
+            raise ValueError(f"method {self.method} needs `{field}`: {what}")
+        if self.method == "proportional" and len(given) != 1:
+            raise ValueError(
+                "method proportional needs either `driver` (one meter) or `drivers` "
+                "(meters with weights), not both and not neither"
+            )
+        for name, mapping in (("drivers", self.drivers), ("percentages", self.percentages)):
+            for key, value in (mapping or {}).items():
+                if value <= 0:
+                    raise ValueError(f"{name} of {key} must be positive, not {value}")
+        if self.percentages is not None and sum(self.percentages.values()) != 100:
+            raise ValueError(f"fixed percentages add up to {sum(self.percentages.values())}, not 100")
+        return self
+
+    def components(self) -> list[tuple[str, str, str | None, Decimal]]:
+        """(component, basis, meter, weight) rows of ``config.allocation_components``."""
+        one = Decimal(1)
+        if self.method in ("direct", "fixed"):
+            return [(self.method, "fixed", None, one)]
+        if self.method == "even":
+            return [("even", "active", None, one)]
+        if self.method == "proportional":
+            drivers = self.drivers or {self.driver: one}
+            return [(meter, "usage", meter, weight) for meter, weight in drivers.items()]
+        return [(name, "usage", a.meter, a.weight) for name, a in (self.activities or {}).items()]
+
+    def fixed_shares(self) -> dict[str, Decimal]:
+        """Tenant -> percent, for ``config.allocation_fixed_shares``."""
+        if self.method == "direct":
+            return {self.tenant: Decimal(100)}
+        return dict(self.percentages or {})
+
+    def meters(self) -> list[str]:
+        return [meter for _, _, meter, _ in self.components() if meter is not None]
+
+
+class Capacity(_Model):
+    meter: str
+    per_hour: Decimal = Field(gt=0)
 
 
 class CostPool(_Model):
@@ -56,7 +157,95 @@ class CostPool(_Model):
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     valid_from: dt.date
     valid_to: dt.date | None = None
-    allocation: Allocation
+    capacity: Capacity | None = None
+    idle: Literal["platform", "redistribute"] = "platform"
+    allocation: list[AllocationPart] | None = None
+
+    @field_validator("allocation", mode="before")
+    @classmethod
+    def _one_rule_is_one_part(cls, value: object) -> object:
+        return [value] if isinstance(value, dict) else value
+
+    @property
+    def parts(self) -> list[AllocationPart]:
+        return self.allocation or []
+
+
+class Tier(_Model):
+    up_to: Decimal | None = Field(default=None, gt=0)
+    retention_days: int | None = Field(default=None, gt=0)
+    unit_price: Decimal = Field(ge=0)
+
+
+PricingModel = Literal["per_unit", "graduated", "volume", "package", "retention"]
+
+
+class Price(_Model):
+    """How one meter is priced in a price book version (docs/COST_ENGINE.md)."""
+
+    model: PricingModel
+    unit_price: Decimal | None = Field(default=None, ge=0)
+    free_allowance: Decimal = Field(default=Decimal(0), ge=0)
+    tiers: list[Tier] | None = None
+    package_size: Decimal | None = Field(default=None, gt=0)
+    package_price: Decimal | None = Field(default=None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: object) -> object:
+        # `meter: "0.50"` means per-unit at 0.50
+        if isinstance(value, str | int | Decimal):
+            return {"model": "per_unit", "unit_price": value}
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Price:
+        m = self.model
+        if m == "per_unit":
+            if self.unit_price is None or self.tiers or self.package_size or self.package_price:
+                raise ValueError("per_unit takes `unit_price` only")
+        elif m in ("graduated", "volume"):
+            if not self.tiers or self.unit_price is not None or self.package_size or self.package_price:
+                raise ValueError(f"{m} takes `tiers` (each with up_to and unit_price)")
+            bounds = [t.up_to for t in self.tiers]
+            if any(t.retention_days is not None for t in self.tiers):
+                raise ValueError(f"{m} tiers take no retention_days")
+            if bounds[-1] is not None:
+                raise ValueError(f"the last tier must have no up_to (it covers everything above {bounds[-1]})")
+            if None in bounds[:-1]:
+                raise ValueError("only the last tier may omit up_to")
+            for lower, upper in itertools.pairwise(bounds[:-1]):
+                if upper <= lower:
+                    raise ValueError(f"tiers overlap or are out of order: up_to {upper} comes after up_to {lower}")
+        elif m == "package":
+            if self.package_size is None or self.package_price is None or self.tiers or self.unit_price:
+                raise ValueError("package takes `package_size` and `package_price`")
+        elif m == "retention":
+            if not self.tiers or self.unit_price is not None or self.package_size or self.package_price:
+                raise ValueError("retention takes `tiers` (each with retention_days and unit_price)")
+            days = [t.retention_days for t in self.tiers]
+            if None in days or any(t.up_to is not None for t in self.tiers):
+                raise ValueError("retention tiers take retention_days and unit_price, no up_to")
+            if days != sorted(set(days)):
+                raise ValueError(f"retention tiers must be in ascending order of retention_days, not {days}")
+        return self
+
+    def tier_rows(self) -> list[tuple[int, Decimal, Decimal | None, int | None, Decimal]]:
+        """(tier, lower_bound, upper_bound, retention_days, unit_price) rows of ``config.price_tiers``."""
+        if self.model == "per_unit":
+            return [(1, Decimal(0), None, None, self.unit_price)]
+        if self.model == "package":
+            return []
+        if self.model == "retention":
+            return [(i, Decimal(0), None, t.retention_days, t.unit_price) for i, t in enumerate(self.tiers, 1)]
+        rows, lower = [], Decimal(0)
+        for i, t in enumerate(self.tiers, 1):
+            rows.append((i, lower, t.up_to, None, t.unit_price))
+            lower = t.up_to
+        return rows
+
+    def retention_tier_for(self, retention_days: int) -> Tier | None:
+        return next((t for t in self.tiers or [] if t.retention_days >= retention_days), None)
 
 
 class PriceBook(_Model):
@@ -64,14 +253,7 @@ class PriceBook(_Model):
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     valid_from: dt.date
     valid_to: dt.date | None = None
-    prices: dict[str, Decimal]
-
-    @model_validator(mode="after")
-    def _non_negative(self) -> PriceBook:
-        for meter, price in self.prices.items():
-            if price < 0:
-                raise ValueError(f"price of {meter} is negative ({price})")
-        return self
+    prices: dict[str, Price]
 
 
 class Configuration(_Model):
@@ -135,59 +317,151 @@ def _describe_entry(exc: ValidationError, path: Path, section: str, index: int, 
     ident = f"entry {index + 1}"
     if isinstance(entry, dict):
         ident = next((f"{k} {entry[k]}" for k in ("tenant_id", "meter", "pool", "price_book") if k in entry), ident)
+        if "valid_from" in entry and section in ("cost_pools", "price_books"):
+            ident += f" (from {entry['valid_from']})"
     msgs = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(entry)"
-        msgs.append(f"{path}: {section} {ident}, field {field}: {err['msg']}")
+        # list positions count from 1, as a reader of the YAML counts them: terms[1]
+        field = "".join(f"[{p + 1}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        field = field or "(entry)"
+        msgs.append(f"{path}: {section} {ident}, field {field}: {err['msg'].removeprefix('Value error, ')}")
     return "\n".join(msgs)
+
+
+def _overlaps(versions: list[tuple[dt.date, dt.date | None]]) -> list[str]:
+    """Problems with effective-dated versions: an end not after its start, or two that overlap."""
+    problems = []
+    ordered = sorted(versions)
+    for start, end in ordered:
+        if end is not None and end <= start:
+            problems.append(f"valid_to {end} is not after valid_from {start}")
+    for (start, end), (next_start, _) in itertools.pairwise(ordered):
+        if end is None or end > next_start:
+            until = "open-ended" if end is None else f"until {end}"
+            problems.append(f"the version from {start} ({until}) overlaps the version from {next_start}")
+    return problems
 
 
 def _check_references(cfg: Configuration, config_dir: Path) -> None:
     problems: list[str] = []
     meters = cfg.meter_names
-    books = {b.price_book for b in cfg.price_books}
-    seen: dict[str, set] = {"meter": set(), "tenant": set()}
+    tenants = set(cfg.tenant_ids)
+    books: dict[str, list[PriceBook]] = {}
+    for b in cfg.price_books:
+        books.setdefault(b.price_book, []).append(b)
+    tenants_file, meters_file = config_dir / "tenants.yml", config_dir / "meters.yml"
+    pools_file, books_file = config_dir / "cost_pools.yml", config_dir / "price_books.yml"
+
+    seen: set[str] = set()
     for m in cfg.meters:
-        if m.meter in seen["meter"]:
-            problems.append(f"{config_dir / 'meters.yml'}: meter {m.meter} is listed twice")
-        seen["meter"].add(m.meter)
+        if m.meter in seen:
+            problems.append(f"{meters_file}: meter {m.meter} is listed twice")
+        seen.add(m.meter)
+
+    seen = set()
     for t in cfg.tenants:
-        if t.tenant_id in seen["tenant"]:
-            problems.append(f"{config_dir / 'tenants.yml'}: tenant {t.tenant_id} is listed twice")
-        seen["tenant"].add(t.tenant_id)
+        if t.tenant_id in seen:
+            problems.append(f"{tenants_file}: tenant {t.tenant_id} is listed twice")
+        seen.add(t.tenant_id)
         if t.price_book not in books:
             problems.append(
-                f"{config_dir / 'tenants.yml'}: tenant {t.tenant_id} is billed on price book "
+                f"{tenants_file}: tenant {t.tenant_id} is billed on price book "
                 f"'{t.price_book}', which price_books.yml does not define"
             )
+        for problem in _overlaps([(x.valid_from, x.valid_to) for x in t.terms]):
+            problems.append(f"{tenants_file}: tenant {t.tenant_id}, terms: {problem}")
+        for version in books.get(t.price_book, []):
+            for meter, price in version.prices.items():
+                if price.model != "retention":
+                    continue
+                for terms in t.terms or [TenantTerms(valid_from=dt.date(1970, 1, 1))]:
+                    if price.retention_tier_for(terms.retention_days) is None:
+                        problems.append(
+                            f"{books_file}: price book {version.price_book} (from {version.valid_from}) "
+                            f"has no {meter} retention tier of {terms.retention_days} days or more, "
+                            f"which tenant {t.tenant_id} keeps its logs for"
+                        )
+
+    pools: dict[str, list[CostPool]] = {}
     for p in cfg.cost_pools:
-        if p.allocation.driver not in meters:
+        pools.setdefault(p.pool, []).append(p)
+        where = f"{pools_file}: pool {p.pool} (from {p.valid_from})"
+        if not p.parts:
+            problems.append(f"{where} has no allocation rule: add `allocation:` with a method")
+        if p.capacity is not None and p.capacity.meter not in meters:
             problems.append(
-                f"{config_dir / 'cost_pools.yml'}: pool {p.pool} is allocated by meter "
-                f"'{p.allocation.driver}', which meters.yml does not define"
+                f"{where}: capacity is measured by meter '{p.capacity.meter}', which meters.yml does not define"
             )
-    for b in cfg.price_books:
-        for meter in b.prices:
-            if meter not in meters:
-                problems.append(
-                    f"{config_dir / 'price_books.yml'}: price book {b.price_book} prices meter "
-                    f"'{meter}', which meters.yml does not define"
-                )
-        for meter in sorted(meters - set(b.prices)):
-            problems.append(
-                f"{config_dir / 'price_books.yml'}: price book {b.price_book} has no price for meter '{meter}'"
-            )
+        shares = sum(part.share_percent for part in p.parts)
+        if p.parts and shares != 100:
+            problems.append(f"{where}: the parts' share_percent add up to {shares}, not 100")
+        for part in p.parts:
+            for meter in part.meters():
+                if meter not in meters:
+                    problems.append(f"{where} is allocated by meter '{meter}', which meters.yml does not define")
+            for tenant in part.fixed_shares():
+                if tenant not in tenants:
+                    problems.append(f"{where} is allocated to tenant '{tenant}', which tenants.yml does not define")
+    for pool, versions in pools.items():
+        for problem in _overlaps([(v.valid_from, v.valid_to) for v in versions]):
+            problems.append(f"{pools_file}: pool {pool}: {problem}")
+
+    for name, versions in books.items():
+        for problem in _overlaps([(v.valid_from, v.valid_to) for v in versions]):
+            problems.append(f"{books_file}: price book {name}: {problem}")
+        for b in versions:
+            where = f"{books_file}: price book {name}"
+            if len(versions) > 1:
+                where += f" (from {b.valid_from})"
+            for meter in b.prices:
+                if meter not in meters:
+                    problems.append(f"{where} prices meter '{meter}', which meters.yml does not define")
+            for meter in sorted(meters - set(b.prices)):
+                problems.append(f"{where} has no price for meter '{meter}'")
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(problems))
+
+
+def drivers_without_usage(start: dt.datetime, end: dt.datetime, settings: Settings | None = None) -> list[str]:
+    """Allocation rules in force in ``[start, end)`` whose driver meter has no usage there.
+
+    Such a rule cannot allocate its pool: every hour of it stays unallocated. The month
+    close refuses it with this list rather than invoice a month where a pool went nowhere.
+    """
+    sql = """
+        with rules as (
+            select distinct p.pool, p.valid_from, c.meter
+            from config.cost_pools p
+            join config.allocation_components c using (pool, valid_from)
+            where c.meter is not null
+              and p.valid_from < %(end)s::timestamptz
+              and (p.valid_to is null or p.valid_to > %(start)s::timestamptz)
+        )
+        select r.pool, r.valid_from, r.meter
+        from rules r
+        where not exists (
+            select from raw.usage_snapshots u
+            where u.meter = r.meter and u.value > 0
+              and u.hour_start >= greatest(%(start)s::timestamptz, r.valid_from::timestamptz)
+              and u.hour_start < %(end)s::timestamptz
+        )
+        order by 1, 2, 3
+    """
+    with warehouse.connect(settings) as conn:
+        rows = conn.execute(sql, {"start": start, "end": end}).fetchall()
+    return [
+        f"pool {pool} (rule from {valid_from}) is allocated by meter '{meter}', which has no usage "
+        f"from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC: check the rule or the meter's data"
+        for pool, valid_from, meter in rows
+    ]
 
 
 def apply(cfg: Configuration, settings: Settings | None = None) -> None:
     """Replace the ``config.*`` tables with ``cfg`` in one transaction."""
     warehouse.ensure_schema(settings)
     with warehouse.connect(settings) as conn, conn.cursor() as cur:
-        cur.execute("lock table config.tenants, config.meters, config.cost_pools, config.prices in exclusive mode")
-        cur.execute("delete from config.tenants; delete from config.meters; "
-                    "delete from config.cost_pools; delete from config.prices")
+        cur.execute(f"lock table {', '.join(_TABLES)} in exclusive mode")
+        cur.execute("".join(f"delete from {table};" for table in _TABLES))
         cur.executemany(
             "insert into config.meters (meter, unit, kind, description) values (%s, %s, %s, %s)",
             [(m.meter, m.unit, m.kind, m.description) for m in cfg.meters],
@@ -195,21 +469,108 @@ def apply(cfg: Configuration, settings: Settings | None = None) -> None:
         cur.executemany(
             "insert into config.tenants (tenant_id, tenant_name, organisation, business_unit, team,"
             " price_book, billing_email) values (%s, %s, %s, %s, %s, %s, %s)",
-            [(t.tenant_id, t.name, t.organisation, t.business_unit, t.team, t.price_book, t.billing_email)
-             for t in cfg.tenants],
+            [
+                (t.tenant_id, t.name, t.organisation, t.business_unit, t.team, t.price_book, t.billing_email)
+                for t in cfg.tenants
+            ],
         )
         cur.executemany(
-            "insert into config.cost_pools (pool, description, monthly_cost, currency, valid_from, valid_to,"
-            " method, driver_meter) values (%s, %s, %s, %s, %s, %s, %s, %s)",
-            [(p.pool, p.description, p.monthly_cost, p.currency, p.valid_from, p.valid_to,
-              p.allocation.method, p.allocation.driver) for p in cfg.cost_pools],
+            "insert into config.tenant_terms (tenant_id, valid_from, valid_to, discount_percent,"
+            " monthly_commitment, overage_uplift_percent, retention_days) values (%s, %s, %s, %s, %s, %s, %s)",
+            [
+                (
+                    t.tenant_id,
+                    x.valid_from,
+                    x.valid_to,
+                    x.discount_percent,
+                    x.monthly_commitment,
+                    x.overage_uplift_percent,
+                    x.retention_days,
+                )
+                for t in cfg.tenants
+                for x in t.terms
+            ],
         )
         cur.executemany(
-            "insert into config.prices (price_book, currency, valid_from, valid_to, meter, unit_price)"
-            " values (%s, %s, %s, %s, %s, %s)",
-            [(b.price_book, b.currency, b.valid_from, b.valid_to, meter, price)
-             for b in cfg.price_books for meter, price in b.prices.items()],
+            "insert into config.cost_pools (pool, valid_from, valid_to, description, monthly_cost, currency,"
+            " capacity_meter, capacity_per_hour, idle_policy) values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [
+                (
+                    p.pool,
+                    p.valid_from,
+                    p.valid_to,
+                    p.description,
+                    p.monthly_cost,
+                    p.currency,
+                    p.capacity.meter if p.capacity else None,
+                    p.capacity.per_hour if p.capacity else None,
+                    p.idle,
+                )
+                for p in cfg.cost_pools
+            ],
         )
+        parts = [(p, i, part) for p in cfg.cost_pools for i, part in enumerate(p.parts, 1)]
+        cur.executemany(
+            "insert into config.allocation_rules (pool, valid_from, part, share_percent, method)"
+            " values (%s, %s, %s, %s, %s)",
+            [(p.pool, p.valid_from, i, part.share_percent, part.method) for p, i, part in parts],
+        )
+        cur.executemany(
+            "insert into config.allocation_components (pool, valid_from, part, component, basis, meter, weight)"
+            " values (%s, %s, %s, %s, %s, %s, %s)",
+            [(p.pool, p.valid_from, i, *row) for p, i, part in parts for row in part.components()],
+        )
+        cur.executemany(
+            "insert into config.allocation_fixed_shares (pool, valid_from, part, tenant_id, percent)"
+            " values (%s, %s, %s, %s, %s)",
+            [
+                (p.pool, p.valid_from, i, tenant, pct)
+                for p, i, part in parts
+                for tenant, pct in part.fixed_shares().items()
+            ],
+        )
+        cur.executemany(
+            "insert into config.prices (price_book, valid_from, valid_to, currency, meter, pricing_model,"
+            " free_allowance, package_size, package_price) values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [
+                (
+                    b.price_book,
+                    b.valid_from,
+                    b.valid_to,
+                    b.currency,
+                    meter,
+                    price.model,
+                    price.free_allowance,
+                    price.package_size,
+                    price.package_price,
+                )
+                for b in cfg.price_books
+                for meter, price in b.prices.items()
+            ],
+        )
+        cur.executemany(
+            "insert into config.price_tiers (price_book, valid_from, meter, tier, lower_bound, upper_bound,"
+            " retention_days, unit_price) values (%s, %s, %s, %s, %s, %s, %s, %s)",
+            [
+                (b.price_book, b.valid_from, meter, *row)
+                for b in cfg.price_books
+                for meter, price in b.prices.items()
+                for row in price.tier_rows()
+            ],
+        )
+
+
+_TABLES = (
+    "config.tenants",
+    "config.tenant_terms",
+    "config.meters",
+    "config.cost_pools",
+    "config.allocation_rules",
+    "config.allocation_components",
+    "config.allocation_fixed_shares",
+    "config.prices",
+    "config.price_tiers",
+)
 
 
 def load(config_dir: Path | None = None, settings: Settings | None = None) -> Configuration:
