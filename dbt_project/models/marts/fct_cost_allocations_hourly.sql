@@ -21,12 +21,19 @@
     and a tenant's cost = volume x unit cost, i.e. its share of the activity
     cost by volume, rounded by largest remainder so that it adds up.
 -#}
+{#- enable_nestloop off for this model's transaction: every join here is an
+    equi-join of a few thousand costs with millions of tenant rows, and a nested
+    loop picked on a low estimate (config.* tables without statistics, CTE
+    outputs) would scan the tenant rows once per cost. #}
 {{
     config(
         materialized='incremental',
         incremental_strategy='append',
         on_schema_change='fail',
-        pre_hook="{{ delete_window() }}",
+        pre_hook=[
+            "{{ delete_window() }}",
+            "set local enable_nestloop = off",
+        ],
         post_hook="{{ analyze_after_large_write() }}",
         indexes=[{'columns': ['hour_start']}],
     )
@@ -34,14 +41,16 @@
 
 with
 
-pool_hours as (
+-- not materialized: referenced several times, these are still read from their
+-- tables, so the planner keeps the tables' statistics for the joins below
+pool_hours as not materialized (
 
     select * from {{ ref('fct_cost_pools_hourly') }}
     where {{ window_hours('hour_start') }}
 
 ),
 
-usage as (
+usage as not materialized (
 
     select * from {{ ref('fct_usage_hourly') }}
     where {{ window_hours('hour_start') }} and quantity > 0
@@ -167,9 +176,8 @@ redistributed_idle_hours as (
 
 ),
 
-cost_hours as (
+costs as (
 
-    -- one row per cost to split over tenants
     select * from component_hours
 
     union all
@@ -178,11 +186,24 @@ cost_hours as (
 
 ),
 
+meter_totals as (
+
+    select
+        hour_start,
+        meter,
+        sum(quantity) as quantity
+
+    from usage
+
+    group by hour_start, meter
+
+),
+
 active_hours as (
 
     select distinct hour_start
 
-    from cost_hours
+    from costs
 
     where basis = 'active'
 
@@ -190,7 +211,8 @@ active_hours as (
 
 active_tenants as (
 
-    -- tenants with any usage in an hour that has an even part
+    -- tenants with any usage in an hour that has an even part (no even
+    -- part, no scan: the join's hash side is empty)
     select distinct
         usage.hour_start,
         usage.tenant_id
@@ -202,12 +224,83 @@ active_tenants as (
 
 ),
 
+active_counts as (
+
+    select
+        hour_start,
+        count(*) as tenants
+
+    from active_tenants
+
+    group by hour_start
+
+),
+
+fixed_totals as (
+
+    select
+        pool,
+        valid_from,
+        part,
+        sum(percent) as percent
+
+    from fixed_shares
+
+    group by pool, valid_from, part
+
+),
+
+cost_hours as (
+
+    -- one row per cost to split over tenants, numbered, with the sum of the
+    -- weights it is split by (computed on the small side, so the tenant rows
+    -- below need no window of their own for it)
+    select
+        row_number() over (
+            order by costs.hour_start, costs.pool, costs.part, costs.component
+        ) as cost_id,
+        costs.*,
+        case costs.basis
+            when 'usage' then meter_totals.quantity
+            when 'active' then active_counts.tenants
+            when 'fixed' then fixed_totals.percent
+        end as weight_total,
+        case
+            when costs.method in ('proportional', 'activity_based')
+                then round(costs.cost / meter_totals.quantity, 12)
+        end as unit_cost
+
+    from costs
+
+    left join meter_totals
+        on
+            costs.basis = 'usage'
+            and costs.hour_start = meter_totals.hour_start
+            and costs.driver_meter = meter_totals.meter
+
+    left join active_counts
+        on
+            costs.basis = 'active'
+            and costs.hour_start = active_counts.hour_start
+
+    left join fixed_totals
+        on
+            costs.basis = 'fixed'
+            and costs.pool = fixed_totals.pool
+            and costs.rule_valid_from = fixed_totals.valid_from
+            and costs.part = fixed_totals.part
+
+),
+
 tenant_weights as (
 
-    -- 4. each cost's tenants and their weights; a left join keeps a cost
-    -- without any tenant as one row with tenant_id null
+    -- 4. each cost's tenants and their weights, as narrow rows (this is the
+    -- large relation); a left join keeps a cost without any tenant as one row
+    -- with tenant_id null
     select
-        cost_hours.*,
+        cost_hours.cost_id,
+        cost_hours.cost,
+        cost_hours.weight_total,
         usage.tenant_id,
         usage.quantity as weight
 
@@ -223,7 +316,9 @@ tenant_weights as (
     union all
 
     select
-        cost_hours.*,
+        cost_hours.cost_id,
+        cost_hours.cost,
+        cost_hours.weight_total,
         active_tenants.tenant_id,
         case when active_tenants.tenant_id is not null then 1 end as weight
 
@@ -237,7 +332,9 @@ tenant_weights as (
     union all
 
     select
-        cost_hours.*,
+        cost_hours.cost_id,
+        cost_hours.cost,
+        cost_hours.weight_total,
         fixed_shares.tenant_id,
         fixed_shares.percent as weight
 
@@ -253,34 +350,24 @@ tenant_weights as (
 
 ),
 
-weighted as (
-
-    select
-        *,
-        sum(weight) over (
-            partition by hour_start, pool, part, component
-        ) as weight_total
-
-    from tenant_weights
-
-),
-
 allocated as (
 
     select
-        *,
+        cost_id,
+        tenant_id,
+        weight,
         coalesce(
             {{ largest_remainder(
                 amount='cost',
                 weight='weight',
                 total_weight='weight_total',
-                partition_by='hour_start, pool, part, component',
+                partition_by='cost_id',
                 order_by='tenant_id collate "C"',
             ) }},
             cost
         ) as allocated_cost
 
-    from weighted
+    from tenant_weights
 
 ),
 
@@ -315,29 +402,31 @@ kept_idle as (
 final as (
 
     select
-        hour_start,
-        pool,
-        rule_valid_from,
-        part,
-        method,
-        component,
+        cost_hours.hour_start,
+        cost_hours.pool,
+        cost_hours.rule_valid_from,
+        cost_hours.part,
+        cost_hours.method,
+        cost_hours.component,
         case
-            when tenant_id is null then 'unallocated' else cost_type
+            when allocated.tenant_id is null then 'unallocated'
+            else cost_hours.cost_type
         end as cost_type,
-        tenant_id,
-        driver_meter,
-        coalesce(weight, 0)::numeric(38, 12) as driver_quantity,
-        coalesce(weight_total, 0)::numeric(38, 12) as driver_total,
-        coalesce(round(weight / weight_total, 12), 1)::numeric(38, 12)
-            as ratio,
-        case
-            when method in ('proportional', 'activity_based')
-                then round(cost / weight_total, 12)
-        end::numeric(38, 12) as unit_cost,
-        allocated_cost::numeric(18, 2) as allocated_cost,
-        currency
+        allocated.tenant_id,
+        cost_hours.driver_meter,
+        coalesce(allocated.weight, 0)::numeric(38, 12) as driver_quantity,
+        coalesce(cost_hours.weight_total, 0)::numeric(38, 12) as driver_total,
+        coalesce(
+            round(allocated.weight / cost_hours.weight_total, 12), 1
+        )::numeric(38, 12) as ratio,
+        cost_hours.unit_cost::numeric(38, 12) as unit_cost,
+        allocated.allocated_cost::numeric(18, 2) as allocated_cost,
+        cost_hours.currency
 
     from allocated
+
+    inner join cost_hours
+        on allocated.cost_id = cost_hours.cost_id
 
     union all
 

@@ -2,7 +2,9 @@
     fct_cost_allocations_hourly summed per UTC calendar month, for BI, the
     ledger and FOCUS: one row per month, tenant (null for idle kept by the
     platform and unallocated cost), pool, rule version, part, component and
-    cost_type. A windowed run rebuilds the months the window touches.
+    cost_type. A windowed run rebuilds the months the window touches, from the
+    daily sums (int_cost_allocations_daily), so an hourly run never re-reads a
+    month of hourly rows.
 -#}
 {{
     config(
@@ -11,7 +13,7 @@
         on_schema_change='fail',
         pre_hook="{{ delete_window() }}",
         post_hook="{{ analyze_after_large_write() }}",
-        indexes=[{'columns': ['cost_month', 'tenant_id']}],
+        indexes=[{'columns': ['allocation_month', 'tenant_id']}],
     )
 }}
 
@@ -19,15 +21,15 @@ with
 
 allocations as (
 
-    select * from {{ ref('fct_cost_allocations_hourly') }}
-    where {{ window_months('hour_start', 'timestamptz') }}
+    select * from {{ ref('int_cost_allocations_daily') }}
+    where {{ window_months('allocation_day', 'date') }}
 
 ),
 
 monthly as (
 
     select
-        {{ utc_month('hour_start') }} as cost_month,
+        date_trunc('month', allocation_day)::date as allocation_month,
         tenant_id,
         pool,
         rule_valid_from,
@@ -39,12 +41,12 @@ monthly as (
         currency,
         sum(driver_quantity) as driver_quantity,
         sum(allocated_cost) as allocated_cost,
-        count(*) as hour_count
+        sum(hour_count) as hour_count
 
     from allocations
 
     group by
-        {{ utc_month('hour_start') }},
+        date_trunc('month', allocation_day)::date,
         tenant_id,
         pool,
         rule_valid_from,
@@ -60,7 +62,7 @@ monthly as (
 final as (
 
     select
-        cost_month,
+        allocation_month,
         tenant_id,
         pool,
         rule_valid_from,

@@ -1,0 +1,105 @@
+{#-
+    fct_cost_allocations_hourly summed per UTC day: the step between the hourly
+    fact and fct_cost_allocations_monthly, so that an hourly run re-adds the
+    day it touched (at most 24 hours of rows) and the month's days, instead of
+    every hourly row of the month so far.
+
+    Incremental like the marts, but by day: a run deletes and rebuilds the
+    whole UTC days its window touches (all days without a window).
+-#}
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='append',
+        on_schema_change='fail',
+        pre_hook=(
+            "{% if is_incremental() %}"
+            ~ "{% set window = chargeback_window() %}"
+            ~ "delete from {{ this }}"
+            ~ "{% if window is not none %} where allocation_day"
+            ~ " >= (timestamptz '{{ window.start }}' at time zone 'UTC')::date"
+            ~ " and allocation_day <= ((timestamptz '{{ window.end }}'"
+            ~ " - interval '1 microsecond') at time zone 'UTC')::date"
+            ~ "{% endif %}{% endif %}"
+        ),
+        post_hook="{{ analyze_after_large_write() }}",
+        indexes=[{'columns': ['allocation_day']}],
+    )
+}}
+{% set window = chargeback_window() %}
+
+with
+
+allocations as (
+
+    select * from {{ ref('fct_cost_allocations_hourly') }}
+    {% if window is not none -%}
+    -- the whole UTC days the window touches
+    where
+        hour_start >= date_trunc(
+            'day', timestamptz '{{ window.start }}', 'UTC'
+        )
+        and hour_start < date_trunc(
+            'day',
+            timestamptz '{{ window.end }}' - interval '1 microsecond',
+            'UTC'
+        ) + interval '1 day'
+    {%- endif %}
+
+),
+
+daily as (
+
+    select
+        (hour_start at time zone 'UTC')::date as allocation_day,
+        tenant_id,
+        pool,
+        rule_valid_from,
+        part,
+        method,
+        component,
+        cost_type,
+        driver_meter,
+        currency,
+        sum(driver_quantity) as driver_quantity,
+        sum(allocated_cost) as allocated_cost,
+        count(*) as hour_count
+
+    from allocations
+
+    group by
+        (hour_start at time zone 'UTC')::date,
+        tenant_id,
+        pool,
+        rule_valid_from,
+        part,
+        method,
+        component,
+        cost_type,
+        driver_meter,
+        currency
+
+),
+
+final as (
+
+    select
+        allocation_day,
+        tenant_id,
+        pool,
+        rule_valid_from,
+        part,
+        method,
+        component,
+        cost_type,
+        driver_meter,
+        currency,
+        driver_quantity::numeric(38, 12) as driver_quantity,
+        allocated_cost::numeric(18, 2) as allocated_cost,
+        hour_count::integer as hour_count
+
+    from daily
+
+)
+
+select * from final
