@@ -1,0 +1,62 @@
+"""The split rule of the cost engine, in Python: largest remainder to the cent.
+
+dbt splits every amount (a pool over hours, parts, components, tenants) with the
+``largest_remainder`` macro (``dbt_project/macros/largest_remainder.sql``); this is the
+same rule for Python code and the reference the tests hold the SQL to. Each key gets the
+floor of its exact share in cents; the cents left over go one each to the keys with the
+largest remainders, ties to the lower key — strings compared byte by byte (UTF-8), like
+``collate "C"`` in SQL. The shares add up to the amount exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from decimal import Context, Decimal, Inexact, InvalidOperation, localcontext
+from typing import TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+CENTS = 100  # the split is in whole cents: amounts have 2 decimals
+# exact arithmetic: an amount of 18 digits times a weight of 38 fits easily
+_EXACT = Context(prec=200, traps=[Inexact, InvalidOperation])
+
+
+def largest_remainder(amount: Decimal, weights: Mapping[K, Decimal]) -> dict[K, Decimal]:
+    """Split ``amount`` (whole cents) over ``weights`` (>= 0, summing to > 0) in whole cents.
+
+    ``largest_remainder(Decimal("0.10"), {"a": 1, "b": 2, "c": 4})`` is
+    ``{"a": 0.01, "b": 0.03, "c": 0.06}``: exact shares 1.43 / 2.86 / 5.71 cents, floors
+    1 + 2 + 5 = 8, the two cents left go to the largest remainders (.86, .71).
+    """
+    if isinstance(amount, float) or any(isinstance(w, float) for w in weights.values()):
+        raise TypeError("money and weights must not be floats; pass Decimal")
+    with localcontext(_EXACT):
+        cents = Decimal(amount) * CENTS
+        if cents != cents.to_integral_value():
+            raise ValueError(f"amount {amount} is not a whole number of cents")
+        if not weights:
+            raise ValueError("nothing to split over: no weights")
+        weights = {key: Decimal(w) for key, w in weights.items()}
+        if any(w < 0 for w in weights.values()):
+            raise ValueError("weights must not be negative")
+        total = sum(weights.values(), Decimal(0))
+        if total <= 0:
+            raise ValueError("the weights must sum to more than 0")
+        floors: dict[K, Decimal] = {}
+        remainders: dict[K, Decimal] = {}
+        for key, weight in weights.items():
+            # remainder scaled by total, like mod() in the macro: same order within a split
+            floors[key], remainders[key] = divmod(cents * weight, total)
+        left = int(cents - sum(floors.values(), Decimal(0)))
+        ranked = sorted(weights, key=lambda k: (-remainders[k], _key_order(k)))
+        extra = set(ranked[:left])
+        return {key: (floors[key] + (1 if key in extra else 0)).scaleb(-2) for key in weights}
+
+
+def _key_order(key: object) -> object:
+    """Keys compare like ``collate "C"``: a string by its UTF-8 bytes, a tuple element-wise."""
+    if isinstance(key, str):
+        return key.encode()
+    if isinstance(key, tuple):
+        return tuple(_key_order(k) for k in key)
+    return key
