@@ -23,16 +23,22 @@ pytestmark = pytest.mark.warehouse
 START = dt.datetime(2026, 10, 1, 13, tzinfo=dt.UTC)
 END = START + dt.timedelta(hours=1)
 
-# Marts with the contract's columns: hours 12:00-15:00 of 2026-10-01, tenants t001-t003.
-# Allocation splits each pool-hour 1:1:1 with largest-remainder rounding; the network pool's
-# 12:00 hour has no driver usage, so it is one 'unallocated' row, as the contract says.
+# Marts with the contract's columns: hours 12:00-15:00 of 2026-10-01, tenants t001-t003, four
+# pools of their own (not the shipped configuration's). Allocation splits each pool-hour 1:1:1
+# with largest-remainder rounding; the network pool's 12:00 hour has no driver usage, so it is
+# one 'unallocated' row with tenant null, as the contract says.
 CONTRACT_MARTS = """
 drop schema if exists marts cascade;
 create schema marts;
 create table marts.fct_cost_pools_hourly as
-select p.pool, h as hour_start, round(p.monthly_cost / 744, 2)::numeric(18, 2) as pool_cost, p.currency,
-       p.method, p.driver_meter, p.valid_from as rule_valid_from
-from config.cost_pools as p
+select p.pool, h as hour_start, round(p.monthly_cost / 744, 2)::numeric(18, 2) as pool_cost,
+       round(p.monthly_cost / 744, 2)::numeric(18, 2) as used_cost, 0::numeric(18, 2) as idle_cost,
+       null::text as capacity_meter, null::numeric(38, 12) as capacity, null::numeric(38, 12) as capacity_used,
+       null::numeric(38, 12) as utilisation, 'USD' as currency, date '2020-01-01' as rule_valid_from,
+       p.monthly_cost, 744 as hours_in_month, 'platform' as idle_policy, p.driver_meter
+from (values ('compute', 18000.00, 'query_cpu_seconds'), ('storage', 9500.00, 'stored_gb'),
+             ('network', 3200.00, 'ingested_gb'), ('platform_team', 24000.00, 'ingested_gb'))
+    as p (pool, monthly_cost, driver_meter)
 cross join generate_series(timestamptz '2026-10-01T12:00Z', timestamptz '2026-10-01T15:00Z', interval '1 hour') as h;
 
 create table marts.fct_cost_allocations_hourly as
@@ -44,15 +50,19 @@ with shares as (
     cross join (values ('t001'), ('t002'), ('t003')) as t (tenant_id)
     where not (p.pool = 'network' and p.hour_start = '2026-10-01T12:00Z')
 )
-select pool, hour_start, tenant_id, method, driver_meter, driver_quantity, driver_total, ratio,
+select hour_start, pool, rule_valid_from, 1 as part, 'proportional' as method, driver_meter as component,
+       'allocated' as cost_type, tenant_id, driver_meter, driver_quantity, driver_total, ratio,
+       pool_cost / 3 as unit_cost,
        (floor_cost + case when n <= round((pool_cost - 3 * floor_cost) * 100) then 0.01 else 0 end)::numeric(18, 2)
            as allocated_cost,
-       currency, rule_valid_from
+       currency
 from shares
 union all
-select pool, hour_start, null, 'unallocated', driver_meter, 0, 0, null, pool_cost, currency, rule_valid_from
+select hour_start, pool, rule_valid_from, 1, 'proportional', driver_meter, 'unallocated', null, driver_meter, 0, 0, 1,
+       null, pool_cost, currency
 from marts.fct_cost_pools_hourly
 where pool = 'network' and hour_start = '2026-10-01T12:00Z';
+alter table marts.fct_cost_pools_hourly drop column driver_meter;
 
 create table marts.fct_invoice_lines as
 select date '2026-10-01' as invoice_month, t.tenant_id, m.meter, 120.5::numeric as quantity, m.unit,
@@ -151,6 +161,20 @@ def test_pool_hour_without_allocation_rows_fails(marts, mart_settings):
         "unexpected_rows_expectation(every pool and hour has allocation rows in "
         "marts.fct_cost_allocations_hourly): 1 row(s), e.g. pool=storage hour_start=2026-10-01T13:00Z "
         "pool_cost=12.77"
+    )
+
+
+def test_pool_cost_not_split_into_used_and_idle_fails_naming_pool_and_hour(marts, mart_settings):
+    marts(
+        "update marts.fct_cost_pools_hourly set idle_cost = 0.01"
+        " where pool = 'storage' and hour_start = '2026-10-01T13:00Z'"
+    )
+
+    message = failure(mart_settings)
+    assert message.splitlines()[0] == (
+        "mart checks failed for marts.fct_cost_pools_hourly (2026-10-01T13:00Z–14:00Z): "
+        "unexpected_rows_expectation(used_cost + idle_cost = pool_cost, neither negative): 1 row(s), "
+        "e.g. pool=storage hour_start=2026-10-01T13:00Z pool_cost=12.77 used_cost=12.77 idle_cost=0.01"
     )
 
 
@@ -265,16 +289,16 @@ def test_checks_pass_on_dbt_output_and_name_pool_and_hour_of_a_corrupted_allocat
         assert checks.check_marts(DBT_START, DBT_END).success
 
         with warehouse.connect() as conn:
-            pool, hour, tenant = conn.execute(
-                "select pool, hour_start, tenant_id from marts.fct_cost_allocations_hourly"
+            pool, hour, part, component, tenant = conn.execute(
+                "select pool, hour_start, part, component, tenant_id from marts.fct_cost_allocations_hourly"
                 " where hour_start >= %s and hour_start < %s and tenant_id is not null"
-                " order by pool, hour_start, tenant_id limit 1",
+                " order by pool, hour_start, part, component, tenant_id limit 1",
                 (DBT_START, DBT_END),
             ).fetchone()
             conn.execute(
                 "update marts.fct_cost_allocations_hourly set allocated_cost = allocated_cost + 0.01"
-                " where pool = %s and hour_start = %s and tenant_id = %s",
-                (pool, hour, tenant),
+                " where pool = %s and hour_start = %s and part = %s and component = %s and tenant_id = %s",
+                (pool, hour, part, component, tenant),
             )
         with pytest.raises(checks.ChecksFailed) as info:
             checks.check_marts(DBT_START, DBT_END)
