@@ -193,7 +193,8 @@ def test_sql_split_adds_up_within_a_cent_and_equals_the_python_reference(sql_con
     as_drawn = [(amount, list(tenants.items())) for amount, tenants in batch]
     results = split_in_sql(sql_connection, as_drawn + shuffled)
 
-    for (amount, tenants), in_sql, in_sql_shuffled in zip(batch, results[: len(batch)], results[len(batch) :], strict=True):
+    drawn_results, shuffled_results = results[: len(batch)], results[len(batch) :]
+    for (amount, tenants), in_sql, in_sql_shuffled in zip(batch, drawn_results, shuffled_results, strict=True):
         total = sum(tenants.values())
         assert sum(in_sql.values()) == amount
         for key, share in in_sql.items():

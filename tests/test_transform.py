@@ -12,11 +12,9 @@ config/cost_pools.yml). H = 2026-10-01 13:00 UTC, hour 13 of the month.
     t002 (enterprise)       1          200                -          -                 -
     t007 (standard)         1          400                372        1                 -
 
-Pool costs per hour (monthly cost in cents / 744, leftover cents to the first hours):
-    compute 1800000 = 2419 x 744 + 264 -> H (hour 13 < 264) costs 24.20
-    storage  950000 = 1276 x 744 + 656 -> 12.77 at H and H+1
-    network  320000 =  430 x 744 +  80 -> 4.31 at H
-    platform_team 2400000 = 3225 x 744 + 600 -> 32.26 at H
+Allocation to the cent, method by method, is tested in test_allocation.py on a
+configuration of its own; here only what holds for any cost pools: every pool-hour of
+the window, and nothing else, is written, and its allocations add up to its cost.
 """
 
 from __future__ import annotations
@@ -63,8 +61,11 @@ def execute(sql: str, *params) -> None:
 
 
 def allocations(hour: datetime) -> dict[tuple[str, str | None], Decimal]:
+    """Cost per pool and tenant (None: idle kept by the platform, or unallocated) in an hour."""
     rows = query(
-        "select pool, tenant_id, allocated_cost from marts.fct_cost_allocations_hourly where hour_start = %s", hour
+        "select pool, tenant_id, sum(allocated_cost) from marts.fct_cost_allocations_hourly where hour_start = %s"
+        " group by pool, tenant_id",
+        hour,
     )
     return {(pool, tenant): cost for pool, tenant, cost in rows}
 
@@ -89,6 +90,7 @@ def mart_rows() -> dict[str, list[tuple]]:
         "fct_usage_hourly",
         "fct_cost_pools_hourly",
         "fct_cost_allocations_hourly",
+        "fct_cost_allocations_monthly",
         "fct_invoice_lines",
         "fct_invoices",
     ]
@@ -168,54 +170,12 @@ def test_build_runs_every_model_data_test_and_unit_test(built):
     assert built.window_end == H + timedelta(hours=2)
 
 
-def test_pool_cost_of_an_hour_is_the_monthly_cost_spread_by_largest_remainder(built):
-    rows = query(
-        "select pool, pool_cost, currency, driver_meter from marts.fct_cost_pools_hourly"
-        " where hour_start = %s order by pool",
-        H,
-    )
-    assert rows == [
-        ("compute", D("24.20"), "USD", "query_cpu_seconds"),
-        ("network", D("4.31"), "USD", "ingested_gb"),
-        ("platform_team", D("32.26"), "USD", "ingested_gb"),
-        ("storage", D("12.77"), "USD", "stored_gb"),
-    ]
-    # only the window's hours are written
-    hours = query("select distinct hour_start from marts.fct_cost_pools_hourly order by 1")
-    assert [h for (h,) in hours] == [H, H + timedelta(hours=1)]
-
-
-def test_pool_cost_is_split_between_three_tenants_to_the_cent(built):
-    assert allocations(H) == {
-        # 4.31 split 1:1:1 -> 143.67 cents each: 143 + 143 + 143 = 429, 2 left over,
-        # equal remainders -> to the lowest tenant_ids
-        ("network", "t001"): D("1.44"),
-        ("network", "t002"): D("1.44"),
-        ("network", "t007"): D("1.43"),
-        # 32.26 split 1:1:1 -> 1075.33 each, 1 cent left over -> t001
-        ("platform_team", "t001"): D("10.76"),
-        ("platform_team", "t002"): D("10.75"),
-        ("platform_team", "t007"): D("10.75"),
-        # 24.20 split 100:200:400 -> 345.71 / 691.43 / 1382.86 cents: floors 2418,
-        # 2 left over to the largest remainders .86 (t007) and .71 (t001)
-        ("compute", "t001"): D("3.46"),
-        ("compute", "t002"): D("6.91"),
-        ("compute", "t007"): D("13.83"),
-        # 12.77 split 744:372 = 2:1 -> 851.33 / 425.67 cents, 1 left over -> t007
-        ("storage", "t001"): D("8.51"),
-        ("storage", "t007"): D("4.26"),
-    }
-
-
-def test_hour_without_driver_usage_keeps_pool_cost_unallocated(built):
-    assert allocations(H + timedelta(hours=1)) == {
-        ("compute", None): D("24.20"),  # hour 14 < 264: still gets the leftover cent
-        ("network", None): D("4.31"),
-        ("platform_team", None): D("32.26"),
-        ("storage", "t001"): D("12.77"),
-    }
-    methods = query("select distinct method, ratio from marts.fct_cost_allocations_hourly where tenant_id is null")
-    assert methods == [("unallocated", D("1"))]
+def test_pool_costs_and_allocations_are_written_for_the_window_hours_only(built):
+    for table in ("fct_cost_pools_hourly", "fct_cost_allocations_hourly"):
+        hours = query(f"select distinct hour_start from marts.{table} order by 1")
+        assert [h for (h,) in hours] == [H, H + timedelta(hours=1)]
+    pools = {p for (p,) in query("select distinct pool from config.cost_pools")}
+    assert {p for (p,) in query("select pool from marts.fct_cost_pools_hourly where hour_start = %s", H)} == pools
 
 
 def test_allocations_add_up_to_pool_cost_for_every_pool_hour(built):
@@ -257,6 +217,7 @@ def test_money_columns_are_numeric_with_cents(built):
     )
     assert types == [
         ("fct_cost_allocations_hourly", "allocated_cost", "numeric", 2),
+        ("fct_cost_allocations_monthly", "allocated_cost", "numeric", 2),
         ("fct_cost_pools_hourly", "pool_cost", "numeric", 2),
         ("fct_invoice_lines", "amount", "numeric", 2),
         ("fct_invoices", "total", "numeric", 2),
@@ -271,19 +232,13 @@ def test_rebuilding_a_window_changes_nothing(rebuilt):
 
 def test_replayed_hour_with_fewer_tenants_keeps_no_stale_rows(replayed_without_t002):
     assert query("select count(*) from marts.fct_usage_hourly where tenant_id = 't002'") == [(0,)]
-    assert allocations(H) == {
-        # 4.31 split 1:1 -> 215.5 cents each, 1 left over -> t001
-        ("network", "t001"): D("2.16"),
-        ("network", "t007"): D("2.15"),
-        ("platform_team", "t001"): D("16.13"),
-        ("platform_team", "t007"): D("16.13"),
-        # 24.20 split 100:400 -> 484 / 1936 cents exactly
-        ("compute", "t001"): D("4.84"),
-        ("compute", "t007"): D("19.36"),
-        ("storage", "t001"): D("8.51"),
-        ("storage", "t007"): D("4.26"),
-    }
-    # hour H+1 was outside the window and is untouched
+    # t002 no longer gets cost by usage in hour H (a direct or fixed share is not usage)
+    assert query(
+        "select count(*) from marts.fct_cost_allocations_hourly"
+        " where hour_start = %s and tenant_id = 't002' and driver_meter is not null",
+        H,
+    ) == [(0,)]
+    # hour H+1 was outside the window and is untouched: t001 alone stored data
     assert allocations(H + timedelta(hours=1))[("storage", "t001")] == D("12.77")
     # the month is rebuilt: t002 no longer has lines or an invoice
     assert {t for t, _ in invoice_lines()} == {"t001", "t007"}
@@ -291,19 +246,22 @@ def test_replayed_hour_with_fewer_tenants_keeps_no_stale_rows(replayed_without_t
 
 
 def test_build_without_window_covers_every_hour_of_the_month_exactly(full_build):
-    rows = query(
-        "select pool, count(*), sum(pool_cost) from marts.fct_cost_pools_hourly"
-        " where hour_start >= '2026-10-01 00:00+00' and hour_start < '2026-11-01 00:00+00'"
-        " group by pool order by pool"
+    october = "hour_start >= '2026-10-01 00:00+00' and hour_start < '2026-11-01 00:00+00'"
+    rows = query(f"select pool, count(*) from marts.fct_cost_pools_hourly where {october} group by pool")
+    assert dict(rows) == {
+        pool: 744 for (pool,) in query("select distinct pool from config.cost_pools")
+    }
+    # a pool with one version all month costs its monthly cost, to the cent
+    single = query(
+        "select p.pool, p.monthly_cost, sum(h.pool_cost) from config.cost_pools as p"
+        f" join marts.fct_cost_pools_hourly as h using (pool) where h.{october}"
+        " and p.valid_from <= '2026-10-01' and (p.valid_to is null or p.valid_to >= '2026-11-01')"
+        " group by p.pool, p.monthly_cost"
     )
-    assert rows == [
-        ("compute", 744, D("18000.00")),
-        ("network", 744, D("3200.00")),
-        ("platform_team", 744, D("24000.00")),
-        ("storage", 744, D("9500.00")),
-    ]
-    assert query("select sum(allocated_cost) from marts.fct_cost_allocations_hourly") == [(D("54700.00"),)]
-    assert allocations(H)[("compute", "t007")] == D("19.36")
+    assert single
+    assert all(monthly == total for _, monthly, total in single)
+    (pools,) = query(f"select sum(pool_cost) from marts.fct_cost_pools_hourly where {october}")
+    assert query(f"select sum(allocated_cost) from marts.fct_cost_allocations_hourly where {october}") == [pools]
     assert invoices() == {"t001": (D("0.50"), 3), "t007": (D("0.69"), 4)}
 
 
