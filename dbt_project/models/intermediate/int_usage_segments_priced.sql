@@ -2,9 +2,9 @@
     The usage lines of the invoices: each tenant's usage of a meter in a
     calendar month (UTC), priced.
 
-    1. Usage is summed per tenant, meter and UTC day (price book versions
-       change on day boundaries), then per segment: the days under one version
-       of the tenant's price book.
+    1. Usage is summed per tenant, meter, month and stretch of time between two
+       price changes (one pass over the hours), then per segment: the
+       stretches under one version of the tenant's price book.
     2. Segments count the month's usage cumulatively, in version order: a later
        segment continues where the earlier one stopped, so tiers, the free
        allowance and packages apply to the month as a whole.
@@ -61,47 +61,89 @@ tenant_months as (
 
 ),
 
-daily_usage as (
+price_changes as (
 
+    -- every instant a price version starts or ends, in order: between two of
+    -- them (and within a month) every tenant's price versions stay the same
+    select
+        array_agg(
+            change_day::timestamp at time zone 'UTC' order by change_day
+        ) as changes
+
+    from (
+        select valid_from as change_day from prices
+        union
+        select valid_to as change_day from prices where valid_to is not null
+    ) as change_days
+
+),
+
+periodic_usage as (
+
+    -- usage summed per tenant, meter, month and stretch between price
+    -- changes, in one pass over the hours (width_bucket: the number of changes
+    -- at or before the hour). The changes come from an uncorrelated scalar
+    -- subquery: computed once, and unlike a join to the CTE it leaves the scan
+    -- free to run in parallel.
     select
         tenant_id,
         meter,
-        (hour_start at time zone 'UTC')::date as usage_day,
+        {{ utc_month('hour_start') }} as invoice_month,
+        width_bucket(
+            hour_start, (select price_changes.changes from price_changes)
+        ) as period,
         sum(quantity) as quantity_sum
 
     from usage
 
-    group by tenant_id, meter, (hour_start at time zone 'UTC')::date
+    group by tenant_id, meter, invoice_month, period
+
+),
+
+periods as (
+
+    -- the day the stretch starts within its month: its prices are those in
+    -- force that day
+    select
+        periodic_usage.*,
+        greatest(
+            periodic_usage.invoice_month,
+            (
+                price_changes.changes[periodic_usage.period] at time zone 'UTC'
+            )::date
+        ) as period_start
+
+    from periodic_usage
+
+    cross join price_changes
 
 ),
 
 dated_usage as (
 
     select
-        date_trunc('month', daily_usage.usage_day::timestamp)::date
-            as invoice_month,
-        daily_usage.tenant_id,
-        daily_usage.meter,
-        daily_usage.quantity_sum,
+        periods.invoice_month,
+        periods.tenant_id,
+        periods.meter,
+        periods.quantity_sum,
         tenant_months.price_book,
         prices.valid_from as price_valid_from
 
-    from daily_usage
+    from periods
 
     left join tenant_months
         on
-            daily_usage.tenant_id = tenant_months.tenant_id
-            and date_trunc('month', daily_usage.usage_day::timestamp)::date
-            = tenant_months.invoice_month
+            periods.tenant_id = tenant_months.tenant_id
+            and periods.invoice_month = tenant_months.invoice_month
 
     left join prices
         on
             tenant_months.price_book = prices.price_book
-            and daily_usage.meter = prices.meter
-            and prices.valid_from <= daily_usage.usage_day
+            and periods.meter = prices.meter
+            and prices.valid_from <= periods.period_start
             and (
                 prices.valid_to is null
-                or prices.valid_to > daily_usage.usage_day
+                or prices.valid_to > periods.period_start
             )
 
 ),

@@ -10,13 +10,17 @@
     Contract lines are quantity 1 month at their amount, and are not discounted.
     Lines are numbered per invoice: by meter, price version, free allowance
     first, then tiers; contract lines last.
+
+    JIT is off for the model's transaction: compiling this query's many
+    expressions costs seconds, more than pricing the few thousand segment rows
+    left after the first aggregation.
 -#}
 {{
     config(
         materialized='incremental',
         incremental_strategy='append',
         on_schema_change='fail',
-        pre_hook="{{ delete_window() }}",
+        pre_hook=["{{ delete_window() }}", "set local jit = off"],
         post_hook="{{ analyze_after_large_write() }}",
         indexes=[{
             'columns': ['invoice_month', 'tenant_id', 'line_no'],
