@@ -103,9 +103,9 @@ PRICED_LINES = [
                 "GB", D("0.36"), D("135.09"), "USD", "standard", "graduated", 4, "usage", 2, D("142.20"), D("7.11")),
     InvoiceLine("stored_gb", "Log data retained in storage — 365-day retention", D("10"), "GB-month", D("0.08"),
                 D("0.76"), "USD", "standard", "retention", 5, "usage", 4, D("0.80"), D("0.04")),
-    InvoiceLine(None, "Overage uplift of 10% on 468.82 USD of usage above the commitment of 0.00 USD", D("1"),
-                "month", D("46.88"), D("46.88"), "USD", "standard", None, 6, "overage_uplift", None, D("46.88"),
-                D("0")),
+    InvoiceLine(None, "Overage uplift of 10% on 468.82 USD of usage above the commitment of 0.00 USD",
+                D("468.82"), "USD", D("0.1"), D("46.88"), "USD", "standard", None, 6, "overage_uplift", None,
+                D("46.88"), D("0")),
 ]
 PRICED_INVOICE = dataclasses.replace(
     INVOICE, total=D("515.70"), price_book="standard", list_subtotal=D("493.50"), discount_total=D("24.68"),
@@ -120,7 +120,7 @@ def test_invoice_pdf_shows_tiers_allowance_discount_and_contract_lines():
         "tier 1: up to 1,000 GB", "695.000 GB 0.50 347.50 −17.38 330.12",
         "tier 2: 1,000 to 10,000 GB (prices from 2026-10-15)", "395.000 GB 0.36 142.20 −7.11 135.09",
         "365-day retention", "10.000 GB-month 0.08 0.80 −0.04 0.76",
-        "Overage uplift of 10%", "1.000 month 46.88 46.88 — 46.88",
+        "Overage uplift of 10%", "468.82 USD 10% 46.88 — 46.88",
         "Usage at list prices 493.50 USD", "Discount −24.68 USD", "Overage uplift 46.88 USD",
         "Total 515.70 USD",
     ):
@@ -347,19 +347,26 @@ def test_commitment_without_usage_is_invoiced_as_a_true_up(october):
     assert lines == [("t007", 1, "commitment_true_up", D("500.00")), ("t008", 1, "commitment_true_up", D("20000.00"))]
     text = flat(pdf_text(_read_uri(next(r.pdf_uri for r in october if r.tenant_id == "t008"))))
     assert "Minimum monthly commitment of 20,000.00 USD: true-up of usage of 0.00 USD" in text
+    assert "1.000 month — 20,000.00 — 20,000.00" in text
     assert "Total 20,000.00 USD" in text
 
 
 @pytest.mark.warehouse
 def test_every_printed_line_amount_is_the_mart_amount(october):
     with warehouse.connect() as conn:
-        lines = conn.execute("select tenant_id, quantity, unit, unit_price, list_amount, discount_amount, amount"
-                             " from marts.fct_invoice_lines where invoice_month = '2030-10-01'").fetchall()
+        lines = conn.execute("select tenant_id, line_type, quantity, unit, unit_price, list_amount, discount_amount,"
+                             " amount from marts.fct_invoice_lines where invoice_month = '2030-10-01'").fetchall()
     texts = {r.tenant_id: flat(pdf_text(_read_uri(r.pdf_uri))) for r in october}
     assert len(lines) > len(texts)
-    for tenant_id, quantity, unit, unit_price, list_amount, discount, amount in lines:
-        row = " ".join([invoices.format_quantity(quantity), unit, invoices.format_unit_price(unit_price),
-                        cents(list_amount), f"−{cents(discount)}" if discount else "—", cents(amount)])
+    for tenant_id, line_type, quantity, unit, unit_price, list_amount, discount, amount in lines:
+        if line_type == "overage_uplift":  # the amount above the commitment, at a percentage
+            quantity, unit_price = cents(quantity), f"{(unit_price * 100).normalize():f}%"
+        elif line_type == "commitment_true_up":  # one month, no unit price
+            quantity, unit_price = invoices.format_quantity(quantity), "—"
+        else:
+            quantity, unit_price = invoices.format_quantity(quantity), invoices.format_unit_price(unit_price)
+        row = " ".join([quantity, unit, unit_price, cents(list_amount), f"−{cents(discount)}" if discount else "—",
+                        cents(amount)])
         assert row in texts[tenant_id], row
 
 

@@ -150,10 +150,12 @@ def test_price_change_mid_month_continues_the_months_count():
 
 
 def test_commitment_true_up_and_overage_uplift():
-    assert [(x.line_type, x.amount) for x in contract_lines(D("42.50"), D("100.00"))] == [
-        ("commitment_true_up", D("57.50"))]
-    assert [(x.line_type, x.amount) for x in contract_lines(D("1234.56"), D("1000.00"), D(5))] == [
-        ("overage_uplift", D("11.73"))]  # 234.56 x 5% = 11.728
+    # a true-up is one month at the shortfall; an uplift, the amount above the commitment at its rate
+    assert [(x.line_type, x.quantity, x.unit_price, x.amount) for x in contract_lines(D("42.50"), D("100.00"))] == [
+        ("commitment_true_up", D(1), None, D("57.50"))]
+    assert [(x.line_type, x.quantity, x.unit_price, x.amount)
+            for x in contract_lines(D("1234.56"), D("1000.00"), D(5))] == [
+        ("overage_uplift", D("234.56"), D("0.05"), D("11.73"))]  # 234.56 x 5% = 11.728
     assert contract_lines(D("10.00"), D("10.00"), D(5)) == []
     assert contract_lines(D("10.00")) == []
 
@@ -345,15 +347,14 @@ def test_month_priced_with_every_model_to_the_cent(pricing_database):
         ("b02", 2, "usage", "scanned_gb", v1, 2, D(1000), "GB", D("0.008"), D("8.00"), D(0), D("8.00")),
         ("b02", 3, "usage", "scanned_gb", v2, 2, D(500), "GB", D("0.008"), D("4.00"), D(0), D("4.00")),
         ("b02", 4, "usage", "stored_gb", v1, 2, D(1), "GB-month", D("0.03"), D("0.03"), D(0), D("0.03")),
-        ("b02", 5, "commitment_true_up", None, None, None, D(1), "month", D("483.12"), D("483.12"), D(0),
-         D("483.12")),
+        ("b02", 5, "commitment_true_up", None, None, None, D(1), "month", None, D("483.12"), D(0), D("483.12")),
         # c03: 100.00 commitment, 5% uplift, 7-day retention. 5 GB all free.
         ("c03", 1, "free_allowance", "ingested_gb", v1, None, D(5), "GB", D(0), D(0), D(0), D(0)),
         ("c03", 2, "usage", "query_cpu_seconds", v1, 1, D(250000), "s", D("0.0004"), D("100.00"), D(0),
          D("100.00")),
         ("c03", 3, "usage", "stored_gb", v1, 1, D(5), "GB-month", D("0.02"), D("0.10"), D(0), D("0.10")),
         # 100.10 - 100.00 = 0.10 x 5% = 0.005 -> 0.01
-        ("c03", 4, "overage_uplift", None, None, None, D(1), "month", D("0.01"), D("0.01"), D(0), D("0.01")),
+        ("c03", 4, "overage_uplift", None, None, None, D("0.10"), "USD", D("0.05"), D("0.01"), D(0), D("0.01")),
     ]
     invoices_ = query(
         "select tenant_id, list_subtotal, discount_total, usage_total, commitment_true_up, overage_uplift, total,"
@@ -409,7 +410,9 @@ def test_invoice_pdfs_show_every_kind_of_line_and_the_mart_total(pricing_databas
     assert "Minimum monthly commitment of 500.00 USD" in b02
     assert "Commitment true-up 483.12 USD" in b02
     assert "Total 500.00 USD" in b02
+    assert "1.000 month — 483.12 — 483.12" in b02  # a true-up: one month, no unit price
     assert "Overage uplift of 5%" in c03
+    assert "0.10 USD 5% 0.01 — 0.01" in c03  # 0.10 above the commitment at 5%
     assert "Overage uplift 0.01 USD" in c03
     assert "Total 100.11 USD" in c03
 

@@ -241,7 +241,7 @@ def test_invoice_lines_price_tiers_allowance_retention_and_contract_terms(built)
         # t002, enterprise: 3000.00 monthly commitment
         ("t002", 1): ("free_allowance", "ingested_gb", D(1), "GB", D(0), D(0), D(0), D(0)),
         ("t002", 2): ("usage", "query_cpu_seconds", D(200), "s", D("0.0003"), D("0.06"), D(0), D("0.06")),
-        ("t002", 3): ("commitment_true_up", None, D(1), "month", D("2999.94"), D("2999.94"), D(0), D("2999.94")),
+        ("t002", 3): ("commitment_true_up", None, D(1), "month", None, D("2999.94"), D(0), D("2999.94")),
         # t007, standard: from 2026-10-01 5% discount, 500.00 commitment, 365-day retention
         ("t007", 1): ("free_allowance", "ingested_gb", D(1), "GB", D(0), D(0), D(0), D(0)),
         ("t007", 2): ("usage", "query_cpu_seconds", D(400), "s", D("0.0004"), D("0.16"), D("0.01"), D("0.15")),
@@ -249,10 +249,9 @@ def test_invoice_lines_price_tiers_allowance_retention_and_contract_terms(built)
         ("t007", 3): ("usage", "scanned_gb", D(1), "GB", D("0.005"), D("0.01"), D("0.00"), D("0.01")),
         # 372 / 744 = 0.5 GB-month x 0.08 = 0.04
         ("t007", 4): ("usage", "stored_gb", D("0.5"), "GB-month", D("0.08"), D("0.04"), D("0.00"), D("0.04")),
-        ("t007", 5): ("commitment_true_up", None, D(1), "month", D("499.80"), D("499.80"), D(0), D("499.80")),
+        ("t007", 5): ("commitment_true_up", None, D(1), "month", None, D("499.80"), D(0), D("499.80")),
         # t008 used nothing in the window but owes its 20,000.00 commitment
-        ("t008", 1): ("commitment_true_up", None, D(1), "month", D("20000.00"), D("20000.00"), D(0),
-                      D("20000.00")),
+        ("t008", 1): ("commitment_true_up", None, D(1), "month", None, D("20000.00"), D(0), D("20000.00")),
     }
 
 
@@ -299,7 +298,7 @@ def test_replayed_hour_with_fewer_tenants_keeps_no_stale_rows(replayed_without_t
     assert allocations(H + timedelta(hours=1))[("storage", "t001")] == D("12.77")
     # the month is rebuilt: t002 no longer has usage lines; its invoice is the whole commitment
     assert [line for (t, _), line in invoice_lines().items() if t == "t002"] == [
-        ("commitment_true_up", None, D(1), "month", D("3000.00"), D("3000.00"), D(0), D("3000.00"))]
+        ("commitment_true_up", None, D(1), "month", None, D("3000.00"), D(0), D("3000.00"))]
     assert invoices() == {
         "t001": (D("0.10"), 3), "t002": (D("3000.00"), 1), "t007": (D("500.00"), 5), "t008": (D("20000.00"), 1)}
 
@@ -342,7 +341,7 @@ def test_failing_data_test_and_model_are_named_in_the_error(full_build):
     message = str(failure.value)
     assert message.startswith("dbt build failed:")
     assert "- test relationships_fct_usage_hourly_tenant_id__tenant_id__ref_dim_tenants_: 1 failing row\n" in message
-    assert '- model fct_invoice_lines: null value in column "unit_price"' in message
+    assert '- model fct_invoice_lines: null value in column "list_amount"' in message  # no price
     assert all("\n" not in line for line in failure.value.failures)
     assert invoice_lines() == before  # the model's delete of October was rolled back
 

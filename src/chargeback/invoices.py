@@ -115,7 +115,8 @@ class InvoiceLine:
     description: str
     quantity: Decimal
     unit: str
-    unit_price: Decimal
+    unit_price: Decimal | None
+    """None on a commitment true-up (one month at its amount)."""
     amount: Decimal
     currency: str
     price_book: str | None
@@ -308,9 +309,9 @@ def invoice_context(invoice: Invoice, lines: Sequence[InvoiceLine], tenant: Tena
                 "meter": line.meter or "",
                 "kind": line.line_type,
                 "description": line.description,
-                "quantity": format_quantity(line.quantity),
+                "quantity": _printed_quantity(line),
                 "unit": line.unit,
-                "unit_price": format_unit_price(line.unit_price),
+                "unit_price": _printed_unit_price(line),
                 "list_amount": format_cents(_list_amount(line)),
                 "discount": f"−{format_cents(line.discount_amount)}" if line.discount_amount else "—",
                 "amount": format_cents(line.amount),
@@ -319,6 +320,20 @@ def invoice_context(invoice: Invoice, lines: Sequence[InvoiceLine], tenant: Tena
         ],
         "summary": _summary(invoice),
     }
+
+
+def _printed_quantity(line: InvoiceLine) -> str:
+    """Usage with three decimals; an uplift's base (usage above the commitment) in cents."""
+    return format_cents(line.quantity) if line.line_type == "overage_uplift" else format_quantity(line.quantity)
+
+
+def _printed_unit_price(line: InvoiceLine) -> str:
+    """The price as priced; an uplift's rate as a percentage (``0.05 -> "5%"``); a dash for none."""
+    if line.unit_price is None:
+        return "—"
+    if line.line_type == "overage_uplift":
+        return f"{(_decimal(line.unit_price, 'unit price') * 100).normalize():f}%"
+    return format_unit_price(line.unit_price)
 
 
 def _list_amount(line: InvoiceLine) -> Decimal:

@@ -75,7 +75,8 @@ class Line:
     pricing_model: str | None
     tier: int | None
     quantity: Decimal
-    unit_price: Decimal
+    unit_price: Decimal | None
+    """None only on a commitment true-up."""
     list_amount: Decimal
     discount_amount: Decimal
     amount: Decimal
@@ -135,15 +136,14 @@ def contract_lines(net_usage: Decimal, monthly_commitment: Decimal = Decimal(0),
     for value in (net_usage, monthly_commitment, overage_uplift_percent):
         _no_float(value)
     net, commitment, uplift = Decimal(net_usage), Decimal(monthly_commitment), Decimal(overage_uplift_percent)
-    if net < commitment:
-        return [_contract_line("commitment_true_up", commitment - net)]
-    if net > commitment and uplift > 0:
-        return [_contract_line("overage_uplift", round_money((net - commitment) * uplift / 100))]
+    zero = Decimal("0.00")
+    if net < commitment:  # one month, the shortfall; no unit price
+        shortfall = commitment - net
+        return [Line("commitment_true_up", None, None, None, Decimal(1), None, shortfall, zero, shortfall)]
+    if net > commitment and uplift > 0:  # the amount above the commitment at the uplift rate
+        amount = round_money((net - commitment) * uplift / 100)
+        return [Line("overage_uplift", None, None, None, net - commitment, uplift / 100, amount, zero, amount)]
     return []
-
-
-def _contract_line(line_type: str, amount: Decimal) -> Line:
-    return Line(line_type, None, None, None, Decimal(1), amount, amount, Decimal("0.00"), amount)
 
 
 def _pieces(price: Price, start: Decimal, end: Decimal, month_billable: Decimal, divisor: int,

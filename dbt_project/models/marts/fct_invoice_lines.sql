@@ -7,7 +7,10 @@
       tenant without usage: the commitment is owed);
     - overage_uplift = round_money((N - commitment) x uplift% / 100), when
       N > commitment and the uplift is not 0.
-    Contract lines are quantity 1 month at their amount, and are not discounted.
+    A true-up is 1 month, without a unit price; an uplift is the amount above
+    the commitment (unit: the currency) at the uplift rate (unit_price 0.05 for
+    5%).
+    Contract lines are not discounted.
     Lines are numbered per invoice: by meter, price version, free allowance
     first, then tiers; contract lines last.
 
@@ -93,6 +96,9 @@ contract_amounts as (
         || to_char(net_usage, 'FM999,999,999,999,999,990.00')
         || ' ' || currency as description,
         price_book,
+        1 as quantity,
+        'month' as unit,
+        null::numeric as unit_price,
         monthly_commitment - net_usage as amount,
         currency
 
@@ -116,6 +122,9 @@ contract_amounts as (
         || to_char(monthly_commitment, 'FM999,999,999,999,999,990.00')
         || ' ' || currency as description,
         price_book,
+        net_usage - monthly_commitment as quantity,
+        currency as unit,
+        overage_uplift_percent / 100 as unit_price,
         {{ round_money(
             '(net_usage - monthly_commitment) * overage_uplift_percent / 100'
         ) }} as amount,
@@ -143,9 +152,9 @@ contract_lines as (
         null::integer as tier,
         null::numeric(38, 12) as tier_lower,
         null::numeric(38, 12) as tier_upper,
-        1::numeric(38, 12) as quantity,
-        'month' as unit,
-        amount::numeric(18, 6) as unit_price,
+        quantity::numeric(38, 12) as quantity,
+        unit,
+        unit_price::numeric(18, 6) as unit_price,
         amount as list_amount,
         0::numeric(18, 2) as discount_amount,
         amount,
