@@ -24,8 +24,8 @@
        amount = list_amount - discount_amount.
 
     Usage of a tenant without a price book, or of a meter without a price
-    version in force, gives a line with a null unit_price, which the mart's
-    contract rejects.
+    version in force, gives a line without unit_price or list_amount, which
+    the mart's contract rejects rather than bill the usage as nothing.
 -#}
 
 with
