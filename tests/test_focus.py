@@ -49,10 +49,11 @@ def test_strings_are_folded_to_ascii_and_json_keeps_every_character():
     assert focus.ascii_text("Log data ingested — tier 1") == "Log data ingested - tier 1"
     assert focus.ascii_text("Société Générale “prod”") == 'Societe Generale "prod"'
     assert focus.ascii_text("plain") == "plain"
-    columns = [focus.Column("Tags", "json"), focus.Column("SubAccountName", "text"), focus.Column("BilledCost",
-                                                                                                    "numeric", 2)]
+    columns = [focus.Column("Tags", "json"), focus.Column("SubAccountName", "text"),
+               focus.Column("BilledCost", "numeric", 2)]
     tags, name, cost = focus._for_focus(columns, ('{"chargeback:team": "Équipe"}', "Équipe", D("1.00")))
-    assert tags == '{"chargeback:team": "\\u00c9quipe"}' and json.loads(tags) == {"chargeback:team": "Équipe"}
+    assert tags == '{"chargeback:team": "\\u00c9quipe"}'
+    assert json.loads(tags) == {"chargeback:team": "Équipe"}
     assert (name, cost) == ("Equipe", D("1.00"))
 
 
@@ -137,7 +138,8 @@ def test_usage_adjustment_and_allocated_rows_pass_the_validator(validator, tmp_p
     report = focus.validate(_write(tmp_path / "ok.csv", [BASE | USAGE, BASE | TRUE_UP, BASE | ALLOCATED]))
     assert report.ok, report.summary() + "\n" + report.output
     assert report.statuses["InvoiceId-C-003-C"] == "PASS"
-    assert "--block-download" in report.command and "1.2" in report.command
+    assert "--block-download" in report.command
+    assert "1.2" in report.command
 
 
 @pytest.mark.parametrize(
@@ -242,7 +244,8 @@ def test_cost_to_serve_rows_carry_every_allocated_cent(may):
         assert _sum(rows, "EffectiveCost", x_ChargeSource="allocation", ResourceId=pool) == cost
     for row in (r for r in rows if r["x_ChargeSource"] == "allocation"):
         details = json.loads(row["AllocatedMethodDetails"])
-        assert row["AllocatedMethodId"] and details["Elements"][0]["AllocatedRatio"] >= 0
+        assert row["AllocatedMethodId"]
+        assert details["Elements"][0]["AllocatedRatio"] >= 0
         assert row["AllocatedResourceId"] == row["SubAccountId"]
 
 
@@ -298,7 +301,9 @@ def test_cli_exports_and_validates_a_month(validator, may, tmp_path, capsys):
     assert main(["export", "focus", "--period", PERIOD, "--out", str(tmp_path / "cli.csv"), "--format", "csv",
                  "--validate"]) == 0
     out = capsys.readouterr().out
-    assert f"wrote {tmp_path / 'cli.csv'}" in out and "FOCUS 1.2 validator" in out and "errors" not in out
+    assert f"wrote {tmp_path / 'cli.csv'}" in out
+    assert "FOCUS 1.2 validator" in out
+    assert "errors" not in out
 
 
 @pytest.mark.warehouse

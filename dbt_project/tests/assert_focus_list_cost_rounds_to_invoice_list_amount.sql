@@ -1,5 +1,6 @@
 -- On billed usage rows FOCUS needs ListCost = PricingQuantity x ListUnitPrice
--- exactly, so ListCost is unrounded; rounded half-up to cents it must be the
+-- (and ContractedCost = PricingQuantity x ContractedUnitPrice) exactly, so
+-- ListCost is unrounded; rounded half-up to cents it must be the
 -- invoice line's list_amount (and the line's discount must be the negotiated
 -- one: list_amount - amount). A package line whose quantity were units instead
 -- of packages would fail here. Returns offending rows.
@@ -29,6 +30,7 @@ final as (
         and (
             {{ round_money('"ListCost"') }} <> "x_InvoiceListAmount"
             or "ListCost" <> "PricingQuantity" * "ListUnitPrice"
+            or "ContractedCost" <> "PricingQuantity" * "ContractedUnitPrice"
             or "BilledCost" <> "x_InvoiceListAmount" - "x_InvoiceDiscountAmount"
         )
 

@@ -350,5 +350,5 @@ def validate(path: str | os.PathLike[str], *, timeout: float = 900) -> Validatio
         raise FocusExportError(f"focus-validator did not finish on {path.name} (exit {proc.returncode}):\n"
                                + output[-4000:])
     total, passed, failed, skipped = (int(n) for n in totals.groups())
-    statuses = {rule: status for rule, status in _RESULT.findall(proc.stdout)}
+    statuses = dict(_RESULT.findall(proc.stdout))
     return ValidationReport(path, command, total, passed, failed, skipped, statuses, proc.stdout)
