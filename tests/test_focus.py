@@ -307,7 +307,7 @@ def test_cli_exports_and_validates_a_month(validator, may, tmp_path, capsys):
 
 
 @pytest.mark.warehouse
-def test_exporting_a_month_without_charges_says_to_build_it(tmp_path, capsys):
+def test_exporting_a_month_without_charges_says_to_build_it(may, tmp_path, capsys):
     from chargeback.cli import main
 
     assert main(["export", "focus", "--period", "2031-01", "--out", str(tmp_path / "empty.csv")]) == 1
