@@ -145,19 +145,21 @@ billed_charges as (
         charge_id,
         amount::numeric(18, 2) as billed_cost,
         amount::numeric(18, 2) as effective_cost,
+        -- exact products; trim_scale drops the trailing zeros of the scales
         case
-            when is_usage then quantity * list_unit_price
+            when is_usage then trim_scale(quantity * list_unit_price)
             else amount
         end::numeric as list_cost,
         case
-            when is_usage then quantity * contracted_unit_price
+            when is_usage then trim_scale(quantity * contracted_unit_price)
             else amount
         end::numeric as contracted_cost,
-        case when is_usage then list_unit_price end::numeric
+        case when is_usage then trim_scale(list_unit_price) end::numeric
             as list_unit_price,
-        case when is_usage then contracted_unit_price end::numeric
+        case when is_usage then trim_scale(contracted_unit_price) end::numeric
             as contracted_unit_price,
-        case when is_usage then quantity end::numeric as pricing_quantity,
+        case when is_usage then trim_scale(quantity) end::numeric
+            as pricing_quantity,
         case when is_usage then unit end as pricing_unit,
         case when is_usage then 'Usage' else 'Adjustment' end
             as charge_category,
