@@ -50,14 +50,18 @@ def _timed(fn, *args, **kwargs) -> float:
 
 
 def _bench_config(base: Path, target: Path, tenants: int) -> list[str]:
+    """The shipped configuration with generated tenants added up to ``tenants`` (the shipped
+    ones stay: the pools' direct and fixed rules name them)."""
     shutil.copytree(base, target)
-    ids = [f"b{i:05d}" for i in range(1, tenants + 1)]
-    doc = {"tenants": [
-        {"tenant_id": t, "name": f"Bench tenant {t}", "organisation": f"Org {int(t[1:]) % 7}",
-         "business_unit": f"BU {int(t[1:]) % 13}", "team": f"team-{int(t[1:]) % 31}", "price_book": "standard"}
-        for t in ids]}
+    doc = yaml.safe_load((base / "tenants.yml").read_text())
+    shipped = doc["tenants"]
+    doc["tenants"] = shipped + [
+        {"tenant_id": t, "name": f"Bench tenant {t}", "organisation": f"Org {i % 7}",
+         "business_unit": f"BU {i % 13}", "team": f"team-{i % 31}", "price_book": "standard"}
+        for i, t in ((i, f"b{i:05d}") for i in range(1, tenants - len(shipped) + 1))
+    ]
     (target / "tenants.yml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    return ids
+    return [t["tenant_id"] for t in doc["tenants"]]
 
 
 def bench_load_vs_copy(work: Path) -> None:

@@ -104,6 +104,20 @@ def run_usage_window(start: dt.datetime, end: dt.datetime, source: UsageSource,
 
 # ---- billing_monthly ----------------------------------------------------------------
 
+def check_month(period: str, settings: Settings | None = None) -> None:
+    """Before a month is invoiced: every allocation rule had driver data, and the marts reconcile.
+
+    A rule whose driver meter saw no usage all month left its pool unallocated; that is a
+    configuration mistake (a renamed meter, a wrong driver), so the month is refused with
+    the rules named rather than invoiced.
+    """
+    start, end = month_window(period)
+    problems = configuration.drivers_without_usage(start, end, settings)
+    if problems:
+        raise configuration.ConfigError(f"{period} cannot be invoiced:\n" + "\n".join(problems))
+    check_marts(start, end, settings)
+
+
 def render_invoices(period: str, settings: Settings | None = None, workers: int = 2) -> list:
     """Render the month's invoices, issued on the first day after the period.
 
