@@ -237,7 +237,7 @@ def test_cost_to_serve_rows_carry_every_allocated_cent(may):
     with warehouse.connect() as conn:
         allocated = dict(conn.execute(
             "select pool, sum(allocated_cost) from marts.fct_cost_allocations_monthly"
-            " where allocation_month = %s group by pool", (MONTH,)).fetchall())
+            " where cost_month = %s group by pool", (MONTH,)).fetchall())
     rows = _rows(may)
     assert allocated
     for pool, cost in allocated.items():

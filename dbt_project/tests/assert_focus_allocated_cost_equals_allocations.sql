@@ -19,7 +19,7 @@ allocations as (
 shown as (
 
     select
-        ("BillingPeriodStart" at time zone 'UTC')::date as allocation_month,
+        ("BillingPeriodStart" at time zone 'UTC')::date as cost_month,
         "ResourceId" as pool,
         sum("EffectiveCost") as effective_cost
 
@@ -34,21 +34,21 @@ shown as (
 allocated as (
 
     select
-        allocation_month,
+        cost_month,
         pool,
         sum(allocated_cost) as allocated_cost
 
     from allocations
 
-    group by allocation_month, pool
+    group by cost_month, pool
 
 ),
 
 final as (
 
     select
-        coalesce(shown.allocation_month, allocated.allocation_month)
-            as allocation_month,
+        coalesce(shown.cost_month, allocated.cost_month)
+            as cost_month,
         coalesce(shown.pool, allocated.pool) as pool,
         shown.effective_cost,
         allocated.allocated_cost
@@ -57,7 +57,7 @@ final as (
 
     full outer join allocated
         on
-            shown.allocation_month = allocated.allocation_month
+            shown.cost_month = allocated.cost_month
             and shown.pool = allocated.pool
 
     where shown.effective_cost is distinct from allocated.allocated_cost

@@ -189,7 +189,7 @@ pool_month_costs as (
     select
         allocations.*,
         sum(allocations.allocated_cost) over (
-            partition by allocations.allocation_month, allocations.pool
+            partition by allocations.cost_month, allocations.pool
         ) as pool_month_cost
 
     from allocations
@@ -199,11 +199,11 @@ pool_month_costs as (
 allocated_charges as (
 
     select
-        pool_month_costs.allocation_month as billing_month,
+        pool_month_costs.cost_month as billing_month,
         pool_month_costs.tenant_id,
         'allocation' as charge_source,
         'allocation/'
-        || to_char(pool_month_costs.allocation_month, 'YYYY-MM')
+        || to_char(pool_month_costs.cost_month, 'YYYY-MM')
         || '/'
         || coalesce(pool_month_costs.tenant_id, {{ platform_account_id }})
         || '/' || pool_month_costs.pool
