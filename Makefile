@@ -13,7 +13,7 @@ export AIRFLOW__COSMOS__ENABLE_TELEMETRY := False
 export AIRFLOW__COSMOS__ENABLE_DAG_VERSIONING := False
 export DO_NOT_TRACK := 1
 
-.PHONY: install system-deps demo test test-external-pg bench airflow lint dbt-docs warehouse-stop clean
+.PHONY: install system-deps demo test test-external-pg bench airflow lint dbt-docs warehouse-stop clean focus-validator
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -49,6 +49,20 @@ bench: install ## performance figures as JSON lines
 
 airflow: install ## Airflow standalone (web UI on :8080) against the same warehouse
 	$(PY) -m chargeback.orchestrate standalone
+
+# The FinOps Foundation's FOCUS validator needs Python >= 3.12, so it gets its own venv
+# (tests/test_focus.py and `chargeback export focus --validate` run it from there).
+# pyarrow < 22: focus-validator pins numpy < 2, which newer pyarrow wheels refuse.
+FOCUS_VENV := .venv-focus
+FOCUS_VALIDATOR := focus-validator==2.2.1
+focus-validator: $(STAMP) ## the FOCUS 1.2 validator in $(FOCUS_VENV) (Python 3.12: PATH or pyenv)
+	@test -x $(FOCUS_VENV)/bin/focus-validator && exit 0; \
+	py=; for c in "$$(command -v python3.12)" /root/.pyenv/versions/3.12*/bin/python3.12; do \
+	  if [ -x "$$c" ] && "$$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; then py=$$c; break; fi; \
+	done; \
+	test -n "$$py" || { echo "focus-validator needs Python 3.12: put python3.12 on PATH (or pyenv install 3.12)"; exit 1; }; \
+	$(VENV)/bin/uv venv -q --python "$$py" $(FOCUS_VENV) && \
+	$(VENV)/bin/uv pip install -q --python $(FOCUS_VENV)/bin/python '$(FOCUS_VALIDATOR)' 'pyarrow<22'
 
 lint: install
 	$(VENV)/bin/ruff check src tests dags

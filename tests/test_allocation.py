@@ -457,7 +457,7 @@ def test_allocated_rows_keep_method_driver_ratio_and_unit_cost(built):
 def test_monthly_allocations_are_the_hours_summed(built):
     rows = query(
         "select tenant_id, pool, sum(allocated_cost), sum(hour_count) from marts.fct_cost_allocations_monthly"
-        " where allocation_month = date '2026-10-01' group by 1, 2"
+        " where cost_month = date '2026-10-01' group by 1, 2"
     )
     expected: dict[tuple, Decimal] = defaultdict(Decimal)
     for (_, pool, _, _, tenant), cost in ALLOCATIONS.items():
@@ -487,7 +487,7 @@ def test_replayed_hour_updates_the_day_and_month_it_belongs_to(built):
         assert sum(v for k, v in h1.items() if k[0] == "compute") == D("2.00")
         monthly = dict(query(
             "select pool, sum(allocated_cost) from marts.fct_cost_allocations_monthly"
-            " where allocation_month = date '2026-10-01' and tenant_id = 't2' group by 1"
+            " where cost_month = date '2026-10-01' and tenant_id = 't2' group by 1"
         ))
         expected: dict[str, Decimal] = defaultdict(Decimal)
         for (_, pool, _, _, tenant), cost in after.items():

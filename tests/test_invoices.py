@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import io
 import logging
+import os
 import re
 import threading
 from decimal import Decimal
@@ -30,6 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def pdf_text(data: bytes) -> str:
     reader = pypdf.PdfReader(io.BytesIO(data))
     return "\n".join(page.extract_text() for page in reader.pages)
+
+
+def flat(text: str) -> str:
+    """The text on one line, as it reads: table cells wrap wherever the layout wants."""
+    return re.sub(r"(?<=\w-) (?=\w)", "", " ".join(text.split()))
 
 
 def cents(amount: Decimal) -> str:
@@ -77,9 +83,64 @@ def test_invoice_pdf_shows_bill_to_period_number_and_total_to_the_cent():
     for expected in ("Globex Cloud risk-staging", "t001", "Globex", "Cloud", "risk",
                      "finance+risk@globex.example", "CB-2026-000123", "2 November 2026",
                      "1 October 2026 – 31 October 2026", "enterprise", "INVOICE", "DRAFT",
-                     "Log data ingested", "12,345.679", "2,345,678.500", "0.0003 USD", "5,185.19 USD",
-                     "Total 7,019.15 USD", "Page 1 of 1", "Chargeback — Log Platform"):
+                     "Log data ingested", "12,345.679", "2,345,678.500 s 0.0003 703.70 — 703.70",
+                     "5,185.19", "Total 7,019.15 USD", "Page 1 of 1", "Chargeback — Log Platform",
+                     "LIST AMOUNT", "DISCOUNT", "AMOUNT USD"):
         assert expected in text, expected
+
+
+# A month with every kind of line: packages, a free allowance, two tiers across a price
+# change, a retention class, a discount on each usage line, and an overage uplift.
+PRICED_LINES = [
+    InvoiceLine("alerts_fired", "Alert rules that fired — 3 × package of 100 alerts", D("250"), "alerts", D("1.00"),
+                D("2.85"), "USD", "standard", "package", 1, "usage", None, D("3.00"), D("0.15")),
+    InvoiceLine("ingested_gb", "Log data ingested — free allowance of 5 GB a month (prices from 2026-10-01)", D("5"),
+                "GB", D("0"), D("0.00"), "USD", "standard", "graduated", 2, "free_allowance", None, D("0.00"),
+                D("0.00")),
+    InvoiceLine("ingested_gb", "Log data ingested — tier 1: up to 1,000 GB (prices from 2026-10-01)", D("695"), "GB",
+                D("0.5"), D("330.12"), "USD", "standard", "graduated", 3, "usage", 1, D("347.50"), D("17.38")),
+    InvoiceLine("ingested_gb", "Log data ingested — tier 2: 1,000 to 10,000 GB (prices from 2026-10-15)", D("395"),
+                "GB", D("0.36"), D("135.09"), "USD", "standard", "graduated", 4, "usage", 2, D("142.20"), D("7.11")),
+    InvoiceLine("stored_gb", "Log data retained in storage — 365-day retention", D("10"), "GB-month", D("0.08"),
+                D("0.76"), "USD", "standard", "retention", 5, "usage", 4, D("0.80"), D("0.04")),
+    InvoiceLine(None, "Overage uplift of 10% on 468.82 USD of usage above the commitment of 0.00 USD",
+                D("468.82"), "USD", D("0.1"), D("46.88"), "USD", "standard", None, 6, "overage_uplift", None,
+                D("46.88"), D("0")),
+]
+PRICED_INVOICE = dataclasses.replace(
+    INVOICE, total=D("515.70"), price_book="standard", list_subtotal=D("493.50"), discount_total=D("24.68"),
+    commitment_true_up=D("0"), overage_uplift=D("46.88"))
+
+
+def test_invoice_pdf_shows_tiers_allowance_discount_and_contract_lines():
+    text = flat(pdf_text(invoices.render_invoice_pdf(PRICED_INVOICE, PRICED_LINES, TENANT)))
+    for expected in (
+        "3 × package of 100 alerts", "250.000 alerts 1.00 3.00 −0.15 2.85",
+        "free allowance of 5 GB a month", "5.000 GB 0.00 0.00 — 0.00",
+        "tier 1: up to 1,000 GB", "695.000 GB 0.50 347.50 −17.38 330.12",
+        "tier 2: 1,000 to 10,000 GB (prices from 2026-10-15)", "395.000 GB 0.36 142.20 −7.11 135.09",
+        "365-day retention", "10.000 GB-month 0.08 0.80 −0.04 0.76",
+        "Overage uplift of 10%", "468.82 USD 10% 46.88 — 46.88",
+        "Usage at list prices 493.50 USD", "Discount −24.68 USD", "Overage uplift 46.88 USD",
+        "Total 515.70 USD",
+    ):
+        assert expected in text, expected
+
+
+def test_line_whose_amount_is_not_list_less_discount_is_refused():
+    lines = [dataclasses.replace(PRICED_LINES[0], amount=D("2.86")), *PRICED_LINES[1:]]
+    invoice = dataclasses.replace(PRICED_INVOICE, total=D("515.71"))
+    with pytest.raises(InvoiceError, match=r"line 1 \(alerts_fired\): amount 2.86 is not list amount 3.00 less"):
+        invoices.render_invoice_pdf(invoice, lines, TENANT)
+
+
+def test_subtotal_that_disagrees_with_the_lines_is_refused():
+    for field, value, what in (("list_subtotal", D("493.51"), "list subtotal"),
+                               ("discount_total", D("24.67"), "discount total"),
+                               ("overage_uplift", D("0"), "overage uplift"),
+                               ("commitment_true_up", D("1.00"), "commitment true-up")):
+        with pytest.raises(InvoiceError, match=f"{what} {value} differs from the sum of its lines"):
+            invoices.render_invoice_pdf(dataclasses.replace(PRICED_INVOICE, **{field: value}), PRICED_LINES, TENANT)
 
 
 def test_invoice_accepts_plain_mappings():
@@ -170,6 +231,9 @@ def test_missing_font_stops_the_rendering_instead_of_falling_back(tmp_path):
 # --------------------------------------------------------------------------- the month, from the warehouse
 
 SNAPSHOT_TENANTS = ("t001", "t002", "t003")
+# Invoiced every month: the tenants with usage, and those whose terms (config/tenants.yml)
+# carry a monthly commitment, owed even without usage (t007, t008).
+BILLED_TENANTS = ("t001", "t002", "t003", "t007", "t008")
 
 
 def _snapshots(period_start: dt.date, hours: int = 6) -> list[tuple]:
@@ -201,7 +265,17 @@ def _build_marts(period_start: dt.date) -> None:
             rows,
         )
     start = dt.datetime(period_start.year, period_start.month, 1, tzinfo=dt.UTC)
-    transform.build(start, (start + dt.timedelta(days=32)).replace(day=1))
+    # the invoice marts and what they read; the allocation models are not needed here
+    saved = os.environ.get("DBT_INDIRECT_SELECTION")
+    os.environ["DBT_INDIRECT_SELECTION"] = "cautious"  # only the tests whose models are all built
+    try:
+        transform.build(start, (start + dt.timedelta(days=32)).replace(day=1),
+                        select="+fct_invoices dim_tenants dim_meters")
+    finally:
+        if saved is None:
+            os.environ.pop("DBT_INDIRECT_SELECTION", None)
+        else:
+            os.environ["DBT_INDIRECT_SELECTION"] = saved
 
 
 def _mart_totals(period_start: dt.date) -> dict[str, Decimal]:
@@ -242,7 +316,7 @@ def october():
 @pytest.mark.warehouse
 def test_month_renders_one_pdf_per_tenant_with_the_mart_total_to_the_cent(october, settings):
     totals = _mart_totals(dt.date(2030, 10, 1))
-    assert sorted(r.tenant_id for r in october) == sorted(totals) == list(SNAPSHOT_TENANTS)
+    assert sorted(r.tenant_id for r in october) == sorted(totals) == list(BILLED_TENANTS)
     assert max(totals.values()) >= 1000  # the thousands separator is on the page too
     for record in october:
         path = Path(settings.reports_out) / "2030-10" / f"{record.tenant_id}.pdf"
@@ -256,21 +330,44 @@ def test_month_renders_one_pdf_per_tenant_with_the_mart_total_to_the_cent(octobe
         assert "Billing period 1 October 2030 – 31 October 2030" in text
         assert "Issue date 2 November 2030" in text
         tenant_name = {"t001": "Globex Cloud risk-staging", "t002": "Acme Corp Retail pricing-prod",
-                       "t003": "Globex Cloud claims-prod"}[record.tenant_id]
+                       "t003": "Globex Cloud claims-prod", "t007": "Initech Core Banking risk-prod",
+                       "t008": "Acme Corp Retail pricing-prod"}[record.tenant_id]
         assert tenant_name in text
     assert sorted(p.name for p in (Path(settings.reports_out) / "2030-10").iterdir()) == [
-        "t001.pdf", "t002.pdf", "t003.pdf"]  # no temporary files left behind
+        f"{t}.pdf" for t in BILLED_TENANTS]  # no temporary files left behind
+
+
+@pytest.mark.warehouse
+def test_commitment_without_usage_is_invoiced_as_a_true_up(october):
+    with warehouse.connect() as conn:
+        lines = conn.execute("select tenant_id, line_no, line_type, amount from marts.fct_invoice_lines"
+                             " where invoice_month = '2030-10-01' and tenant_id in ('t007', 't008')"
+                             " order by tenant_id").fetchall()
+    # config/tenants.yml: t007 commits to 500.00 a month from 2026-10-01, t008 to 20,000.00
+    assert lines == [("t007", 1, "commitment_true_up", D("500.00")), ("t008", 1, "commitment_true_up", D("20000.00"))]
+    text = flat(pdf_text(_read_uri(next(r.pdf_uri for r in october if r.tenant_id == "t008"))))
+    assert "Minimum monthly commitment of 20,000.00 USD: true-up of usage of 0.00 USD" in text
+    assert "1.000 month — 20,000.00 — 20,000.00" in text
+    assert "Total 20,000.00 USD" in text
 
 
 @pytest.mark.warehouse
 def test_every_printed_line_amount_is_the_mart_amount(october):
     with warehouse.connect() as conn:
-        lines = conn.execute("select tenant_id, amount, quantity from marts.fct_invoice_lines"
-                             " where invoice_month = '2030-10-01'").fetchall()
-    texts = {r.tenant_id: pdf_text(_read_uri(r.pdf_uri)) for r in october}
-    for tenant_id, amount, quantity in lines:
-        assert f"{cents(amount)} USD" in texts[tenant_id]
-        assert invoices.format_quantity(quantity) in texts[tenant_id]
+        lines = conn.execute("select tenant_id, line_type, quantity, unit, unit_price, list_amount, discount_amount,"
+                             " amount from marts.fct_invoice_lines where invoice_month = '2030-10-01'").fetchall()
+    texts = {r.tenant_id: flat(pdf_text(_read_uri(r.pdf_uri))) for r in october}
+    assert len(lines) > len(texts)
+    for tenant_id, line_type, quantity, unit, unit_price, list_amount, discount, amount in lines:
+        if line_type == "overage_uplift":  # the amount above the commitment, at a percentage
+            quantity, unit_price = cents(quantity), f"{(unit_price * 100).normalize():f}%"
+        elif line_type == "commitment_true_up":  # one month, no unit price
+            quantity, unit_price = invoices.format_quantity(quantity), "—"
+        else:
+            quantity, unit_price = invoices.format_quantity(quantity), invoices.format_unit_price(unit_price)
+        row = " ".join([quantity, unit, unit_price, cents(list_amount), f"−{cents(discount)}" if discount else "—",
+                        cents(amount)])
+        assert row in texts[tenant_id], row
 
 
 @pytest.mark.warehouse
@@ -401,7 +498,7 @@ def test_concurrent_runs_of_a_new_month_share_numbers_without_gaps(october):
     assert errors == []
     first, second = ({r.tenant_id: r.invoice_number for r in result} for result in results)
     assert first == second
-    assert _counter() == before + len(SNAPSHOT_TENANTS)
+    assert _counter() == before + len(BILLED_TENANTS)
     assert sorted(int(n.rsplit("-", 1)[1]) for n in first.values()) == list(range(before + 1, _counter() + 1))
 
 

@@ -65,15 +65,21 @@ where pool = 'network' and hour_start = '2026-10-01T12:00Z';
 alter table marts.fct_cost_pools_hourly drop column driver_meter;
 
 create table marts.fct_invoice_lines as
-select date '2026-10-01' as invoice_month, t.tenant_id, m.meter, 120.5::numeric as quantity, m.unit,
-       0.42::numeric(18, 6) as unit_price, round(120.5 * 0.42, 2)::numeric(18, 2) as amount, 'USD' as currency,
-       'enterprise' as price_book, 'per_unit' as pricing_model, m.description
+select date '2026-10-01' as invoice_month, t.tenant_id,
+       (row_number() over (partition by t.tenant_id order by m.meter))::integer as line_no, 'usage' as line_type,
+       m.meter, m.description, 'enterprise' as price_book, date '2020-01-01' as price_valid_from,
+       'per_unit' as pricing_model, 1 as tier, 0::numeric(38, 12) as tier_lower, null::numeric(38, 12) as tier_upper,
+       120.5::numeric(38, 12) as quantity, m.unit, 0.42::numeric(18, 6) as unit_price,
+       round(120.5 * 0.42, 2)::numeric(18, 2) as list_amount, 0::numeric(18, 2) as discount_amount,
+       round(120.5 * 0.42, 2)::numeric(18, 2) as amount, 'USD' as currency
 from (values ('t001'), ('t002'), ('t003')) as t (tenant_id)
 cross join config.meters as m;
 
 create table marts.fct_invoices as
-select invoice_month, tenant_id, sum(amount)::numeric(18, 2) as total, 'USD' as currency,
-       count(*)::integer as line_count
+select invoice_month, tenant_id, sum(list_amount)::numeric(18, 2) as list_subtotal,
+       sum(discount_amount)::numeric(18, 2) as discount_total, sum(amount)::numeric(18, 2) as usage_total,
+       0::numeric(18, 2) as commitment_true_up, 0::numeric(18, 2) as overage_uplift,
+       sum(amount)::numeric(18, 2) as total, 'USD' as currency, count(*)::integer as line_count
 from marts.fct_invoice_lines
 group by invoice_month, tenant_id;
 """
@@ -180,35 +186,58 @@ def test_pool_cost_not_split_into_used_and_idle_fails_naming_pool_and_hour(marts
 
 def test_negative_invoice_line_fails_naming_tenant_and_month(marts, mart_settings):
     marts(
-        "update marts.fct_invoice_lines set amount = -1.25, quantity = -2"
+        "update marts.fct_invoice_lines set list_amount = -1.25, amount = -1.25, quantity = -2"
         " where tenant_id = 't003' and meter = 'stored_gb'"
     )
     marts(
-        "update marts.fct_invoices as i set total = (select sum(amount) from marts.fct_invoice_lines as l"
-        " where l.tenant_id = i.tenant_id) where tenant_id = 't003'"
+        "update marts.fct_invoices as i set (list_subtotal, usage_total, total) = (select sum(list_amount),"
+        " sum(amount), sum(amount) from marts.fct_invoice_lines as l where l.tenant_id = i.tenant_id)"
+        " where tenant_id = 't003'"
     )
 
     message = failure(mart_settings)
     assert message.splitlines()[0] == "mart checks failed for marts.fct_invoice_lines (2026-10-01T13:00Z–14:00Z):"
     assert (
         "expect_column_values_to_be_between(amount >= 0): 1 row(s), "
-        "e.g. invoice_month=2026-10-01 tenant_id=t003 meter=stored_gb amount=-1.25"
+        "e.g. invoice_month=2026-10-01 tenant_id=t003 line_no=5 meter=stored_gb amount=-1.25"
     ) in message
     assert (
         "expect_column_values_to_be_between(quantity >= 0): 1 row(s), "
-        "e.g. invoice_month=2026-10-01 tenant_id=t003 meter=stored_gb quantity=-2"
+        "e.g. invoice_month=2026-10-01 tenant_id=t003 line_no=5 meter=stored_gb quantity=-2"
     ) in message
+    assert (
+        "expect_column_values_to_be_between(list_amount >= 0): 1 row(s), "
+        "e.g. invoice_month=2026-10-01 tenant_id=t003 line_no=5 meter=stored_gb list_amount=-1.25"
+    ) in message
+
+
+def test_line_amount_that_is_not_list_less_discount_fails(marts, mart_settings):
+    marts(
+        "update marts.fct_invoice_lines set discount_amount = 5.06"
+        " where tenant_id = 't001' and meter = 'ingested_gb'"
+    )
+
+    message = failure(mart_settings)
+    assert message.splitlines()[0] == (
+        "mart checks failed for marts.fct_invoice_lines (2026-10-01T13:00Z–14:00Z): "
+        "unexpected_rows_expectation(amount = list_amount - discount_amount): 1 row(s), "
+        "e.g. invoice_month=2026-10-01 tenant_id=t001 line_no=2 meter=ingested_gb list_amount=50.61"
+        " discount_amount=5.06 amount=50.61"
+    )
 
 
 def test_invoice_total_not_matching_its_lines_fails_naming_tenant_and_month(marts, mart_settings):
     marts("update marts.fct_invoices set total = total + 1 where tenant_id = 't002'")
 
-    message = failure(mart_settings)
-    assert message.splitlines()[0] == (
-        "mart checks failed for marts.fct_invoices (2026-10-01T13:00Z–14:00Z): "
-        "unexpected_rows_expectation(total = sum of amount in marts.fct_invoice_lines): 1 row(s), "
-        "e.g. invoice_month=2026-10-01 tenant_id=t002 total=254.05 sum_of_lines=253.05 difference=1.00"
-    )
+    lines = failure(mart_settings).splitlines()
+    assert lines[:3] == [
+        "mart checks failed for marts.fct_invoices (2026-10-01T13:00Z–14:00Z):",
+        "  unexpected_rows_expectation(total = sum of amount in marts.fct_invoice_lines): 1 row(s), "
+        "e.g. invoice_month=2026-10-01 tenant_id=t002 total=254.05 sum_of_lines=253.05 difference=1.00",
+        "  unexpected_rows_expectation(total = list_subtotal - discount_total + commitment_true_up"
+        " + overage_uplift): 1 row(s), e.g. invoice_month=2026-10-01 tenant_id=t002 total=254.05"
+        " list_subtotal=253.05 discount_total=0.00 usage_total=253.05 commitment_true_up=0.00 overage_uplift=0.00",
+    ]
 
 
 def test_several_broken_marts_are_reported_together_each_line_naming_its_table(marts, mart_settings):

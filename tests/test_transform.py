@@ -70,13 +70,14 @@ def allocations(hour: datetime) -> dict[tuple[str, str | None], Decimal]:
     return {(pool, tenant): cost for pool, tenant, cost in rows}
 
 
-def invoice_lines() -> dict[tuple[str, str], tuple[Decimal, str, Decimal, Decimal]]:
+def invoice_lines() -> dict[tuple[str, int], tuple]:
+    """(tenant, line_no) -> (line_type, meter, quantity, unit, unit_price, list_amount, discount, amount)."""
     rows = query(
-        "select tenant_id, meter, quantity, unit, unit_price, amount from marts.fct_invoice_lines"
-        " where invoice_month = %s",
+        "select tenant_id, line_no, line_type, meter, quantity, unit, unit_price, list_amount, discount_amount,"
+        " amount from marts.fct_invoice_lines where invoice_month = %s",
         OCTOBER,
     )
-    return {(t, m): (q, u, p, a) for t, m, q, u, p, a in rows}
+    return {(t, n): tuple(line) for t, n, *line in rows}
 
 
 def invoices() -> dict[str, tuple[Decimal, int]]:
@@ -189,24 +190,34 @@ def test_allocations_add_up_to_pool_cost_for_every_pool_hour(built):
     assert mismatches == []
 
 
-def test_invoice_lines_price_per_unit_and_round_half_up(built):
+def test_invoice_lines_price_tiers_allowance_retention_and_contract_terms(built):
+    """config/price_books.yml and the tenants' terms in config/tenants.yml, October 2026."""
     assert invoice_lines() == {
-        # enterprise: ingested 0.42, query_cpu_seconds 0.0003, stored 0.025 per GB-month
-        ("t001", "ingested_gb"): (D("1"), "GB", D("0.42"), D("0.42")),
-        ("t001", "query_cpu_seconds"): (D("100"), "s", D("0.0003"), D("0.03")),
-        ("t001", "stored_gb"): (D("2"), "GB-month", D("0.025"), D("0.05")),  # (744 + 744) / 744
-        ("t002", "ingested_gb"): (D("1"), "GB", D("0.42"), D("0.42")),
-        ("t002", "query_cpu_seconds"): (D("200"), "s", D("0.0003"), D("0.06")),
-        # standard: ingested 0.50, query_cpu_seconds 0.0004, stored 0.03, scanned 0.005
-        ("t007", "ingested_gb"): (D("1"), "GB", D("0.5"), D("0.50")),
-        ("t007", "query_cpu_seconds"): (D("400"), "s", D("0.0004"), D("0.16")),
-        ("t007", "stored_gb"): (D("0.5"), "GB-month", D("0.03"), D("0.02")),  # 0.015 half-up
-        ("t007", "scanned_gb"): (D("1"), "GB", D("0.005"), D("0.01")),  # 0.005 half-up
+        # t001, enterprise: 10% discount, 90-day retention. 1 GB of the 5 free.
+        ("t001", 1): ("free_allowance", "ingested_gb", D(1), "GB", D(0), D(0), D(0), D(0)),
+        ("t001", 2): ("usage", "query_cpu_seconds", D(100), "s", D("0.0003"), D("0.03"), D("0.00"), D("0.03")),
+        # (744 + 744) / 744 = 2 GB-month at the 90-day price 0.04; 10% of 0.08 = 0.008 -> 0.01
+        ("t001", 3): ("usage", "stored_gb", D(2), "GB-month", D("0.04"), D("0.08"), D("0.01"), D("0.07")),
+        # t002, enterprise: 3000.00 monthly commitment
+        ("t002", 1): ("free_allowance", "ingested_gb", D(1), "GB", D(0), D(0), D(0), D(0)),
+        ("t002", 2): ("usage", "query_cpu_seconds", D(200), "s", D("0.0003"), D("0.06"), D(0), D("0.06")),
+        ("t002", 3): ("commitment_true_up", None, D(1), "month", None, D("2999.94"), D(0), D("2999.94")),
+        # t007, standard: from 2026-10-01 5% discount, 500.00 commitment, 365-day retention
+        ("t007", 1): ("free_allowance", "ingested_gb", D(1), "GB", D(0), D(0), D(0), D(0)),
+        ("t007", 2): ("usage", "query_cpu_seconds", D(400), "s", D("0.0004"), D("0.16"), D("0.01"), D("0.15")),
+        # volume tier 1: 1 GB x 0.005 = 0.005 -> 0.01 (half-up); 5% of it -> 0.00
+        ("t007", 3): ("usage", "scanned_gb", D(1), "GB", D("0.005"), D("0.01"), D("0.00"), D("0.01")),
+        # 372 / 744 = 0.5 GB-month x 0.08 = 0.04
+        ("t007", 4): ("usage", "stored_gb", D("0.5"), "GB-month", D("0.08"), D("0.04"), D("0.00"), D("0.04")),
+        ("t007", 5): ("commitment_true_up", None, D(1), "month", None, D("499.80"), D(0), D("499.80")),
+        # t008 used nothing in the window but owes its 20,000.00 commitment
+        ("t008", 1): ("commitment_true_up", None, D(1), "month", None, D("20000.00"), D(0), D("20000.00")),
     }
 
 
 def test_invoice_total_is_the_sum_of_its_lines(built):
-    assert invoices() == {"t001": (D("0.50"), 3), "t002": (D("0.48"), 2), "t007": (D("0.69"), 4)}
+    assert invoices() == {
+        "t001": (D("0.10"), 3), "t002": (D("3000.00"), 3), "t007": (D("500.00"), 5), "t008": (D("20000.00"), 1)}
 
 
 def test_money_columns_are_numeric_with_cents(built):
@@ -240,9 +251,11 @@ def test_replayed_hour_with_fewer_tenants_keeps_no_stale_rows(replayed_without_t
     ) == [(0,)]
     # hour H+1 was outside the window and is untouched: t001 alone stored data
     assert allocations(H + timedelta(hours=1))[("storage", "t001")] == D("12.77")
-    # the month is rebuilt: t002 no longer has lines or an invoice
-    assert {t for t, _ in invoice_lines()} == {"t001", "t007"}
-    assert invoices() == {"t001": (D("0.50"), 3), "t007": (D("0.69"), 4)}
+    # the month is rebuilt: t002 no longer has usage lines; its invoice is the whole commitment
+    assert [line for (t, _), line in invoice_lines().items() if t == "t002"] == [
+        ("commitment_true_up", None, D(1), "month", None, D("3000.00"), D(0), D("3000.00"))]
+    assert invoices() == {
+        "t001": (D("0.10"), 3), "t002": (D("3000.00"), 1), "t007": (D("500.00"), 5), "t008": (D("20000.00"), 1)}
 
 
 def test_build_without_window_covers_every_hour_of_the_month_exactly(full_build):
@@ -262,7 +275,8 @@ def test_build_without_window_covers_every_hour_of_the_month_exactly(full_build)
     assert all(monthly == total for _, monthly, total in single)
     (pools,) = query(f"select sum(pool_cost) from marts.fct_cost_pools_hourly where {october}")
     assert query(f"select sum(allocated_cost) from marts.fct_cost_allocations_hourly where {october}") == [pools]
-    assert invoices() == {"t001": (D("0.50"), 3), "t007": (D("0.69"), 4)}
+    assert invoices() == {
+        "t001": (D("0.10"), 3), "t002": (D("3000.00"), 1), "t007": (D("500.00"), 5), "t008": (D("20000.00"), 1)}
 
 
 def test_failing_data_test_and_model_are_named_in_the_error(full_build):
@@ -285,7 +299,7 @@ def test_failing_data_test_and_model_are_named_in_the_error(full_build):
     message = str(failure.value)
     assert message.startswith("dbt build failed:")
     assert "- test relationships_fct_usage_hourly_tenant_id__tenant_id__ref_dim_tenants_: 1 failing row\n" in message
-    assert '- model fct_invoice_lines: null value in column "unit_price"' in message
+    assert '- model fct_invoice_lines: null value in column "list_amount"' in message  # no price
     assert all("\n" not in line for line in failure.value.failures)
     assert invoice_lines() == before  # the model's delete of October was rolled back
 

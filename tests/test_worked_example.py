@@ -123,7 +123,7 @@ ALLOCATED = {
 def test_cost_to_serve_per_tenant_and_pool_is_the_readme_table(september):
     rows = query(
         "select tenant_id, pool, sum(allocated_cost) from marts.fct_cost_allocations_monthly"
-        " where allocation_month = date '2026-09-01' group by 1, 2"
+        " where cost_month = date '2026-09-01' group by 1, 2"
     )
     assert {(t, p): amount for t, p, amount in rows} == ALLOCATED
     assert sum(ALLOCATED.values()) == D("11160.00")
@@ -132,7 +132,7 @@ def test_cost_to_serve_per_tenant_and_pool_is_the_readme_table(september):
 def test_idle_capacity_is_visible_kept_or_redistributed(september):
     rows = query(
         "select pool, tenant_id, sum(allocated_cost) from marts.fct_cost_allocations_monthly"
-        " where allocation_month = date '2026-09-01' and cost_type = 'idle' group by 1, 2"
+        " where cost_month = date '2026-09-01' and cost_type = 'idle' group by 1, 2"
     )
     assert {(p, t): amount for p, t, amount in rows} == {
         ("compute", None): D("432.00"),

@@ -133,6 +133,22 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_focus(args: argparse.Namespace) -> int:
+    from chargeback import focus
+
+    result = focus.export(args.period, args.out, fmt=args.format)
+    for path in result.files:
+        print(f"wrote {path}: {result.rows} FOCUS {focus.FOCUS_VERSION} charges for {args.period}")
+    if result.parquet_skipped:
+        print(f"Parquet not written: {result.parquet_skipped}", file=sys.stderr)
+    for path in result.files if args.validate else ():
+        report = focus.validate(path)
+        print(report.summary())
+        if not report.ok:
+            raise focus.FocusExportError(f"{path} fails FOCUS {focus.FOCUS_VERSION} validation\n{report.output}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Simulate a month, run usage_hourly over it and billing_monthly for it, through Airflow."""
     from chargeback import configuration, orchestrate, pipeline, summary, warehouse
@@ -215,6 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--period", required=True, help="YYYY-MM")
     sp.set_defaults(func=cmd_summary)
 
+    sp = sub.add_parser("export", help="export a month in an exchange format")
+    formats = sp.add_subparsers(dest="export_format", required=True)
+    sp = formats.add_parser("focus", help="FinOps FOCUS 1.2 CSV (and Parquet) of a month's billed and "
+                            "allocated charges (docs/FOCUS.md)")
+    sp.add_argument("--period", required=True, help="YYYY-MM")
+    sp.add_argument("--out", required=True, help="CSV file; the Parquet goes next to it (FILE.parquet)")
+    sp.add_argument("--format", choices=["both", "csv", "parquet"], default="both",
+                    help="both (default), csv, or parquet (written to --out)")
+    sp.add_argument("--validate", action="store_true",
+                    help="run the FinOps focus-validator on the files (make focus-validator)")
+    sp.set_defaults(func=cmd_export_focus)
+
     sp = sub.add_parser("demo", help="simulate a month and run both DAGs through Airflow")
     sp.add_argument("--tenants", type=int, default=50)
     sp.add_argument("--period", help="YYYY-MM (default: the last closed month)")
@@ -228,6 +256,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     heavier imports (WeasyPrint via invoices) cost nothing on the success path."""
     from chargeback.checks import ChecksFailed
     from chargeback.configuration import ConfigError
+    from chargeback.focus import FocusExportError
     from chargeback.gate import GateFailed
     from chargeback.invoices import InvoiceError
     from chargeback.load import LoadError
@@ -236,7 +265,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from chargeback.warehouse import WarehouseError
 
     return (ConfigError, LoadError, GateFailed, ChecksFailed, TransformError, InvoiceError,
-            AirflowRunFailed, WarehouseError, ValueError)
+            AirflowRunFailed, WarehouseError, FocusExportError, ValueError)
 
 
 def main(argv: list[str] | None = None) -> int:

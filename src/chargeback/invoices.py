@@ -99,19 +99,33 @@ class Tenant:
     billing_email: str | None = None
 
 
+LINE_TYPES = ("usage", "free_allowance", "commitment_true_up", "overage_uplift")
+
+
 @dataclasses.dataclass(frozen=True)
 class InvoiceLine:
-    """A row of ``marts.fct_invoice_lines`` (one meter of one tenant's month)."""
+    """A row of ``marts.fct_invoice_lines``: a tier, free allowance or package of a meter, or a
+    contract line (commitment true-up, overage uplift; no meter).
 
-    meter: str
+    ``list_amount`` is the amount before the tenant's discount (``None``: no discount, the
+    amount itself); ``amount = list_amount - discount_amount``.
+    """
+
+    meter: str | None
     description: str
     quantity: Decimal
     unit: str
-    unit_price: Decimal
+    unit_price: Decimal | None
+    """None on a commitment true-up (one month at its amount)."""
     amount: Decimal
     currency: str
-    price_book: str
+    price_book: str | None
     pricing_model: str | None = None
+    line_no: int | None = None
+    line_type: str = "usage"
+    tier: int | None = None
+    list_amount: Decimal | None = None
+    discount_amount: Decimal = Decimal(0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +143,11 @@ class Invoice:
     price_book: str
     status: str = "draft"
     issuer: Issuer = DEFAULT_ISSUER
+    list_subtotal: Decimal | None = None
+    """Usage and free-allowance lines at list prices; ``None`` prints no breakdown."""
+    discount_total: Decimal | None = None
+    commitment_true_up: Decimal | None = None
+    overage_uplift: Decimal | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,8 +201,9 @@ def format_quantity(quantity: Decimal) -> str:
     return f"{_decimal(quantity, 'quantity'):,.3f}"
 
 
-def format_unit_price(price: Decimal, currency: str) -> str:
-    """A unit price exactly as priced, with at least two decimals: ``0.000400 -> "0.0004 USD"``.
+def format_unit_price(price: Decimal, currency: str | None = None) -> str:
+    """A unit price exactly as priced, with at least two decimals: ``0.000400 -> "0.0004 USD"``
+    (no currency code without ``currency``).
 
     Unit prices carry up to six decimals; printing them through the cent rounding of
     :func:`format_money` would show ``0.00`` for a price of ``0.0004``.
@@ -192,7 +212,12 @@ def format_unit_price(price: Decimal, currency: str) -> str:
     exponent = price.as_tuple().exponent
     if isinstance(exponent, int) and exponent > -2:
         price = price.quantize(Decimal("0.01"))
-    return f"{price:,f} {currency}"
+    return f"{price:,f} {currency}" if currency else f"{price:,f}"
+
+
+def format_cents(amount: Decimal) -> str:
+    """An amount of a line, in the invoice's currency: ``Decimal("1234.5") -> "1,234.50"``."""
+    return f"{round_money(_decimal(amount, 'amount')):,.2f}"
 
 
 def invoice_number(issuer: Issuer, period_start: dt.date, sequence: int) -> str:
@@ -281,16 +306,52 @@ def invoice_context(invoice: Invoice, lines: Sequence[InvoiceLine], tenant: Tena
         },
         "lines": [
             {
-                "meter": line.meter,
+                "meter": line.meter or "",
+                "kind": line.line_type,
                 "description": line.description,
-                "quantity": format_quantity(line.quantity),
+                "quantity": _printed_quantity(line),
                 "unit": line.unit,
-                "unit_price": format_unit_price(line.unit_price, line.currency),
-                "amount": format_money(line.amount, line.currency),
+                "unit_price": _printed_unit_price(line),
+                "list_amount": format_cents(_list_amount(line)),
+                "discount": f"−{format_cents(line.discount_amount)}" if line.discount_amount else "—",
+                "amount": format_cents(line.amount),
             }
             for line in lines
         ],
+        "summary": _summary(invoice),
     }
+
+
+def _printed_quantity(line: InvoiceLine) -> str:
+    """Usage with three decimals; an uplift's base (usage above the commitment) in cents."""
+    return format_cents(line.quantity) if line.line_type == "overage_uplift" else format_quantity(line.quantity)
+
+
+def _printed_unit_price(line: InvoiceLine) -> str:
+    """The price as priced; an uplift's rate as a percentage (``0.05 -> "5%"``); a dash for none."""
+    if line.unit_price is None:
+        return "—"
+    if line.line_type == "overage_uplift":
+        return f"{(_decimal(line.unit_price, 'unit price') * 100).normalize():f}%"
+    return format_unit_price(line.unit_price)
+
+
+def _list_amount(line: InvoiceLine) -> Decimal:
+    return line.amount if line.list_amount is None else line.list_amount
+
+
+def _summary(invoice: Invoice) -> list[dict[str, str]]:
+    """The rows above the total: usage at list prices, discount, true-up, uplift (when the mart gave them)."""
+    if invoice.list_subtotal is None:
+        return []
+    rows = [("Usage at list prices", format_money(invoice.list_subtotal, invoice.currency))]
+    if invoice.discount_total:
+        rows.append(("Discount", f"−{format_money(invoice.discount_total, invoice.currency)}"))
+    if invoice.commitment_true_up:
+        rows.append(("Commitment true-up", format_money(invoice.commitment_true_up, invoice.currency)))
+    if invoice.overage_uplift:
+        rows.append(("Overage uplift", format_money(invoice.overage_uplift, invoice.currency)))
+    return [{"label": label, "amount": amount} for label, amount in rows]
 
 
 def check_invoice(invoice: Invoice, lines: Sequence[InvoiceLine], tenant: Tenant) -> None:
@@ -303,15 +364,39 @@ def check_invoice(invoice: Invoice, lines: Sequence[InvoiceLine], tenant: Tenant
     total = _decimal(invoice.total, "total")
     if total != round_money(total):
         raise InvoiceError(f"{where}: total {total} is not in cents")
-    for line in lines:
+    for n, line in enumerate(lines, 1):
+        name = f"line {line.line_no or n} ({line.meter or line.line_type})"
         if line.currency != invoice.currency:
-            raise InvoiceError(f"{where}: line {line.meter} is in {line.currency}, invoice in {invoice.currency}")
-        amount = _decimal(line.amount, "amount")
-        if amount != round_money(amount):
-            raise InvoiceError(f"{where}: amount {amount} of line {line.meter} is not in cents")
+            raise InvoiceError(f"{where}: {name} is in {line.currency}, invoice in {invoice.currency}")
+        if line.line_type not in LINE_TYPES:
+            raise InvoiceError(f"{where}: {name} has an unknown line type {line.line_type!r}")
+        amounts = {"amount": line.amount, "list amount": _list_amount(line), "discount": line.discount_amount}
+        for what, value in amounts.items():
+            value = _decimal(value, what)
+            if value != round_money(value):
+                raise InvoiceError(f"{where}: {what} {value} of {name} is not in cents")
+        if amounts["list amount"] - amounts["discount"] != amounts["amount"]:
+            raise InvoiceError(
+                f"{where}: {name}: amount {line.amount} is not list amount {amounts['list amount']}"
+                f" less discount {line.discount_amount}"
+            )
     line_sum = sum((_decimal(line.amount, "amount") for line in lines), Decimal(0))
     if line_sum != total:
         raise InvoiceError(f"{where}: total {total} differs from the sum of its lines {line_sum}")
+    usage = [line for line in lines if line.line_type in ("usage", "free_allowance")]
+    parts = {
+        "list subtotal": (invoice.list_subtotal, sum((_list_amount(line) for line in usage), Decimal(0))),
+        "discount total": (invoice.discount_total, sum((line.discount_amount for line in lines), Decimal(0))),
+        "commitment true-up": (invoice.commitment_true_up, _sum_of(lines, "commitment_true_up")),
+        "overage uplift": (invoice.overage_uplift, _sum_of(lines, "overage_uplift")),
+    }
+    for what, (printed, from_lines) in parts.items():
+        if printed is not None and _decimal(printed, what) != from_lines:
+            raise InvoiceError(f"{where}: {what} {printed} differs from the sum of its lines {from_lines}")
+
+
+def _sum_of(lines: Sequence[InvoiceLine], line_type: str) -> Decimal:
+    return sum((line.amount for line in lines if line.line_type == line_type), Decimal(0))
 
 
 def render_invoice_html(invoice: Invoice | Mapping[str, Any], lines: Sequence[InvoiceLine | Mapping[str, Any]],
@@ -468,7 +553,7 @@ def _assemble(period: str, headers: Sequence[Mapping[str, Any]], lines_by_tenant
                 f"{period}: tenant {tenant_id} has line_count {header['line_count']} in marts.fct_invoices "
                 f"but {len(lines)} rows in marts.fct_invoice_lines"
             )
-        books = sorted({line.price_book for line in lines}) or [tenants[tenant_id].price_book]
+        books = sorted({line.price_book for line in lines if line.price_book}) or [tenants[tenant_id].price_book]
         invoice = Invoice(
             invoice_number=f"{period}/{tenant_id} (not yet numbered)",
             tenant_id=tenant_id,
@@ -479,6 +564,10 @@ def _assemble(period: str, headers: Sequence[Mapping[str, Any]], lines_by_tenant
             total=header["total"],
             price_book=", ".join(books),
             issuer=issuer,
+            list_subtotal=header["list_subtotal"],
+            discount_total=header["discount_total"],
+            commitment_true_up=header["commitment_true_up"],
+            overage_uplift=header["overage_uplift"],
         )
         check_invoice(invoice, lines, tenants[tenant_id])  # before taking a number or starting a process
         drafts.append(_Job(invoice, tuple(lines), tenants[tenant_id], reports_dir))
@@ -503,14 +592,16 @@ def _read_month(period_start: dt.date, settings: Settings) -> tuple[
             conn.execute("set transaction isolation level repeatable read, read only")
             with conn.cursor(row_factory=dict_row) as cur:
                 headers = cur.execute(
-                    "select tenant_id, total, currency, line_count from marts.fct_invoices"
+                    "select tenant_id, total, currency, line_count, list_subtotal, discount_total,"
+                    " commitment_true_up, overage_uplift from marts.fct_invoices"
                     " where invoice_month = %s order by tenant_id",
                     (period_start,),
                 ).fetchall()
                 line_rows = cur.execute(
-                    "select tenant_id, meter, description, quantity, unit, unit_price, amount, currency,"
-                    " price_book, pricing_model from marts.fct_invoice_lines"
-                    " where invoice_month = %s order by tenant_id, meter",
+                    "select tenant_id, line_no, line_type, meter, description, tier, quantity, unit, unit_price,"
+                    " list_amount, discount_amount, amount, currency, price_book, pricing_model"
+                    " from marts.fct_invoice_lines"
+                    " where invoice_month = %s order by tenant_id, line_no",
                     (period_start,),
                 ).fetchall()
                 tenant_rows = cur.execute(

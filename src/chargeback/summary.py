@@ -30,7 +30,8 @@ def month_summary(period: str, settings: Settings | None = None) -> MonthSummary
         usage = conn.execute(
             """
             select meter, sum(quantity), min(unit) from marts.fct_invoice_lines
-            where invoice_month = %s::date group by meter order by meter
+            where invoice_month = %s::date and line_type in ('usage', 'free_allowance')
+            group by meter order by meter
             """,
             (start.date(),),
         ).fetchall()

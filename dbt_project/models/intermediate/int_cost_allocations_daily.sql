@@ -16,14 +16,14 @@
             "{% if is_incremental() %}"
             ~ "{% set window = chargeback_window() %}"
             ~ "delete from {{ this }}"
-            ~ "{% if window is not none %} where allocation_day"
+            ~ "{% if window is not none %} where cost_day"
             ~ " >= (timestamptz '{{ window.start }}' at time zone 'UTC')::date"
-            ~ " and allocation_day <= ((timestamptz '{{ window.end }}'"
+            ~ " and cost_day <= ((timestamptz '{{ window.end }}'"
             ~ " - interval '1 microsecond') at time zone 'UTC')::date"
             ~ "{% endif %}{% endif %}"
         ),
         post_hook="{{ analyze_after_large_write() }}",
-        indexes=[{'columns': ['allocation_day']}],
+        indexes=[{'columns': ['cost_day']}],
     )
 }}
 {% set window = chargeback_window() %}
@@ -51,7 +51,7 @@ allocations as (
 daily as (
 
     select
-        (hour_start at time zone 'UTC')::date as allocation_day,
+        (hour_start at time zone 'UTC')::date as cost_day,
         tenant_id,
         pool,
         rule_valid_from,
@@ -84,7 +84,7 @@ daily as (
 final as (
 
     select
-        allocation_day,
+        cost_day,
         tenant_id,
         pool,
         rule_valid_from,

@@ -13,7 +13,7 @@
         on_schema_change='fail',
         pre_hook="{{ delete_window() }}",
         post_hook="{{ analyze_after_large_write() }}",
-        indexes=[{'columns': ['allocation_month', 'tenant_id']}],
+        indexes=[{'columns': ['cost_month', 'tenant_id']}],
     )
 }}
 
@@ -22,14 +22,14 @@ with
 allocations as (
 
     select * from {{ ref('int_cost_allocations_daily') }}
-    where {{ window_months('allocation_day', 'date') }}
+    where {{ window_months('cost_day', 'date') }}
 
 ),
 
 monthly as (
 
     select
-        date_trunc('month', allocation_day)::date as allocation_month,
+        date_trunc('month', cost_day)::date as cost_month,
         tenant_id,
         pool,
         rule_valid_from,
@@ -46,7 +46,7 @@ monthly as (
     from allocations
 
     group by
-        date_trunc('month', allocation_day)::date,
+        date_trunc('month', cost_day)::date,
         tenant_id,
         pool,
         rule_valid_from,
@@ -62,7 +62,7 @@ monthly as (
 final as (
 
     select
-        allocation_month,
+        cost_month,
         tenant_id,
         pool,
         rule_valid_from,

@@ -1,21 +1,32 @@
 {#-
-    One invoice line per tenant, meter and calendar month (UTC), priced per unit
-    from the tenant's price book as in force on the first day of the month.
-    Counters bill the month's total. Gauges bill unit-months: the sum of the
-    hourly levels divided by the hours of the calendar month (an hour without a
-    level counts as zero). amount = round_money(quantity x unit_price), computed
-    as round_money(Σ x price / hours) so no intermediate rounding can move a
-    half cent.
+    Every line of every invoice (tenant x calendar month, UTC), numbered: the
+    usage lines (int_usage_segments_priced: free allowance, tiers, packages,
+    retention classes, discount), then the contract lines of the terms in force
+    on the month's first day. With N = the sum of the usage lines' amounts:
+    - commitment_true_up = commitment - N, when N < commitment (also for a
+      tenant without usage: the commitment is owed);
+    - overage_uplift = round_money((N - commitment) x uplift% / 100), when
+      N > commitment and the uplift is not 0.
+    A true-up is 1 month, without a unit price; an uplift is the amount above
+    the commitment (unit: the currency) at the uplift rate (unit_price 0.05 for
+    5%).
+    Contract lines are not discounted.
+    Lines are numbered per invoice: by meter, price version, free allowance
+    first, then tiers; contract lines last.
+
+    JIT is off for the model's transaction: compiling this query's many
+    expressions costs seconds, more than pricing the few thousand segment rows
+    left after the first aggregation.
 -#}
 {{
     config(
         materialized='incremental',
         incremental_strategy='append',
         on_schema_change='fail',
-        pre_hook="{{ delete_window() }}",
+        pre_hook=["{{ delete_window() }}", "set local jit = off"],
         post_hook="{{ analyze_after_large_write() }}",
         indexes=[{
-            'columns': ['invoice_month', 'tenant_id', 'meter'],
+            'columns': ['invoice_month', 'tenant_id', 'line_no'],
             'unique': true,
         }],
     )
@@ -23,113 +34,221 @@
 
 with
 
-usage as (
+usage_lines as (
 
-    select * from {{ ref('fct_usage_hourly') }}
-    where {{ window_months('hour_start', 'timestamptz') }}
-
-),
-
-tenants as (
-
-    select * from {{ ref('stg_config__tenants') }}
+    select * from {{ ref('int_usage_segments_priced') }}
 
 ),
 
-meters as (
+tenant_months as (
 
-    select * from {{ ref('stg_config__meters') }}
-
-),
-
-prices as (
-
-    select * from {{ ref('stg_config__prices') }}
+    select * from {{ ref('int_tenant_terms_monthly') }}
 
 ),
 
-monthly_usage as (
+usage_totals as (
 
     select
+        invoice_month,
+        tenant_id,
+        sum(amount) as net_usage,
+        min(currency) as currency
+
+    from usage_lines
+
+    group by invoice_month, tenant_id
+
+),
+
+contracts as (
+
+    select
+        tenant_months.invoice_month,
+        tenant_months.tenant_id,
+        tenant_months.price_book,
+        tenant_months.monthly_commitment,
+        tenant_months.overage_uplift_percent,
+        coalesce(usage_totals.net_usage, 0) as net_usage,
+        coalesce(usage_totals.currency, tenant_months.currency) as currency
+
+    from tenant_months
+
+    left join usage_totals
+        on
+            tenant_months.invoice_month = usage_totals.invoice_month
+            and tenant_months.tenant_id = usage_totals.tenant_id
+
+    where
+        tenant_months.monthly_commitment > 0
+        or tenant_months.overage_uplift_percent > 0
+
+),
+
+contract_amounts as (
+
+    select
+        invoice_month,
+        tenant_id,
+        'commitment_true_up' as line_type,
+        'Minimum monthly commitment of '
+        || to_char(monthly_commitment, 'FM999,999,999,999,999,990.00')
+        || ' ' || currency || ': true-up of usage of '
+        || to_char(net_usage, 'FM999,999,999,999,999,990.00')
+        || ' ' || currency as description,
+        price_book,
+        1 as quantity,
+        'month' as unit,
+        null::numeric as unit_price,
+        monthly_commitment - net_usage as amount,
+        currency
+
+    from contracts
+
+    where net_usage < monthly_commitment
+
+    union all
+
+    select
+        invoice_month,
+        tenant_id,
+        'overage_uplift' as line_type,
+        'Overage uplift of '
+        || rtrim(to_char(overage_uplift_percent, 'FM990.9999'), '.')
+        || '% on '
+        || to_char(
+            net_usage - monthly_commitment, 'FM999,999,999,999,999,990.00'
+        )
+        || ' ' || currency || ' of usage above the commitment of '
+        || to_char(monthly_commitment, 'FM999,999,999,999,999,990.00')
+        || ' ' || currency as description,
+        price_book,
+        net_usage - monthly_commitment as quantity,
+        currency as unit,
+        overage_uplift_percent / 100 as unit_price,
+        {{ round_money(
+            '(net_usage - monthly_commitment) * overage_uplift_percent / 100'
+        ) }} as amount,
+        currency
+
+    from contracts
+
+    where
+        net_usage > monthly_commitment
+        and overage_uplift_percent > 0
+
+),
+
+contract_lines as (
+
+    select
+        invoice_month,
+        tenant_id,
+        null::text as meter,
+        line_type,
+        description,
+        price_book,
+        null::date as price_valid_from,
+        null::text as pricing_model,
+        null::integer as tier,
+        null::numeric(38, 12) as tier_lower,
+        null::numeric(38, 12) as tier_upper,
+        quantity::numeric(38, 12) as quantity,
+        unit,
+        unit_price::numeric(18, 6) as unit_price,
+        amount as list_amount,
+        0::numeric(18, 2) as discount_amount,
+        amount,
+        currency
+
+    from contract_amounts
+
+),
+
+lines as (
+
+    select
+        invoice_month,
         tenant_id,
         meter,
-        {{ utc_month('hour_start') }} as invoice_month,
-        sum(quantity) as quantity_sum
+        line_type,
+        description,
+        price_book,
+        price_valid_from,
+        pricing_model,
+        tier,
+        tier_lower,
+        tier_upper,
+        quantity,
+        unit,
+        unit_price,
+        list_amount,
+        discount_amount,
+        amount,
+        currency,
+        0 as line_group
 
-    from usage
+    from usage_lines
 
-    group by tenant_id, meter, {{ utc_month('hour_start') }}
-
-),
-
-measured as (
-
-    select
-        monthly_usage.invoice_month,
-        monthly_usage.tenant_id,
-        monthly_usage.meter,
-        monthly_usage.quantity_sum,
-        case
-            when meters.kind = 'gauge'
-                then {{ hours_in_month('monthly_usage.invoice_month') }}
-            else 1
-        end as quantity_divisor,
-        case
-            when meters.kind = 'gauge' then meters.unit || '-month'
-            else meters.unit
-        end as unit,
-        meters.description,
-        tenants.price_book
-
-    from monthly_usage
-
-    -- left joins: usage of an unknown meter or tenant, or without a price,
-    -- fails the not-null constraints of the contract instead of vanishing
-    left join meters
-        on monthly_usage.meter = meters.meter
-
-    left join tenants
-        on monthly_usage.tenant_id = tenants.tenant_id
-
-),
-
-priced as (
+    union all
 
     select
-        measured.invoice_month,
-        measured.tenant_id,
-        measured.meter,
-        (
-            measured.quantity_sum / measured.quantity_divisor
-        )::numeric(38, 12) as quantity,
-        measured.unit,
-        prices.unit_price,
-        {{ round_money(
-            'measured.quantity_sum * prices.unit_price'
-            ~ ' / measured.quantity_divisor'
-        ) }} as amount,
-        prices.currency,
-        measured.price_book,
-        'per_unit' as pricing_model,
-        measured.description
+        invoice_month,
+        tenant_id,
+        meter,
+        line_type,
+        description,
+        price_book,
+        price_valid_from,
+        pricing_model,
+        tier,
+        tier_lower,
+        tier_upper,
+        quantity,
+        unit,
+        unit_price,
+        list_amount,
+        discount_amount,
+        amount,
+        currency,
+        1 as line_group
 
-    from measured
-
-    left join prices
-        on
-            measured.price_book = prices.price_book
-            and measured.meter = prices.meter
-            and prices.valid_from <= measured.invoice_month
-            and (
-                prices.valid_to is null
-                or prices.valid_to > measured.invoice_month
-            )
+    from contract_lines
 
 ),
 
 final as (
 
-    select * from priced
+    select
+        invoice_month,
+        tenant_id,
+        row_number() over (
+            partition by invoice_month, tenant_id
+            order by
+                line_group,
+                meter collate "C",
+                price_valid_from,
+                line_type = 'usage',
+                tier,
+                line_type
+        )::integer as line_no,
+        line_type,
+        meter,
+        description,
+        price_book,
+        price_valid_from,
+        pricing_model,
+        tier,
+        tier_lower,
+        tier_upper,
+        quantity::numeric(38, 12) as quantity,
+        unit,
+        unit_price::numeric(18, 6) as unit_price,
+        list_amount::numeric(18, 2) as list_amount,
+        discount_amount::numeric(18, 2) as discount_amount,
+        amount::numeric(18, 2) as amount,
+        currency
+
+    from lines
 
 )
 

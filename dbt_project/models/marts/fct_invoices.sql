@@ -1,3 +1,9 @@
+{#-
+    One invoice per tenant and calendar month: its lines summed, exactly.
+    usage_total = list_subtotal - discount_total (the usage and free-allowance
+    lines); total = usage_total + commitment_true_up + overage_uplift = the sum
+    of every line's amount.
+-#}
 {{
     config(
         materialized='incremental',
@@ -25,6 +31,25 @@ final as (
     select
         invoice_month,
         tenant_id,
+        coalesce(
+            sum(list_amount) filter (
+                where line_type in ('usage', 'free_allowance')
+            ),
+            0
+        )::numeric(18, 2) as list_subtotal,
+        sum(discount_amount)::numeric(18, 2) as discount_total,
+        coalesce(
+            sum(amount) filter (
+                where line_type in ('usage', 'free_allowance')
+            ),
+            0
+        )::numeric(18, 2) as usage_total,
+        coalesce(
+            sum(amount) filter (where line_type = 'commitment_true_up'), 0
+        )::numeric(18, 2) as commitment_true_up,
+        coalesce(
+            sum(amount) filter (where line_type = 'overage_uplift'), 0
+        )::numeric(18, 2) as overage_uplift,
         sum(amount)::numeric(18, 2) as total,
         currency,
         count(*)::integer as line_count

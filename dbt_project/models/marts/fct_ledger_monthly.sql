@@ -28,7 +28,7 @@ with
 allocations as (
 
     select * from {{ ref('fct_cost_allocations_monthly') }}
-    where {{ window_months('allocation_month', 'date') }}
+    where {{ window_months('cost_month', 'date') }}
 
 ),
 
@@ -48,7 +48,7 @@ tenants as (
 cost_to_serve as (
 
     select
-        allocation_month as invoice_month,
+        cost_month as invoice_month,
         tenant_id,
         case
             when tenant_id is null then cost_type

@@ -1,0 +1,591 @@
+{#-
+    The usage lines of the invoices: each tenant's usage of a meter in a
+    calendar month (UTC), priced.
+
+    1. Usage is summed per tenant, meter, month and stretch of time between two
+       price changes (one pass over the hours), then per segment: the
+       stretches under one version of the tenant's price book.
+    2. Segments count the month's usage cumulatively, in version order: a later
+       segment continues where the earlier one stopped, so tiers, the free
+       allowance and packages apply to the month as a whole.
+    3. Quantities are kept as sums of hourly values; a gauge's quantity is
+       that sum divided by the hours of the month (unit-months), so tier
+       bounds, allowances and package sizes are multiplied by the divisor
+       instead of dividing the usage, and every amount is computed exactly
+       and rounded once.
+    4. Each segment gives a free-allowance line (price 0) for the units the
+       allowance covers, then its priced lines: per_unit and graduated, one per
+       tier touched; volume, the tier of the month's billable total for all
+       units; package, the blocks reached minus the blocks already counted
+       (ceil); retention, the tier of the tenant's retention class. A segment
+       without usage shows one line at quantity 0.
+    5. list_amount = round_money(quantity x unit_price) (package: blocks x
+       price), discount_amount = round_money(list_amount x discount% / 100),
+       amount = list_amount - discount_amount.
+
+    Usage of a tenant without a price book, or of a meter without a price
+    version in force, gives a line without unit_price or list_amount, which
+    the mart's contract rejects rather than bill the usage as nothing.
+-#}
+
+with
+
+usage as (
+
+    select * from {{ ref('fct_usage_hourly') }}
+    where {{ window_months('hour_start', 'timestamptz') }}
+
+),
+
+meters as (
+
+    select * from {{ ref('stg_config__meters') }}
+
+),
+
+prices as (
+
+    select * from {{ ref('stg_config__prices') }}
+
+),
+
+price_tiers as (
+
+    select * from {{ ref('stg_config__price_tiers') }}
+
+),
+
+tenant_months as (
+
+    select * from {{ ref('int_tenant_terms_monthly') }}
+
+),
+
+price_changes as (
+
+    -- every instant a price version starts or ends, in order: between two of
+    -- them (and within a month) every tenant's price versions stay the same
+    select
+        array_agg(
+            change_day::timestamp at time zone 'UTC' order by change_day
+        ) as changes
+
+    from (
+        select valid_from as change_day from prices
+        union
+        select valid_to as change_day from prices where valid_to is not null
+    ) as change_days
+
+),
+
+periodic_usage as (
+
+    -- usage summed per tenant, meter, month and stretch between price
+    -- changes, in one pass over the hours (width_bucket: the number of changes
+    -- at or before the hour). The changes come from an uncorrelated scalar
+    -- subquery: computed once, and unlike a join to the CTE it leaves the scan
+    -- free to run in parallel.
+    select
+        tenant_id,
+        meter,
+        {{ utc_month('hour_start') }} as invoice_month,
+        width_bucket(
+            hour_start, (select price_changes.changes from price_changes)
+        ) as period,
+        sum(quantity) as quantity_sum
+
+    from usage
+
+    group by tenant_id, meter, invoice_month, period
+
+),
+
+periods as (
+
+    -- the day the stretch starts within its month: its prices are those in
+    -- force that day
+    select
+        periodic_usage.*,
+        greatest(
+            periodic_usage.invoice_month,
+            (
+                price_changes.changes[periodic_usage.period] at time zone 'UTC'
+            )::date
+        ) as period_start
+
+    from periodic_usage
+
+    cross join price_changes
+
+),
+
+dated_usage as (
+
+    select
+        periods.invoice_month,
+        periods.tenant_id,
+        periods.meter,
+        periods.quantity_sum,
+        tenant_months.price_book,
+        prices.valid_from as price_valid_from
+
+    from periods
+
+    left join tenant_months
+        on
+            periods.tenant_id = tenant_months.tenant_id
+            and periods.invoice_month = tenant_months.invoice_month
+
+    left join prices
+        on
+            tenant_months.price_book = prices.price_book
+            and periods.meter = prices.meter
+            and prices.valid_from <= periods.period_start
+            and (
+                prices.valid_to is null
+                or prices.valid_to > periods.period_start
+            )
+
+),
+
+segments as (
+
+    select
+        invoice_month,
+        tenant_id,
+        meter,
+        price_book,
+        price_valid_from,
+        sum(quantity_sum) as usage_sum
+
+    from dated_usage
+
+    group by invoice_month, tenant_id, meter, price_book, price_valid_from
+
+),
+
+cumulative as (
+
+    select
+        *,
+        coalesce(
+            sum(usage_sum) over (
+                partition by invoice_month, tenant_id, meter
+                order by price_valid_from
+                rows between unbounded preceding and 1 preceding
+            ),
+            0
+        ) as cum_start_sum,
+        count(*) over (
+            partition by invoice_month, tenant_id, meter
+        ) as segment_count
+
+    from segments
+
+),
+
+measured as (
+
+    select
+        cumulative.invoice_month,
+        cumulative.tenant_id,
+        cumulative.meter,
+        cumulative.price_book,
+        cumulative.price_valid_from,
+        cumulative.segment_count,
+        cumulative.usage_sum,
+        cumulative.cum_start_sum,
+        cumulative.cum_start_sum + cumulative.usage_sum as cum_end_sum,
+        case
+            when meters.kind = 'gauge'
+                then {{ hours_in_month('cumulative.invoice_month') }}
+            else 1
+        end as divisor,
+        case
+            when meters.kind = 'gauge' then meters.unit || '-month'
+            else meters.unit
+        end as unit,
+        meters.description as meter_description,
+        prices.currency,
+        prices.pricing_model,
+        prices.free_allowance,
+        prices.package_size,
+        prices.package_price,
+        tenant_months.discount_percent,
+        tenant_months.retention_days
+
+    from cumulative
+
+    left join meters
+        on cumulative.meter = meters.meter
+
+    left join prices
+        on
+            cumulative.price_book = prices.price_book
+            and cumulative.meter = prices.meter
+            and cumulative.price_valid_from = prices.valid_from
+
+    left join tenant_months
+        on
+            cumulative.tenant_id = tenant_months.tenant_id
+            and cumulative.invoice_month = tenant_months.invoice_month
+
+),
+
+scaled as (
+
+    select
+        *,
+        coalesce(free_allowance, 0) * divisor as allowance_sum,
+        package_size * divisor as package_sum
+
+    from measured
+
+),
+
+billable as (
+
+    select
+        *,
+        greatest(
+            least(cum_end_sum, allowance_sum)
+            - least(cum_start_sum, allowance_sum),
+            0
+        ) as free_sum,
+        greatest(cum_start_sum - allowance_sum, 0) as billable_start_sum,
+        greatest(cum_end_sum - allowance_sum, 0) as billable_end_sum
+
+    from scaled
+
+),
+
+month_totals as (
+
+    select
+        *,
+        sum(billable_end_sum - billable_start_sum) over (
+            partition by invoice_month, tenant_id, meter
+        ) as month_billable_sum
+
+    from billable
+
+),
+
+retention_classes as (
+
+    select
+        month_totals.invoice_month,
+        month_totals.tenant_id,
+        month_totals.meter,
+        month_totals.price_valid_from,
+        min(price_tiers.retention_days) as retention_class
+
+    from month_totals
+
+    inner join price_tiers
+        on
+            month_totals.price_book = price_tiers.price_book
+            and month_totals.meter = price_tiers.meter
+            and month_totals.price_valid_from = price_tiers.valid_from
+            and price_tiers.retention_days >= month_totals.retention_days
+
+    where month_totals.pricing_model = 'retention'
+
+    group by
+        month_totals.invoice_month,
+        month_totals.tenant_id,
+        month_totals.meter,
+        month_totals.price_valid_from
+
+),
+
+tiered as (
+
+    select
+        month_totals.*,
+        price_tiers.tier,
+        price_tiers.lower_bound as tier_lower,
+        price_tiers.upper_bound as tier_upper,
+        price_tiers.lower_bound * month_totals.divisor as tier_lower_sum,
+        price_tiers.upper_bound * month_totals.divisor as tier_upper_sum,
+        price_tiers.retention_days as tier_retention_days,
+        price_tiers.unit_price as tier_unit_price
+
+    from month_totals
+
+    left join retention_classes
+        on
+            month_totals.invoice_month = retention_classes.invoice_month
+            and month_totals.tenant_id = retention_classes.tenant_id
+            and month_totals.meter = retention_classes.meter
+            and month_totals.price_valid_from
+            = retention_classes.price_valid_from
+
+    left join price_tiers
+        on
+            month_totals.price_book = price_tiers.price_book
+            and month_totals.meter = price_tiers.meter
+            and month_totals.price_valid_from = price_tiers.valid_from
+            and (
+                (
+                    -- graduated: every tier holding some of the segment's
+                    -- billable units; without any, the tier of the next unit
+                    month_totals.pricing_model in ('per_unit', 'graduated')
+                    and (
+                        price_tiers.upper_bound is null
+                        or price_tiers.upper_bound * month_totals.divisor
+                        > month_totals.billable_start_sum
+                    )
+                    and (
+                        price_tiers.lower_bound * month_totals.divisor
+                        < month_totals.billable_end_sum
+                        or (
+                            month_totals.billable_end_sum
+                            = month_totals.billable_start_sum
+                            and price_tiers.lower_bound * month_totals.divisor
+                            <= month_totals.billable_start_sum
+                        )
+                    )
+                )
+                or (
+                    -- volume: the tier (lower, upper] of the month's total
+                    month_totals.pricing_model = 'volume'
+                    and (
+                        price_tiers.lower_bound = 0
+                        or price_tiers.lower_bound * month_totals.divisor
+                        < month_totals.month_billable_sum
+                    )
+                    and (
+                        price_tiers.upper_bound is null
+                        or price_tiers.upper_bound * month_totals.divisor
+                        >= month_totals.month_billable_sum
+                    )
+                )
+                or (
+                    month_totals.pricing_model = 'retention'
+                    and price_tiers.retention_days
+                    = retention_classes.retention_class
+                )
+            )
+
+    -- a segment the allowance covers entirely has only its free line
+    where
+        month_totals.billable_end_sum > month_totals.billable_start_sum
+        or month_totals.usage_sum = 0
+
+),
+
+priced as (
+
+    select
+        *,
+        case
+            when pricing_model in ('per_unit', 'graduated')
+                then greatest(
+                    least(
+                        billable_end_sum,
+                        coalesce(tier_upper_sum, billable_end_sum)
+                    )
+                    - greatest(
+                        billable_start_sum,
+                        coalesce(tier_lower_sum, billable_start_sum)
+                    ),
+                    0
+                )
+            else billable_end_sum - billable_start_sum
+        end as piece_sum,
+        -- blocks started by the end of the segment minus those started
+        -- before it: ceil(x / size) in exact numeric arithmetic
+        case
+            when pricing_model = 'package'
+                then
+                    div(billable_end_sum, package_sum)
+                    + case
+                        when mod(billable_end_sum, package_sum) > 0 then 1
+                        else 0
+                    end
+                    - div(billable_start_sum, package_sum)
+                    - case
+                        when mod(billable_start_sum, package_sum) > 0 then 1
+                        else 0
+                    end
+        end as packages,
+        case
+            when pricing_model = 'package' then package_price
+            else tier_unit_price
+        end as unit_price
+
+    from tiered
+
+),
+
+usage_lines as (
+
+    select
+        invoice_month,
+        tenant_id,
+        meter,
+        'usage' as line_type,
+        case pricing_model
+            when 'graduated'
+                then meter_description || ' — tier ' || tier || ': '
+                    || case
+                        when tier_lower = 0 and tier_upper is not null
+                            then 'up to ' || rtrim(to_char(
+                                tier_upper,
+                                'FM999,999,999,999,999,990.999999999999'
+                            ), '.')
+                        when tier_upper is null
+                            then 'over ' || rtrim(to_char(
+                                tier_lower,
+                                'FM999,999,999,999,999,990.999999999999'
+                            ), '.')
+                        else rtrim(to_char(
+                            tier_lower,
+                            'FM999,999,999,999,999,990.999999999999'
+                        ), '.') || ' to ' || rtrim(to_char(
+                            tier_upper,
+                            'FM999,999,999,999,999,990.999999999999'
+                        ), '.')
+                    end || ' ' || unit
+            when 'volume'
+                then meter_description || ' — volume tier ' || tier || ': '
+                    || case
+                        when tier_lower = 0 and tier_upper is not null
+                            then 'up to ' || rtrim(to_char(
+                                tier_upper,
+                                'FM999,999,999,999,999,990.999999999999'
+                            ), '.')
+                        when tier_upper is null
+                            then 'over ' || rtrim(to_char(
+                                tier_lower,
+                                'FM999,999,999,999,999,990.999999999999'
+                            ), '.')
+                        else rtrim(to_char(
+                            tier_lower,
+                            'FM999,999,999,999,999,990.999999999999'
+                        ), '.') || ' to ' || rtrim(to_char(
+                            tier_upper,
+                            'FM999,999,999,999,999,990.999999999999'
+                        ), '.')
+                    end || ' ' || unit || ' in the month'
+            when 'package'
+                then meter_description || ' — ' || packages || ' × package of '
+                    || rtrim(to_char(
+                        package_size,
+                        'FM999,999,999,999,999,990.999999999999'
+                    ), '.') || ' ' || unit
+            when 'retention'
+                then meter_description || ' — ' || tier_retention_days
+                    || '-day retention'
+            else meter_description
+        end
+        || case
+            when segment_count > 1
+                then ' (prices from ' || to_char(
+                    greatest(price_valid_from, invoice_month), 'YYYY-MM-DD'
+                ) || ')'
+            else ''
+        end as description,
+        price_book,
+        price_valid_from,
+        pricing_model,
+        tier,
+        tier_lower,
+        tier_upper,
+        (piece_sum::numeric(60, 30) / divisor)::numeric(38, 12) as quantity,
+        unit,
+        unit_price::numeric(18, 6) as unit_price,
+        case
+            when pricing_model = 'package'
+                then {{ round_money('packages * unit_price') }}
+            else {{ round_money(
+                '(piece_sum * unit_price)::numeric(60, 30) / divisor'
+            ) }}
+        end as list_amount,
+        discount_percent,
+        currency
+
+    from priced
+
+),
+
+free_lines as (
+
+    select
+        invoice_month,
+        tenant_id,
+        meter,
+        'free_allowance' as line_type,
+        meter_description || ' — free allowance of '
+        || rtrim(to_char(
+            free_allowance, 'FM999,999,999,999,999,990.999999999999'
+        ), '.')
+        || ' ' || unit || ' a month'
+        || case
+            when segment_count > 1
+                then ' (prices from ' || to_char(
+                    greatest(price_valid_from, invoice_month), 'YYYY-MM-DD'
+                ) || ')'
+            else ''
+        end as description,
+        price_book,
+        price_valid_from,
+        pricing_model,
+        null::integer as tier,
+        null::numeric(38, 12) as tier_lower,
+        null::numeric(38, 12) as tier_upper,
+        (free_sum::numeric(60, 30) / divisor)::numeric(38, 12) as quantity,
+        unit,
+        0::numeric(18, 6) as unit_price,
+        0::numeric(18, 2) as list_amount,
+        discount_percent,
+        currency
+
+    from month_totals
+
+    where free_sum > 0
+
+),
+
+lines as (
+
+    select * from free_lines
+
+    union all
+
+    select * from usage_lines
+
+),
+
+final as (
+
+    select
+        invoice_month,
+        tenant_id,
+        meter,
+        line_type,
+        description,
+        price_book,
+        price_valid_from,
+        pricing_model,
+        tier,
+        tier_lower,
+        tier_upper,
+        quantity,
+        unit,
+        unit_price,
+        list_amount,
+        {{ round_money('list_amount * discount_percent / 100') }}
+            as discount_amount,
+        (
+            list_amount
+            - {{ round_money('list_amount * discount_percent / 100') }}
+        )::numeric(18, 2) as amount,
+        currency
+
+    from lines
+
+)
+
+select * from final
