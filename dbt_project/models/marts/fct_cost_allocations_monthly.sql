@@ -1,10 +1,13 @@
 {#-
     fct_cost_allocations_hourly summed per UTC calendar month, for BI, the
     ledger and FOCUS: one row per month, tenant (null for idle kept by the
-    platform and unallocated cost), pool, rule version, part, component and
-    cost_type. A windowed run rebuilds the months the window touches, from the
-    daily sums (int_cost_allocations_daily), so an hourly run never re-reads a
-    month of hourly rows.
+    platform and unallocated cost), pool, part, component and cost_type. When a
+    new version of the pool starts inside the month, its hours add to the same
+    row; rule_valid_from, method and driver_meter are the latest version's.
+
+    A windowed run rebuilds the months the window touches from the daily sums
+    (int_cost_allocations_daily), so an hourly run never re-reads a month of
+    hourly rows.
 -#}
 {{
     config(
@@ -32,14 +35,16 @@ monthly as (
         date_trunc('month', cost_day)::date as cost_month,
         tenant_id,
         pool,
-        rule_valid_from,
         part,
-        method,
         component,
         cost_type,
-        driver_meter,
-        currency,
-        sum(driver_quantity) as driver_quantity,
+        max(rule_valid_from) as rule_valid_from,
+        (array_agg(method order by rule_valid_from desc))[1] as method,
+        (array_agg(driver_meter order by rule_valid_from desc))[1]
+            as driver_meter,
+        (array_agg(currency order by rule_valid_from desc))[1] as currency,
+        sum(driver_quantity) filter (where driver_meter is not null)
+            as driver_quantity,
         sum(allocated_cost) as allocated_cost,
         sum(hour_count) as hour_count
 
@@ -49,13 +54,9 @@ monthly as (
         date_trunc('month', cost_day)::date,
         tenant_id,
         pool,
-        rule_valid_from,
         part,
-        method,
         component,
-        cost_type,
-        driver_meter,
-        currency
+        cost_type
 
 ),
 
@@ -65,15 +66,13 @@ final as (
         cost_month,
         tenant_id,
         pool,
-        rule_valid_from,
         part,
-        method,
         component,
         cost_type,
+        rule_valid_from,
+        method,
         driver_meter,
-        case
-            when driver_meter is not null then driver_quantity
-        end::numeric(38, 12) as driver_quantity,
+        driver_quantity::numeric(38, 12) as driver_quantity,
         allocated_cost::numeric(18, 2) as allocated_cost,
         currency,
         hour_count::integer as hour_count
