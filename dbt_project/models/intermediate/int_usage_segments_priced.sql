@@ -496,6 +496,19 @@ usage_lines as (
         (piece_sum::numeric(60, 30) / divisor)::numeric(38, 12) as quantity,
         unit,
         unit_price::numeric(18, 6) as unit_price,
+        -- what the unit price applies to: the units, or for a package the
+        -- packages (FOCUS PricingQuantity / PricingUnit)
+        case
+            when pricing_model = 'package' then packages
+            else piece_sum::numeric(60, 30) / divisor
+        end::numeric(38, 12) as pricing_quantity,
+        case
+            when pricing_model = 'package'
+                then 'package of ' || rtrim(to_char(
+                    package_size, 'FM999,999,999,999,999,990.999999999999'
+                ), '.') || ' ' || unit
+            else unit
+        end as pricing_unit,
         case
             when pricing_model = 'package'
                 then {{ round_money('packages * unit_price') }}
@@ -538,6 +551,9 @@ free_lines as (
         (free_sum::numeric(60, 30) / divisor)::numeric(38, 12) as quantity,
         unit,
         0::numeric(18, 6) as unit_price,
+        (free_sum::numeric(60, 30) / divisor)::numeric(38, 12)
+            as pricing_quantity,
+        unit as pricing_unit,
         0::numeric(18, 2) as list_amount,
         discount_percent,
         currency
@@ -575,6 +591,8 @@ final as (
         quantity,
         unit,
         unit_price,
+        pricing_quantity,
+        pricing_unit,
         list_amount,
         {{ round_money('list_amount * discount_percent / 100') }}
             as discount_amount,

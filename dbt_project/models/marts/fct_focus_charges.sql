@@ -103,6 +103,10 @@ billed as (
         invoice_lines.quantity,
         -- FOCUS unit format: GB-month -> GB-Months
         regexp_replace(invoice_lines.unit, '-month$', '-Months') as unit,
+        -- the unit price applies to pricing_quantity: units, or packages
+        invoice_lines.pricing_quantity,
+        regexp_replace(invoice_lines.pricing_unit, '-month$', '-Months')
+            as pricing_unit,
         invoice_lines.unit_price as list_unit_price,
         invoice_lines.unit_price
         * (100 - tenant_month_discounts.discount_percent)
@@ -147,20 +151,24 @@ billed_charges as (
         amount::numeric(18, 2) as effective_cost,
         -- exact products; trim_scale drops the trailing zeros of the scales
         case
-            when is_usage then trim_scale(quantity * list_unit_price)
+            when is_usage then trim_scale(pricing_quantity * list_unit_price)
             else amount
         end::numeric as list_cost,
         case
-            when is_usage then trim_scale(quantity * contracted_unit_price)
+            when is_usage
+                then trim_scale(pricing_quantity * contracted_unit_price)
             else amount
         end::numeric as contracted_cost,
         case when is_usage then trim_scale(list_unit_price) end::numeric
             as list_unit_price,
         case when is_usage then trim_scale(contracted_unit_price) end::numeric
             as contracted_unit_price,
-        case when is_usage then trim_scale(quantity) end::numeric
+        case when is_usage then trim_scale(pricing_quantity) end::numeric
             as pricing_quantity,
-        case when is_usage then unit end as pricing_unit,
+        case when is_usage then pricing_unit end as pricing_unit,
+        case when is_usage then trim_scale(quantity) end::numeric
+            as consumed_quantity,
+        case when is_usage then unit end as consumed_unit,
         case when is_usage then 'Usage' else 'Adjustment' end
             as charge_category,
         case when is_usage then 'Usage-Based' else 'Recurring' end
@@ -218,6 +226,8 @@ allocated_charges as (
         pool_month_costs.allocated_cost::numeric as contracted_unit_price,
         1::numeric as pricing_quantity,
         'Month' as pricing_unit,
+        1::numeric as consumed_quantity,
+        'Month' as consumed_unit,
         'Usage' as charge_category,
         'Recurring' as charge_frequency,
         case pool_month_costs.cost_type
@@ -322,8 +332,8 @@ final as (
         (charges.billing_month::timestamp at time zone 'UTC')
             as "ChargePeriodStart",
         null::text as "CommitmentDiscountStatus",
-        charges.pricing_quantity as "ConsumedQuantity",
-        charges.pricing_unit as "ConsumedUnit",
+        charges.consumed_quantity as "ConsumedQuantity",
+        charges.consumed_unit as "ConsumedUnit",
         charges.contracted_cost as "ContractedCost",
         charges.contracted_unit_price as "ContractedUnitPrice",
         charges.effective_cost as "EffectiveCost",
