@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ pytestmark = pytest.mark.airflow
 START = dt.datetime(2026, 7, 1, tzinfo=dt.UTC)
 END = START + dt.timedelta(hours=24)
 TENANTS = ["t001", "t002", "t003", "t004"]
+# t008 used nothing but has a minimum monthly commitment in config/tenants.yml: it is invoiced the true-up
+INVOICED = {*TENANTS, "t008"}
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +58,11 @@ def test_usage_hourly_then_billing_monthly_produce_invoices_equal_to_the_marts(a
             "select count(*) filter (where success) from pipeline.validations where window_start = %s", (START,)
         ).fetchone()[0]
     assert published == 24 * len(TENANTS) * 5
-    assert set(marts) == set(TENANTS)
+    assert set(marts) == INVOICED
+    assert marts["t008"] == Decimal("20000.00")
     assert gates >= 2  # the raw gate and the mart checks both ran and passed
     assert [row[0] for row in invoices]
-    assert {row[0] for row in invoices} == set(TENANTS)
+    assert {row[0] for row in invoices} == INVOICED
     for tenant_id, number, total, uri, sha in invoices:
         pdf = Path(uri)
         assert pdf == Path(settings.reports_out) / "2026-07" / f"{tenant_id}.pdf"

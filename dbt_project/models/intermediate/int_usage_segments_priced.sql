@@ -497,14 +497,14 @@ usage_lines as (
         unit,
         unit_price::numeric(18, 6) as unit_price,
         -- what the unit price applies to: the units, or for a package the
-        -- packages (FOCUS PricingQuantity / PricingUnit)
+        -- packages, e.g. 72 of '100 alerts' (FOCUS PricingQuantity / PricingUnit)
         case
             when pricing_model = 'package' then packages
             else piece_sum::numeric(60, 30) / divisor
         end::numeric(38, 12) as pricing_quantity,
         case
             when pricing_model = 'package'
-                then 'package of ' || rtrim(to_char(
+                then rtrim(to_char(
                     package_size, 'FM999,999,999,999,999,990.999999999999'
                 ), '.') || ' ' || unit
             else unit
