@@ -37,7 +37,7 @@ system-deps: ## Debian libraries WeasyPrint needs (installed when missing and we
 demo: install ## simulate a month for 50 tenants and run both DAGs through Airflow
 	$(VENV)/bin/chargeback demo
 
-test: install ## the whole suite on the embedded warehouse
+test: install focus-validator ## the whole suite on the embedded warehouse
 	$(VENV)/bin/pytest
 
 test-external-pg: install ## the warehouse integration tests again, on the server $$WAREHOUSE_DSN names
