@@ -20,7 +20,7 @@ import pytest
 import yaml
 from pypdf import PdfReader
 
-from chargeback import configuration, pipeline, transform, warehouse
+from chargeback import configuration, pipeline, summary, transform, warehouse
 from chargeback.sources import FileSource
 
 pytestmark = pytest.mark.warehouse
@@ -252,3 +252,22 @@ def test_each_pdf_prints_the_readme_total_and_lines(september, tenant):
     assert f"{TOTALS[tenant]:,.2f} USD" in text
     for line in LINES[tenant]:
         assert f"{D(line[-1]):,.2f}" in text
+
+
+def test_finance_summary_shows_both_ledgers_and_what_makes_them_up(september):
+    s = summary.month_summary("2026-09")
+    assert (s.infrastructure_cost, s.allocated, s.idle_redistributed, s.idle_kept, s.unallocated) == (
+        D("11160.00"), D("10440.00"), D("288.00"), D("432.00"), D("0.00"))
+    assert (s.list_price, s.discounts, s.commitment_true_ups, s.overage_uplifts, s.billed) == (
+        D("10536.60"), D("396.29"), D("276.60"), D("52.94"), D("10469.85"))
+    assert s.margin == D("-690.15")
+    assert [(o.organisation, o.cost_to_serve, o.billed, o.margin) for o in s.organisations] == [
+        ("(platform)", D("432.00"), D("0.00"), D("-432.00")),
+        ("Acme", D("4852.80"), D("4887.51"), D("34.71")),
+        ("Globex", D("3153.60"), D("3000.00"), D("-153.60")),
+        ("Initech", D("2721.60"), D("2582.34"), D("-139.26")),
+    ]
+    lines = summary.render(s).splitlines()
+    assert f"{'  billed to tenants':<40}{'10,469.85 USD':>26}" in lines
+    assert f"{'    idle capacity, kept by the platform':<40}{'432.00 USD':>26}" in lines
+    assert f"{'Margin (billed - cost)':<40}{'-690.15 USD':>26}" in lines
