@@ -92,8 +92,8 @@ def test_invoice_pdf_shows_bill_to_period_number_and_total_to_the_cent():
 # A month with every kind of line: packages, a free allowance, two tiers across a price
 # change, a retention class, a discount on each usage line, and an overage uplift.
 PRICED_LINES = [
-    InvoiceLine("alerts_fired", "Alert rules that fired — 3 × package of 100 alerts", D("250"), "alerts", D("1.00"),
-                D("2.85"), "USD", "standard", "package", 1, "usage", None, D("3.00"), D("0.15")),
+    InvoiceLine("alerts_fired", "Alert rules that fired — 250 alerts in packages of 100", D("3"), "100 alerts",
+                D("1.00"), D("2.85"), "USD", "standard", "package", 1, "usage", None, D("3.00"), D("0.15")),
     InvoiceLine("ingested_gb", "Log data ingested — free allowance of 5 GB a month (prices from 2026-10-01)", D("5"),
                 "GB", D("0"), D("0.00"), "USD", "standard", "graduated", 2, "free_allowance", None, D("0.00"),
                 D("0.00")),
@@ -115,7 +115,7 @@ PRICED_INVOICE = dataclasses.replace(
 def test_invoice_pdf_shows_tiers_allowance_discount_and_contract_lines():
     text = flat(pdf_text(invoices.render_invoice_pdf(PRICED_INVOICE, PRICED_LINES, TENANT)))
     for expected in (
-        "3 × package of 100 alerts", "250.000 alerts 1.00 3.00 −0.15 2.85",
+        "250 alerts in packages of 100", "3.000 100 alerts 1.00 3.00 −0.15 2.85",
         "free allowance of 5 GB a month", "5.000 GB 0.00 0.00 — 0.00",
         "tier 1: up to 1,000 GB", "695.000 GB 0.50 347.50 −17.38 330.12",
         "tier 2: 1,000 to 10,000 GB (prices from 2026-10-15)", "395.000 GB 0.36 142.20 −7.11 135.09",

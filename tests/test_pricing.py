@@ -373,7 +373,7 @@ def test_invoice_lines_describe_tier_allowance_package_and_contract(pricing_data
         "select tenant_id || ':' || line_no, description from marts.fct_invoice_lines"
         " where invoice_month = '2026-11-01'"
     ))
-    assert descriptions["a01:1"] == "Alert rules that fired — 2 × package of 100 alerts (prices from 2026-11-01)"
+    assert descriptions["a01:1"] == "Alert rules that fired — 150 alerts in packages of 100 (prices from 2026-11-01)"
     assert descriptions["a01:3"] == (
         "Log data ingested — free allowance of 10 GB a month (prices from 2026-11-01)")
     assert descriptions["a01:6"] == "Log data ingested — tier 2: 100 to 1,000 GB (prices from 2026-11-16)"

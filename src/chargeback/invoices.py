@@ -598,7 +598,9 @@ def _read_month(period_start: dt.date, settings: Settings) -> tuple[
                     (period_start,),
                 ).fetchall()
                 line_rows = cur.execute(
-                    "select tenant_id, line_no, line_type, meter, description, tier, quantity, unit, unit_price,"
+                    # what the unit price applies to: a package line prints its packages ("36 x 100 alerts")
+                    "select tenant_id, line_no, line_type, meter, description, tier,"
+                    " pricing_quantity as quantity, pricing_unit as unit, unit_price,"
                     " list_amount, discount_amount, amount, currency, price_book, pricing_model"
                     " from marts.fct_invoice_lines"
                     " where invoice_month = %s order by tenant_id, line_no",

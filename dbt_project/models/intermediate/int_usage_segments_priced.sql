@@ -470,11 +470,14 @@ usage_lines as (
                         ), '.')
                     end || ' ' || unit || ' in the month'
             when 'package'
-                then meter_description || ' — ' || packages || ' × package of '
+                then meter_description || ' — ' || rtrim(to_char(
+                        piece_sum::numeric(60, 30) / divisor,
+                        'FM999,999,999,999,999,990.999999999999'
+                    ), '.') || ' ' || unit || ' in packages of '
                     || rtrim(to_char(
                         package_size,
                         'FM999,999,999,999,999,990.999999999999'
-                    ), '.') || ' ' || unit
+                    ), '.')
             when 'retention'
                 then meter_description || ' — ' || tier_retention_days
                     || '-day retention'
