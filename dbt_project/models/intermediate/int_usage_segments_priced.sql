@@ -429,55 +429,15 @@ usage_lines as (
         case pricing_model
             when 'graduated'
                 then meter_description || ' — tier ' || tier || ': '
-                    || case
-                        when tier_lower = 0 and tier_upper is not null
-                            then 'up to ' || rtrim(to_char(
-                                tier_upper,
-                                'FM999,999,999,999,999,990.999999999999'
-                            ), '.')
-                        when tier_upper is null
-                            then 'over ' || rtrim(to_char(
-                                tier_lower,
-                                'FM999,999,999,999,999,990.999999999999'
-                            ), '.')
-                        else rtrim(to_char(
-                            tier_lower,
-                            'FM999,999,999,999,999,990.999999999999'
-                        ), '.') || ' to ' || rtrim(to_char(
-                            tier_upper,
-                            'FM999,999,999,999,999,990.999999999999'
-                        ), '.')
-                    end || ' ' || unit
+                    || {{ tier_range_text('tier_lower', 'tier_upper') }} || ' ' || unit
             when 'volume'
                 then meter_description || ' — volume tier ' || tier || ': '
-                    || case
-                        when tier_lower = 0 and tier_upper is not null
-                            then 'up to ' || rtrim(to_char(
-                                tier_upper,
-                                'FM999,999,999,999,999,990.999999999999'
-                            ), '.')
-                        when tier_upper is null
-                            then 'over ' || rtrim(to_char(
-                                tier_lower,
-                                'FM999,999,999,999,999,990.999999999999'
-                            ), '.')
-                        else rtrim(to_char(
-                            tier_lower,
-                            'FM999,999,999,999,999,990.999999999999'
-                        ), '.') || ' to ' || rtrim(to_char(
-                            tier_upper,
-                            'FM999,999,999,999,999,990.999999999999'
-                        ), '.')
-                    end || ' ' || unit || ' in the month'
+                    || {{ tier_range_text('tier_lower', 'tier_upper') }} || ' ' || unit || ' in the month'
             when 'package'
-                then meter_description || ' — ' || rtrim(to_char(
-                        piece_sum::numeric(60, 30) / divisor,
-                        'FM999,999,999,999,999,990.999999999999'
-                    ), '.') || ' ' || unit || ' in packages of '
-                    || rtrim(to_char(
-                        package_size,
-                        'FM999,999,999,999,999,990.999999999999'
-                    ), '.')
+                then meter_description || ' — '
+                    || {{ quantity_text('piece_sum::numeric(60, 30) / divisor') }}
+                    || ' ' || unit || ' in packages of '
+                    || {{ quantity_text('package_size') }}
             when 'retention'
                 then meter_description || ' — ' || tier_retention_days
                     || '-day retention'
@@ -507,9 +467,7 @@ usage_lines as (
         end::numeric(38, 12) as pricing_quantity,
         case
             when pricing_model = 'package'
-                then rtrim(to_char(
-                    package_size, 'FM999,999,999,999,999,990.999999999999'
-                ), '.') || ' ' || unit
+                then {{ quantity_text('package_size') }} || ' ' || unit
             else unit
         end as pricing_unit,
         case
@@ -534,9 +492,7 @@ free_lines as (
         meter,
         'free_allowance' as line_type,
         meter_description || ' — free allowance of '
-        || rtrim(to_char(
-            free_allowance, 'FM999,999,999,999,999,990.999999999999'
-        ), '.')
+        || {{ quantity_text('free_allowance') }}
         || ' ' || unit || ' a month'
         || case
             when segment_count > 1

@@ -91,9 +91,9 @@ contract_amounts as (
         tenant_id,
         'commitment_true_up' as line_type,
         'Minimum monthly commitment of '
-        || to_char(monthly_commitment, 'FM999,999,999,999,999,990.00')
+        || {{ money_text('monthly_commitment') }}
         || ' ' || currency || ': true-up of usage of '
-        || to_char(net_usage, 'FM999,999,999,999,999,990.00')
+        || {{ money_text('net_usage') }}
         || ' ' || currency as description,
         price_book,
         1 as quantity,
@@ -115,11 +115,9 @@ contract_amounts as (
         'Overage uplift of '
         || rtrim(to_char(overage_uplift_percent, 'FM990.9999'), '.')
         || '% on '
-        || to_char(
-            net_usage - monthly_commitment, 'FM999,999,999,999,999,990.00'
-        )
+        || {{ money_text('net_usage - monthly_commitment') }}
         || ' ' || currency || ' of usage above the commitment of '
-        || to_char(monthly_commitment, 'FM999,999,999,999,999,990.00')
+        || {{ money_text('monthly_commitment') }}
         || ' ' || currency as description,
         price_book,
         net_usage - monthly_commitment as quantity,
