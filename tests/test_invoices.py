@@ -354,8 +354,10 @@ def test_commitment_without_usage_is_invoiced_as_a_true_up(october):
 @pytest.mark.warehouse
 def test_every_printed_line_amount_is_the_mart_amount(october):
     with warehouse.connect() as conn:
-        lines = conn.execute("select tenant_id, line_type, quantity, unit, unit_price, list_amount, discount_amount,"
-                             " amount from marts.fct_invoice_lines where invoice_month = '2030-10-01'").fetchall()
+        # the PDF prints what the unit price applies to: units, or a package line's packages
+        lines = conn.execute("select tenant_id, line_type, pricing_quantity, pricing_unit, unit_price, list_amount,"
+                             " discount_amount, amount from marts.fct_invoice_lines"
+                             " where invoice_month = '2030-10-01'").fetchall()
     texts = {r.tenant_id: flat(pdf_text(_read_uri(r.pdf_uri))) for r in october}
     assert len(lines) > len(texts)
     for tenant_id, line_type, quantity, unit, unit_price, list_amount, discount, amount in lines:
