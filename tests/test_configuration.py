@@ -63,6 +63,34 @@ def test_invalid_configuration_leaves_the_warehouse_unchanged(config_dir):
         assert conn.execute("select count(*) from config.tenants").fetchone()[0] == 50
 
 
+BAD_EDITS = {
+    "tiers out of order": ("price_books.yml", '{up_to: "10000", unit_price: "0.35"}',
+                           '{up_to: "900", unit_price: "0.35"}'),
+    "fixed percentages": ("cost_pools.yml", "{t001: 50, t002: 30, t003: 20}", "{t001: 50, t002: 30, t003: 10}"),
+    "pool without a rule": ("cost_pools.yml", "    allocation: {method: proportional, driver: ingested_gb}\n", ""),
+    "unknown meter": ("price_books.yml", 'query_cpu_seconds: "0.0003"', 'query_cpu_secs: "0.0003"'),
+    "overlapping versions": ("cost_pools.yml", "valid_to: 2026-10-15", "valid_to: 2026-10-20"),
+}
+
+
+def _config_tables() -> dict[str, list[tuple]]:
+    with warehouse.connect() as conn:
+        return {t: sorted(conn.execute(f"select * from {t}").fetchall(), key=repr) for t in configuration._TABLES}
+
+
+@pytest.mark.warehouse
+@pytest.mark.parametrize("case", sorted(BAD_EDITS))
+def test_each_bad_configuration_changes_nothing_in_the_warehouse(config_dir, case):
+    configuration.load(CONFIG)
+    before = _config_tables()
+    name, old, new = BAD_EDITS[case]
+    _edit(config_dir / name, old, new)
+    _edit(config_dir / "tenants.yml", "name: Globex Cloud risk-staging", "name: Renamed")  # a good edit too
+    with pytest.raises(configuration.ConfigError):
+        configuration.load(config_dir)
+    assert _config_tables() == before
+
+
 def _problems(config_dir: Path) -> str:
     with pytest.raises(configuration.ConfigError) as err:
         configuration.read(config_dir)
