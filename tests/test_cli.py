@@ -44,3 +44,8 @@ def test_simulate_then_load_reports_what_it_did(landing, capsys):
 def test_a_missing_window_is_explained(args, capsys):
     assert main(args) == 1
     assert "give a window: --month YYYY-MM, or --start and --end" in capsys.readouterr().err
+
+
+def test_a_full_refresh_of_a_window_is_explained(capsys):
+    assert main(["transform", "--month", "2026-10", "--full-refresh"]) == 1
+    assert "--full-refresh rebuilds every mart from raw: give no --month, --start or --end" in capsys.readouterr().err

@@ -112,7 +112,9 @@ def cmd_transform(args: argparse.Namespace) -> int:
     from chargeback import pipeline
 
     start, end = _window(args) if (args.month or args.start) else (None, None)
-    pipeline.transform(start, end)
+    if args.full_refresh and start is not None:
+        raise ValueError("--full-refresh rebuilds every mart from raw: give no --month, --start or --end")
+    pipeline.transform(start, end, full_refresh=args.full_refresh)
     pipeline.check_marts(start, end)
     print("dbt build and mart checks passed")
     return 0
@@ -226,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("transform", help="dbt build (a window, or everything) and the mart checks")
     window_args(sp)
+    sp.add_argument("--full-refresh", action="store_true",
+                    help="drop and rebuild every mart from raw usage (after an upgrade changed a mart's columns)")
     sp.set_defaults(func=cmd_transform)
 
     sp = sub.add_parser("invoices", help="render the PDF invoices of a month")

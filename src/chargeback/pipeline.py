@@ -70,10 +70,11 @@ def publish(load_id: int, settings: Settings | None = None) -> None:
     log.info("published load %s: %s rows replaced by %s", load_id, result.rows_deleted, result.rows_loaded)
 
 
-def transform(start: dt.datetime | None, end: dt.datetime | None, settings: Settings | None = None) -> None:
+def transform(start: dt.datetime | None, end: dt.datetime | None, settings: Settings | None = None,
+              *, full_refresh: bool = False) -> None:
     from chargeback import transform as dbt
 
-    dbt.build(start, end)
+    dbt.build(start, end, full_refresh=full_refresh)
 
 
 def check_marts(start: dt.datetime | None, end: dt.datetime | None, settings: Settings | None = None) -> None:
