@@ -7,6 +7,8 @@
 
 {#- none, or a dict of SQL-ready UTC literals:
     start / end: 'YYYY-MM-DD HH:MM:SS+00:00' (the window itself),
+    first_day / end_day: 'YYYY-MM-DD', the first UTC day touched and the day
+    after the last,
     first_month: 'YYYY-MM-DD', first day of the first month touched,
     end_month: 'YYYY-MM-DD', first day after the last month touched,
     hours: length of the window in hours. -#}
@@ -41,6 +43,8 @@
     {{- return({
         'start': start.isoformat(' '),
         'end': end.isoformat(' '),
+        'first_day': start.date().isoformat(),
+        'end_day': (last.date() + dt.timedelta(days=1)).isoformat(),
         'first_month': first_month.isoformat(),
         'end_month': end_month.isoformat(),
         'hours': (end - start).total_seconds() / 3600,
@@ -115,10 +119,30 @@
     {%- endif -%}
 {%- endmacro %}
 
+{#- Predicate: a column lies in the whole UTC days the window touches (true
+    without a window); data_type as for window_months. -#}
+{% macro window_days(column, data_type='date') -%}
+    {%- set window = chargeback_window() -%}
+    {%- if window is none -%}
+        true
+    {%- elif data_type == 'date' -%}
+        ({{ column }} >= date '{{ window.first_day }}'
+        and {{ column }} < date '{{ window.end_day }}')
+    {%- elif data_type == 'timestamptz' -%}
+        ({{ column }} >= timestamptz '{{ window.first_day }} 00:00:00+00:00'
+        and {{ column }} < timestamptz '{{ window.end_day }} 00:00:00+00:00')
+    {%- else -%}
+        {{- exceptions.raise_compiler_error(
+            "window_days: data_type must be 'date' or 'timestamptz', got "
+            ~ data_type
+        ) -}}
+    {%- endif -%}
+{%- endmacro %}
+
 {#- Predicate selecting the rows a windowed model owns in this run, from the
     model's meta: window_column and window_grain ('hour': a timestamptz in the
-    window's hours; 'month': a date, the first day of a month the window
-    touches). -#}
+    window's hours; 'day': a date, a UTC day the window touches; 'month': a
+    date, the first day of a month the window touches). -#}
 {% macro window_predicate(meta) -%}
     {%- set column = meta.get('window_column') -%}
     {%- set grain = meta.get('window_grain', 'hour') -%}
@@ -126,11 +150,13 @@
         {{- exceptions.raise_compiler_error("meta.window_column is not set") -}}
     {%- elif grain == 'hour' -%}
         {{ window_hours(column) }}
+    {%- elif grain == 'day' -%}
+        {{ window_days(column, 'date') }}
     {%- elif grain == 'month' -%}
         {{ window_months(column, 'date') }}
     {%- else -%}
         {{- exceptions.raise_compiler_error(
-            "meta.window_grain must be 'hour' or 'month', got " ~ grain
+            "meta.window_grain must be 'hour', 'day' or 'month', got " ~ grain
         ) -}}
     {%- endif -%}
 {%- endmacro %}

@@ -12,39 +12,19 @@
         materialized='incremental',
         incremental_strategy='append',
         on_schema_change='fail',
-        pre_hook=(
-            "{% if is_incremental() %}"
-            ~ "{% set window = chargeback_window() %}"
-            ~ "delete from {{ this }}"
-            ~ "{% if window is not none %} where cost_day"
-            ~ " >= (timestamptz '{{ window.start }}' at time zone 'UTC')::date"
-            ~ " and cost_day <= ((timestamptz '{{ window.end }}'"
-            ~ " - interval '1 microsecond') at time zone 'UTC')::date"
-            ~ "{% endif %}{% endif %}"
-        ),
+        pre_hook="{{ delete_window() }}",
         post_hook="{{ analyze_after_large_write() }}",
         indexes=[{'columns': ['cost_day']}],
     )
 }}
-{% set window = chargeback_window() %}
 
 with
 
 allocations as (
 
     select * from {{ ref('fct_cost_allocations_hourly') }}
-    {% if window is not none -%}
     -- the whole UTC days the window touches
-    where
-        hour_start >= date_trunc(
-            'day', timestamptz '{{ window.start }}', 'UTC'
-        )
-        and hour_start < date_trunc(
-            'day',
-            timestamptz '{{ window.end }}' - interval '1 microsecond',
-            'UTC'
-        ) + interval '1 day'
-    {%- endif %}
+    where {{ window_days('hour_start', 'timestamptz') }}
 
 ),
 
