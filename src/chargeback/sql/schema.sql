@@ -174,6 +174,27 @@ create table if not exists pipeline.load_runs (
     finished_at timestamptz
 );
 
+-- What the user must know, one line each (chargeback.events): refusals, rejected files,
+-- quarantine summaries, task and DAG failures. `line` is exactly what the log showed.
+create table if not exists pipeline.events (
+    event_id bigserial primary key,
+    occurred_at timestamptz not null default now(),
+    kind text not null
+        check (kind in ('quarantine', 'rejected_file', 'refusal', 'task_failure', 'dag_failure', 'notice')),
+    severity text not null check (severity in ('info', 'warning', 'error')),
+    subject text not null,
+    location text,
+    reason text not null,
+    action text,
+    line text not null,
+    dag_id text,
+    task_id text,
+    run_id text,
+    try_number integer,
+    details jsonb
+);
+create index if not exists events_occurred_idx on pipeline.events (occurred_at);
+
 -- Every GX validation run, pass or fail, with its full result.
 create table if not exists pipeline.validations (
     validation_id bigserial primary key,
