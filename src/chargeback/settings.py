@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 
@@ -41,6 +42,38 @@ class Settings:
     gx_dir: Path
     """GX project root for Data Docs (kept beside the warehouse, git-ignored)."""
     expectations_dir: Path
+    restatement_hours: int = 168
+    """How far back (hours before a run's window) an hourly run looks for late files."""
+    quarantine_policy: str = "fail"
+    """``fail``: an hour whose bad-row share exceeds ``max_bad_share`` fails the gate; ``warn``: never."""
+    max_bad_share: Decimal = Decimal("0.01")
+    """Share of an hour's rows (0..1) that may be quarantined before the gate fails it."""
+    grace_period_days: int = 3
+    """Days after a month ends during which its invoices stay drafts and late usage restates them."""
+
+
+def _int_env(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text in (None, ""):
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, got {value}")
+    return value
+
+
+def _share_env(name: str, default: str) -> Decimal:
+    text = os.environ.get(name) or default
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"{name} must be a number between 0 and 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a number between 0 and 1, got {text!r}")
+    return value
 
 
 def get_settings() -> Settings:
@@ -59,4 +92,14 @@ def get_settings() -> Settings:
         dbt_profiles_dir=root / "dbt_project",
         gx_dir=Path(os.environ.get("CHARGEBACK_GX_DIR", state / "gx")),
         expectations_dir=root / "expectations",
+        restatement_hours=_int_env("CHARGEBACK_RESTATEMENT_HOURS", 168),
+        quarantine_policy=_policy(os.environ.get("CHARGEBACK_QUARANTINE_POLICY") or "fail"),
+        max_bad_share=_share_env("CHARGEBACK_MAX_BAD_SHARE", "0.01"),
+        grace_period_days=_int_env("CHARGEBACK_GRACE_PERIOD_DAYS", 3),
     )
+
+
+def _policy(text: str) -> str:
+    if text not in ("fail", "warn"):
+        raise ValueError(f"CHARGEBACK_QUARANTINE_POLICY must be 'fail' or 'warn', got {text!r}")
+    return text
