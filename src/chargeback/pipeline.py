@@ -110,8 +110,12 @@ def check_month(period: str, settings: Settings | None = None) -> None:
 
     A rule whose driver meter saw no usage all month left its pool unallocated; that is a
     configuration mistake (a renamed meter, a wrong driver), so the month is refused with
-    the rules named rather than invoiced.
+    the rules named rather than invoiced. First of all, the marts must be current: built
+    after the month's last load, and not left by a failed build (``chargeback.freshness``).
     """
+    from chargeback import freshness
+
+    freshness.require_current_marts(period, settings)
     start, end = month_window(period)
     problems = configuration.drivers_without_usage(start, end, settings)
     if problems:
@@ -125,8 +129,9 @@ def render_invoices(period: str, settings: Settings | None = None, workers: int 
     The issue date derives from the period, never from "now", so re-running a month
     renders byte-identical PDFs.
     """
-    from chargeback import invoices
+    from chargeback import freshness, invoices
 
+    freshness.require_current_marts(period, settings)  # faults: never render from stale marts
     issue_date = month_window(period)[1].date()
     records = invoices.render_month(period, workers=workers, settings=settings, issue_date=issue_date)
     log.info("rendered %s invoices for %s", len(records), period)

@@ -5,12 +5,17 @@ get the same result objects and the same error messages, without a subprocess.
 A window ``[window_start, window_end)`` makes the hourly models replace exactly
 those hours and the monthly models the months the window touches; without one,
 every model rebuilds everything.
+
+Every build, succeeded or failed, is kept in ``pipeline.transform_runs`` with its
+window and failure lines: ``chargeback.freshness`` refuses to invoice a month whose
+marts were not rebuilt after its last load, or whose last build failed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import threading
@@ -27,6 +32,7 @@ from chargeback.settings import Settings, get_settings
 # dbt keeps global state (flags, adapters, event manager): one invocation at a time
 # per process. Separate processes (Airflow tasks) don't share it.
 _dbt_lock = threading.Lock()
+log = logging.getLogger(__name__)
 
 _FAILED = {"error", "fail", "runtime error"}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -88,20 +94,29 @@ def build(
         raise ValueError("full_refresh rebuilds everything; call it without a window")
     settings = get_settings()
     warehouse.ensure_schema(settings)
-    args = ["build"]
+    # this function records the run itself (below), so dbt's on-run-end hook does not
+    variables: dict[str, object] = {"chargeback_record_run": False}
     if window:
-        args += ["--vars", json.dumps({"window_start": window[0].isoformat(), "window_end": window[1].isoformat()})]
+        variables.update(window_start=window[0].isoformat(), window_end=window[1].isoformat())
+    args = ["build", "--vars", json.dumps(variables)]
     if select:
         args += ["--select", select]
     if full_refresh:
         args.append("--full-refresh")
     started = time.monotonic()
-    with _one_build_at_a_time(settings):
-        outcome = _invoke(args, settings)
-    nodes = tuple(_node_result(r) for r in (outcome.result.results if outcome.result else ()))
-    failed = [n for n in nodes if n.status in _FAILED]
-    if outcome.exception is not None or not outcome.success or failed:
-        raise _error("dbt build", outcome, nodes, failed)
+    with _one_build_at_a_time(settings) as began:
+        try:
+            outcome = _invoke(args, settings)
+        except Exception as exc:
+            _record_run(settings, window, select, began, (f"dbt build could not run: {_one_line(str(exc))}",))
+            raise
+        nodes = tuple(_node_result(r) for r in (outcome.result.results if outcome.result else ()))
+        failed = [n for n in nodes if n.status in _FAILED]
+        if outcome.exception is not None or not outcome.success or failed:
+            error = _error("dbt build", outcome, nodes, failed)
+            _record_run(settings, window, select, began, error.failures)
+            raise error
+        _record_run(settings, window, select, began, ())
     return TransformResult(
         window_start=window[0] if window else None,
         window_end=window[1] if window else None,
@@ -197,16 +212,41 @@ def _invoke(args: list[str], settings: Settings, env: Mapping[str, str] | None =
 
 
 @contextlib.contextmanager
-def _one_build_at_a_time(settings: Settings) -> Iterator[None]:
+def _one_build_at_a_time(settings: Settings) -> Iterator[datetime]:
     """Every build recreates the staging views and the dimension tables, so two
     builds against one database (e.g. two Airflow windows) must not overlap: a
-    session advisory lock makes the second wait for the first."""
+    session advisory lock makes the second wait for the first.
+
+    Yields the warehouse's clock once the lock is held: when the build began reading
+    raw usage, on the same clock as ``pipeline.load_runs.finished_at``.
+    """
     with warehouse.connect(settings, autocommit=True) as conn:
         conn.execute("select pg_advisory_lock(hashtext('chargeback.transform'))")
         try:
-            yield
+            yield conn.execute("select clock_timestamp()").fetchone()[0]
         finally:
-            conn.execute("select pg_advisory_unlock(hashtext('chargeback.transform'))")
+            with contextlib.suppress(Exception):  # a lost connection released the lock already
+                conn.execute("select pg_advisory_unlock(hashtext('chargeback.transform'))")
+
+
+def _record_run(settings: Settings, window: tuple[datetime, datetime] | None, select: str | None,
+                started_at: datetime, failures: tuple[str, ...]) -> None:
+    """Keep this build in ``pipeline.transform_runs`` (``chargeback.freshness`` reads it).
+
+    Never raises: when the warehouse itself failed the build, the build's own error
+    is what the caller must see; a month without a record of a successful build after
+    its last load is refused anyway.
+    """
+    try:
+        with warehouse.connect(settings, autocommit=True) as conn:
+            conn.execute(
+                "insert into pipeline.transform_runs (window_start, window_end, selection, status, started_at,"
+                " failures, invoked_by) values (%s, %s, %s, %s, %s, %s, 'chargeback')",
+                (window[0] if window else None, window[1] if window else None, select,
+                 "failed" if failures else "succeeded", started_at, list(failures)),
+            )
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        log.warning("could not record the dbt build in pipeline.transform_runs: %s", " ".join(str(exc).split()))
 
 
 @contextlib.contextmanager

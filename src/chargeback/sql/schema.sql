@@ -174,6 +174,27 @@ create table if not exists pipeline.load_runs (
     finished_at timestamptz
 );
 
+-- ---- pipeline.transform_runs (faults: chargeback.freshness) --------------------------
+-- Every dbt run over a window (null: everything), succeeded or failed, with the
+-- failure lines. Written by chargeback.transform.build and, for dbt runs it did not
+-- start (the dbt tasks of usage_hourly, dbt by hand), by the on-run-end hook
+-- (dbt_project/macros/transform_runs.sql). chargeback.freshness reads it before a
+-- month is invoiced: a month whose marts are older than its usage is refused.
+create table if not exists pipeline.transform_runs (
+    transform_id bigserial primary key,
+    window_start timestamptz,
+    window_end timestamptz,
+    selection text,
+    status text not null check (status in ('succeeded', 'failed')),
+    started_at timestamptz not null,
+    finished_at timestamptz not null default now(),
+    failures text[] not null default '{}',
+    invoked_by text not null,
+    check ((window_start is null) = (window_end is null))
+);
+create index if not exists transform_runs_finished_idx on pipeline.transform_runs (finished_at);
+-- ---- end pipeline.transform_runs ----------------------------------------------------
+
 -- What the user must know, one line each (chargeback.events): refusals, rejected files,
 -- quarantine summaries, task and DAG failures. `line` is exactly what the log showed.
 create table if not exists pipeline.events (
