@@ -17,7 +17,7 @@ import datetime as dt
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
-from chargeback.dag_defaults import default_args
+from chargeback.dag_defaults import default_args, on_dag_failure
 
 
 @dag(
@@ -26,6 +26,7 @@ from chargeback.dag_defaults import default_args
     catchup=False,
     max_active_runs=1,
     default_args=default_args(retry_delay=dt.timedelta(minutes=5)),
+    on_failure_callback=on_dag_failure(),
     params={
         "period": Param(None, type=["null", "string"], description="Billing month YYYY-MM (default: data interval)"),
     },

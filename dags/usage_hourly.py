@@ -43,7 +43,7 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior, TestIndirectSelection
 
-from chargeback.dag_defaults import default_args
+from chargeback.dag_defaults import default_args, on_dag_failure
 from chargeback.transform import dbt_paths
 
 DBT = dbt_paths()  # paths only: no dbt, no database
@@ -62,6 +62,7 @@ WINDOW_VARS = {
     catchup=False,
     max_active_runs=1,
     default_args=default_args(retry_delay=dt.timedelta(minutes=2)),
+    on_failure_callback=on_dag_failure(),
     params={
         "start": Param(None, type=["null", "string"], description="Override window start (ISO-8601 UTC)"),
         "end": Param(None, type=["null", "string"], description="Override window end (ISO-8601 UTC)"),

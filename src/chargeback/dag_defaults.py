@@ -3,6 +3,9 @@
 Kept in the package (and light to import) so DAG files stay wiring only.
 ``CHARGEBACK_RETRY_DELAY_SECONDS`` shortens the delay for in-process test runs, where
 a real two-minute wait between tries would only slow the suite down.
+A task that fails for good, and a DAG run that fails, notify through
+``chargeback.notify.FailureNotifier`` (one line in the log and pipeline.events; e-mail
+and/or webhook when configured).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 
-from chargeback.notify import on_task_failure
+from chargeback.notify import FailureNotifier
 
 
 def default_args(retry_delay: dt.timedelta = dt.timedelta(minutes=2)) -> dict:
@@ -20,5 +23,10 @@ def default_args(retry_delay: dt.timedelta = dt.timedelta(minutes=2)) -> dict:
         "retries": 2,
         "retry_delay": dt.timedelta(seconds=int(override)) if override else retry_delay,
         "retry_exponential_backoff": not override,
-        "on_failure_callback": on_task_failure,
+        "on_failure_callback": FailureNotifier("task_failure"),
     }
+
+
+def on_dag_failure() -> FailureNotifier:
+    """The DAG-level ``on_failure_callback``: a failed DAG run is one line too."""
+    return FailureNotifier("dag_failure")

@@ -1,10 +1,19 @@
-"""What happens when an Airflow task fails: one clear log line and a warehouse record.
+"""What happens when an Airflow task or a whole DAG run fails: one line, kept and sent.
 
-``on_task_failure`` is every DAG's ``on_failure_callback``. It logs the DAG, task, run
-and error on one line (visible in the task log) and records them in
-``pipeline.task_failures`` so data engineers can query failures beside the runs. When
-``CHARGEBACK_ALERT_WEBHOOK`` is set, it also POSTs the same line as JSON there.
-Notifying never raises: a broken notifier must not hide the original failure.
+:class:`FailureNotifier` is an Airflow notifier (``airflow.sdk.BaseNotifier``). Every
+task's ``on_failure_callback`` (``chargeback.dag_defaults.default_args``) and every
+DAG's ``on_failure_callback`` (a failed DAG run) is one. It:
+
+* always records one line with ``chargeback.events.record`` — in the log (the task log,
+  or the DAG processor's log for a DAG run) and in ``pipeline.events`` with the DAG,
+  task, run and try, so data engineers query failures beside the runs;
+* when configured, sends the same line by e-mail (``CHARGEBACK_SMTP_HOST``/``PORT``/
+  ``FROM``/``TO``, optional ``USER``/``PASSWORD``/``STARTTLS``) and/or POSTs it as JSON
+  ``{"text": line}`` to ``CHARGEBACK_ALERT_WEBHOOK`` (Slack, Mattermost and Teams
+  incoming webhooks read ``text``).
+
+Notifying never raises: a broken mail server must not hide the failure it reports,
+and Airflow would only log the notifier's error instead of the task's.
 """
 
 from __future__ import annotations
@@ -12,41 +21,162 @@ from __future__ import annotations
 import json
 import logging
 import os
+import smtplib
 import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Any
+
+from airflow.sdk import BaseNotifier
+
+from chargeback import events
 
 log = logging.getLogger("chargeback.notify")
 
-
-def failure_line(dag_id: str, task_id: str, run_id: str | None, error: object) -> str:
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return f"chargeback: {dag_id}.{task_id} failed (run {run_id}): {first}"
+TIMEOUT_SECONDS = 10
 
 
-def on_task_failure(context: dict) -> None:
-    ti = context.get("ti") or context.get("task_instance")
-    dag_id = getattr(ti, "dag_id", None) or "?"
-    task_id = getattr(ti, "task_id", None) or "?"
-    run_id = getattr(ti, "run_id", None)
-    try_number = getattr(ti, "try_number", None)
-    error = context.get("exception") or "unknown error"
-    line = failure_line(dag_id, task_id, run_id, error)
-    log.error(line)
+@dataclass(frozen=True)
+class Channels:
+    """Where failure lines go besides the log and pipeline.events (read from the environment)."""
+
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_from: str | None = None
+    smtp_to: tuple[str, ...] = ()
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    webhook: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Channels:
+        env = os.environ if environ is None else environ
+        port = env.get("CHARGEBACK_SMTP_PORT") or "25"
+        return cls(
+            smtp_host=env.get("CHARGEBACK_SMTP_HOST") or None,
+            smtp_port=int(port) if port.isdigit() else 25,
+            smtp_from=env.get("CHARGEBACK_SMTP_FROM") or None,
+            smtp_to=tuple(a.strip() for a in (env.get("CHARGEBACK_SMTP_TO") or "").split(",") if a.strip()),
+            smtp_user=env.get("CHARGEBACK_SMTP_USER") or None,
+            smtp_password=env.get("CHARGEBACK_SMTP_PASSWORD") or None,
+            smtp_starttls=(env.get("CHARGEBACK_SMTP_STARTTLS") or "").lower() in ("1", "true", "yes"),
+            webhook=env.get("CHARGEBACK_ALERT_WEBHOOK") or None,
+        )
+
+    @property
+    def smtp(self) -> bool:
+        return bool(self.smtp_host and self.smtp_to)
+
+
+class FailureNotifier(BaseNotifier):
+    """``on_failure_callback`` of every task (``kind='task_failure'``) and DAG (``'dag_failure'``)."""
+
+    def __init__(self, kind: str = "task_failure") -> None:
+        super().__init__()
+        if kind not in ("task_failure", "dag_failure"):
+            raise ValueError(f"kind must be 'task_failure' or 'dag_failure', got {kind!r}")
+        self.kind = kind
+
+    def render_template_fields(self, context: Mapping[str, Any], jinja_env: Any = None) -> None:
+        """Nothing to template: the line is built from the context. (Airflow 3.3's
+        ``dags test`` also hands DAG callbacks a serialized DAG that cannot build a
+        Jinja environment, which the default would fail on.)"""
+
+    def notify(self, context: Mapping[str, Any]) -> None:
+        notify_failure(context, self.kind)
+
+
+def notify_failure(context: Mapping[str, Any], kind: str = "task_failure",
+                   channels: Channels | None = None) -> str | None:
+    """Record and send the failure line of an Airflow callback ``context``; return the line.
+
+    Never raises (returns ``None`` if even the line could not be built).
+    """
     try:
-        from chargeback import warehouse
+        event, where = failure_event(context, kind)
+        line = events.record(event, context=where)
+    except Exception:  # noqa: BLE001 - see the module docstring
+        log.exception("chargeback: could not report an Airflow failure")
+        return None
+    send(line, channels or Channels.from_env())
+    return line
 
-        with warehouse.connect() as conn:
-            conn.execute(
-                "insert into pipeline.task_failures (dag_id, task_id, run_id, try_number, error)"
-                " values (%s, %s, %s, %s, %s)",
-                (dag_id, task_id, run_id, try_number, str(error)),
-            )
-    except Exception as exc:  # noqa: BLE001 - the notifier must not mask the task's own error
-        log.warning("could not record the failure in the warehouse: %s", exc)
-    url = os.environ.get("CHARGEBACK_ALERT_WEBHOOK")
-    if url:
+
+def failure_event(context: Mapping[str, Any], kind: str) -> tuple[events.Event, dict[str, Any]]:
+    """The event of a failed task or DAG run, and the DAG/task/run it is attributed to."""
+    ti = context.get("ti") or context.get("task_instance")
+    dag = context.get("dag")
+    dag_id = getattr(ti, "dag_id", None) or getattr(dag, "dag_id", None) or "?"
+    task_id = getattr(ti, "task_id", None)
+    run_id = getattr(ti, "run_id", None) or context.get("run_id")
+    dag_run = context.get("dag_run")
+    run_id = run_id or getattr(dag_run, "run_id", None)
+    try_number = getattr(ti, "try_number", None)
+    if kind == "dag_failure":
+        reason = context.get("reason") or "a task failed"
+        last = f" (last task to fail: {task_id})" if task_id else ""
+        event = events.Event(
+            "dag_failure",
+            f"DAG run {dag_id} {run_id}",
+            f"the run failed: {reason}{last}",
+            "open the failed task's log in Airflow (its failure is recorded beside this line),"
+            " fix the cause and clear the failed task to run it again",
+        )
+        return event, {"dag_id": dag_id, "task_id": task_id, "run_id": run_id, "try_number": None}
+    error = context.get("exception")
+    event = events.Event(
+        "task_failure",
+        f"task {dag_id}.{task_id}",
+        _first_line(error) if error is not None else "the task failed (no exception recorded)",
+        "read the task log in Airflow, fix the cause and clear the task to run it again"
+        " (its retries are used up)",
+        where=f"run {run_id}, try {try_number}" if try_number else f"run {run_id}",
+    )
+    return event, {"dag_id": dag_id, "task_id": task_id, "run_id": run_id,
+                   "try_number": try_number if isinstance(try_number, int) else None}
+
+
+def send(line: str, channels: Channels) -> None:
+    """E-mail and/or POST ``line`` where configured; log, never raise, when that fails."""
+    if channels.smtp:
         try:
-            body = json.dumps({"text": line}).encode()
-            req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})  # noqa: S310
-            urllib.request.urlopen(req, timeout=10).close()  # noqa: S310 - operator-configured URL
+            send_mail(line, channels)
         except Exception as exc:  # noqa: BLE001
-            log.warning("could not post the failure to the webhook: %s", exc)
+            log.warning("chargeback: could not e-mail the failure via %s:%s (%s): %s",
+                        channels.smtp_host, channels.smtp_port, " ".join(str(exc).split()), line)
+    if channels.webhook:
+        try:
+            post_webhook(line, channels.webhook)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("chargeback: could not post the failure to the webhook (%s): %s",
+                        " ".join(str(exc).split()), line)
+
+
+def send_mail(line: str, channels: Channels) -> None:
+    message = EmailMessage()
+    message["Subject"] = line if len(line) <= 150 else line[:147] + "..."
+    message["From"] = channels.smtp_from or "chargeback@localhost"
+    message["To"] = ", ".join(channels.smtp_to)
+    message.set_content(line + "\n\nThe same line is kept in pipeline.events.\n")
+    with smtplib.SMTP(channels.smtp_host, channels.smtp_port, timeout=TIMEOUT_SECONDS) as smtp:
+        if channels.smtp_starttls:
+            smtp.starttls()
+        if channels.smtp_user:
+            smtp.login(channels.smtp_user, channels.smtp_password or "")
+        smtp.send_message(message)
+
+
+def post_webhook(line: str, url: str) -> None:
+    body = json.dumps({"text": line}).encode()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})  # noqa: S310
+    with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:  # noqa: S310 - operator-configured
+        response.read()
+
+
+def _first_line(error: object) -> str:
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else ""
+    name = type(error).__name__
+    return f"{name}: {first}" if first and not first.startswith("chargeback ") else (first or name)

@@ -1,0 +1,216 @@
+"""A failed task or DAG run notifies: one line in the log and pipeline.events, and by
+e-mail and webhook when configured — against a real SMTP server and a real HTTP server
+on localhost, and one real failing Airflow run."""
+
+from __future__ import annotations
+
+import email
+import json
+import os
+import socket
+import socketserver
+import threading
+from collections.abc import Iterator
+from email import policy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+
+import pytest
+
+from chargeback import notify, orchestrate, warehouse
+
+pytestmark = pytest.mark.warehouse
+
+RUN = "manual__2026-11-28T00:00:00+00:00"
+LINE = (f"chargeback task_failure: task usage_hourly.publish at run {RUN}, try 3: WarehouseError: cannot connect"
+        " to the warehouse — read the task log in Airflow, fix the cause and clear the task to run it again"
+        " (its retries are used up)")
+
+
+def _context(error: Exception | None = None) -> dict:
+    ti = SimpleNamespace(dag_id="usage_hourly", task_id="publish", run_id=RUN, try_number=3)
+    return {"ti": ti, "exception": error or _WarehouseError("cannot connect to the warehouse\nserver closed")}
+
+
+class _WarehouseError(RuntimeError):
+    pass
+
+
+_WarehouseError.__name__ = "WarehouseError"
+
+
+def _events(run_id: str) -> list[tuple]:
+    with warehouse.connect() as conn:
+        return conn.execute(
+            "select kind, dag_id, task_id, run_id, try_number, subject, location, reason, line from pipeline.events"
+            " where run_id = %s order by event_id", (run_id,)).fetchall()
+
+
+# --------------------------------------------------------------------------- a real SMTP server (stdlib)
+
+class _SMTPHandler(socketserver.StreamRequestHandler):
+    """Just enough SMTP (RFC 5321) for smtplib: EHLO, MAIL, RCPT, DATA, QUIT."""
+
+    def handle(self) -> None:
+        self.wfile.write(b"220 localhost test SMTP\r\n")
+        envelope = {"to": []}
+        while line := self.rfile.readline():
+            verb = line.decode().strip().split(" ")[0].upper()
+            if verb in ("EHLO", "HELO"):
+                self.wfile.write(b"250 localhost\r\n")
+            elif verb == "MAIL":
+                envelope["from"] = line.decode().split(":", 1)[1].strip()
+                self.wfile.write(b"250 OK\r\n")
+            elif verb == "RCPT":
+                envelope["to"].append(line.decode().split(":", 1)[1].strip())
+                self.wfile.write(b"250 OK\r\n")
+            elif verb == "DATA":
+                self.wfile.write(b"354 end with .\r\n")
+                data = b""
+                while (chunk := self.rfile.readline()) not in (b".\r\n", b""):
+                    data += chunk[1:] if chunk.startswith(b"..") else chunk
+                self.server.messages.append((envelope, email.message_from_bytes(data, policy=policy.default)))
+                self.wfile.write(b"250 queued\r\n")
+            elif verb == "QUIT":
+                self.wfile.write(b"221 bye\r\n")
+                return
+            else:
+                self.wfile.write(b"250 OK\r\n")
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[socketserver.ThreadingTCPServer]:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SMTPHandler)
+    server.messages = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+class _WebhookHandler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.posts.append((self.path, self.headers["Content-Type"], json.loads(body)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook_server() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _WebhookHandler)
+    server.posts = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def no_channels(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("CHARGEBACK_SMTP_") or name == "CHARGEBACK_ALERT_WEBHOOK":
+            monkeypatch.delenv(name)
+
+
+# --------------------------------------------------------------------------- the tests
+
+def test_a_failed_task_is_one_line_in_the_log_and_in_pipeline_events(no_channels, caplog):
+    notify.FailureNotifier("task_failure")(_context())
+
+    assert [r.getMessage() for r in caplog.records if r.name == "chargeback.events"] == [LINE]
+    assert _events(RUN) == [("task_failure", "usage_hourly", "publish", RUN, 3, "task usage_hourly.publish",
+                             f"run {RUN}, try 3", "WarehouseError: cannot connect to the warehouse", LINE)]
+
+
+def test_a_failed_task_is_emailed_when_smtp_is_configured(smtp_server, monkeypatch, no_channels):
+    monkeypatch.setenv("CHARGEBACK_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("CHARGEBACK_SMTP_PORT", str(smtp_server.server_address[1]))
+    monkeypatch.setenv("CHARGEBACK_SMTP_FROM", "chargeback@example.com")
+    monkeypatch.setenv("CHARGEBACK_SMTP_TO", "data-eng@example.com, finance@example.com")
+    run = RUN + "-smtp"
+
+    ti = SimpleNamespace(dag_id="usage_hourly", task_id="publish", run_id=run, try_number=3)
+    notify.FailureNotifier()({"ti": ti, "exception": _WarehouseError("cannot connect to the warehouse")})
+
+    line = LINE.replace(RUN, run)
+    assert len(smtp_server.messages) == 1
+    envelope, message = smtp_server.messages[0]
+    assert envelope == {"from": "<chargeback@example.com>", "to": ["<data-eng@example.com>", "<finance@example.com>"]}
+    assert message["To"] == "data-eng@example.com, finance@example.com"
+    assert message["Subject"] == line[:147] + "..."
+    assert message.get_content().splitlines()[0] == line
+    assert [row[-1] for row in _events(run)] == [line]
+
+
+def test_a_failed_dag_run_is_posted_to_the_webhook_when_configured(webhook_server, monkeypatch, no_channels):
+    monkeypatch.setenv("CHARGEBACK_ALERT_WEBHOOK", f"http://127.0.0.1:{webhook_server.server_address[1]}/hooks/abc")
+    run = RUN + "-webhook"
+    ti = SimpleNamespace(dag_id="billing_monthly", task_id="render_invoices", run_id=run, try_number=3)
+
+    notify.FailureNotifier("dag_failure")({"ti": ti, "reason": "task_failure", "run_id": run})
+
+    line = (f"chargeback dag_failure: DAG run billing_monthly {run}: the run failed: task_failure (last task to"
+            " fail: render_invoices) — open the failed task's log in Airflow (its failure is recorded beside this"
+            " line), fix the cause and clear the failed task to run it again")
+    assert webhook_server.posts == [("/hooks/abc", "application/json", {"text": line})]
+    assert [(row[0], row[1], row[2], row[4], row[-1]) for row in _events(run)] == [
+        ("dag_failure", "billing_monthly", "render_invoices", None, line)]
+
+
+def test_an_unreachable_mail_server_or_webhook_never_hides_the_failure(monkeypatch, no_channels, caplog):
+    port = _free_port()  # nothing listens there
+    monkeypatch.setenv("CHARGEBACK_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("CHARGEBACK_SMTP_PORT", str(port))
+    monkeypatch.setenv("CHARGEBACK_SMTP_TO", "data-eng@example.com")
+    monkeypatch.setenv("CHARGEBACK_ALERT_WEBHOOK", f"http://127.0.0.1:{port}/")
+    run = RUN + "-unreachable"
+    ti = SimpleNamespace(dag_id="usage_hourly", task_id="publish", run_id=run, try_number=3)
+
+    notify.FailureNotifier()({"ti": ti, "exception": _WarehouseError("cannot connect to the warehouse")})
+
+    assert [row[-1] for row in _events(run)] == [LINE.replace(RUN, run)]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "chargeback.notify"]
+    assert len(warnings) == 2
+    assert warnings[0].startswith(f"chargeback: could not e-mail the failure via 127.0.0.1:{port} (")
+    assert warnings[1].startswith("chargeback: could not post the failure to the webhook (")
+
+
+@pytest.mark.airflow
+def test_a_failed_dag_run_notifies_with_its_dag_task_and_run(tmp_path, monkeypatch, no_channels):
+    """A real usage_hourly run whose window ends before it starts: its first task fails
+    every try, the task's and the DAG run's failures are each one line in pipeline.events."""
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow_home"))
+    monkeypatch.setenv("CHARGEBACK_RETRY_DELAY_SECONDS", "1")
+    conf = {"start": "2026-07-02T00:00:00Z", "end": "2026-07-01T00:00:00Z", "source": "files"}
+    with warehouse.connect() as conn:
+        before = conn.execute("select coalesce(max(event_id), 0) from pipeline.events").fetchone()[0]
+
+    with pytest.raises(orchestrate.AirflowRunFailed):
+        orchestrate.run_dag("usage_hourly", conf, quiet=True)
+
+    with warehouse.connect() as conn:
+        rows = conn.execute(
+            "select kind, dag_id, task_id, run_id, try_number, reason, line from pipeline.events"
+            " where event_id > %s and kind in ('task_failure', 'dag_failure') order by event_id", (before,)).fetchall()
+    assert [(r[0], r[1], r[2], r[4]) for r in rows] == [
+        ("task_failure", "usage_hourly", "resolve_window", 3),
+        ("dag_failure", "usage_hourly", "resolve_window", None),
+    ]
+    run_id = rows[0][3]
+    assert run_id.startswith("manual__") and rows[1][3] == run_id
+    assert rows[0][5] == ("ValueError: empty window: start 2026-07-02T00:00:00+00:00 is not before end"
+                          " 2026-07-01T00:00:00+00:00")
+    assert rows[0][6].startswith(f"chargeback task_failure: task usage_hourly.resolve_window at run {run_id},"
+                                 " try 3: ValueError: empty window")
