@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -38,7 +37,8 @@ def test_failed_transform_renders_no_invoice(landing, settings):
     """A month whose marts are older than its usage, or whose last dbt build failed, is
     refused before anything is rendered: one line in pipeline.events, no PDF, no invoice row."""
     period, start = "2032-02", dt.datetime(2032, 2, 1, tzinfo=dt.UTC)
-    first, second = (start, start + dt.timedelta(hours=2)), (start + dt.timedelta(hours=2), start + dt.timedelta(hours=4))
+    hour = dt.timedelta(hours=1)
+    first, second = (start, start + 2 * hour), (start + 2 * hour, start + 4 * hour)
     simulate(str(landing), TENANTS, start, second[1], seed=5)
     source = FileSource(str(landing))
 
@@ -107,5 +107,6 @@ def test_dbt_runs_chargeback_did_not_start_are_recorded_too(settings, monkeypatc
     hour = (dt.datetime(2032, 3, 1, tzinfo=dt.UTC), dt.datetime(2032, 3, 1, 1, tzinfo=dt.UTC))
     assert runs[1] == (*hour, "stg_config__meters", "succeeded", [], "dbt")
     assert runs[0][:4] == (*hour, "stg_config__meters", "failed")
-    assert len(runs[0][4]) == 1 and runs[0][4][0].startswith("model stg_config__meters: ")
+    assert len(runs[0][4]) == 1
+    assert runs[0][4][0].startswith("model stg_config__meters: ")
     assert runs[0][5] == "dbt"

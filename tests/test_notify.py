@@ -90,7 +90,7 @@ def smtp_server() -> Iterator[socketserver.ThreadingTCPServer]:
 
 
 class _WebhookHandler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.server.posts.append((self.path, self.headers["Content-Type"], json.loads(body)))
         self.send_response(200)
@@ -209,7 +209,8 @@ def test_a_failed_dag_run_notifies_with_its_dag_task_and_run(tmp_path, monkeypat
         ("dag_failure", "usage_hourly", "resolve_window", None),
     ]
     run_id = rows[0][3]
-    assert run_id.startswith("manual__") and rows[1][3] == run_id
+    assert run_id.startswith("manual__")
+    assert rows[1][3] == run_id
     assert rows[0][5] == ("ValueError: empty window: start 2026-07-02T00:00:00+00:00 is not before end"
                           " 2026-07-01T00:00:00+00:00")
     assert rows[0][6].startswith(f"chargeback task_failure: task usage_hourly.resolve_window at run {run_id},"

@@ -97,7 +97,7 @@ def notify_failure(context: Mapping[str, Any], kind: str = "task_failure",
     try:
         event, where = failure_event(context, kind)
         line = events.record(event, context=where)
-    except Exception:  # noqa: BLE001 - see the module docstring
+    except Exception:
         log.exception("chargeback: could not report an Airflow failure")
         return None
     send(line, channels or Channels.from_env())
