@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -201,3 +203,74 @@ def test_a_rule_whose_driver_has_no_usage_in_the_period_is_named():
         "pool platform_team (rule from 2020-01-01) is allocated by meter 'alerts_fired', which has no usage "
         "from 2031-03-01 00:00 to 2031-04-01 00:00 UTC: check the rule or the meter's data"
     ]
+
+
+# ---- the finalized-month guard -------------------------------------------------------
+# November 2026 is final (a row inserted here, as billing_monthly's finalization would):
+# every version in effect before 2026-12-01 is frozen.
+
+FROZEN_EDITS = {
+    "a price": ("price_books.yml", 'query_cpu_seconds: "0.0003"', 'query_cpu_seconds: "0.0002"',
+                "price book enterprise (from 2020-01-01), meter query_cpu_seconds"),
+    "a tier": ("price_books.yml", '{up_to: "1000", unit_price: "0.42"}', '{up_to: "1000", unit_price: "0.41"}',
+               "price book enterprise (from 2020-01-01), meter ingested_gb"),
+    "a cost pool": ("cost_pools.yml", 'monthly_cost: "9500.00"', 'monthly_cost: "9600.00"',
+                    "cost pool storage (from 2020-01-01)"),
+    "a rule": ("cost_pools.yml", "{t001: 50, t002: 30, t003: 20}", "{t001: 40, t002: 40, t003: 20}",
+               "cost pool support_contract (from 2020-01-01)"),
+    "terms": ("tenants.yml", 'discount_percent: "10"\n        retention_days: 90',
+              'discount_percent: "12"\n        retention_days: 90', "terms of tenant t001 (from 2024-01-01)"),
+}
+
+
+@pytest.fixture
+def november_final():
+    with warehouse.connect() as conn:
+        conn.execute(
+            "insert into pipeline.invoices (invoice_number, tenant_id, period_start, period_end, currency, total,"
+            " pdf_uri, pdf_sha256, status) values ('GUARD-2026-11', 't001', date '2026-11-01', date '2026-11-30',"
+            " 'USD', 0, 'memory://guard.pdf', '', 'final')")
+    yield
+    with warehouse.connect() as conn:
+        conn.execute("set local session_replication_role = replica")  # past an immutability trigger
+        conn.execute("delete from pipeline.invoices where invoice_number = 'GUARD-2026-11'")
+
+
+@pytest.mark.warehouse
+@pytest.mark.parametrize("case", sorted(FROZEN_EDITS))
+def test_a_version_in_effect_in_a_finalized_month_cannot_change(config_dir, november_final, case):
+    configuration.load(CONFIG)
+    before = _config_tables()
+    name, old, new, version = FROZEN_EDITS[case]
+    _edit(config_dir / name, old, new)
+    with pytest.raises(configuration.FinalizedMonthChange) as refused:
+        configuration.load(config_dir)
+    assert str(refused.value) == (
+        f"chargeback refusal: configuration change to {version} at {name}: that version was in effect during"
+        " months whose invoices are final (up to 2026-11), and changing it would change issued invoices; nothing"
+        " was applied — leave it as it was and add a new version from 2026-12-01 instead")
+    assert _config_tables() == before
+    with warehouse.connect() as conn:
+        assert conn.execute("select line from pipeline.events order by event_id desc limit 1").fetchone()[0] == str(
+            refused.value)
+
+
+@pytest.mark.warehouse
+def test_a_new_version_from_the_first_unfinalized_day_is_applied(config_dir, november_final):
+    configuration.load(CONFIG)
+    _edit(config_dir / "cost_pools.yml",
+          '    monthly_cost: "9500.00"\n    currency: USD\n    valid_from: 2020-01-01\n',
+          '    monthly_cost: "9500.00"\n    currency: USD\n    valid_from: 2020-01-01\n    valid_to: 2026-12-01\n')
+    _edit(config_dir / "cost_pools.yml", "  - pool: network\n",
+          "  - pool: storage\n    description: Hot and warm log storage, bigger\n    monthly_cost: \"9900.00\"\n"
+          "    currency: USD\n    valid_from: 2026-12-01\n    allocation: {method: proportional, driver: stored_gb}\n"
+          "  - pool: network\n")
+    _edit(config_dir / "cost_pools.yml", "Hot and warm log storage\n", "Hot and warm log storage (corrected)\n")
+    configuration.load(config_dir)
+    with warehouse.connect() as conn:
+        versions = conn.execute("select valid_from, valid_to, monthly_cost, description from config.cost_pools"
+                                " where pool = 'storage' order by valid_from").fetchall()
+    assert [v[:3] for v in versions] == [(dt.date(2020, 1, 1), dt.date(2026, 12, 1), Decimal("9500.00")),
+                                         (dt.date(2026, 12, 1), None, Decimal("9900.00"))]
+    assert versions[0][3] == "Hot and warm log storage (corrected)"
+    configuration.load(CONFIG)

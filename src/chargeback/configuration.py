@@ -457,10 +457,16 @@ def drivers_without_usage(start: dt.datetime, end: dt.datetime, settings: Settin
 
 
 def apply(cfg: Configuration, settings: Settings | None = None) -> None:
-    """Replace the ``config.*`` tables with ``cfg`` in one transaction."""
+    """Replace the ``config.*`` tables with ``cfg`` in one transaction.
+
+    Refused (nothing changes) when it would change a version that was in effect during
+    a month whose invoices are final: see :func:`_refuse_changes_to_finalized_months`.
+    """
     warehouse.ensure_schema(settings)
     with warehouse.connect(settings) as conn, conn.cursor() as cur:
         cur.execute(f"lock table {', '.join(_TABLES)} in exclusive mode")
+        frozen_until = _finalized_until(cur)
+        before = _frozen_versions(cur, frozen_until) if frozen_until else None
         cur.execute("".join(f"delete from {table};" for table in _TABLES))
         cur.executemany(
             "insert into config.meters (meter, unit, kind, description) values (%s, %s, %s, %s)",
@@ -558,6 +564,96 @@ def apply(cfg: Configuration, settings: Settings | None = None) -> None:
                 for row in price.tier_rows()
             ],
         )
+        if frozen_until:
+            _refuse_changes_to_finalized_months(before, _frozen_versions(cur, frozen_until), frozen_until,
+                                                settings)
+
+
+# ---- the finalized-month guard (faults) ----------------------------------------------
+# An issued (final) invoice must never change, and the marts are rebuilt from config.*:
+# a price, tier, cost pool, allocation rule or contract term that was in effect during
+# a finalized month is frozen up to the end of the last finalized month. A new version
+# from the first day after it is the way to change it (effective dating).
+
+class FinalizedMonthChange(ConfigError):
+    """A configuration change would change finalized invoices; the message is the one line."""
+
+
+# What of each versioned table was in effect before %(until)s, with valid_to clipped to
+# it: closing a version later than that (to add a new one) is not a change to the past.
+# Descriptions are text, not numbers, and may be corrected.
+_FROZEN = {
+    "price_books.yml": (
+        ("price book {} (from {}), meter {}",
+         "select price_book, valid_from, meter, least(coalesce(valid_to, 'infinity'), %(until)s), currency,"
+         " pricing_model, free_allowance, package_size, package_price"
+         " from config.prices where valid_from < %(until)s"),
+        ("price book {} (from {}), meter {}",
+         "select price_book, valid_from, meter, tier, lower_bound, upper_bound, retention_days, unit_price"
+         " from config.price_tiers where valid_from < %(until)s"),
+    ),
+    "cost_pools.yml": (
+        ("cost pool {} (from {})",
+         "select pool, valid_from, least(coalesce(valid_to, 'infinity'), %(until)s), monthly_cost, currency,"
+         " capacity_meter, capacity_per_hour, idle_policy from config.cost_pools where valid_from < %(until)s"),
+        ("cost pool {} (from {})",
+         "select pool, valid_from, part, share_percent, method"
+         " from config.allocation_rules where valid_from < %(until)s"),
+        ("cost pool {} (from {})",
+         "select pool, valid_from, part, component, basis, meter, weight"
+         " from config.allocation_components where valid_from < %(until)s"),
+        ("cost pool {} (from {})",
+         "select pool, valid_from, part, tenant_id, percent"
+         " from config.allocation_fixed_shares where valid_from < %(until)s"),
+    ),
+    "tenants.yml": (
+        ("terms of tenant {} (from {})",
+         "select tenant_id, valid_from, least(coalesce(valid_to, 'infinity'), %(until)s), discount_percent,"
+         " monthly_commitment, overage_uplift_percent, retention_days"
+         " from config.tenant_terms where valid_from < %(until)s"),
+    ),
+}
+
+
+def _finalized_until(cur) -> dt.date | None:
+    """The first day after the last month whose invoices are final (``None``: none is)."""
+    row = cur.execute("select max(period_end) from pipeline.invoices where status = 'final'").fetchone()
+    return row[0] + dt.timedelta(days=1) if row and row[0] else None
+
+
+def _frozen_versions(cur, until: dt.date) -> dict[str, set[tuple[str, tuple]]]:
+    """Per file: (the version it belongs to, its row) of everything in effect before ``until``."""
+    frozen: dict[str, set[tuple[str, tuple]]] = {}
+    for file, queries in _FROZEN.items():
+        rows = frozen.setdefault(file, set())
+        for name, query in queries:
+            for row in cur.execute(query, {"until": until}).fetchall():
+                keys = name.count("{}")
+                rows.add((name.format(*row[:keys]), tuple(row)))
+    return frozen
+
+
+def _refuse_changes_to_finalized_months(before: dict, after: dict, until: dt.date,
+                                        settings: Settings | None) -> None:
+    from chargeback import events
+
+    changed = sorted({(file, version) for file in before
+                      for version, _ in before[file] ^ after[file]})
+    if not changed:
+        return
+    last_month = (until - dt.timedelta(days=1)).strftime("%Y-%m")
+    first_file, first = changed[0]
+    others = f" (and {len(changed) - 1} more: {', '.join(v for _, v in changed[1:4])}" + (
+        ", …)" if len(changed) > 4 else ")") if len(changed) > 1 else ""
+    line = events.refuse(
+        f"configuration change to {first}{others}",
+        f"that version was in effect during months whose invoices are final (up to {last_month}),"
+        " and changing it would change issued invoices; nothing was applied",
+        f"leave it as it was and add a new version from {until.isoformat()} instead",
+        where=first_file,
+        settings=settings,
+    )
+    raise FinalizedMonthChange(line)
 
 
 _TABLES = (
