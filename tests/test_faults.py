@@ -7,11 +7,16 @@ under dbt, the warehouse's connections cut while a task runs).
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
+import shutil
+from decimal import Decimal
 from pathlib import Path
 
+import psycopg.rows
 import pytest
+import yaml
 
 from chargeback import freshness, pipeline, transform, warehouse
 from chargeback.simulate import simulate
@@ -110,3 +115,79 @@ def test_dbt_runs_chargeback_did_not_start_are_recorded_too(settings, monkeypatc
     assert len(runs[0][4]) == 1
     assert runs[0][4][0].startswith("model stg_config__meters: ")
     assert runs[0][5] == "dbt"
+
+
+# --------------------------------------------------------------------------- configuration change mid-month
+
+def _add_versions_from(config_dir: Path, day: dt.date) -> None:
+    """A new version of every open price book (CPU seconds at 0.0009) and of the compute
+    pool (25,000.00 a month) from ``day``; the versions before end there."""
+    books_file, pools_file = config_dir / "price_books.yml", config_dir / "cost_pools.yml"
+    books = yaml.safe_load(books_file.read_text())
+    for book in [b for b in books["price_books"] if b.get("valid_to") is None]:
+        book["valid_to"] = day
+        new = copy.deepcopy({k: v for k, v in book.items() if k != "valid_to"})
+        new["valid_from"] = day
+        new["prices"]["query_cpu_seconds"] = "0.0009"
+        books["price_books"].append(new)
+    books_file.write_text(yaml.safe_dump(books, sort_keys=False))
+    pools = yaml.safe_load(pools_file.read_text())
+    compute = next(p for p in pools["cost_pools"] if p["pool"] == "compute" and p.get("valid_to") is None)
+    compute["valid_to"] = day
+    new = copy.deepcopy({k: v for k, v in compute.items() if k != "valid_to"})
+    new.update(valid_from=day, monthly_cost="25000.00", description="Compute, repriced")
+    pools["cost_pools"].append(new)
+    pools_file.write_text(yaml.safe_dump(pools, sort_keys=False))
+
+
+def _allocations_before(day: dt.datetime) -> list[tuple]:
+    return sorted(_rows("select * from marts.fct_cost_allocations_hourly where hour_start >= %s and hour_start < %s",
+                        day - dt.timedelta(days=1), day), key=repr)
+
+
+def _usage_lines(month: dt.date) -> list[dict]:
+    with warehouse.connect() as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        rows = cur.execute("select * from marts.fct_invoice_lines where invoice_month = %s"
+                           " and line_type in ('usage', 'free_allowance')", (month,)).fetchall()
+    # the position and the printed text may change (a second version's lines join the
+    # invoice, and each segment's description then names its dates); the numbers may not
+    return sorted(({k: v for k, v in r.items() if k not in ("line_no", "description")} for r in rows), key=repr)
+
+
+def test_config_change_mid_month_keeps_earlier_hours(landing, settings, tmp_path, monkeypatch):
+    """1 April is built; then new price book and cost pool versions from 2 April are
+    applied, 2 April's usage arrives and the window is rebuilt: 1 April's allocations and
+    priced lines are identical to the cent, and 2 April is priced by the new versions."""
+    day = dt.datetime(2032, 4, 2, tzinfo=dt.UTC)
+    earlier, later = (day - dt.timedelta(hours=2), day), (day, day + dt.timedelta(hours=2))
+    april = dt.date(2032, 4, 1)
+    simulate(str(landing), TENANTS, earlier[0], later[1], seed=9)
+    source = FileSource(str(landing))
+    pipeline.load_window(*earlier, source)
+    transform.build(*earlier)
+    allocations = _allocations_before(day)
+    lines = _usage_lines(april)
+    assert len({row[0] for row in allocations}) == 2  # both hours of 1 April
+    assert {line["price_valid_from"] for line in lines} == {dt.date(2020, 1, 1)}  # t001-t003: enterprise
+
+    config_dir = tmp_path / "config"
+    shutil.copytree(settings.config_dir, config_dir)
+    _add_versions_from(config_dir, day.date())
+    monkeypatch.setenv("CHARGEBACK_CONFIG_DIR", str(config_dir))
+    try:
+        pipeline.load_window(*later, source)  # applies the new configuration first
+        transform.build(earlier[0], later[1])
+        assert _allocations_before(day) == allocations
+        after = _usage_lines(april)
+        assert [line for line in after if line["price_valid_from"] < day.date()] == lines
+        # and the new versions did price 2 April
+        cpu = {(line["tenant_id"], line["unit_price"]) for line in after
+               if line["meter"] == "query_cpu_seconds" and line["price_valid_from"] == day.date()}
+        assert {price for _, price in cpu} == {Decimal("0.0009")}
+        assert {tenant for tenant, _ in cpu} == set(TENANTS)
+        pools = _rows("select distinct rule_valid_from from marts.fct_cost_pools_hourly"
+                      " where pool = 'compute' and hour_start >= %s and hour_start < %s", earlier[0], later[1])
+        assert sorted(p[0] for p in pools) == [dt.date(2026, 10, 15), day.date()]
+    finally:
+        monkeypatch.delenv("CHARGEBACK_CONFIG_DIR")
+        pipeline.apply_configuration()
