@@ -192,7 +192,7 @@ create table if not exists pipeline.transform_runs (
     invoked_by text not null,
     check ((window_start is null) = (window_end is null))
 );
-create index if not exists transform_runs_finished_idx on pipeline.transform_runs (finished_at);
+create index if not exists transform_runs_window_idx on pipeline.transform_runs (window_start, window_end);
 -- ---- end pipeline.transform_runs ----------------------------------------------------
 
 -- What the user must know, one line each (chargeback.events): refusals, rejected files,
