@@ -102,7 +102,7 @@ def record(event: Event, *, details: Mapping[str, Any] | None = None, context: M
 
             with warehouse.connect(settings) as own:
                 own.execute(statement, row)
-    except Exception as exc:  # noqa: BLE001 - reporting must not hide what is being reported
+    except Exception as exc:
         if conn is not None:
             raise
         log.warning("chargeback: could not keep this line in pipeline.events (%s): %s",
