@@ -106,8 +106,10 @@ BAD_ROWS = [
      "hour: after the load window (it ends 2026-09-07T11:00Z)"),
     ("unknown tenant", snapshot("bad", tenant_id="t999"), "tenant_id",
      "tenant_id: unknown tenant 't999' (not in config.tenants)"),
-    ("unknown meter", snapshot("bad", meter="sold_gb"), "meter", "meter: unknown meter 'sold_gb' (not in config.meters)"),
-    ("unit not the meter's", snapshot("bad", unit="MB"), "unit", "unit: 'MB' is not the unit of meter ingested_gb (GB)"),
+    ("unknown meter", snapshot("bad", meter="sold_gb"), "meter",
+     "meter: unknown meter 'sold_gb' (not in config.meters)"),
+    ("unit not the meter's", snapshot("bad", unit="MB"), "unit",
+     "unit: 'MB' is not the unit of meter ingested_gb (GB)"),
     ("kind not the meter's", snapshot("bad", kind="gauge"), "kind",
      "kind: 'gauge' is not the kind of meter ingested_gb (counter)"),
     ("object where text expected", snapshot("bad", tenant_id={"id": "t001"}), "tenant_id",
@@ -290,11 +292,12 @@ def test_quarantine_replay_loads_rows_after_the_tenant_is_added(landing, config_
                                      snapshot("s3", tenant_id="t999", value="4.75")])
     monkeypatch.setenv("CHARGEBACK_QUARANTINE_POLICY", "warn")
     first = pipeline.load_window(H, H1, FileSource(str(landing)))
-    assert quarantined(first) == [(str(path), 3, "tenant_id", "tenant_id: unknown tenant 't999' (not in config.tenants)")]
+    unknown = "tenant_id: unknown tenant 't999' (not in config.tenants)"
+    assert quarantined(first) == [(str(path), 3, "tenant_id", unknown)]
 
     assert cli.main(["quarantine", "list", "--status", "open", "--load", str(first)]) == 0
     assert capsys.readouterr().out == (
-        f"{path}:3 tenant_id tenant_id: unknown tenant 't999' (not in config.tenants) [open]\n")
+        f"{path}:3 tenant_id {unknown} [open]\n")
 
     tenants = config_dir / "tenants.yml"
     tenants.write_text(tenants.read_text().replace("tenants:\n", (
