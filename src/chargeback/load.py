@@ -79,6 +79,7 @@ with fields as (
            case when f.emitted_at ~ '{_ISO_TIMESTAMP}' and raw.is_timestamptz(f.emitted_at)
                 then f.emitted_at::timestamptz end as ts_emitted
     from fields as f
+    offset 0  -- evaluate the casts once per row: keep the planner from copying them into every use
 ), classified as (
     select t.*,
         case
@@ -109,7 +110,8 @@ with fields as (
     left join config.tenants as te on te.tenant_id = t.tenant_id
     left join config.meters as m on m.meter = t.meter
 )
-select %(file_seq)s, %(file)s, line, %(landed_hour)s, %(learned_at)s, raw_record,
+select %(file_seq)s, %(file)s, line, %(landed_hour)s, %(learned_at)s,
+       case when reason is not null then raw_record end,
        case when coalesce(t_snapshot_id, 'string') in ('string', 'number') then snapshot_id end,
        tenant_id, meter, n_value, unit, ts_hour, ts_emitted, kind, reason
 from classified
@@ -117,18 +119,20 @@ order by line
 """
 
 
-_TEXT_OF = ", ".join(f"j ->> '{f}' as {f}, json_typeof(j -> '{f}') as t_{f}" for f in SNAPSHOT_FIELDS)
+_TEXT_OF = ", ".join(f"j ->> '{f}' as {f}, jsonb_typeof(j -> '{f}') as t_{f}" for f in SNAPSHOT_FIELDS)
 _CLASSIFY_JSONL = _classify_sql(f"""
     select line, doc as raw_record,
            case when j is null then 'record: not valid JSON'
-                when json_typeof(j) <> 'object' then 'record: not a JSON object but a JSON ' || json_typeof(j)
+                when jsonb_typeof(j) <> 'object' then 'record: not a JSON object but a JSON ' || jsonb_typeof(j)
            end as doc_problem,
            {_TEXT_OF}
     from (
-        select line::integer as line, doc, case when raw.is_json(doc) then doc::json end as j
+        select line::integer as line, doc, case when raw.is_json(doc) then doc::jsonb end as j
         from landed_jsonl
         where btrim(coalesce(doc, '')) <> ''
+        offset 0  -- parse each line once, not once per field
     ) as docs
+    offset 0
 """)
 _CLASSIFY_CSV = _classify_sql(f"""
     select line::integer + 1 as line,
@@ -141,10 +145,12 @@ _CLASSIFY_CSV = _classify_sql(f"""
 # Load-level pass over every file's clean rows: later copies of a snapshot are duplicates
 # when identical to its first copy (by file, then line), quarantined when they differ.
 _DEDUPE_WITHIN_LOAD = """
-with ranked as (
+with repeated as (
+    select snapshot_id from parsed where reason is null group by snapshot_id having count(*) > 1
+), ranked as (
     select pid, row_number() over w as copy_no, first_value(pid) over w as first_pid
     from parsed
-    where reason is null
+    where reason is null and snapshot_id in (select snapshot_id from repeated)
     window w as (partition by snapshot_id order by file_seq, source_line)
 ), compared as (
     select r.pid, f.source_file, f.source_line, f.value as first_value,
@@ -320,6 +326,7 @@ def _stage_files(conn: psycopg.Connection, load_id: int, start: dt.datetime, end
         )
         if progress:
             progress(seq, len(files))
+    conn.execute("analyze parsed")  # the planner must know whether to probe raw.usage_snapshots by index
     conn.execute(_DEDUPE_WITHIN_LOAD)
     conn.execute(_DEDUPE_AGAINST_PUBLISHED, {"start": start, "end": end})
     conn.execute(
