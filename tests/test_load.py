@@ -178,8 +178,9 @@ def test_hour_over_the_bad_row_share_fails_the_gate_with_one_line_and_publishes_
 
     first_line = str(err.value).splitlines()[0]
     assert first_line == (
-        f"chargeback quarantine: load {staged.load_id} refused by the gate: 1 of 15 rows of landed hour"
-        " 2026-09-03T00:00Z quarantined (6.7% > max_bad_share 1%) — fix the producer or config, then"
+        f"chargeback quarantine: load {staged.load_id} refused by the gate at {bad}:4: 1 of 15 rows of landed hour"
+        f" 2026-09-03T00:00Z quarantined (6.7% > max_bad_share 1%); first: value: negative: -{_value(lines[3])}"
+        " — fix the producer or config, then"
         f" chargeback quarantine replay --load {staged.load_id} (or set CHARGEBACK_QUARANTINE_POLICY=warn"
         " to publish the good rows anyway)"
     )

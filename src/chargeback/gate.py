@@ -185,8 +185,14 @@ def _quarantine_refusal(load_id: int, settings: Settings) -> str | None:
             "select file_url from pipeline.load_files where load_id = %s and status = 'rejected' order by file_url",
             (load_id,),
         )]
+        first = conn.execute(
+            "select count(*), (array_agg(source_file || coalesce(':' || source_line, '') order by quarantine_id))[1],"
+            " (array_agg(reason order by quarantine_id))[1] from raw.usage_quarantine where load_id = %s",
+            (load_id,),
+        ).fetchone()
     if not hours and not rejected:
         return None
+    count, where, first_reason = first
     reasons = [
         f"{bad} of {rows} rows of landed hour {utc(hour):%Y-%m-%dT%H:%MZ} quarantined"
         f" ({Decimal(bad) / Decimal(rows):.1%} > max_bad_share {settings.max_bad_share:%})"
@@ -196,11 +202,14 @@ def _quarantine_refusal(load_id: int, settings: Settings) -> str | None:
         reasons.append(f"and {len(hours) - 3} more hour(s)")
     if rejected:
         reasons.append(f"{len(rejected)} file(s) rejected whole, e.g. {rejected[0]}")
+    if first_reason:
+        reasons.append(f"first: {first_reason}")
     return events.record(
         events.Event(
             "quarantine", f"load {load_id} refused by the gate", "; ".join(reasons),
             f"fix the producer or config, then chargeback quarantine replay --load {load_id}"
             " (or set CHARGEBACK_QUARANTINE_POLICY=warn to publish the good rows anyway)",
+            f"{where} (+{count - 1} more)" if count > 1 else where,
         ),
         details={"load_id": load_id}, settings=settings,
     )

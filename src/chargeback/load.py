@@ -181,7 +181,8 @@ with compared as (
     from parsed as p
     join raw.usage_snapshots as u on u.snapshot_id = p.snapshot_id
     where p.reason is null and not p.duplicate
-      and not (u.landed_hour >= %(start)s and u.landed_hour < %(end)s)
+      and not (coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) >= %(start)s
+               and coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) < %(end)s)
 )
 update parsed as p
 set duplicate = c.same,
@@ -583,7 +584,8 @@ def _settle_against_published(conn: psycopg.Connection, load_id: int, start: dt.
             delete from raw.usage_staging as s
             using raw.usage_snapshots as u
             where s.load_id = %(load_id)s and u.snapshot_id = s.snapshot_id
-              and not (u.landed_hour >= %(start)s and u.landed_hour < %(end)s)
+              and not (coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) >= %(start)s
+                       and coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) < %(end)s)
             returning s.*, u.source_file as first_file, u.source_line as first_line, u.value as first_value,
                       (s.tenant_id, s.meter, s.value, s.unit, s.hour_start, s.kind)
                       = (u.tenant_id, u.meter, u.value, u.unit, u.hour_start, u.kind) as same
@@ -653,12 +655,14 @@ def _delete_landed_hours(conn: psycopg.Connection, start: dt.datetime, end: dt.d
     return conn.execute(
         """
         with deleted as (
-            delete from raw.usage_snapshots where landed_hour >= %s and landed_hour < %s
+            delete from raw.usage_snapshots
+            where (landed_hour >= %(start)s and landed_hour < %(end)s)
+               or (landed_hour is null and hour_start >= %(start)s and hour_start < %(end)s)  -- inserted by hand
             returning snapshot_id, tenant_id, meter, value, unit, hour_start, kind, learned_at
         )
         insert into replaced_snapshots select * from deleted
         """,
-        (start, end),
+        {"start": start, "end": end},
     ).rowcount
 
 
