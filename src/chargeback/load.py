@@ -115,7 +115,6 @@ select %(file_seq)s, %(file)s, line, %(landed_hour)s, %(learned_at)s,
        case when coalesce(t_snapshot_id, 'string') in ('string', 'number') then snapshot_id end,
        tenant_id, meter, n_value, unit, ts_hour, ts_emitted, kind, reason
 from classified
-order by line
 """
 
 
