@@ -370,3 +370,38 @@ def test_a_copy_published_meanwhile_from_another_hour_counts_once(landing):
         run = conn.execute("select rows_in, rows_loaded, rows_duplicate, rows_quarantined from pipeline.load_runs"
                            " where load_id = %s", (later.load_id,)).fetchone()
     assert run == (2, 0, 1, 1)
+
+
+def test_upgrade_backfills_landed_hour_and_learned_at_of_published_rows(settings):
+    """A warehouse of the previous release: usage_snapshots without landed_hour/learned_at."""
+    import dataclasses
+
+    name = f"{settings.database}_upgrade"
+    old = dataclasses.replace(settings, database=name)
+    warehouse.drop_database(name, settings)
+    try:
+        with warehouse.connect(old) as conn:
+            conn.execute("""
+                create schema raw;
+                create table raw.usage_snapshots (
+                    snapshot_id text primary key, tenant_id text not null, meter text not null,
+                    value numeric not null, unit text not null, hour_start timestamptz not null,
+                    emitted_at timestamptz not null, kind text not null, source_file text not null,
+                    source_line integer not null, load_id bigint not null,
+                    loaded_at timestamptz not null default now());
+                insert into raw.usage_snapshots values ('old-1', 't001', 'ingested_gb', 1, 'GB',
+                    '2026-08-01T10:00Z', '2026-08-01T10:59Z', 'counter', 'f.jsonl', 1, 1, '2026-08-01T11:05Z');
+            """)
+
+        warehouse.ensure_schema(old)
+        warehouse.ensure_schema(old)  # idempotent
+
+        with warehouse.connect(old) as conn:
+            row = conn.execute("select landed_hour, learned_at from raw.usage_snapshots").fetchone()
+            nullable = conn.execute(
+                "select is_nullable from information_schema.columns where table_schema = 'raw'"
+                " and table_name = 'usage_snapshots' and column_name = 'learned_at'").fetchone()[0]
+        assert row == (dt.datetime(2026, 8, 1, 10, tzinfo=dt.UTC), dt.datetime(2026, 8, 1, 11, 5, tzinfo=dt.UTC))
+        assert nullable == "NO"
+    finally:
+        warehouse.drop_database(name, settings)
