@@ -352,6 +352,28 @@ def test_suite_files_are_declarative_gx_suites(settings):
         assert all(e.get("description") for e in spec["expectations"]), f"{path}: describe every expectation"
 
 
+def test_quarantine_policy_fills_in_the_load_under_fail_and_leaves_the_expectations_out_under_warn(settings):
+    import dataclasses
+
+    spec = gate.load_suite(gate.SUITE, settings)
+    policy = [e["description"] for e in spec["expectations"] if (e.get("meta") or {}).get("quarantine_policy")]
+    assert policy == ["no landed hour has a bad-row share above max_bad_share", "no landed file was rejected whole"]
+
+    failing = gate.policy_suite(spec, 42, dataclasses.replace(settings, quarantine_policy="fail",
+                                                              max_bad_share=Decimal("0.05")))
+    warning = gate.policy_suite(spec, 42, dataclasses.replace(settings, quarantine_policy="warn"))
+
+    queries = [e["kwargs"]["unexpected_rows_query"] for e in failing["expectations"]
+               if e["description"] in policy]
+    assert "where load_id = 42 and" in queries[0]
+    assert "> 0.05 * sum(rows_in)" in queries[0]
+    assert "where load_id = 42 and status = 'rejected'" in queries[1]
+    assert len(failing["expectations"]) == len(spec["expectations"])
+    assert [e["description"] for e in warning["expectations"]] == [
+        e["description"] for e in spec["expectations"] if e["description"] not in policy]
+    assert "{load_id}" in json.dumps(spec)  # the suite file itself is left as it was
+
+
 def test_gate_on_180k_rows_takes_seconds():
     load_id = new_load()
     with warehouse.connect() as conn:
