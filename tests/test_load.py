@@ -194,6 +194,11 @@ def test_hour_over_the_bad_row_share_fails_the_gate_with_one_line_and_publishes_
                               " order by event_id desc limit 1").fetchone()[0]
     assert status == "rejected"
     assert logged == first_line
+    with pytest.raises(load.LoadError, match=(
+            rf"^chargeback refusal: load {staged.load_id}: it is rejected, not staged: only a staged load that"
+            " passed the gate is published — load the window again")):
+        load.publish(staged.load_id)
+    assert _fingerprint()[0] == 0
 
 
 def _value(jsonl_line: str) -> str:

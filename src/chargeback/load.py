@@ -542,15 +542,18 @@ def publish(load_id: int, settings: Settings | None = None) -> PublishResult:
             (load_id,),
         ).fetchone()
         if run is None:
-            raise LoadError(f"load {load_id} does not exist")
+            raise LoadError(events.refuse(f"load {load_id}", "no such load run in pipeline.load_runs",
+                                          "stage the window first (chargeback load)", settings=settings))
         start, end, status = run
         if status == "published":  # a retried task: report the hours this load wrote
             first, last = conn.execute(
                 "select min(date_trunc('hour', hour_start, 'UTC')), max(date_trunc('hour', hour_start, 'UTC'))"
                 " from raw.usage_snapshots where load_id = %s", (load_id,)).fetchone()
             return PublishResult(load_id, 0, 0, first, last + dt.timedelta(hours=1) if last else None)
-        if status not in ("staged", "publishing"):
-            raise LoadError(f"load {load_id} is {status}, not staged: it cannot be published")
+        if status != "staged":
+            raise LoadError(events.refuse(
+                f"load {load_id}", f"it is {status}, not staged: only a staged load that passed the gate is published",
+                "load the window again (chargeback load, or chargeback quarantine replay)", settings=settings))
         lock_window(conn)
         _settle_against_published(conn, load_id, start, end)
         deleted = _delete_landed_hours(conn, start, end)
