@@ -147,6 +147,24 @@ def test_bad_csv_row_is_quarantined_at_its_line_counting_the_header(landing, bad
     assert loaded_ids() == ["good-1"]
 
 
+def test_trailing_blank_lines_of_a_csv_file_are_not_rows(landing):
+    path = land(landing, "a.csv", [snapshot("s1"), snapshot("s2", value="1")])
+    path.write_text(path.read_text() + "\n\r\n  \n")
+
+    staged = stage_and_publish(landing)
+
+    assert loaded_ids() == ["s1", "s2"]
+    assert accounting(staged.load_id) == {"a.csv": (2, 2, 0, 0, "loaded")}
+
+
+def test_a_csv_file_with_only_its_header_is_an_empty_hour(landing):
+    land(landing, "a.csv", []).write_text(",".join(FIELDS) + "\n\n")
+
+    staged = stage_and_publish(landing)
+
+    assert accounting(staged.load_id) == {"a.csv": (0, 0, 0, 0, "loaded")}
+
+
 def test_same_id_with_different_value_is_quarantined_naming_the_first_copy(landing):
     first = land(landing, "a.jsonl", [snapshot("s0", value="1"), snapshot("s1", value="1")])
     second = land(landing, "b.jsonl", [snapshot("s1", value="1"), snapshot("s1", value="4")])

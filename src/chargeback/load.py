@@ -443,8 +443,18 @@ def _copy_csv(conn: psycopg.Connection, f: SnapshotFile) -> tuple[int, _FileOutc
             with conn.transaction():
                 conn.execute("truncate landed_csv restart identity")
                 with conn.cursor().copy(f"copy landed_csv ({', '.join(header)}) from stdin with (format csv)") as copy:
+                    # COPY reads a blank line as a row with missing columns: hold back trailing
+                    # blank lines (an editor's or a producer's last newlines) and drop them at the end.
+                    pending, wrote = b"", False
                     while chunk := fh.read(_CHUNK):
-                        copy.write(chunk)
+                        data = pending + chunk
+                        kept = data.rstrip(b" \t\r\n")
+                        pending = data[len(kept):]
+                        if kept:
+                            copy.write(kept)
+                            wrote = True
+                    if wrote:
+                        copy.write(b"\n")
         except psycopg.errors.DataError as exc:
             return fh.bytes, _unreadable(f, exc, fh, header=True)
     return fh.bytes, None
