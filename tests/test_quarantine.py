@@ -157,6 +157,26 @@ def test_trailing_blank_lines_of_a_csv_file_are_not_rows(landing):
     assert accounting(staged.load_id) == {"a.csv": (2, 2, 0, 0, "loaded")}
 
 
+def test_a_csv_line_with_too_many_cells_is_quarantined_and_the_rest_of_the_file_loads(landing):
+    path = land(landing, "a.csv", [
+        snapshot("s1"),
+        "s2,t001,ingested_gb,1,5,GB,2026-09-07T10:00:00Z,2026-09-07T10:59:00Z,counter",  # 1,5: a decimal comma
+        "",
+        snapshot("s3", value="3"),
+        "s4,t001",
+    ])
+
+    staged = stage_and_publish(landing)
+
+    expected = f"expected 8 ({','.join(FIELDS)})"
+    assert quarantined(staged.load_id) == [
+        (str(path), 3, "record", f"record: 9 cell(s), {expected}"),
+        (str(path), 6, "record", f"record: 2 cell(s), {expected}"),
+    ]
+    assert loaded_ids() == ["s1", "s3"]
+    assert accounting(staged.load_id) == {"a.csv": (4, 2, 0, 2, "loaded")}
+
+
 def test_a_csv_file_with_only_its_header_is_an_empty_hour(landing):
     land(landing, "a.csv", []).write_text(",".join(FIELDS) + "\n\n")
 
