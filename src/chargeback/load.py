@@ -380,25 +380,16 @@ def _garbage(conn: psycopg.Connection, seq: int) -> _FileOutcome | None:
 
 
 class _Counting:
-    """Wrap a binary stream, counting bytes and newlines as COPY reads it."""
+    """Wrap a binary stream, counting the bytes COPY reads (``pipeline.load_files.bytes``)."""
 
     def __init__(self, fh):
         self.fh = fh
         self.bytes = 0
-        self.lines = 0
-        self.last = b"\n"
 
     def read(self, n: int) -> bytes:
         chunk = self.fh.read(n)
-        if chunk:
-            self.bytes += len(chunk)
-            self.lines += chunk.count(b"\n")
-            self.last = chunk[-1:]
+        self.bytes += len(chunk)
         return chunk
-
-    @property
-    def rows(self) -> int:
-        return self.lines + (self.last != b"\n")
 
 
 def _copy_jsonl(conn: psycopg.Connection, f: SnapshotFile) -> tuple[int, _FileOutcome | None]:

@@ -92,10 +92,15 @@ create table if not exists raw.usage_quarantine (
 create index if not exists usage_quarantine_load_idx on raw.usage_quarantine (load_id);
 create index if not exists usage_quarantine_open_idx on raw.usage_quarantine (landed_hour) where status = 'open';
 
--- Safe casts for the set-based parse: is this text a number / a timestamp? PostgreSQL 16+
+-- Safe casts for the set-based parse: is this text a number / a timestamp / JSON? PostgreSQL 16+
 -- answers with pg_input_is_valid (no exception, fast); PostgreSQL 15 catches the cast's error.
+-- Created once (not replaced on every ensure_schema, which would churn the catalog).
 do $$
 begin
+    if (select count(*) from pg_proc
+        where pronamespace = 'raw'::regnamespace and proname in ('is_numeric', 'is_timestamptz', 'is_json')) = 3 then
+        return;
+    end if;
     if current_setting('server_version_num')::int >= 160000 then
         execute $f$
             create or replace function raw.is_numeric(t text) returns boolean
