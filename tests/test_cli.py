@@ -23,7 +23,7 @@ def test_a_malformed_line_fails_the_gate_in_one_line_naming_file_and_line(landin
     assert code == 1
     (error,) = [line for line in err.splitlines() if line.startswith("chargeback load: error:")]
     assert error.startswith(
-        f"chargeback load: error: chargeback quarantine: load {_last_load()} refused by the gate at {bad}:6:"
+        f"chargeback load: error: chargeback refusal: load {_last_load()} at {bad}:6:"
         " 1 of 6 rows of landed hour 2026-06-01T00:00Z quarantined (16.7% > max_bad_share 1%);"
         " first: record: not valid JSON — ")
     assert "Traceback" not in err

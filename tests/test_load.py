@@ -178,7 +178,7 @@ def test_hour_over_the_bad_row_share_fails_the_gate_with_one_line_and_publishes_
 
     first_line = str(err.value).splitlines()[0]
     assert first_line == (
-        f"chargeback quarantine: load {staged.load_id} refused by the gate at {bad}:4: 1 of 15 rows of landed hour"
+        f"chargeback refusal: load {staged.load_id} at {bad}:4: 1 of 15 rows of landed hour"
         f" 2026-09-03T00:00Z quarantined (6.7% > max_bad_share 1%); first: value: negative: -{_value(lines[3])}"
         " — fix the producer or config, then"
         f" chargeback quarantine replay --load {staged.load_id} (or set CHARGEBACK_QUARANTINE_POLICY=warn"
@@ -190,10 +190,15 @@ def test_hour_over_the_bad_row_share_fails_the_gate_with_one_line_and_publishes_
     with warehouse.connect() as conn:
         status = conn.execute("select status from pipeline.load_runs where load_id = %s",
                               (staged.load_id,)).fetchone()[0]
-        logged = conn.execute("select line from pipeline.events where kind = 'quarantine' and severity = 'error'"
+        logged = conn.execute("select line from pipeline.events where kind = 'refusal'"
                               " order by event_id desc limit 1").fetchone()[0]
+        summaries = conn.execute("select line from pipeline.events where kind = 'quarantine' and line like %s",
+                                 (f"% of load {staged.load_id} %",)).fetchall()
     assert status == "rejected"
     assert logged == first_line
+    assert [line for (line,) in summaries] == [  # one summary line for the load's quarantine, at stage
+        f"chargeback quarantine: 1 row(s) of load {staged.load_id} at {bad}:4: value: negative: -{_value(lines[3])}"
+        f" — fix the producer or config, then chargeback quarantine replay --load {staged.load_id}"]
     with pytest.raises(load.LoadError, match=(
             rf"^chargeback refusal: load {staged.load_id}: it is rejected, not staged: only a staged load that"
             " passed the gate is published — load the window again")):

@@ -206,7 +206,7 @@ def _quarantine_refusal(load_id: int, settings: Settings) -> str | None:
         reasons.append(f"first: {first_reason}")
     return events.record(
         events.Event(
-            "quarantine", f"load {load_id} refused by the gate", "; ".join(reasons),
+            "refusal", f"load {load_id}", "; ".join(reasons),
             f"fix the producer or config, then chargeback quarantine replay --load {load_id}"
             " (or set CHARGEBACK_QUARANTINE_POLICY=warn to publish the good rows anyway)",
             f"{where} (+{count - 1} more)" if count > 1 else where,
