@@ -380,3 +380,21 @@ def test_replay_of_a_row_still_bad_supersedes_the_old_row(landing):
         rows = conn.execute("select load_id, source_line, status from raw.usage_quarantine order by quarantine_id"
                             ).fetchall()
     assert rows == [(first.load_id, 2, "superseded"), (again.load_id, 2, "open")]
+
+
+def test_a_rejected_file_fixed_in_place_is_loaded_by_replaying_it(landing):
+    from chargeback import quarantine
+
+    land(landing, "good.jsonl", [snapshot("s1")])
+    bad = land(landing, "b.csv", [])
+    bad.write_text("id,tenant\n")  # a producer's wrong header
+    first = stage_and_publish(landing)
+    assert [r[2] for r in quarantined(first.load_id)] == ["file"]
+
+    land(landing, "b.csv", [snapshot("s2", value="1")])  # the producer re-sent the file
+    result = quarantine.replay(file=str(bad), transform=False)
+
+    assert (result.windows, result.rows_loaded, result.still_open) == (((H, H1),), 2, 0)
+    assert loaded_ids() == ["s1", "s2"]
+    assert [(r.field, r.status) for r in quarantine.list_rows(load_id=first.load_id)] == [("file", "replayed")]
+    assert quarantine.replay(file=str(bad), transform=False).windows == ()  # nothing open: nothing to do
