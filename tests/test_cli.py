@@ -12,7 +12,7 @@ from chargeback.simulate import simulate
 START = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 
 
-def test_a_malformed_file_is_one_line_naming_file_and_line(landing, capsys):
+def test_a_malformed_line_fails_the_gate_in_one_line_naming_file_and_line(landing, capsys):
     simulate(str(landing), ["t001"], START, START + dt.timedelta(hours=1), fmt="jsonl")
     (bad,) = (landing / "usage" / "2026-06-01" / "00").iterdir()
     bad.write_text(bad.read_text() + "{oops\n")
@@ -21,9 +21,19 @@ def test_a_malformed_file_is_one_line_naming_file_and_line(landing, capsys):
 
     err = capsys.readouterr().err
     assert code == 1
-    assert err.splitlines()[0] == f"chargeback load: error: {bad}:6: not valid JSON (Expecting property name " \
-        "enclosed in double quotes at column 2)"
+    (error,) = [line for line in err.splitlines() if line.startswith("chargeback load: error:")]
+    assert error.startswith(
+        f"chargeback load: error: chargeback refusal: load {_last_load()} at {bad}:6:"
+        " 1 of 6 rows of landed hour 2026-06-01T00:00Z quarantined (16.7% > max_bad_share 1%);"
+        " first: record: not valid JSON — ")
     assert "Traceback" not in err
+
+
+def _last_load() -> int:
+    from chargeback import warehouse
+
+    with warehouse.connect() as conn:
+        return conn.execute("select max(load_id) from pipeline.load_runs").fetchone()[0]
 
 
 def test_a_bad_period_is_explained(capsys):

@@ -262,19 +262,19 @@ def test_gate_rejects_missing_fields_naming_each_column():
         )
 
 
-def test_gate_rejects_hours_outside_the_window_or_off_the_hour():
+def test_gate_rejects_hours_after_the_window_or_off_the_hour_but_accepts_late_usage():
     error = rejected(
         [
             snapshot(1),
             snapshot(2, hour_start=END),  # the window is [start, end)
-            snapshot(3, hour_start=START - dt.timedelta(hours=1)),
+            snapshot(3, hour_start=START - dt.timedelta(hours=1)),  # late usage of an earlier hour: fine
             snapshot(4, hour_start=START + dt.timedelta(minutes=30)),
         ]
     )
     message = str(error)
     assert (
-        f"expect_column_values_to_be_between(window_start <= hour_start < window_end): 2 row(s), "
-        f"e.g. {FILE}:2 hour_start=2026-10-01T14:00Z; {FILE}:3 hour_start=2026-10-01T12:00Z"
+        f"expect_column_values_to_be_between(hour_start < window_end (late usage of earlier hours is allowed)):"
+        f" 1 row(s), e.g. {FILE}:2 hour_start=2026-10-01T14:00Z\n"
     ) in message
     assert (
         f"unexpected_rows_expectation(hour_start is the start of an hour (UTC)): 1 row(s), "
@@ -350,6 +350,28 @@ def test_suite_files_are_declarative_gx_suites(settings):
         assert spec["meta"]["table"], path
         assert spec["meta"]["row_key"], path
         assert all(e.get("description") for e in spec["expectations"]), f"{path}: describe every expectation"
+
+
+def test_quarantine_policy_fills_in_the_load_under_fail_and_leaves_the_expectations_out_under_warn(settings):
+    import dataclasses
+
+    spec = gate.load_suite(gate.SUITE, settings)
+    policy = [e["description"] for e in spec["expectations"] if (e.get("meta") or {}).get("quarantine_policy")]
+    assert policy == ["no landed hour has a bad-row share above max_bad_share", "no landed file was rejected whole"]
+
+    failing = gate.policy_suite(spec, 42, dataclasses.replace(settings, quarantine_policy="fail",
+                                                              max_bad_share=Decimal("0.05")))
+    warning = gate.policy_suite(spec, 42, dataclasses.replace(settings, quarantine_policy="warn"))
+
+    queries = [e["kwargs"]["unexpected_rows_query"] for e in failing["expectations"]
+               if e["description"] in policy]
+    assert "where load_id = 42 and" in queries[0]
+    assert "> 0.05 * sum(rows_in)" in queries[0]
+    assert "where load_id = 42 and status = 'rejected'" in queries[1]
+    assert len(failing["expectations"]) == len(spec["expectations"])
+    assert [e["description"] for e in warning["expectations"]] == [
+        e["description"] for e in spec["expectations"] if e["description"] not in policy]
+    assert "{load_id}" in json.dumps(spec)  # the suite file itself is left as it was
 
 
 def test_gate_on_180k_rows_takes_seconds():
