@@ -35,9 +35,10 @@ _CHUNK = 1 << 20
 # Set-based parse of the landed text: one statement casts every row of the load.
 _PARSE_JSONL = """
 insert into raw.usage_staging (load_id, snapshot_id, tenant_id, meter, value, unit,
-                               hour_start, emitted_at, kind, source_file, source_line)
+                               hour_start, emitted_at, kind, source_file, source_line, landed_hour, learned_at)
 select %(load_id)s, r.snapshot_id, r.tenant_id, r.meter, r.value::numeric, r.unit,
-       r.hour::timestamptz, r.emitted_at::timestamptz, r.kind, l.file, l.line::integer
+       r.hour::timestamptz, r.emitted_at::timestamptz, r.kind, l.file, l.line::integer,
+       %(landed_hour)s, %(learned_at)s
 from landed_jsonl as l
 cross join lateral json_to_record(l.doc::json) as r(
     snapshot_id text, tenant_id text, meter text, value text, unit text,
@@ -47,9 +48,10 @@ where btrim(coalesce(l.doc, '')) <> ''
 """
 _PARSE_CSV = """
 insert into raw.usage_staging (load_id, snapshot_id, tenant_id, meter, value, unit,
-                               hour_start, emitted_at, kind, source_file, source_line)
+                               hour_start, emitted_at, kind, source_file, source_line, landed_hour, learned_at)
 select %(load_id)s, snapshot_id, tenant_id, meter, value::numeric, unit,
-       hour::timestamptz, emitted_at::timestamptz, kind, file, line::integer + 1
+       hour::timestamptz, emitted_at::timestamptz, kind, file, line::integer + 1,
+       %(landed_hour)s, %(learned_at)s
 from landed_csv
 """
 
@@ -72,6 +74,10 @@ class PublishResult:
     load_id: int
     rows_deleted: int
     rows_loaded: int
+    usage_start: dt.datetime | None = None
+    """First usage hour (``hour_start``) whose rows changed, or ``None`` when nothing changed."""
+    usage_end: dt.datetime | None = None
+    """End (exclusive, a whole hour) of the usage hours whose rows changed; ``None`` with ``usage_start``."""
 
 
 def stage(
@@ -123,10 +129,10 @@ def _stage_files(conn: psycopg.Connection, load_id: int, files: list[SnapshotFil
     for done, f in enumerate(files, start=1):
         if f.format == "jsonl":
             _copy_jsonl(conn, f)
-            rows += _parse(conn, f, _PARSE_JSONL, "landed_jsonl", load_id)
+            rows += _parse(conn, f, _PARSE_JSONL, "landed_jsonl", load_id, _first_seen(conn, f))
         else:
             _copy_csv(conn, f)
-            rows += _parse(conn, f, _PARSE_CSV, "landed_csv", load_id)
+            rows += _parse(conn, f, _PARSE_CSV, "landed_csv", load_id, _first_seen(conn, f))
         if progress:
             progress(done, len(files))
     return rows
@@ -179,10 +185,24 @@ def _copy_error_line(exc: psycopg.Error) -> int | None:
     return None
 
 
-def _parse(conn: psycopg.Connection, f: SnapshotFile, statement: str, table: str, load_id: int) -> int:
+def _first_seen(conn: psycopg.Connection, f: SnapshotFile) -> dt.datetime:
+    return conn.execute(
+        "select coalesce(min(first_seen_at), now()) from pipeline.load_files where file_url = %s", (f.url,)
+    ).fetchone()[0]
+
+
+def _parse(conn: psycopg.Connection, f: SnapshotFile, statement: str, table: str, load_id: int,
+           learned_at: dt.datetime) -> int:
     try:
         with conn.transaction():
-            return conn.execute(statement, {"load_id": load_id}).rowcount
+            rows = conn.execute(statement, {"load_id": load_id, "landed_hour": f.hour,
+                                            "learned_at": learned_at}).rowcount
+            conn.execute(
+                "insert into pipeline.load_files (load_id, file_url, landed_hour, rows_in, rows_loaded, status,"
+                " first_seen_at) values (%s, %s, %s, %s, %s, 'loaded', %s)",
+                (load_id, f.url, f.hour, rows, rows, learned_at),
+            )
+            return rows
     except (psycopg.errors.DataError, psycopg.errors.InvalidTextRepresentation) as exc:
         # The set-based cast failed somewhere: find the first offending line and field.
         raise LoadError(_diagnose(conn, f, table) or f"{f.url}: {exc.diag.message_primary}") from None
@@ -245,23 +265,16 @@ def publish(load_id: int, settings: Settings | None = None) -> PublishResult:
         if run is None:
             raise LoadError(f"load {load_id} does not exist")
         start, end, status = run
-        if status == "published":
-            return PublishResult(load_id, 0, 0)
+        if status == "published":  # a retried task: report the hours this load wrote
+            first, last = conn.execute(
+                "select min(date_trunc('hour', hour_start, 'UTC')), max(date_trunc('hour', hour_start, 'UTC'))"
+                " from raw.usage_snapshots where load_id = %s", (load_id,)).fetchone()
+            return PublishResult(load_id, 0, 0, first, last + dt.timedelta(hours=1) if last else None)
         # One writer per window at a time; concurrent loads of the same hours queue here.
         conn.execute("select pg_advisory_xact_lock(hashtext('chargeback.usage'))")
-        deleted = conn.execute(
-            "delete from raw.usage_snapshots where hour_start >= %s and hour_start < %s", (start, end)
-        ).rowcount
-        loaded = conn.execute(
-            """
-            insert into raw.usage_snapshots (snapshot_id, tenant_id, meter, value, unit, hour_start,
-                                             emitted_at, kind, source_file, source_line, load_id)
-            select snapshot_id, tenant_id, meter, value, unit, hour_start,
-                   emitted_at, kind, source_file, source_line, load_id
-            from raw.usage_staging where load_id = %s
-            """,
-            (load_id,),
-        ).rowcount
+        deleted = _delete_landed_hours(conn, start, end)
+        loaded = _insert_staged(conn, load_id)
+        usage_start, usage_end = _changed_usage_hours(conn, load_id)
         conn.execute("delete from raw.usage_staging where load_id = %s", (load_id,))
         if loaded > 10_000:  # a backfill: keep the planner's statistics true for dbt's reads
             conn.execute("analyze raw.usage_snapshots")
@@ -270,7 +283,67 @@ def publish(load_id: int, settings: Settings | None = None) -> PublishResult:
             " where load_id = %s",
             (loaded, load_id),
         )
-    return PublishResult(load_id, deleted, loaded)
+    return PublishResult(load_id, deleted, loaded, usage_start, usage_end)
+
+
+def _delete_landed_hours(conn: psycopg.Connection, start: dt.datetime, end: dt.datetime) -> int:
+    """Delete the rows that came from the window's landing folders, keeping them aside (until
+    commit) so the insert keeps each snapshot's ``learned_at`` and the changed hours are known.
+
+    By landed hour, not ``hour_start``: a late snapshot a producer put in a later folder is
+    not dropped when its usage hour's folder is replayed.
+    """
+    conn.execute(
+        "create temp table replaced_snapshots on commit drop as"
+        " select snapshot_id, tenant_id, meter, value, unit, hour_start, kind, learned_at"
+        " from raw.usage_snapshots limit 0"
+    )
+    return conn.execute(
+        """
+        with deleted as (
+            delete from raw.usage_snapshots where landed_hour >= %s and landed_hour < %s
+            returning snapshot_id, tenant_id, meter, value, unit, hour_start, kind, learned_at
+        )
+        insert into replaced_snapshots select * from deleted
+        """,
+        (start, end),
+    ).rowcount
+
+
+def _insert_staged(conn: psycopg.Connection, load_id: int) -> int:
+    """Insert the load's staged rows; a snapshot published before keeps its ``learned_at``."""
+    return conn.execute(
+        """
+        insert into raw.usage_snapshots (snapshot_id, tenant_id, meter, value, unit, hour_start,
+                                         emitted_at, kind, source_file, source_line, load_id,
+                                         landed_hour, learned_at)
+        select s.snapshot_id, s.tenant_id, s.meter, s.value, s.unit, s.hour_start,
+               s.emitted_at, s.kind, s.source_file, s.source_line, s.load_id,
+               s.landed_hour, coalesce(least(r.learned_at, s.learned_at), s.learned_at, now())
+        from raw.usage_staging as s
+        left join replaced_snapshots as r on r.snapshot_id = s.snapshot_id
+        where s.load_id = %s
+        """,
+        (load_id,),
+    ).rowcount
+
+
+def _changed_usage_hours(conn: psycopg.Connection, load_id: int) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """``[first, last + 1h)`` of the usage hours of the rows deleted or inserted (dbt's window)."""
+    first, last = conn.execute(
+        """
+        select min(date_trunc('hour', hour_start, 'UTC')), max(date_trunc('hour', hour_start, 'UTC'))
+        from (
+            select hour_start from replaced_snapshots
+            union all
+            select hour_start from raw.usage_staging where load_id = %s
+        ) as touched
+        """,
+        (load_id,),
+    ).fetchone()
+    if first is None:
+        return None, None
+    return first, last + dt.timedelta(hours=1)
 
 
 def reject(load_id: int, reason: str, settings: Settings | None = None) -> None:

@@ -19,7 +19,9 @@ create table if not exists raw.usage_snapshots (
     source_file text not null,
     source_line integer not null,
     load_id bigint not null,
-    loaded_at timestamptz not null default now()
+    loaded_at timestamptz not null default now(),
+    landed_hour timestamptz,
+    learned_at timestamptz not null default now()
 );
 create index if not exists usage_snapshots_hour_idx on raw.usage_snapshots (hour_start);
 
@@ -37,9 +39,113 @@ create table if not exists raw.usage_staging (
     emitted_at timestamptz,
     kind text,
     source_file text not null,
-    source_line integer not null
+    source_line integer not null,
+    landed_hour timestamptz,
+    learned_at timestamptz
 );
 create index if not exists usage_staging_load_idx on raw.usage_staging (load_id);
+
+-- ---- ingestion: landed hour, learned_at, quarantine, per-file accounting (docs/INGESTION.md) ----
+-- Warehouses of the previous release: raw.usage_snapshots gains the landing folder hour a row
+-- came from (publish replaces by it) and when Chargeback first learned of the snapshot.
+-- Checked first: an unconditional `alter table` takes an exclusive lock on every ensure_schema().
+do $$
+begin
+    if not exists (select 1 from information_schema.columns
+                   where table_schema = 'raw' and table_name = 'usage_snapshots' and column_name = 'landed_hour') then
+        alter table raw.usage_snapshots add column landed_hour timestamptz;
+        update raw.usage_snapshots set landed_hour = date_trunc('hour', hour_start, 'UTC');
+    end if;
+    if not exists (select 1 from information_schema.columns
+                   where table_schema = 'raw' and table_name = 'usage_snapshots' and column_name = 'learned_at') then
+        alter table raw.usage_snapshots add column learned_at timestamptz;
+        update raw.usage_snapshots set learned_at = loaded_at;
+        alter table raw.usage_snapshots alter column learned_at set default now();
+        alter table raw.usage_snapshots alter column learned_at set not null;
+    end if;
+    if not exists (select 1 from information_schema.columns
+                   where table_schema = 'raw' and table_name = 'usage_staging' and column_name = 'landed_hour') then
+        alter table raw.usage_staging add column landed_hour timestamptz;
+        alter table raw.usage_staging add column learned_at timestamptz;
+    end if;
+end
+$$;
+create index if not exists usage_snapshots_landed_hour_idx on raw.usage_snapshots (landed_hour);
+
+-- Rows of landed files that could not be loaded, one per row (or one per file rejected
+-- whole: field 'file'), with why. `status`: open until a later load of the same landed hour
+-- loads the row (replayed) or quarantines it again (superseded by that load's row).
+create table if not exists raw.usage_quarantine (
+    quarantine_id bigserial primary key,
+    load_id bigint not null,
+    source_file text not null,
+    source_line integer,
+    landed_hour timestamptz,
+    field text not null,
+    reason text not null,
+    raw_record text,
+    snapshot_id text,
+    status text not null default 'open' check (status in ('open', 'replayed', 'superseded')),
+    quarantined_at timestamptz not null default now(),
+    resolved_at timestamptz
+);
+create index if not exists usage_quarantine_load_idx on raw.usage_quarantine (load_id);
+create index if not exists usage_quarantine_open_idx on raw.usage_quarantine (landed_hour) where status = 'open';
+
+-- Safe casts for the set-based parse: is this text a number / a timestamp? PostgreSQL 16+
+-- answers with pg_input_is_valid (no exception, fast); PostgreSQL 15 catches the cast's error.
+do $$
+begin
+    if current_setting('server_version_num')::int >= 160000 then
+        execute $f$
+            create or replace function raw.is_numeric(t text) returns boolean
+            language sql stable parallel safe as 'select pg_input_is_valid(t, ''numeric'')'
+        $f$;
+        execute $f$
+            create or replace function raw.is_timestamptz(t text) returns boolean
+            language sql stable parallel safe as 'select pg_input_is_valid(t, ''timestamptz'')'
+        $f$;
+        execute $f$
+            create or replace function raw.is_json(t text) returns boolean
+            language sql stable parallel safe as 'select pg_input_is_valid(t, ''json'')'
+        $f$;
+    else
+        execute $f$
+            create or replace function raw.is_numeric(t text) returns boolean
+            language plpgsql stable parallel safe as $b$
+            begin
+                perform t::numeric;
+                return true;
+            exception when others then
+                return false;
+            end
+            $b$
+        $f$;
+        execute $f$
+            create or replace function raw.is_timestamptz(t text) returns boolean
+            language plpgsql stable parallel safe as $b$
+            begin
+                perform t::timestamptz;
+                return true;
+            exception when others then
+                return false;
+            end
+            $b$
+        $f$;
+        execute $f$
+            create or replace function raw.is_json(t text) returns boolean
+            language plpgsql stable parallel safe as $b$
+            begin
+                perform t::json;
+                return true;
+            exception when others then
+                return false;
+            end
+            $b$
+        $f$;
+    end if;
+end
+$$;
 
 -- Reviewed configuration (config/*.yml), replaced whole by `chargeback.configuration.apply`.
 create table if not exists config.tenants (
@@ -171,8 +277,40 @@ create table if not exists pipeline.load_runs (
     rows_loaded integer not null default 0,
     message text,
     started_at timestamptz not null default now(),
-    finished_at timestamptz
+    finished_at timestamptz,
+    rows_duplicate integer not null default 0,
+    rows_quarantined integer not null default 0,
+    files_rejected integer not null default 0
 );
+do $$
+begin
+    if not exists (select 1 from information_schema.columns
+                   where table_schema = 'pipeline' and table_name = 'load_runs' and column_name = 'rows_duplicate') then
+        alter table pipeline.load_runs add column rows_duplicate integer not null default 0;
+        alter table pipeline.load_runs add column rows_quarantined integer not null default 0;
+        alter table pipeline.load_runs add column files_rejected integer not null default 0;
+    end if;
+end
+$$;
+-- One row per landed file a load run read. Per file (and summed, per run):
+-- rows_in = rows_loaded + rows_duplicate + rows_quarantined. first_seen_at: the first time
+-- any load saw this file URL, i.e. when Chargeback learned of it (carried over from earlier rows).
+create table if not exists pipeline.load_files (
+    load_id bigint not null,
+    file_url text not null,
+    landed_hour timestamptz not null,
+    bytes bigint not null default 0,
+    rows_in integer not null default 0,
+    rows_loaded integer not null default 0,
+    rows_duplicate integer not null default 0,
+    rows_quarantined integer not null default 0,
+    status text not null check (status in ('loaded', 'rejected')),
+    message text,
+    first_seen_at timestamptz not null,
+    primary key (load_id, file_url),
+    check (rows_in = rows_loaded + rows_duplicate + rows_quarantined)
+);
+create index if not exists load_files_url_idx on pipeline.load_files (file_url);
 
 -- What the user must know, one line each (chargeback.events): refusals, rejected files,
 -- quarantine summaries, task and DAG failures. `line` is exactly what the log showed.
