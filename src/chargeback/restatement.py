@@ -65,7 +65,9 @@ last_load as (
         and runs.window_start < %(to)s
     order by scanned.landed_hour, runs.load_id desc
 )
-select last_load.landed_hour, last_load.load_id, files.file_url, files.bytes
+select last_load.landed_hour, last_load.load_id, files.file_url,
+       -- a file with rows has bytes: 0 there means the size was not recorded
+       case when files.bytes > 0 or files.rows_in = 0 then files.bytes end as bytes
 from last_load
 left join pipeline.load_files as files
     on files.load_id = last_load.load_id
