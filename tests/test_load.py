@@ -28,7 +28,7 @@ from raw.usage_snapshots
 @pytest.fixture(autouse=True)
 def empty_raw():
     with warehouse.connect() as conn:
-        conn.execute("truncate raw.usage_snapshots, raw.usage_staging")
+        conn.execute("truncate raw.usage_snapshots, raw.usage_staging, raw.usage_quarantine, pipeline.load_files")
 
 
 def _load(landing: Path, start: dt.datetime, end: dt.datetime) -> load.PublishResult:
@@ -92,32 +92,38 @@ def test_replay_replaces_the_window_so_a_vanished_tenant_leaves_no_stale_rows(la
     assert per_hour == {START: 2, START + dt.timedelta(hours=1): 3}
 
 
-def test_malformed_json_line_names_file_and_line_and_loads_nothing(landing):
+def _quarantined(load_id: int | None = None) -> list[tuple]:
+    with warehouse.connect() as conn:
+        return conn.execute(
+            "select source_file, source_line, field, reason from raw.usage_quarantine"
+            " where %s::bigint is null or load_id = %s order by quarantine_id",
+            (load_id, load_id),
+        ).fetchall()
+
+
+def test_malformed_json_line_is_quarantined_naming_file_and_line_and_the_rest_loads(landing):
     simulate(str(landing), TENANTS, *TWO_HOURS)
-    _load(landing, *TWO_HOURS)
-    before = _fingerprint()
     bad = _hour_file(landing, START)
     lines = bad.read_text().splitlines()
     lines[6] = lines[6][:-1]  # drop the closing brace of line 7
     bad.write_text("\n".join(lines) + "\n")
     content = bad.read_bytes()
 
-    with pytest.raises(load.LoadError) as err:
-        _load(landing, *TWO_HOURS)
+    result = _load(landing, *TWO_HOURS)
 
-    assert str(err.value).startswith(f"{bad}:7: not valid JSON")
-    assert _fingerprint() == before
+    assert result.rows_loaded == 29
+    assert _quarantined() == [(str(bad), 7, "record", "record: not valid JSON")]
     assert bad.read_bytes() == content  # the input file stays where it was, untouched
     with warehouse.connect() as conn:
-        status, message = conn.execute(
-            "select status, message from pipeline.load_runs order by load_id desc limit 1").fetchone()
+        run = conn.execute(
+            "select status, rows_in, rows_loaded, rows_duplicate, rows_quarantined from pipeline.load_runs"
+            " order by load_id desc limit 1").fetchone()
         staged = conn.execute("select count(*) from raw.usage_staging").fetchone()[0]
-    assert status == "failed"
-    assert f"{bad}:7" in message
+    assert run == ("published", 30, 29, 0, 1)
     assert staged == 0
 
 
-def test_unparsable_value_names_file_line_and_field(landing):
+def test_unparsable_value_is_quarantined_naming_file_line_and_field(landing):
     simulate(str(landing), TENANTS, *TWO_HOURS, fmt="csv")
     bad = _hour_file(landing, START)
     lines = bad.read_text().splitlines()
@@ -126,31 +132,39 @@ def test_unparsable_value_names_file_line_and_field(landing):
     lines[4] = ",".join(cells)
     bad.write_text("\n".join(lines) + "\n")
 
-    with pytest.raises(load.LoadError, match=rf"^{bad}:5: value: not a number: '12;5'"):
-        _load(landing, *TWO_HOURS)
+    assert _load(landing, *TWO_HOURS).rows_loaded == 29
+    assert _quarantined() == [(str(bad), 5, "value", "value: not a number: '12;5'")]
 
 
-def test_bad_timestamp_names_the_field(landing):
+def test_bad_timestamp_is_quarantined_naming_the_field(landing):
     simulate(str(landing), TENANTS, *TWO_HOURS, fmt="jsonl")
     bad = _hour_file(landing, START)
     text = bad.read_text().splitlines()
     text[2] = text[2].replace('"emitted_at":"', '"emitted_at":"yesterday ')
     bad.write_text("\n".join(text) + "\n")
 
-    with pytest.raises(load.LoadError, match=rf"^{bad}:3: emitted_at: not an ISO-8601 timestamp"):
-        _load(landing, *TWO_HOURS)
+    assert _load(landing, *TWO_HOURS).rows_loaded == 29
+    ((file, line, field, reason),) = _quarantined()
+    assert (file, line, field) == (str(bad), 3, "emitted_at")
+    assert reason.startswith("emitted_at: not an ISO-8601 timestamp: 'yesterday 2026-09-03T")
 
 
-def test_csv_without_a_required_column_is_rejected_at_its_header(landing):
+def test_csv_without_a_required_column_is_rejected_whole_at_its_header(landing):
     simulate(str(landing), TENANTS, *TWO_HOURS, fmt="csv")
     bad = _hour_file(landing, START)
     bad.write_text(bad.read_text().replace(",kind\n", ",sort\n", 1))
 
-    with pytest.raises(load.LoadError, match=rf"^{bad}:1: header: missing column\(s\) kind; unknown column\(s\) sort"):
-        _load(landing, *TWO_HOURS)
+    result = _load(landing, *TWO_HOURS)
+
+    assert result.rows_loaded == 15  # the other hour's file
+    assert _quarantined() == [(
+        str(bad), 1, "file",
+        "file: header: missing column(s) kind; unknown column(s) sort"
+        " (expected snapshot_id, tenant_id, meter, value, unit, hour, emitted_at, kind)",
+    )]
 
 
-def test_negative_value_fails_the_gate_naming_file_and_line_and_publishes_nothing(landing):
+def test_hour_over_the_bad_row_share_fails_the_gate_with_one_line_and_publishes_nothing(landing):
     simulate(str(landing), TENANTS, *TWO_HOURS, fmt="jsonl")
     bad = _hour_file(landing, START)
     lines = bad.read_text().splitlines()
@@ -162,13 +176,29 @@ def test_negative_value_fails_the_gate_naming_file_and_line_and_publishes_nothin
     with pytest.raises(GateFailed) as err:
         pipeline.gate(staged.load_id, *TWO_HOURS)
 
-    assert f"{bad}:4" in str(err.value)
-    assert "raw.usage_staging" in str(err.value)
+    first_line = str(err.value).splitlines()[0]
+    assert first_line == (
+        f"chargeback quarantine: load {staged.load_id} refused by the gate: 1 of 15 rows of landed hour"
+        " 2026-09-03T00:00Z quarantined (6.7% > max_bad_share 1%) — fix the producer or config, then"
+        f" chargeback quarantine replay --load {staged.load_id} (or set CHARGEBACK_QUARANTINE_POLICY=warn"
+        " to publish the good rows anyway)"
+    )
+    assert "no landed hour has a bad-row share above max_bad_share" in str(err.value)
+    assert _quarantined(staged.load_id) == [(str(bad), 4, "value", "value: negative: -" + _value(lines[3]))]
     assert _fingerprint()[0] == 0
     with warehouse.connect() as conn:
         status = conn.execute("select status from pipeline.load_runs where load_id = %s",
                               (staged.load_id,)).fetchone()[0]
+        logged = conn.execute("select line from pipeline.events where kind = 'quarantine' and severity = 'error'"
+                              " order by event_id desc limit 1").fetchone()[0]
     assert status == "rejected"
+    assert logged == first_line
+
+
+def _value(jsonl_line: str) -> str:
+    import json
+
+    return str(json.loads(jsonl_line)["value"]).lstrip("-")
 
 
 def test_an_empty_window_loads_nothing_and_is_not_an_error(landing):

@@ -108,6 +108,23 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from chargeback import quarantine
+
+    if args.action == "list":
+        rows = quarantine.list_rows(args.status, args.load, args.file)
+        for row in rows:
+            print(row.line)
+        if not rows:
+            print("no quarantined rows match", file=sys.stderr)
+        return 0
+    if args.status is not None:
+        raise ValueError("quarantine replay takes --load N, --file URL or --all (it replays open rows)")
+    result = quarantine.replay(args.load, args.file, all_open=args.all)
+    print(quarantine.summary(result))
+    return 0
+
+
 def cmd_transform(args: argparse.Namespace) -> int:
     from chargeback import pipeline
 
@@ -249,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tenants", type=int, default=None, help="simulator: first N tenants")
     sp.add_argument("--seed", type=int, default=42, help="simulator: seed")
     sp.set_defaults(func=cmd_load)
+
+    sp = sub.add_parser("quarantine", help="list quarantined usage rows, or replay them after fixing the cause")
+    sp.add_argument("action", choices=["list", "replay"])
+    sp.add_argument("--status", choices=["open", "replayed", "superseded"], help="list: only rows in this status")
+    sp.add_argument("--load", type=int, help="only rows of this load run")
+    sp.add_argument("--file", help="only rows of this landed file (its URL, as listed)")
+    sp.add_argument("--all", action="store_true", help="replay: every landed hour with open rows")
+    sp.set_defaults(func=cmd_quarantine)
 
     sp = sub.add_parser("transform", help="dbt build (a window, or everything) and the mart checks")
     window_args(sp)

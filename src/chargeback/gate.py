@@ -23,6 +23,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,7 @@ def validate_staged(
     with warehouse.connect(settings) as conn:
         tenants = [r[0] for r in conn.execute("select tenant_id from config.tenants order by 1")]
         meters = [r[0] for r in conn.execute("select meter from config.meters order by 1")]
-    spec = load_suite(SUITE, settings)
+    spec = policy_suite(load_suite(SUITE, settings), load_id, settings)
     table = suite_table(spec)
     run = SuiteRun(
         spec=spec,
@@ -138,11 +139,71 @@ def validate_staged(
     )
     (result,) = run_suites([run], run_name=f"load-{load_id}", settings=settings)
     if not result.success:
-        raise GateFailed(
-            failure_message(f"gate failed for {table} (load {load_id}, {format_window(start, end)})", [result]),
-            [result],
-        )
+        message = failure_message(f"gate failed for {table} (load {load_id}, {format_window(start, end)})", [result])
+        line = _quarantine_refusal(load_id, settings)
+        raise GateFailed(f"{line}\n{message}" if line else message, [result])
     return result
+
+
+def policy_suite(spec: Mapping[str, Any], load_id: int, settings: Settings) -> dict[str, Any]:
+    """The gate's suite for one load under ``settings.quarantine_policy``.
+
+    The expectations marked ``meta.quarantine_policy`` (bad-row share per landed hour, no file
+    rejected whole) get the load id and ``max_bad_share`` filled in under ``fail``, and are
+    left out under ``warn``: quarantined rows are then only recorded and logged as warnings.
+    """
+    spec = _fresh(spec)
+    kept = []
+    for expectation in spec["expectations"]:
+        if (expectation.get("meta") or {}).get("quarantine_policy"):
+            if settings.quarantine_policy == "warn":
+                continue
+            kwargs = expectation["kwargs"]
+            kwargs["unexpected_rows_query"] = (
+                kwargs["unexpected_rows_query"]
+                .replace("{load_id}", str(int(load_id)))
+                .replace("{max_bad_share}", str(settings.max_bad_share))
+            )
+        kept.append(expectation)
+    spec["expectations"] = kept
+    return spec
+
+
+def _quarantine_refusal(load_id: int, settings: Settings) -> str | None:
+    """When the quarantine policy failed the load: record and return its one line."""
+    from chargeback import events
+
+    if settings.quarantine_policy == "warn":
+        return None
+    with warehouse.connect(settings) as conn:
+        hours = conn.execute(
+            "select landed_hour, sum(rows_quarantined), sum(rows_in) from pipeline.load_files where load_id = %s"
+            " group by landed_hour having sum(rows_quarantined) > %s * sum(rows_in) order by landed_hour",
+            (load_id, settings.max_bad_share),
+        ).fetchall()
+        rejected = [r[0] for r in conn.execute(
+            "select file_url from pipeline.load_files where load_id = %s and status = 'rejected' order by file_url",
+            (load_id,),
+        )]
+    if not hours and not rejected:
+        return None
+    reasons = [
+        f"{bad} of {rows} rows of landed hour {utc(hour):%Y-%m-%dT%H:%MZ} quarantined"
+        f" ({Decimal(bad) / Decimal(rows):.1%} > max_bad_share {settings.max_bad_share:%})"
+        for hour, bad, rows in hours[:3]
+    ]
+    if len(hours) > 3:
+        reasons.append(f"and {len(hours) - 3} more hour(s)")
+    if rejected:
+        reasons.append(f"{len(rejected)} file(s) rejected whole, e.g. {rejected[0]}")
+    return events.record(
+        events.Event(
+            "quarantine", f"load {load_id} refused by the gate", "; ".join(reasons),
+            f"fix the producer or config, then chargeback quarantine replay --load {load_id}"
+            " (or set CHARGEBACK_QUARANTINE_POLICY=warn to publish the good rows anyway)",
+        ),
+        details={"load_id": load_id}, settings=settings,
+    )
 
 
 # --- the validation runner (shared with chargeback.checks) -------------------------------------
