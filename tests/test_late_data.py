@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from chargeback import configuration, pipeline, restatement, warehouse
+from chargeback import configuration, orchestrate, pipeline, restatement, warehouse
 from chargeback.simulate import simulate
 from chargeback.sources import FileSource, hour_folder
 
-pytestmark = pytest.mark.warehouse
+# warehouse tests carry the mark one by one: the Airflow run at the end is not one of them
+in_warehouse = pytest.mark.warehouse
 
 HOUR = dt.timedelta(hours=1)
 D0 = dt.datetime(2026, 3, 10, tzinfo=dt.UTC)
@@ -116,6 +117,7 @@ def restated(late_database, tmp_path_factory):
             "after": after}
 
 
+@in_warehouse
 def test_late_file_in_a_loaded_hour_is_restated_by_the_next_run(restated):
     plan, before, after = restated["plan"], restated["before"], restated["after"]
 
@@ -131,12 +133,14 @@ def test_late_file_in_a_loaded_hour_is_restated_by_the_next_run(restated):
     assert "reloads [2026-03-11 06:00, 2026-03-12 01:00) UTC" in line
 
 
+@in_warehouse
 def test_replaying_the_restated_hours_counts_each_snapshot_once(restated):
     """The restatement re-read 18 hours of files: every snapshot is still there once."""
     ((rows, distinct),) = query("select count(*), count(distinct snapshot_id) from raw.usage_snapshots")
     assert rows == distinct == 48 * len(TENANTS) * 5 + 1
 
 
+@in_warehouse
 def test_lookback_rebuilds_only_the_affected_hours(restated):
     before, after = restated["before"], restated["after"]
     for table in ("usage_rows", "allocation_rows"):
@@ -148,6 +152,7 @@ def test_lookback_rebuilds_only_the_affected_hours(restated):
         assert all(after[table][k][1] != v[1] for k, v in rebuilt.items()), f"{table}: restated hours not rebuilt"
 
 
+@in_warehouse
 def test_usage_as_of_issue_time_excludes_snapshots_learned_later(restated):
     as_issued = {(r.tenant_id, r.meter): r for r in restatement.usage_as_of(PERIOD, restated["before"]["learned_by"])}
     today = {(r.tenant_id, r.meter): r for r in restatement.usage_as_of(PERIOD)}
@@ -166,6 +171,7 @@ def test_usage_as_of_issue_time_excludes_snapshots_learned_later(restated):
     assert last_learned > restated["before"]["learned_by"]
 
 
+@in_warehouse
 def test_files_older_than_the_restatement_window_are_not_rescanned(restated, monkeypatch):
     landing, settings = restated["landing"], dataclasses.replace(restated["settings"], restatement_hours=12)
     run_start = D0 + 49 * HOUR  # the window looks at [2026-03-11 13:00, 2026-03-12 01:00)
@@ -180,11 +186,63 @@ def test_files_older_than_the_restatement_window_are_not_rescanned(restated, mon
 
     monkeypatch.setattr(FileSource, "files", recording)
 
-    plan = restatement.scan(run_start, run_start + HOUR, settings)
+    try:
+        plan = restatement.scan(run_start, run_start + HOUR, settings)
+    finally:
+        too_old.unlink()
+        inside.unlink()
 
     assert plan.scanned_from == D0 + 37 * HOUR
     assert [(r.hour, r.new_files) for r in plan.restated] == [(D0 + 40 * HOUR, (str(inside),))]
     assert listed and all(start >= plan.scanned_from for start, _ in listed), listed
     assert str(too_old) not in json.dumps(plan.as_dict())
-    too_old.unlink()
-    inside.unlink()
+
+
+@in_warehouse
+def test_late_snapshot_in_the_current_folder_rebuilds_its_own_hour(restated):
+    """A producer puts usage of 5 hours ago into this hour's folder: nothing is restated,
+    but dbt's window reaches back to that hour (PublishResult.usage_start), and no further."""
+    landing, settings = restated["landing"], restated["settings"]
+    run_start, usage_hour = D0 + 49 * HOUR, D0 + 44 * HOUR
+    before = usage("t004", "query_cpu_seconds", usage_hour)
+    versions = row_versions("fct_usage_hourly")
+    late_file(landing, run_start, "backlog.jsonl", [("backlog-t004-cpu", "t004", Decimal(500), usage_hour)])
+
+    pipeline.run_usage_window(run_start, run_start + HOUR, FileSource(str(landing)), settings)
+
+    assert usage("t004", "query_cpu_seconds", usage_hour) == (before[0] + 500, before[1] + 1)
+    after = row_versions("fct_usage_hourly")
+    assert {k: after[k] for k, v in versions.items() if v[0] < usage_hour} == {
+        k: v for k, v in versions.items() if v[0] < usage_hour}
+    assert all(after[k][1] != v[1] for k, v in versions.items() if v[0] >= usage_hour)
+
+
+@pytest.fixture
+def airflow_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow_home"))
+    monkeypatch.setenv("CHARGEBACK_RETRY_DELAY_SECONDS", "1")
+    return tmp_path / "airflow_home"
+
+
+@pytest.mark.airflow
+def test_usage_hourly_dag_restates_a_late_file_and_rebuilds_from_its_hour(restated, airflow_home, monkeypatch):
+    """The real DAG: plan_window widens the load, publish hands dbt's tasks the lookback."""
+    landing = restated["landing"]
+    monkeypatch.setenv("CHARGEBACK_LANDING", str(landing))
+    hour = D0 + 20 * HOUR  # loaded by the first run only
+    before = (usage("t004", "query_cpu_seconds", hour), invoice_total("t004"))
+    versions = row_versions("fct_usage_hourly")
+    late_file(landing, hour, "dag-late.jsonl", [("dag-late-t004-cpu", "t004", Decimal(2000), hour)])
+    run_start = D0 + 50 * HOUR
+
+    orchestrate.run_dag("usage_hourly", {"start": run_start.isoformat(), "end": (run_start + HOUR).isoformat(),
+                                         "source": "files"}, quiet=True)
+
+    assert usage("t004", "query_cpu_seconds", hour) == (before[0][0] + 2000, before[0][1] + 1)
+    assert invoice_total("t004") == before[1] + Decimal("0.60")
+    after = row_versions("fct_usage_hourly")
+    assert {k: after[k] for k, v in versions.items() if v[0] < hour} == {
+        k: v for k, v in versions.items() if v[0] < hour}
+    ((line,),) = query("select line from pipeline.events where dag_id = 'usage_hourly' and task_id = 'plan_window'"
+                       " and kind = 'notice'")
+    assert line.startswith("chargeback notice: 1 late file in 2026-03-10 20:00 (1 new)")
