@@ -172,6 +172,24 @@ def test_usage_as_of_issue_time_excludes_snapshots_learned_later(restated):
 
 
 @in_warehouse
+def test_chargeback_usage_prints_the_month_as_known_at_an_instant(restated, capsys):
+    from chargeback.cli import main
+
+    as_of = restated["before"]["learned_by"].isoformat()
+    assert main(["usage", "--period", PERIOD, "--as-of", as_of]) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"usage of {PERIOD} as known at {as_of}"
+    assert lines[1].split() == ["tenant", "meter", "unit", "quantity", "snapshots", "learned", "later", "quantity",
+                                "now"]
+    (cpu,) = [line.split() for line in lines if line.startswith("t004    query_cpu_seconds")]
+    ((month_seconds,),) = query(
+        "select sum(quantity) from marts.fct_usage_hourly where tenant_id = 't004' and meter = 'query_cpu_seconds'")
+    assert cpu == ["t004", "query_cpu_seconds", "s", f"{(month_seconds - LATE_SECONDS).normalize():f}", "48", "1",
+                   f"{month_seconds.normalize():f}"]
+
+
+@in_warehouse
 def test_files_older_than_the_restatement_window_are_not_rescanned(restated, monkeypatch):
     landing, settings = restated["landing"], dataclasses.replace(restated["settings"], restatement_hours=12)
     run_start = D0 + 49 * HOUR  # the window looks at [2026-03-11 13:00, 2026-03-12 01:00)
@@ -194,7 +212,8 @@ def test_files_older_than_the_restatement_window_are_not_rescanned(restated, mon
 
     assert plan.scanned_from == D0 + 37 * HOUR
     assert [(r.hour, r.new_files) for r in plan.restated] == [(D0 + 40 * HOUR, (str(inside),))]
-    assert listed and all(start >= plan.scanned_from for start, _ in listed), listed
+    assert listed
+    assert all(start >= plan.scanned_from for start, _ in listed), listed
     assert str(too_old) not in json.dumps(plan.as_dict())
 
 
@@ -246,3 +265,28 @@ def test_usage_hourly_dag_restates_a_late_file_and_rebuilds_from_its_hour(restat
     ((line,),) = query("select line from pipeline.events where dag_id = 'usage_hourly' and task_id = 'plan_window'"
                        " and kind = 'notice'")
     assert line.startswith("chargeback notice: 1 late file in 2026-03-10 20:00 (1 new)")
+
+
+@in_warehouse
+def test_restating_a_finalized_month_says_the_change_becomes_a_correction(restated):
+    """Late usage of a month already invoiced as final is still loaded; the notice says the
+    issued invoice does not change (the correction goes on a later invoice)."""
+    landing, settings = restated["landing"], restated["settings"]
+    with warehouse.connect() as conn:
+        conn.execute(
+            "insert into pipeline.invoices (invoice_number, tenant_id, period_start, period_end, currency, total,"
+            " pdf_uri, pdf_sha256, status) values ('LATE-TEST-1', 't004', date '2026-03-01', date '2026-03-31',"
+            " 'USD', 0, 'none.pdf', '', 'final')")
+    hour = D0 + 45 * HOUR
+    path = late_file(landing, hour, "after-close.jsonl", [("after-close-1", "t001", Decimal(1), hour)])
+    try:
+        plan = restatement.scan(D0 + 51 * HOUR, D0 + 52 * HOUR, settings)
+    finally:
+        path.unlink()
+
+    assert plan.final_periods == ("2026-03",)
+    assert [r.hour for r in plan.restated] == [hour]
+    ((line, severity),) = query("select line, severity from pipeline.events where kind = 'notice'"
+                                " order by event_id desc limit 1")
+    assert severity == "warning"
+    assert line.endswith("; 2026-03 is final: the change becomes a correction on a later invoice")

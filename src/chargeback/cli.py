@@ -157,22 +157,23 @@ def cmd_usage(args: argparse.Namespace) -> int:
     from chargeback import restatement
 
     rows = restatement.usage_as_of(args.period, args.as_of)
-    as_of = f" as known at {args.as_of}" if args.as_of else ""
     if not rows:
         print(f"no usage in {args.period}")
         return 0
-    header = ("tenant", "meter", "unit", f"quantity{' as of' if args.as_of else ''}", "snapshots",
-              "learned since", "quantity now")
-    table = [header] + [
-        (r.tenant_id, r.meter, r.unit, f"{r.quantity.normalize():f}", str(r.snapshots),
-         str(r.snapshots_now - r.snapshots), f"{r.quantity_now.normalize():f}")
-        for r in rows
-    ]
+    header = ["tenant", "meter", "unit", "quantity", "snapshots"]
+    if args.as_of:
+        header += ["learned later", "quantity now"]
+    table = [header]
+    for r in rows:
+        cells = [r.tenant_id, r.meter, r.unit, f"{r.quantity.normalize():f}", str(r.snapshots)]
+        if args.as_of:
+            cells += [str(r.snapshots_now - r.snapshots), f"{r.quantity_now.normalize():f}"]
+        table.append(cells)
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    print(f"usage of {args.period}{as_of}")
+    print(f"usage of {args.period}" + (f" as known at {args.as_of}" if args.as_of else ""))
     for row in table:
-        print("  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths,
-                                                                                                   strict=True))))
+        print("  ".join(cell.ljust(w) if i < 3 else cell.rjust(w)
+                        for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip())
     return 0
 
 

@@ -277,9 +277,9 @@ select
     summed.tenant_id,
     summed.meter,
     case when meters.kind = 'gauge' then meters.unit || '-month' else coalesce(meters.unit, '?') end,
-    case when meters.kind = 'gauge' then summed.known_sum / %(hours)s else summed.known_sum end,
+    (case when meters.kind = 'gauge' then summed.known_sum / %(hours)s else summed.known_sum end)::numeric(38, 12),
     summed.known_count,
-    case when meters.kind = 'gauge' then summed.sum_now / %(hours)s else summed.sum_now end,
+    (case when meters.kind = 'gauge' then summed.sum_now / %(hours)s else summed.sum_now end)::numeric(38, 12),
     summed.count_now,
     summed.last_learned_at
 from summed
