@@ -224,3 +224,148 @@ def test_any_fsspec_landing_location_loads_like_a_local_directory():
         files = {r[0] for r in conn.execute("select distinct source_file from raw.usage_snapshots")}
     assert files == {f"memory:///chargeback-landing/usage/2026-09-03/{h:02d}/simulated-42.{ext}"
                      for h, ext in ((0, "jsonl"), (1, "csv"))}
+
+
+# --------------------------------------------------------------------------- duplicates, landed hours
+
+H = dt.datetime(2026, 9, 5, 10, tzinfo=dt.UTC)
+H1 = H + dt.timedelta(hours=1)
+
+
+def snapshot(snapshot_id: str, hour: dt.datetime = H, **overrides) -> dict:
+    row = {"snapshot_id": snapshot_id, "tenant_id": "t001", "meter": "ingested_gb", "value": "2.5", "unit": "GB",
+           "hour": f"{hour:%Y-%m-%dT%H:%M:%SZ}", "emitted_at": f"{hour + dt.timedelta(minutes=59):%Y-%m-%dT%H:%M:%SZ}",
+           "kind": "counter"}
+    row.update(overrides)
+    return row
+
+
+def write_jsonl(landing: Path, folder: dt.datetime, name: str, rows: list[dict]) -> Path:
+    import json
+
+    path = landing / "usage" / f"{folder:%Y-%m-%d}" / f"{folder:%H}" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _snapshots() -> dict[str, tuple]:
+    with warehouse.connect() as conn:
+        return {r[0]: r[1:] for r in conn.execute(
+            "select snapshot_id, value, source_file, source_line, landed_hour, hour_start, learned_at"
+            " from raw.usage_snapshots")}
+
+
+def _file_accounting(load_id: int) -> dict[str, tuple]:
+    with warehouse.connect() as conn:
+        return {Path(r[0]).name: r[1:] for r in conn.execute(
+            "select file_url, rows_in, rows_loaded, rows_duplicate, rows_quarantined, status"
+            " from pipeline.load_files where load_id = %s", (load_id,))}
+
+
+def test_thousand_copies_of_a_snapshot_count_once(landing):
+    from chargeback import transform
+
+    others = [snapshot("other-1", meter="stored_gb", kind="gauge", value="7"),
+              snapshot("other-2", tenant_id="t002", value="1.25")]
+    path = write_jsonl(landing, H, "copies.jsonl", [others[0]] + [snapshot("copied")] * 1000 + [others[1]])
+
+    staged = load.stage(FileSource(str(landing)), H, H1)
+    result = load.publish(staged.load_id)
+
+    assert (staged.rows_in, staged.rows, staged.rows_duplicate, staged.rows_quarantined) == (1002, 3, 999, 0)
+    assert result.rows_loaded == 3
+    assert _snapshots()["copied"][:3] == (Decimal("2.5"), str(path), 2)  # the first copy, at line 2
+    transform.build(H, H1)
+    with warehouse.connect() as conn:
+        marts = conn.execute(
+            "select tenant_id, meter, quantity, snapshot_count from marts.fct_usage_hourly"
+            " where hour_start = %s order by 1, 2", (H,)).fetchall()
+    assert marts == [("t001", "ingested_gb", Decimal("2.5"), 1), ("t001", "stored_gb", Decimal("7"), 1),
+                     ("t002", "ingested_gb", Decimal("1.25"), 1)]
+
+
+def test_identical_copies_across_files_hours_and_replays_count_once(landing):
+    write_jsonl(landing, H, "a.jsonl", [snapshot("s1"), snapshot("s2", value="1")])
+    write_jsonl(landing, H, "b.jsonl", [snapshot("s1"), snapshot("s3", value="3")])
+    # a producer re-sent s2 (same content) with the next hour's file
+    write_jsonl(landing, H1, "c.jsonl", [snapshot("s2", value="1"), snapshot("s4", hour=H1)])
+
+    first = load.stage(FileSource(str(landing)), H, H1)
+    load.publish(first.load_id)
+    second = load.stage(FileSource(str(landing)), H1, H1 + dt.timedelta(hours=1))
+    assert (second.rows, second.rows_duplicate) == (1, 1)  # known before the gate runs
+    load.publish(second.load_id)
+    before = _fingerprint()
+    replay = load.stage(FileSource(str(landing)), H, H1 + dt.timedelta(hours=1))
+    load.publish(replay.load_id)
+
+    assert sorted(_snapshots()) == ["s1", "s2", "s3", "s4"]
+    assert _fingerprint() == before
+    assert _file_accounting(first.load_id) == {"a.jsonl": (2, 2, 0, 0, "loaded"), "b.jsonl": (2, 1, 1, 0, "loaded")}
+    assert _file_accounting(second.load_id) == {"c.jsonl": (2, 1, 1, 0, "loaded")}
+    assert (replay.rows_in, replay.rows, replay.rows_duplicate, replay.rows_quarantined) == (6, 4, 2, 0)
+
+
+def test_learned_at_is_when_the_file_was_first_seen_and_survives_replays(landing):
+    write_jsonl(landing, H, "a.jsonl", [snapshot("s1")])
+    first = load.stage(FileSource(str(landing)), H, H1)
+    load.publish(first.load_id)
+    learned = _snapshots()["s1"][5]
+    with warehouse.connect() as conn:
+        first_seen = conn.execute("select first_seen_at from pipeline.load_files where load_id = %s",
+                                  (first.load_id,)).fetchone()[0]
+
+    again = load.stage(FileSource(str(landing)), H, H1)
+    load.publish(again.load_id)
+
+    assert learned == first_seen
+    with warehouse.connect() as conn:
+        seen_again = conn.execute("select first_seen_at from pipeline.load_files where load_id = %s",
+                                  (again.load_id,)).fetchone()[0]
+        loaded_at = conn.execute("select loaded_at from raw.usage_snapshots").fetchone()[0]
+    assert seen_again == first_seen
+    assert loaded_at > learned  # loaded again, but Chargeback knew of it since the first load
+    assert _snapshots()["s1"][5] == learned
+
+
+def test_late_snapshot_in_the_current_folder_survives_the_old_hours_replay(landing):
+    write_jsonl(landing, H, "a.jsonl", [snapshot("on-time")])
+    write_jsonl(landing, H1, "b.jsonl", [snapshot("late", hour=H), snapshot("current", hour=H1)])
+    load.publish(load.stage(FileSource(str(landing)), H, H1).load_id)
+    late = load.publish(load.stage(FileSource(str(landing)), H1, H1 + dt.timedelta(hours=1)).load_id)
+    assert (late.usage_start, late.usage_end) == (H, H1 + dt.timedelta(hours=1))
+
+    replayed = load.publish(load.stage(FileSource(str(landing)), H, H1).load_id)
+
+    rows = _snapshots()
+    assert sorted(rows) == ["current", "late", "on-time"]
+    assert (rows["late"][3], rows["late"][4]) == (H1, H)  # landed in the 11:00 folder, usage of 10:00
+    assert (replayed.rows_deleted, replayed.rows_loaded) == (1, 1)
+    assert (replayed.usage_start, replayed.usage_end) == (H, H1)
+
+
+def test_publish_reports_no_usage_hours_for_an_empty_window(landing):
+    result = load.publish(load.stage(FileSource(str(landing)), H, H1).load_id)
+    assert (result.rows_deleted, result.rows_loaded, result.usage_start, result.usage_end) == (0, 0, None, None)
+
+
+def test_a_copy_published_meanwhile_from_another_hour_counts_once(landing):
+    """Stage saw no copy; another load published one before this one's publish: still once."""
+    write_jsonl(landing, H, "a.jsonl", [snapshot("s1"), snapshot("s2", value="1")])
+    write_jsonl(landing, H1, "b.jsonl", [snapshot("s1"), snapshot("s2", value="9")])
+    later = load.stage(FileSource(str(landing)), H1, H1 + dt.timedelta(hours=1))
+    assert later.rows == 2
+    load.publish(load.stage(FileSource(str(landing)), H, H1).load_id)
+
+    result = load.publish(later.load_id)
+
+    assert result.rows_loaded == 0
+    assert _file_accounting(later.load_id) == {"b.jsonl": (2, 0, 1, 1, "loaded")}
+    (reason,) = [r[3] for r in _quarantined(later.load_id)]
+    assert reason == (f"snapshot_id: 's2' already published from {landing}/usage/2026-09-05/10/a.jsonl:2"
+                      " with different content (value 1 there, 9 here)")
+    with warehouse.connect() as conn:
+        run = conn.execute("select rows_in, rows_loaded, rows_duplicate, rows_quarantined from pipeline.load_runs"
+                           " where load_id = %s", (later.load_id,)).fetchone()
+    assert run == (2, 0, 1, 1)

@@ -161,6 +161,7 @@ def summary(result: ReplayResult) -> str:
     text = (f"replayed {hours} landed hour(s) as load(s) {', '.join(map(str, result.load_ids))}:"
             f" {result.rows_loaded} row(s) loaded, {result.still_open} still quarantined")
     if result.usage_window:
-        start, end = result.usage_window
-        text += f"; marts rebuilt for {start:%Y-%m-%dT%H:%MZ}–{end:%Y-%m-%dT%H:%MZ}"
+        from chargeback.gate import format_window
+
+        text += f"; marts rebuilt for {format_window(*result.usage_window)}"
     return text
