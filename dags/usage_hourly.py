@@ -5,16 +5,23 @@ Each run owns one data interval `[data_interval_start, data_interval_end)` (one 
 the schedule). It:
 
 1. **applies the configuration** (`config/*.yml`, validated; all or nothing),
-2. **extracts** the interval's snapshot files from the landing location and stages them with `COPY`,
-3. **gates** the staged rows with Great Expectations (`expectations/raw_usage_staging.json`) —
+2. **plans the load window** (`plan_window`): looks back `CHARGEBACK_RESTATEMENT_HOURS`
+   (default 168) before the interval for hour folders that received files after they were
+   loaded (a new file, or one whose size changed) and widens the load window back to the
+   earliest of them; the task log says which hours were restated and why
+   (docs/LATE_DATA.md),
+3. **extracts** the load window's snapshot files from the landing location and stages them with `COPY`,
+4. **gates** the staged rows with Great Expectations (`expectations/raw_usage_staging.json`) —
    a failure names the file, line and field and stops the run; nothing is published,
-4. **publishes** them, replacing exactly the interval's rows (replays change nothing),
-5. **transforms** with dbt, one task per model (task group `transform`, rendered by
-   astronomer-cosmos): each task is `dbt build --select <model>` over the window — its unit
+5. **publishes** them, replacing exactly the window's landed hours (replays change nothing),
+   and returns the **lookback** dbt rebuilds: the load window, widened to any earlier hour
+   whose usage the publish changed,
+6. **transforms** with dbt, one task per model (task group `transform`, rendered by
+   astronomer-cosmos): each task is `dbt build --select <model>` over the lookback — its unit
    tests, the model, then its data tests; a failing test fails the task and the run, and
    dbt tests that span several models run as their own tasks once all their models are built.
-   Incremental models touch only the window's hours,
-6. **checks** the marts: allocated cost reconciles to each pool's cost to the cent.
+   Incremental models touch only the lookback's hours (and the months they touch),
+7. **checks** the marts over the lookback: allocated cost reconciles to each pool's cost to the cent.
 
 A manual run may pass a wider window (`start`, `end`, ISO-8601 UTC) — that is how backfills
 and the demo cover a month in one run — and a `source` (`files` or `simulator`).
@@ -50,9 +57,10 @@ DBT = dbt_paths()  # paths only: no dbt, no database
 if not DBT.manifest.is_file():
     raise FileNotFoundError(f"{DBT.manifest} is missing: run `make install` (dbt parse) first")
 
+# dbt's window is the lookback publish returns, not the run's own interval
 WINDOW_VARS = {
-    "window_start": "{{ ti.xcom_pull(task_ids='resolve_window')['start'] }}",
-    "window_end": "{{ ti.xcom_pull(task_ids='resolve_window')['end'] }}",
+    "window_start": "{{ ti.xcom_pull(task_ids='publish')['start'] }}",
+    "window_end": "{{ ti.xcom_pull(task_ids='publish')['end'] }}",
 }
 
 
@@ -90,8 +98,15 @@ def usage_hourly():
         return pipeline.apply_configuration()
 
     @task
-    def extract_and_stage(window: dict[str, str], params=None) -> int:
-        """Stage the window's snapshot files with COPY; returns the load id."""
+    def plan_window(window: dict[str, str]) -> dict:
+        """The load window: this run's, widened back to the earliest restated past hour."""
+        from chargeback import pipeline
+
+        return pipeline.plan_window(*pipeline.resolve_window(window, None, None)).as_dict()
+
+    @task
+    def extract_and_stage(window: dict, params=None) -> int:
+        """Stage the load window's snapshot files with COPY; returns the load id."""
         from chargeback import pipeline
 
         source = pipeline.make_source(params["source"], tenants=params["tenants"], seed=params["seed"])
@@ -99,18 +114,20 @@ def usage_hourly():
         return pipeline.extract_and_stage(start, end, source)
 
     @task
-    def gate(load_id: int, window: dict[str, str]) -> None:
+    def gate(load_id: int, window: dict) -> None:
         """Great Expectations on the staged rows; a failure rejects the load."""
         from chargeback import pipeline
 
         pipeline.gate(load_id, *pipeline.resolve_window(window, None, None))
 
     @task
-    def publish(load_id: int) -> None:
-        """Replace the window's published snapshots with the staged ones in one transaction."""
+    def publish(load_id: int, plan: dict) -> dict[str, str]:
+        """Replace the window's published snapshots with the staged ones in one transaction;
+        returns the lookback dbt and the checks run over."""
         from chargeback import pipeline
 
-        pipeline.publish(load_id)
+        start, end = pipeline.publish_and_widen(load_id, plan)
+        return {"start": start.isoformat(), "end": end.isoformat()}
 
     @task
     def check_marts(window: dict[str, str]) -> None:
@@ -150,10 +167,11 @@ def usage_hourly():
         },
     )
 
-    window = resolve_window()
-    load_id = extract_and_stage(window)
+    plan = plan_window(resolve_window())
+    load_id = extract_and_stage(plan)
     apply_configuration() >> load_id
-    gate(load_id, window) >> publish(load_id) >> transform >> check_marts(window)
+    lookback = publish(load_id, plan)
+    gate(load_id, plan) >> lookback >> transform >> check_marts(lookback)
 
 
 usage_hourly()

@@ -65,7 +65,7 @@ def _toposort(dag):
 
 def test_usage_hourly_wiring_reads_like_the_pipeline(dagbag):
     dag = dagbag.dags["usage_hourly"]
-    chain = ["extract_and_stage", "gate", "publish"]
+    chain = ["resolve_window", "plan_window", "extract_and_stage", "gate", "publish"]
     for up, down in itertools.pairwise(chain):
         assert down in dag.get_task(up).downstream_task_ids, f"{up} -> {down}"
     assert "extract_and_stage" in dag.get_task("apply_configuration").downstream_task_ids
@@ -74,6 +74,9 @@ def test_usage_hourly_wiring_reads_like_the_pipeline(dagbag):
     assert {"transform.fct_cost_allocations_hourly_model_build", "transform.int_cost_pools_hourly_model_build"} <= {
         t.task_id for t in dbt_tasks}
     publish, check = dag.get_task("publish"), dag.get_task("check_marts")
+    # dbt and the checks run over the lookback publish returns, not the run's own interval
+    assert "publish" in check.upstream_task_ids
+    assert all("task_ids='publish'" in v for v in dbt_tasks[0].vars.values())
     for t in dbt_tasks:
         assert t.task_id in publish.get_flat_relative_ids(upstream=False), f"publish -> {t.task_id}"
         assert t.task_id in check.get_flat_relative_ids(upstream=True), f"{t.task_id} -> check_marts"

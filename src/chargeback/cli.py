@@ -152,6 +152,31 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    """A month's usage per tenant and meter as Chargeback knew it at --as-of (default: now)."""
+    from chargeback import restatement
+
+    rows = restatement.usage_as_of(args.period, args.as_of)
+    if not rows:
+        print(f"no usage in {args.period}")
+        return 0
+    header = ["tenant", "meter", "unit", "quantity", "snapshots"]
+    if args.as_of:
+        header += ["learned later", "quantity now"]
+    table = [header]
+    for r in rows:
+        cells = [r.tenant_id, r.meter, r.unit, f"{r.quantity.normalize():f}", str(r.snapshots)]
+        if args.as_of:
+            cells += [str(r.snapshots_now - r.snapshots), f"{r.quantity_now.normalize():f}"]
+        table.append(cells)
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    print(f"usage of {args.period}" + (f" as known at {args.as_of}" if args.as_of else ""))
+    for row in table:
+        print("  ".join(cell.ljust(w) if i < 3 else cell.rjust(w)
+                        for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip())
+    return 0
+
+
 def cmd_export_focus(args: argparse.Namespace) -> int:
     from chargeback import focus
 
@@ -265,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("summary", help="print the finance summary of a month")
     sp.add_argument("--period", required=True, help="YYYY-MM")
     sp.set_defaults(func=cmd_summary)
+
+    sp = sub.add_parser("usage", help="a month's usage per tenant and meter, as known at an instant "
+                        "(explain a past invoice as it stood on its issue day)")
+    sp.add_argument("--period", required=True, help="YYYY-MM")
+    sp.add_argument("--as-of", help="count only snapshots learned at or before this ISO-8601 instant"
+                    " (default: now)")
+    sp.set_defaults(func=cmd_usage)
 
     sp = sub.add_parser("export", help="export a month in an exchange format")
     formats = sp.add_subparsers(dest="export_format", required=True)

@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 import os
 
-from chargeback import configuration, load
+from chargeback import configuration, load, restatement
 from chargeback.periods import month_window, parse_instant, resolve_window  # noqa: F401 - DAG tasks use them
 from chargeback.settings import Settings, get_settings
 from chargeback.sources import FileSource, SimulatorSource, UsageSource
@@ -45,6 +45,16 @@ def apply_configuration(settings: Settings | None = None) -> dict[str, int]:
     return counts
 
 
+def plan_window(start: dt.datetime, end: dt.datetime, settings: Settings | None = None) -> restatement.Plan:
+    """The run's load window: its own hours, widened back to the earliest past hour
+    whose folder received files after it was loaded (within ``restatement_hours``)."""
+    plan = restatement.scan(start, end, settings)
+    if not plan.restated:
+        log.info("no late files in the %s hours before %s", (settings or get_settings()).restatement_hours,
+                 start.isoformat())
+    return plan
+
+
 def extract_and_stage(start: dt.datetime, end: dt.datetime, source: UsageSource,
                       settings: Settings | None = None, progress=None) -> int:
     result = load.stage(source, start, end, settings, progress)
@@ -65,9 +75,28 @@ def gate(load_id: int, start: dt.datetime, end: dt.datetime, settings: Settings 
     log.info("gate passed for load %s: %s", load_id, outcome)
 
 
-def publish(load_id: int, settings: Settings | None = None) -> None:
+def publish(load_id: int, settings: Settings | None = None) -> load.PublishResult:
     result = load.publish(load_id, settings)
     log.info("published load %s: %s rows replaced by %s", load_id, result.rows_deleted, result.rows_loaded)
+    return result
+
+
+def publish_and_widen(load_id: int, plan: restatement.Plan | dict, settings: Settings | None = None,
+                      ) -> tuple[dt.datetime, dt.datetime]:
+    """Publish the load; return the window dbt must rebuild (the lookback).
+
+    That is the load window widened to every hour whose usage the publish changed: a
+    late snapshot may belong to an hour before the folder it landed in. Only these
+    hours, and the months they touch, are rebuilt.
+    """
+    if isinstance(plan, restatement.Plan):
+        plan = plan.as_dict()
+    result = publish(load_id, settings)
+    start, end = restatement.dbt_window(plan["start"], plan["end"], plan.get("run_start"),
+                                        getattr(result, "usage_start", None), getattr(result, "usage_end", None))
+    if start < parse_instant(plan.get("run_start") or plan["start"]):
+        log.info("lookback: dbt rebuilds [%s, %s) for this run", start.isoformat(), end.isoformat())
+    return start, end
 
 
 def transform(start: dt.datetime | None, end: dt.datetime | None, settings: Settings | None = None,
@@ -95,11 +124,20 @@ def load_window(start: dt.datetime, end: dt.datetime, source: UsageSource,
 
 
 def run_usage_window(start: dt.datetime, end: dt.datetime, source: UsageSource,
-                     settings: Settings | None = None) -> int:
-    """The whole hourly chain for one window, in-process (``load_window``, then dbt and the checks)."""
-    load_id = load_window(start, end, source, settings)
-    transform(start, end, settings)
-    check_marts(start, end, settings)
+                     settings: Settings | None = None, *, restate: bool = True) -> int:
+    """The whole hourly chain for one window, in-process — what ``usage_hourly`` runs.
+
+    With ``restate`` (an hourly run), the load window first grows back to the earliest
+    restated past hour (:func:`plan_window`); dbt and the checks then run over the
+    lookback :func:`publish_and_widen` returns.
+    """
+    apply_configuration(settings)
+    plan = plan_window(start, end, settings) if restate else restatement.Plan(start, end, start)
+    load_id = extract_and_stage(plan.load_start, plan.load_end, source, settings)
+    gate(load_id, plan.load_start, plan.load_end, settings)
+    dbt_start, dbt_end = publish_and_widen(load_id, plan, settings)
+    transform(dbt_start, dbt_end, settings)
+    check_marts(dbt_start, dbt_end, settings)
     return load_id
 
 

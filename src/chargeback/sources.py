@@ -31,6 +31,9 @@ class SnapshotFile:
     url: str
     format: str  # "jsonl" | "csv"
     hour: dt.datetime
+    """The landed hour: the hour folder the file sits in (its snapshots' hours may be earlier)."""
+    size: int | None = None
+    """Bytes when listed; the restatement scan compares it with what a load saw."""
 
     def open(self):
         return fsspec.open(self.url, "rb").open()
@@ -75,11 +78,15 @@ class FileSource:
             folder = hour_folder(self.root, hour)
             if not self.fs.isdir(folder):
                 continue
-            for path in sorted(self.fs.ls(folder, detail=False)):
+            entries = sorted(self.fs.ls(folder, detail=True), key=lambda e: e["name"])
+            for entry in entries:
+                path = entry["name"]
                 suffix = "." + path.rsplit(".", 1)[-1] if "." in path.rsplit("/", 1)[-1] else ""
-                if suffix in FORMATS:
+                if suffix in FORMATS and entry.get("type", "file") == "file":
                     url = path if protocol == "file" else f"{protocol}://{path}"
-                    found.append(SnapshotFile(url=url, format=FORMATS[suffix], hour=hour))
+                    size = entry.get("size")
+                    found.append(SnapshotFile(url=url, format=FORMATS[suffix], hour=hour,
+                                              size=int(size) if size is not None else None))
         return found
 
 

@@ -31,7 +31,8 @@ hourly as (
         meter,
         hour_start,
         sum(quantity)::numeric(38, 12) as quantity,
-        count(*) as snapshot_count
+        count(*) as snapshot_count,
+        max(learned_at) as last_learned_at
 
     from snapshots
 
@@ -48,7 +49,8 @@ final as (
         hourly.quantity,
         meters.unit,
         meters.kind,
-        hourly.snapshot_count::integer as snapshot_count
+        hourly.snapshot_count::integer as snapshot_count,
+        hourly.last_learned_at
 
     from hourly
 

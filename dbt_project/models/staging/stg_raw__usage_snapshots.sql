@@ -20,7 +20,9 @@ renamed as (
         source_file::text as source_file,
         source_line::integer as source_line,
         load_id::bigint as load_id,
-        loaded_at::timestamptz as loaded_at
+        loaded_at::timestamptz as loaded_at,
+        landed_hour::timestamptz as landed_hour,
+        learned_at::timestamptz as learned_at
 
     from source
 
