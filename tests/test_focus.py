@@ -141,6 +141,25 @@ def test_usage_adjustment_and_allocated_rows_pass_the_validator(validator, tmp_p
     assert "--block-download" in report.command
     assert "1.2" in report.command
 
+CORRECTION = {  # a debit note issued in May 2031 for usage of April 2031 that arrived after its invoice
+    "BilledCost": "31.50", "EffectiveCost": "31.50", "PricingCurrencyEffectiveCost": "31.50",
+    "ListCost": "31.50", "ContractedCost": "31.50", "ChargeCategory": "Adjustment", "ChargeClass": "Correction",
+    "ChargeFrequency": "One-Time", "ChargePeriodStart": "2031-04-01T00:00:00Z",
+    "ChargePeriodEnd": "2031-05-01T00:00:00Z", "InvoiceId": "CB-2031-000042",
+    "ChargeDescription": "Correction of invoice CB-2031-000007 (2031-04): Usage - difference",
+    "x_ChargeSource": "correction",
+}
+
+
+@pytest.mark.parametrize("amount", ["31.50", "-12.25"])
+def test_correction_rows_of_an_earlier_month_pass_the_validator(validator, tmp_path, amount):
+    costs = dict.fromkeys(("BilledCost", "EffectiveCost", "PricingCurrencyEffectiveCost", "ListCost",
+                           "ContractedCost"), amount)
+    path = _write(tmp_path / "correction.csv", [BASE | USAGE, BASE | CORRECTION | costs])
+    report = focus.validate(path)
+    assert report.ok, report.summary() + "\n" + report.output
+
+
 
 @pytest.mark.parametrize(
     ("change", "rule"),

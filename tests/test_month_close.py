@@ -8,6 +8,7 @@ dbt transform, checked by the real mart checks, rendered by WeasyPrint and read 
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import errno
 import hashlib
@@ -22,7 +23,7 @@ import psycopg
 import pypdf
 import pytest
 
-from chargeback import close, invoices, transform, warehouse
+from chargeback import close, focus, invoices, transform, warehouse
 from chargeback.periods import month_window
 
 pytestmark = pytest.mark.warehouse
@@ -40,9 +41,13 @@ def pdf_text(data: bytes) -> str:
     return " ".join(" ".join(page.extract_text() for page in reader.pages).split())
 
 
-def load_month(period: str, gaps: dict[str, tuple[str, str]] | None = None, *, tag: str = "mc") -> None:
-    """Every hour of every configured meter for TENANTS (set-based), except ``gaps``; then dbt."""
+def load_month(period: str, gaps: dict[str, tuple[str, str]] | None = None, *, tag: str = "mc",
+               hours: int | None = None) -> None:
+    """Every hour (or the first ``hours``) of every configured meter for TENANTS (set-based),
+    except ``gaps``; then dbt."""
     start, end = month_window(period)
+    if hours:
+        end = start + dt.timedelta(hours=hours)
     with warehouse.connect() as conn:
         conn.execute(
             """
@@ -93,6 +98,13 @@ def mart_totals(period_start: dt.date) -> dict[str, Decimal]:
 def march():
     load_month("2032-03")
     return dt.date(2032, 3, 1)
+
+
+@pytest.fixture(scope="module")
+def april():
+    """The month whose close issues the corrections: a day of usage is enough for its FOCUS export."""
+    load_month("2032-04", hours=24)
+    return dt.date(2032, 4, 1)
 
 
 @pytest.fixture(scope="module")
@@ -289,7 +301,7 @@ def test_closing_a_final_month_again_changes_nothing(march):
 # --------------------------------------------------------------------------- corrections
 
 
-def test_usage_after_finalization_issues_a_debit_note_referencing_the_invoice(march, settings):
+def test_usage_after_finalization_issues_a_debit_note_referencing_the_invoice(march, april, settings, tmp_path):
     original = documents(march)
     with warehouse.connect() as conn:
         original_lines = conn.execute(
@@ -345,6 +357,23 @@ def test_usage_after_finalization_issues_a_debit_note_referencing_the_invoice(ma
     # issued once: the next close finds nothing left to correct
     assert close.issue_corrections("2032-04") == []
     assert counter() == before + 1
+
+    # FOCUS: a Correction in the billing period the note was issued in, charged to the corrected month
+    export = focus.export("2032-04", tmp_path / "focus-2032-04.csv", fmt="csv")
+    with export.files[0].open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    corrections = [row for row in rows if row["ChargeClass"] == "Correction"]
+    assert [(r["InvoiceId"], r["SubAccountId"], r["BilledCost"], r["ChargeCategory"], r["BillingPeriodStart"],
+             r["ChargePeriodStart"], r["x_ChargeSource"]) for r in corrections] == [
+        (note.invoice_number, "t001", "31.50", "Adjustment", "2032-04-01T00:00:00Z", "2032-03-01T00:00:00Z",
+         "correction")]
+    assert original["t001"][0] in corrections[0]["ChargeDescription"]
+    assert all(row["ChargeClass"] == "" for row in rows if row["x_ChargeSource"] != "correction")
+    validator = focus.validator_executable()
+    if not validator.exists():
+        pytest.fail(f"the FOCUS validator is missing ({validator}): run `make focus-validator`")
+    report = focus.validate(export.files[0])
+    assert report.ok, report.summary() + "\n" + report.output
 
 
 def test_invoice_numbers_are_gapless_per_issuer(march, february):
