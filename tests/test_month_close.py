@@ -24,6 +24,7 @@ import pypdf
 import pytest
 
 from chargeback import close, focus, invoices, transform, warehouse
+from chargeback.cli import main
 from chargeback.periods import month_window
 
 pytestmark = pytest.mark.warehouse
@@ -374,6 +375,16 @@ def test_usage_after_finalization_issues_a_debit_note_referencing_the_invoice(ma
         pytest.fail(f"the FOCUS validator is missing ({validator}): run `make focus-validator`")
     report = focus.validate(export.files[0])
     assert report.ok, report.summary() + "\n" + report.output
+
+
+def test_cli_close_and_verify_say_what_they_did(march, capsys):
+    numbers = sorted(row[0] for row in documents(march).values())
+    assert main(["close", "--period", "2032-03", "--as-of", "2032-05-01T00:00Z", "--workers", "1"]) == 0
+    assert capsys.readouterr().out == f"2032-03 is closed: 4 final invoices, {numbers[0]} to {numbers[-1]}\n"
+    assert main(["invoices", "verify", "--period", "2032-03"]) == 0  # four invoices and the debit note
+    assert capsys.readouterr().out == "5 issued documents of 2032-03: every PDF matches its sha256\n"
+    assert main(["close", "--period", "2032-03", "--override-incomplete", "outage"]) == 1
+    assert "--override-incomplete REASON and --by NAME go together" in capsys.readouterr().err
 
 
 def test_invoice_numbers_are_gapless_per_issuer(march, february):
