@@ -387,15 +387,41 @@ def test_cli_close_and_verify_say_what_they_did(march, capsys):
     assert "--override-incomplete REASON and --by NAME go together" in capsys.readouterr().err
 
 
+def test_tenant_first_billed_after_the_close_gets_an_invoice_of_its_own(march, april):
+    before, issued_before = counter(), documents(march)
+    with warehouse.connect() as conn:  # t003's first usage of March arrives after March was issued
+        conn.execute(
+            "insert into raw.usage_snapshots (snapshot_id, tenant_id, meter, value, unit, hour_start, emitted_at,"
+            " kind, source_file, source_line, load_id) values ('late-t003-ingest', 't003', 'ingested_gb', 10, 'GB',"
+            " '2032-03-20 08:00+00', '2032-03-20 08:05+00', 'counter', 'late.ndjson', 1, 0)")
+    transform.build(*month_window("2032-03"))
+
+    issued = close.issue_corrections("2032-04", issue_date=dt.date(2032, 5, 4))
+
+    assert [(r.tenant_id, r.document_type, r.corrects, r.status, r.invoice_number) for r in issued] == [
+        ("t003", "invoice", None, "final", f"CB-2032-{before + 1:06d}")]
+    assert issued[0].total == mart_totals(march)["t003"] == D("2.10")  # 5 GB free, 5 GB at 0.42 USD
+    after = documents(march)
+    assert {t: row for t, row in after.items() if t != "t003"} == issued_before
+    text = pdf_text(Path(issued[0].pdf_uri).read_bytes())
+    assert f"Invoice number {issued[0].invoice_number}" in text
+    assert "Total 2.10 USD" in text
+    assert close.issue_corrections("2032-04") == []
+    assert counter() == before + 1
+
+
 def test_invoice_numbers_are_gapless_per_issuer(march, february):
-    """Across drafts, re-renders, a failed finalization, finalizations and a note (the tests above)."""
+    """Across drafts, re-renders, a failed finalization, finalizations, a note and a late invoice (the tests above)."""
     with warehouse.connect() as conn:
-        rows = conn.execute("select invoice_number, status, document_type, period_start, tenant_id"
+        rows = conn.execute("select invoice_number, status, document_type, period_start, tenant_id, finalized_at"
                             " from pipeline.invoices where issuer = 'chargeback'").fetchall()
     numbered = [row for row in rows if row[0] is not None]
     assert all(status == "final" for _, status, *_ in numbered)
     assert all(number is None for number, status, *_ in rows if status == "draft")
     assert sorted(int(row[0].rsplit("-", 1)[1]) for row in numbered) == list(range(1, counter() + 1))
-    for month in (february, march):  # a month's invoices follow tenant order
-        invoices_of = sorted((row[4], row[0]) for row in numbered if row[3] == month and row[2] == "invoice")
-        assert [n for _, n in invoices_of] == sorted(n for _, n in invoices_of)
+    # the invoices issued together (one transaction: one finalized_at) follow tenant order
+    batches = {(row[3], row[5]) for row in numbered if row[2] == "invoice"}
+    assert len(batches) == 3  # February, March, and March's late tenant
+    for month, finalized_at in batches:
+        batch = sorted((row[4], row[0]) for row in numbered if (row[3], row[5]) == (month, finalized_at))
+        assert [n for _, n in batch] == sorted(n for _, n in batch)

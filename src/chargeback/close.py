@@ -231,14 +231,32 @@ def finalize(period: str, *, override_reason: str | None = None, override_by: st
 
 def issue_corrections(period: str, *, settings: Settings | None = None,
                       issue_date: dt.date | None = None) -> list[invoices.InvoiceRecord]:
-    """At the close of ``period``: credit/debit notes for earlier final months the marts now bill differently."""
+    """At the close of ``period``, for earlier final months the marts now bill differently:
+    the invoices of tenants first billed since the month was issued (printing the month's
+    recorded override, if any), then a credit or debit note for every invoice whose figures changed."""
+    late: list[invoices.InvoiceRecord] = []
+    for month in invoices.months_with_unissued_tenants(period, settings=settings):
+        with warehouse.connect(settings) as conn:
+            known = {r.invoice_number for r in invoices.final_documents(conn, month_window(month)[0].date())}
+        recorded = recorded_completeness(month, settings)
+        note = recorded.invoice_note() if recorded else None
+        issued = invoices.finalize_month(month, workers=1, settings=settings, issue_date=issue_date,
+                                         notes=(note,) if note else ())
+        for record in issued:
+            if record.invoice_number not in known:
+                late.append(record)
+                events.record(events.Event(
+                    "notice", f"invoice {record.invoice_number}",
+                    f"tenant {record.tenant_id} was first billed for {month} after the month was issued: "
+                    f"its invoice of {record.total} {record.currency} is issued now", None,
+                    record.invoice_number, severity="warning"), settings=settings)
     notes = invoices.issue_corrections(period, settings=settings, issue_date=issue_date)
     for note in notes:
         events.record(events.Event(
             "notice", f"{note.document_type.replace('_', ' ')} {note.invoice_number}",
             f"the marts of {note.period_start:%Y-%m} changed after invoice {note.corrects} was issued: "
             f"difference {note.total} {note.currency}", None, note.corrects, severity="info"), settings=settings)
-    return notes
+    return [*late, *notes]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,7 +284,9 @@ class CloseResult:
             numbers = [r.invoice_number for r in self.finals]
             lines.append(f"{self.period} is closed: {len(self.finals)} final invoices, {numbers[0]} to {numbers[-1]}")
         lines += [f"issued {n.document_type.replace('_', ' ')} {n.invoice_number} correcting {n.corrects}: "
-                  f"{n.total} {n.currency}" for n in self.notes]
+                  f"{n.total} {n.currency}" if n.corrects else
+                  f"issued invoice {n.invoice_number} of {n.period_start:%Y-%m} to tenant {n.tenant_id}, first billed "
+                  f"after that month was issued: {n.total} {n.currency}" for n in self.notes]
         return "\n".join(lines)
 
 

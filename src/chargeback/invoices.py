@@ -599,9 +599,13 @@ def finalize_month(period: str, *, workers: int = 2, settings: Settings | None =
     with warehouse.connect(settings) as conn:
         last_number = _lock_issuer(conn, issuer)
         issued = final_documents(conn, period_start, document_type="invoice")
-        if issued:
+        late = {h["tenant_id"] for h in headers} - {r.tenant_id for r in issued}
+        if issued and not late:
             log.info("the invoices of %s are final already (%d)", period, len(issued))
             return issued
+        if issued:  # tenants first billed after the month was issued: their own invoices, issued now
+            headers = [h for h in headers if h["tenant_id"] in late]
+            log.info("%s is final already; issuing the invoices of tenants billed since: %s", period, sorted(late))
         tenant_ids = sorted(h["tenant_id"] for h in headers)
         numbers = {t: invoice_number(issuer, period_start, last_number + n) for n, t in enumerate(tenant_ids, 1)}
         jobs = _assemble(period, headers, lines_by_tenant, tenants, issuer, reports_dir, issue_date=issue_date,
@@ -613,7 +617,8 @@ def finalize_month(period: str, *, workers: int = 2, settings: Settings | None =
             _record_final(conn, record, job.lines, close_period=period_start)
         conn.execute("update pipeline.invoice_counters set last_number = %s where issuer = %s",
                      (last_number + len(jobs), issuer.key))
-        conn.execute("update pipeline.month_closes set finalized_at = now() where period = %s", (period_start,))
+        conn.execute("update pipeline.month_closes set finalized_at = now() where period = %s"
+                     " and finalized_at is null", (period_start,))
     for job in jobs:  # the drafts are superseded; a leftover is harmless, so failures only warn
         draft = f"{out_dir}/drafts/{job.tenant.tenant_id}.pdf"
         with contextlib.suppress(OSError):
@@ -621,7 +626,35 @@ def finalize_month(period: str, *, workers: int = 2, settings: Settings | None =
                 fs.rm(draft)
     log.info("finalized %d invoices for %s: %s to %s", len(records), period,
              records[0].invoice_number, records[-1].invoice_number)
-    return records
+    return sorted([*issued, *records], key=lambda r: r.invoice_number)
+
+
+def months_with_unissued_tenants(close_period: str, *, settings: Settings | None = None,
+                                 issuer: Issuer = DEFAULT_ISSUER) -> list[str]:
+    """Final months before ``close_period`` where the marts now bill a tenant that has no invoice.
+
+    A tenant whose first usage of a month arrived after the month was issued has nothing to
+    correct: :func:`finalize_month` issues its own invoice.
+    """
+    with warehouse.connect(settings) as conn:
+        try:
+            rows = conn.execute(
+                """
+                select distinct to_char(f.invoice_month, 'YYYY-MM') from marts.fct_invoices as f
+                where f.invoice_month < %(close)s
+                  and exists (select from pipeline.invoices as i
+                              where i.period_start = f.invoice_month and i.document_type = 'invoice'
+                                and i.status = 'final' and i.issuer = %(issuer)s)
+                  and not exists (select from pipeline.invoices as i
+                                  where i.period_start = f.invoice_month and i.tenant_id = f.tenant_id
+                                    and i.document_type = 'invoice' and i.status = 'final')
+                order by 1
+                """,
+                {"close": parse_period(close_period)[0], "issuer": issuer.key},
+            ).fetchall()
+        except psycopg.errors.UndefinedTable as exc:
+            raise InvoiceError(f"the marts are missing ({exc.diag.message_primary}); run the transform first") from exc
+    return [month for (month,) in rows]
 
 
 _LINE_LABELS = {"usage": "Usage", "free_allowance": "Free allowance", "commitment_true_up": "Commitment true-up",
