@@ -1,20 +1,35 @@
 """
-### billing_monthly — one PDF invoice per tenant for a closed month
+### billing_monthly — close a month: draft invoices, grace period, completeness, final invoices, corrections
 
-Runs after each month closes (its data interval is the month). It checks the month's
-marts reconcile to the cent, renders one PDF invoice per tenant with WeasyPrint
-(`reports/templates/`), writes them to `reports/out/<YYYY-MM>/<tenant_id>.pdf` (or the
-configured output location), records each invoice (number, total, sha256 of the PDF)
-in `pipeline.invoices`, and logs the finance summary.
+Runs after each month ends (its data interval is the month):
+
+1. **check_marts** — every allocation rule had driver data and the month's marts reconcile
+   (and are current) to the cent.
+2. **render_drafts** — one PDF per tenant, marked DRAFT and unnumbered, in
+   `reports/out/<YYYY-MM>/drafts/`.
+3. **wait_for_grace_period** — a reschedule-mode sensor holds no worker slot until the
+   month's grace period (`CHARGEBACK_GRACE_PERIOD_DAYS`, default 3 days after month end)
+   is over; a past month passes at once. Late usage loaded meanwhile restates the marts.
+4. **check_completeness** — every hour of the month holds usage of every meter; a gap
+   refuses the close with the missing hours listed, unless the run gives the
+   `override_incomplete` param (a reason) and `override_by` (who decides). The override is
+   recorded in `pipeline.month_closes` and printed on every invoice.
+5. **finalize_invoices** — re-rendered from the current marts, numbered (gapless per issuer)
+   and made final in one transaction, PDFs in `reports/out/<YYYY-MM>/<number>.pdf`.
+   Final invoices never change (the database refuses it).
+6. **issue_corrections** — for earlier final months whose marts changed since, a credit or
+   debit note that references the original invoice.
+7. **finance_summary** — the month's figures for finance.
 
 A manual run may name the month with the `period` param (`YYYY-MM`).
-Logic lives in `chargeback.pipeline`; this file only wires tasks.
+Logic lives in `chargeback.close`; this file only wires tasks. docs/MONTH_CLOSE.md explains it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
+from airflow.providers.standard.sensors.date_time import DateTimeSensor
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
 from chargeback.dag_defaults import default_args, on_dag_failure
@@ -29,6 +44,9 @@ from chargeback.dag_defaults import default_args, on_dag_failure
     on_failure_callback=on_dag_failure(),
     params={
         "period": Param(None, type=["null", "string"], description="Billing month YYYY-MM (default: data interval)"),
+        "override_incomplete": Param(None, type=["null", "string"],
+                                     description="Close the month although hours are missing: the reason"),
+        "override_by": Param(None, type=["null", "string"], description="Who decides the override"),
     },
     tags=["chargeback", "billing", "monthly"],
     doc_md=__doc__,
@@ -49,11 +67,58 @@ def billing_monthly():
         pipeline.check_month(period)
 
     @task
-    def render_invoices(period: str) -> int:
-        """One PDF per tenant, rendered in parallel processes, recorded with its sha256."""
-        from chargeback import pipeline
+    def render_drafts(period: str) -> int:
+        """One DRAFT PDF per tenant, unnumbered, rendered in parallel processes, recorded with its sha256."""
+        from chargeback import close
 
-        return len(pipeline.render_invoices(period))
+        if close.is_final(period):
+            return 0
+        return len(close.render_drafts(period))
+
+    @task
+    def grace_period_end(period: str) -> str:
+        """When the month may close: its end plus the grace period (ISO instant for the sensor)."""
+        from chargeback import close
+
+        return close.grace_period_end(period).isoformat()
+
+    wait_for_grace_period = DateTimeSensor(
+        task_id="wait_for_grace_period",
+        target_time="{{ ti.xcom_pull(task_ids='grace_period_end') }}",
+        mode="reschedule",
+        poke_interval=dt.timedelta(hours=1),
+        doc_md="Wait, without holding a worker slot, until the month's grace period is over.",
+    )
+
+    @task
+    def check_completeness(period: str, params=None) -> str:
+        """Every hour of the month holds usage of every meter, or an operator overrode the gap."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from chargeback import close
+
+        if close.is_final(period):
+            return "final already"
+        try:
+            return close.check_completeness(period, override_reason=params.get("override_incomplete"),
+                                            override_by=params.get("override_by")).status
+        except close.MonthNotComplete as exc:  # a refusal, not a transient failure: no retry
+            raise AirflowFailException(str(exc)) from exc
+
+    @task
+    def finalize_invoices(period: str, params=None) -> int:
+        """Final PDFs from the current marts; numbers, frozen lines and status in one transaction."""
+        from chargeback import close
+
+        return len(close.finalize(period, override_reason=params.get("override_incomplete"),
+                                  override_by=params.get("override_by")))
+
+    @task
+    def issue_corrections(period: str) -> int:
+        """Credit or debit notes for earlier final months whose marts changed since they were issued."""
+        from chargeback import close
+
+        return len(close.issue_corrections(period))
 
     @task
     def finance_summary(period: str) -> str:
@@ -65,7 +130,16 @@ def billing_monthly():
         return text
 
     period = resolve_period()
-    check_marts(period) >> render_invoices(period) >> finance_summary(period)
+    (
+        check_marts(period)
+        >> render_drafts(period)
+        >> grace_period_end(period)
+        >> wait_for_grace_period
+        >> check_completeness(period)
+        >> finalize_invoices(period)
+        >> issue_corrections(period)
+        >> finance_summary(period)
+    )
 
 
 billing_monthly()

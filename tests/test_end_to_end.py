@@ -38,12 +38,15 @@ def airflow_home(tmp_path_factory):
             os.environ[k] = v
 
 
-def test_usage_hourly_then_billing_monthly_produce_invoices_equal_to_the_marts(airflow_home, settings, landing):
+def test_usage_hourly_then_billing_monthly_issue_final_invoices_equal_to_the_marts(airflow_home, settings, landing):
     simulate(str(landing), TENANTS, START, END, seed=11)
 
     orchestrate.run_dag("usage_hourly", {"start": START.isoformat(), "end": END.isoformat(), "source": "files"},
                         quiet=True)
-    orchestrate.run_dag("billing_monthly", {"period": "2026-07"}, quiet=True)
+    # a day of usage in a month long past: the grace period is over, the month is incomplete, so the
+    # close goes through only with an operator's override, which every invoice then prints
+    orchestrate.run_dag("billing_monthly", {"period": "2026-07", "override_incomplete": "end-to-end test: one day",
+                                            "override_by": "pytest"}, quiet=True)
 
     with warehouse.connect() as conn:
         published = conn.execute(
@@ -53,7 +56,10 @@ def test_usage_hourly_then_billing_monthly_produce_invoices_equal_to_the_marts(a
             "select tenant_id, total from marts.fct_invoices where invoice_month = date '2026-07-01'").fetchall())
         invoices = conn.execute(
             "select tenant_id, invoice_number, total, pdf_uri, pdf_sha256 from pipeline.invoices"
-            " where period_start = date '2026-07-01' order by invoice_number").fetchall()
+            " where period_start = date '2026-07-01' and document_type = 'invoice' and status = 'final'"
+            " order by invoice_number").fetchall()
+        close = conn.execute("select status, missing_hours, override_by, finalized_at is not null"
+                             " from pipeline.month_closes where period = date '2026-07-01'").fetchone()
         gates = conn.execute(
             "select count(*) filter (where success) from pipeline.validations where window_start = %s", (START,)
         ).fetchone()[0]
@@ -63,12 +69,15 @@ def test_usage_hourly_then_billing_monthly_produce_invoices_equal_to_the_marts(a
     assert gates >= 2  # the raw gate and the mart checks both ran and passed
     assert [row[0] for row in invoices]
     assert {row[0] for row in invoices} == INVOICED
+    assert close == ("overridden", (31 - 1) * 24 * 5, "pytest", True)
     for tenant_id, number, total, uri, sha in invoices:
         pdf = Path(uri)
-        assert pdf == Path(settings.reports_out) / "2026-07" / f"{tenant_id}.pdf"
+        assert pdf == Path(settings.reports_out) / "2026-07" / f"{number}.pdf"
         assert hashlib.sha256(pdf.read_bytes()).hexdigest() == sha
         assert total == marts[tenant_id]
         text = "\n".join(page.extract_text() for page in PdfReader(pdf).pages)
         assert number in text
         assert tenant_id in text
+        assert "Closed on the authority of pytest: end-to-end test: one day." in " ".join(text.split())
+        assert "DRAFT" not in text
         assert format_money(total, "USD").split(" ")[0] in text

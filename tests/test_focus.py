@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import json
 from decimal import Decimal as D
 from pathlib import Path
 
+import fsspec
 import pytest
 
 from chargeback import focus
@@ -140,6 +142,25 @@ def test_usage_adjustment_and_allocated_rows_pass_the_validator(validator, tmp_p
     assert report.statuses["InvoiceId-C-003-C"] == "PASS"
     assert "--block-download" in report.command
     assert "1.2" in report.command
+
+CORRECTION = {  # a debit note issued in May 2031 for usage of April 2031 that arrived after its invoice
+    "BilledCost": "31.50", "EffectiveCost": "31.50", "PricingCurrencyEffectiveCost": "31.50",
+    "ListCost": "31.50", "ContractedCost": "31.50", "ChargeCategory": "Adjustment", "ChargeClass": "Correction",
+    "ChargeFrequency": "One-Time", "ChargePeriodStart": "2031-04-01T00:00:00Z",
+    "ChargePeriodEnd": "2031-05-01T00:00:00Z", "InvoiceId": "CB-2031-000042",
+    "ChargeDescription": "Correction of invoice CB-2031-000007 (2031-04): Usage - difference",
+    "x_ChargeSource": "correction",
+}
+
+
+@pytest.mark.parametrize("amount", ["31.50", "-12.25"])
+def test_correction_rows_of_an_earlier_month_pass_the_validator(validator, tmp_path, amount):
+    costs = dict.fromkeys(("BilledCost", "EffectiveCost", "PricingCurrencyEffectiveCost", "ListCost",
+                           "ContractedCost"), amount)
+    path = _write(tmp_path / "correction.csv", [BASE | USAGE, BASE | CORRECTION | costs])
+    report = focus.validate(path)
+    assert report.ok, report.summary() + "\n" + report.output
+
 
 
 @pytest.mark.parametrize(
@@ -267,20 +288,23 @@ def test_export_names_the_platform_and_uses_issued_invoice_numbers(may, tmp_path
     rows = _rows(may)
     assert {r["ProviderName"] for r in rows} == {r["InvoiceIssuerName"] for r in rows} == {"Chargeback Log Platform"}
     assert {r["InvoiceId"] for r in rows if r["SubAccountId"] == "t002"} == {f"{PERIOD}/t002"}  # provisional
+    # an issued (final) invoice of t002: final documents are immutable, so it stays; an issuer of
+    # its own keeps it out of the real issuer's gapless sequence, a real file keeps `verify` true
+    pdf = b"%PDF-1.7 issued invoice CB-2031-999999\n"
+    with fsspec.open("memory://focus-test/CB-2031-999999.pdf", "wb") as fh:
+        fh.write(pdf)
     with warehouse.connect() as conn:
         conn.execute(
-            "insert into pipeline.invoices (invoice_number, tenant_id, period_start, period_end, currency, total,"
-            " pdf_uri, pdf_sha256) values ('CB-2031-999999', 't002', %s, %s, 'USD', 0, 'memory://x', 'x')",
-            (MONTH, dt.date(2031, 5, 31)),
+            "insert into pipeline.invoices (invoice_number, issuer, tenant_id, period_start, period_end, close_period,"
+            " currency, total, pdf_uri, pdf_sha256, status, issue_date, finalized_at, usage_as_of)"
+            " values ('CB-2031-999999', 'focus-test', 't002', %s, %s, %s, 'USD', 0,"
+            " 'memory://focus-test/CB-2031-999999.pdf', %s, 'final', '2031-06-04', now(), now())",
+            (MONTH, dt.date(2031, 5, 31), MONTH, hashlib.sha256(pdf).hexdigest()),
         )
-    try:
-        again = focus.export(PERIOD, tmp_path / "again.csv", fmt="csv")
-        rows = _rows(again.files[0])
-        assert {r["InvoiceId"] for r in rows if r["SubAccountId"] == "t002"} == {"CB-2031-999999"}
-        assert {r["InvoiceId"] for r in rows if r["SubAccountId"] == "t001"} == {f"{PERIOD}/t001"}
-    finally:
-        with warehouse.connect() as conn:
-            conn.execute("delete from pipeline.invoices where invoice_number = 'CB-2031-999999'")
+    again = focus.export(PERIOD, tmp_path / "again.csv", fmt="csv")
+    rows = _rows(again.files[0])
+    assert {r["InvoiceId"] for r in rows if r["SubAccountId"] == "t002"} == {"CB-2031-999999"}
+    assert {r["InvoiceId"] for r in rows if r["SubAccountId"] == "t001"} == {f"{PERIOD}/t001"}
 
 
 @pytest.mark.warehouse

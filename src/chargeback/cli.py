@@ -140,8 +140,30 @@ def cmd_transform(args: argparse.Namespace) -> int:
 def cmd_invoices(args: argparse.Namespace) -> int:
     from chargeback import pipeline
 
+    if not args.period:
+        raise ValueError("chargeback invoices needs --period YYYY-MM (or: chargeback invoices verify)")
     records = pipeline.render_invoices(args.period, workers=args.workers)
-    print(f"rendered {len(records)} invoices for {args.period}")
+    print(f"rendered {len(records)} draft invoices for {args.period} (numbered when the month closes: "
+          f"chargeback close --period {args.period})")
+    return 0
+
+
+def cmd_invoices_verify(args: argparse.Namespace) -> int:
+    from chargeback import invoices
+
+    count = invoices.verify(args.period)
+    print(f"{count} issued documents{' of ' + args.period if args.period else ''}: every PDF matches its sha256")
+    return 0
+
+
+def cmd_close(args: argparse.Namespace) -> int:
+    from chargeback import close
+
+    if bool(args.override_incomplete) != bool(args.by):
+        raise ValueError("--override-incomplete REASON and --by NAME go together")
+    result = close.close_month(args.period, as_of=args.as_of, override_reason=args.override_incomplete,
+                               override_by=args.by, workers=args.workers)
+    print(result.summary())
     return 0
 
 
@@ -282,10 +304,24 @@ def build_parser() -> argparse.ArgumentParser:
                     help="drop and rebuild every mart from raw usage (after an upgrade changed a mart's columns)")
     sp.set_defaults(func=cmd_transform)
 
-    sp = sub.add_parser("invoices", help="render the PDF invoices of a month")
-    sp.add_argument("--period", required=True, help="YYYY-MM")
+    sp = sub.add_parser("invoices", help="render a month's draft invoices; verify issued PDFs")
+    sp.add_argument("--period", help="YYYY-MM")
     sp.add_argument("--workers", type=int, default=2)
     sp.set_defaults(func=cmd_invoices)
+    actions = sp.add_subparsers(dest="invoices_action")
+    verify = actions.add_parser("verify", help="re-hash every issued PDF and compare it with the recorded sha256")
+    verify.add_argument("--period", help="YYYY-MM (default: every period)")
+    verify.set_defaults(func=cmd_invoices_verify)
+
+    sp = sub.add_parser("close", help="close a month: drafts during the grace period, then final invoices "
+                        "and credit/debit notes (docs/MONTH_CLOSE.md)")
+    sp.add_argument("--period", required=True, help="YYYY-MM")
+    sp.add_argument("--as-of", help="ISO instant the grace period is judged at (default: now)")
+    sp.add_argument("--override-incomplete", metavar="REASON",
+                    help="close although hours of usage are missing; recorded and printed on the invoices")
+    sp.add_argument("--by", metavar="NAME", help="who decides the override")
+    sp.add_argument("--workers", type=int, default=2)
+    sp.set_defaults(func=cmd_close)
 
     sp = sub.add_parser("summary", help="print the finance summary of a month")
     sp.add_argument("--period", required=True, help="YYYY-MM")

@@ -25,8 +25,14 @@ FOCUS (docs/FOCUS.md has the full table):
   AllocatedResourceId/Name = the tenant (null for the unallocated portion),
   AllocatedMethodId = the method, AllocatedMethodDetails = {"Elements": [{AllocatedRatio,
   UsageUnit, UsageQuantity}], x_Pool, x_Part, x_Component, x_CostType, x_DriverMeter}.
-- InvoiceId: the invoice number once ``billing_monthly`` has numbered the tenant's
-  invoice (``pipeline.invoices``), else the mart's provisional ``YYYY-MM/<tenant>``.
+- InvoiceId: the invoice number once the month is closed and the tenant's invoice issued
+  (``pipeline.invoices``, final), else the mart's provisional ``YYYY-MM/<tenant>``.
+- Corrections (``x_ChargeSource`` = ``correction``, one row per line of a credit or debit
+  note issued at the close of the month, docs/MONTH_CLOSE.md): ChargeClass ``Correction``,
+  in the billing period the note was issued in, ChargePeriod = the corrected month,
+  ChargeCategory Adjustment, all costs = the signed difference, InvoiceId = the note's number,
+  ChargeDescription naming the invoice it corrects. Read from the issued notes at export
+  time, not from the marts: issued documents do not change.
 
 Files: ``--out FILE`` gets the CSV; the Parquet goes next to it (``FILE`` with the suffix
 ``.parquet``). Parquet needs ``pyarrow``; without it the CSV is still written and the
@@ -209,12 +215,67 @@ def read_month(month: dt.date, settings=None) -> tuple[list[Column], list[tuple]
             select {} from marts.fct_focus_charges as f
             left join pipeline.invoices as i
                 on i.tenant_id = f."SubAccountId" and i.period_start = %(month)s
+                and i.document_type = 'invoice' and i.status = 'final'
             where f."BillingPeriodStart" = (%(month)s::timestamp at time zone 'UTC')
             order by f."x_ChargeId"
             """
         ).format(sql.SQL(", ").join(select))
         rows = conn.execute(query, {"month": month}).fetchall()
+        rows += _correction_rows(conn, columns, rows, month)
     return columns, [_for_focus(columns, row) for row in rows]
+
+
+# The columns every row of an export shares (who provides the service), copied onto corrections.
+_SHARED_COLUMNS = ("InvoiceIssuerName", "ProviderName", "PublisherName", "ServiceCategory", "ServiceName",
+                   "ServiceSubcategory")
+
+
+def _correction_rows(conn, columns: list[Column], rows: list[tuple], month: dt.date) -> list[tuple]:
+    """One FOCUS row per line of the credit and debit notes issued at the close of ``month``."""
+    notes = conn.execute(
+        """
+        select n.invoice_number, n.corrects, n.tenant_id, n.period_start, n.currency, l.line_no, l.line_type,
+               l.meter, l.description, l.list_amount, l.discount_amount, l.amount,
+               t.organisation, t.tenant_name, t.business_unit, t.team
+        from pipeline.invoices as n
+        join pipeline.invoice_lines as l using (document_id)
+        left join marts.dim_tenants as t on t.tenant_id = n.tenant_id
+        where n.document_type in ('credit_note', 'debit_note') and n.status = 'final' and n.close_period = %s
+        order by n.invoice_number, l.line_no
+        """,
+        (month,),
+    ).fetchall()
+    if not notes:
+        return []
+    names = [c.name for c in columns]
+    shared = dict(zip(names, rows[0], strict=True)) if rows else {}
+    utc = dt.UTC
+    billing_start = dt.datetime(month.year, month.month, 1, tzinfo=utc)
+    billing_end = (billing_start + dt.timedelta(days=32)).replace(day=1)
+    out = []
+    for (number, corrects, tenant_id, period_start, currency, line_no, line_type, meter, description, list_amount,
+         discount_amount, amount, organisation, tenant_name, business_unit, team) in notes:
+        charge_start = dt.datetime(period_start.year, period_start.month, 1, tzinfo=utc)
+        values = {name: shared.get(name) for name in _SHARED_COLUMNS}
+        values.update({
+            "BilledCost": amount, "EffectiveCost": amount, "ListCost": amount, "ContractedCost": amount,
+            "PricingCurrencyEffectiveCost": amount,
+            "BillingAccountId": organisation, "BillingAccountName": organisation, "BillingCurrency": currency,
+            "BillingPeriodStart": billing_start, "BillingPeriodEnd": billing_end,
+            "ChargeCategory": "Adjustment", "ChargeClass": "Correction", "ChargeFrequency": "One-Time",
+            "ChargeDescription": f"Correction of invoice {corrects} ({period_start:%Y-%m}): {description}"
+                                 + (f" [{meter}]" if meter else ""),
+            "ChargePeriodStart": charge_start, "ChargePeriodEnd": (charge_start + dt.timedelta(days=32)).replace(day=1),
+            "InvoiceId": number, "PricingCurrency": currency,
+            "SubAccountId": tenant_id, "SubAccountName": tenant_name,
+            "Tags": json.dumps({"chargeback:organisation": organisation, "chargeback:business_unit": business_unit,
+                                "chargeback:team": team}) if organisation else None,
+            "x_ChargeId": f"correction/{number}/{line_no}", "x_ChargeSource": "correction",
+            "x_InvoiceDiscountAmount": discount_amount, "x_InvoiceListAmount": list_amount,
+            "x_InvoiceLineNo": line_no, "x_InvoiceLineType": line_type,
+        })
+        out.append(tuple(values.get(name) for name in names))
+    return out
 
 
 _ASCII_FORMS = str.maketrans({"\u2014": "-", "\u2013": "-", "\u2018": "'", "\u2019": "'", "\u201c": '"',

@@ -162,15 +162,13 @@ def check_month(period: str, settings: Settings | None = None) -> None:
 
 
 def render_invoices(period: str, settings: Settings | None = None, workers: int = 2) -> list:
-    """Render the month's invoices, issued on the first day after the period.
+    """Render the month's draft invoices (unnumbered, marked DRAFT), dated the day the month may close.
 
-    The issue date derives from the period, never from "now", so re-running a month
-    renders byte-identical PDFs.
+    The date derives from the period and the grace period, never from "now", so re-running
+    a month renders byte-identical drafts. Issuing them is :mod:`chargeback.close`'s job.
     """
-    from chargeback import freshness, invoices
+    from chargeback import close
 
-    freshness.require_current_marts(period, settings)  # faults: never render from stale marts
-    issue_date = month_window(period)[1].date()
-    records = invoices.render_month(period, workers=workers, settings=settings, issue_date=issue_date)
-    log.info("rendered %s invoices for %s", len(records), period)
+    records = close.render_drafts(period, settings, workers)
+    log.info("rendered %s draft invoices for %s", len(records), period)
     return records

@@ -93,7 +93,8 @@ def month_summary(period: str, settings: Settings | None = None) -> MonthSummary
             (month,),
         ).fetchall()
         invoices = conn.execute(
-            "select count(*) from pipeline.invoices where period_start = %s::date", (month,)
+            "select count(*) from pipeline.invoices where period_start = %s::date and document_type = 'invoice'",
+            (month,),
         ).fetchone()[0]
     return MonthSummary(
         period, tenants, [tuple(r) for r in usage], cost, allocated, idle_redistributed, idle_kept, unallocated,

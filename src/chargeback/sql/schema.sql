@@ -375,43 +375,181 @@ create table if not exists pipeline.validations (
     validated_at timestamptz not null default now()
 );
 
--- Invoice numbers are gapless per issuer: taken from this counter in the
--- same transaction that records the invoice (chargeback.invoices.render_month).
+-- ---- month close: invoices, credit and debit notes, their lines, the closes (chargeback.close) ----
+-- Invoice numbers are gapless per issuer: taken from this counter at finalization, in
+-- the same transaction that makes the documents final (chargeback.invoices.finalize_month).
+-- Drafts take no number, so only issued documents consume numbers.
 create table if not exists pipeline.invoice_counters (
     issuer text primary key,
     last_number bigint not null check (last_number >= 0)
 );
--- One row per tenant and billing month. A re-render updates the row and keeps
--- its number; period_end is the last day of the period (inclusive).
+-- Upgrade from the release where drafts were numbered (invoice_number was the primary key
+-- and nothing was ever final): its rows are drafts the next run renders again, and the
+-- numbers they held were never issued, so the counter starts again at zero. A warehouse
+-- holding anything but drafts there is not that release: refuse rather than lose it.
+do $$
+begin
+    if exists (select from information_schema.tables
+               where table_schema = 'pipeline' and table_name = 'invoices')
+       and not exists (select from information_schema.columns
+                       where table_schema = 'pipeline' and table_name = 'invoices'
+                         and column_name = 'document_id') then
+        if exists (select from pipeline.invoices where status <> 'draft') then
+            raise exception 'pipeline.invoices of an earlier release holds non-draft invoices: '
+                'the upgrade keeps issued invoices and would have to drop these — '
+                'move them aside (alter table pipeline.invoices rename to invoices_old) and rerun';
+        end if;
+        drop table pipeline.invoices;
+        update pipeline.invoice_counters set last_number = 0;
+    end if;
+end
+$$;
+-- One row per document: a tenant's invoice for a billing month (one per tenant and month,
+-- a draft until finalized), or a credit/debit note correcting a final invoice of that
+-- month (`corrects`). `close_period`: the month whose close issued the document (an
+-- invoice's own month; a note's later month, where FOCUS reports it). A final document
+-- never changes (triggers below); its PDF's sha256 is `pdf_sha256`.
 create table if not exists pipeline.invoices (
-    invoice_number text primary key,
+    document_id bigserial primary key,
+    document_type text not null default 'invoice'
+        check (document_type in ('invoice', 'credit_note', 'debit_note')),
+    invoice_number text unique,
     issuer text not null default 'chargeback',
     tenant_id text not null,
     period_start date not null,
     period_end date not null,
+    close_period date not null,
+    corrects text references pipeline.invoices (invoice_number),
     issue_date date,
     currency text not null,
     total numeric(18, 2) not null,
     pdf_uri text not null,
     pdf_sha256 text not null,
-    status text not null default 'draft',
+    status text not null default 'draft' check (status in ('draft', 'final')),
     rendered_at timestamptz not null default now(),
-    unique (tenant_id, period_start)
+    finalized_at timestamptz,
+    usage_as_of timestamptz,
+    check ((status = 'final') = (invoice_number is not null)),
+    check ((document_type = 'invoice') = (corrects is null)),
+    check (status = 'draft' or (finalized_at is not null and issue_date is not null and usage_as_of is not null))
 );
--- Warehouses created before these columns existed. Checked first: an unconditional
--- `alter table` would take an exclusive lock on every ensure_schema() call.
+create unique index if not exists invoices_one_per_tenant_month
+    on pipeline.invoices (tenant_id, period_start) where document_type = 'invoice';
+create index if not exists invoices_corrects_idx on pipeline.invoices (corrects);
+-- The lines a final document shows, frozen at finalization: what was issued, whatever
+-- the marts say later. A note's lines are the differences it corrects.
+create table if not exists pipeline.invoice_lines (
+    document_id bigint not null references pipeline.invoices (document_id),
+    line_no integer not null check (line_no >= 1),
+    line_type text not null,
+    meter text,
+    description text not null,
+    tier integer,
+    quantity numeric(38, 12) not null,
+    unit text,
+    pricing_quantity numeric(38, 12) not null,
+    pricing_unit text,
+    unit_price numeric(18, 6),
+    list_amount numeric(18, 2) not null,
+    discount_amount numeric(18, 2) not null,
+    amount numeric(18, 2) not null,
+    currency text not null,
+    price_book text,
+    pricing_model text,
+    primary key (document_id, line_no)
+);
+-- One row per billing month that a close looked at: the completeness check's outcome
+-- (missing hours per meter), an operator's override (reason, who) and when it was finalized.
+create table if not exists pipeline.month_closes (
+    period date primary key,
+    status text not null check (status in ('incomplete', 'complete', 'overridden')),
+    checked_at timestamptz not null,
+    missing jsonb not null default '{}'::jsonb,
+    missing_hours integer not null default 0 check (missing_hours >= 0),
+    override_reason text,
+    override_by text,
+    finalized_at timestamptz,
+    check ((status = 'overridden') = (override_reason is not null)),
+    check ((override_reason is null) = (override_by is null))
+);
+-- Final documents are immutable: the database itself refuses to change or remove them
+-- or their lines, whoever asks. A correction is a new document (a credit or debit note).
+create or replace function pipeline.refuse_change_of_final_invoice() returns trigger
+language plpgsql as $$
+begin
+    if tg_op = 'TRUNCATE' then
+        if exists (select from pipeline.invoices where status = 'final') then
+            raise exception 'chargeback refusal: TRUNCATE of pipeline.invoices refused: it holds final documents, '
+                'which are immutable — correct an issued invoice with a credit or debit note';
+        end if;
+        return null;
+    end if;
+    if old.status = 'final' then
+        raise exception 'chargeback refusal: % of final % % (tenant %, %) refused: issued documents are immutable — '
+            'correct it with a credit or debit note (chargeback close)', tg_op,
+            replace(old.document_type, '_', ' '), old.invoice_number, old.tenant_id,
+            to_char(old.period_start, 'YYYY-MM');
+    end if;
+    if tg_op = 'DELETE' then
+        return old;
+    end if;
+    return new;
+end
+$$;
+create or replace function pipeline.refuse_change_of_final_invoice_lines() returns trigger
+language plpgsql as $$
+declare
+    number text;
+begin
+    if tg_op = 'TRUNCATE' then
+        if exists (select from pipeline.invoice_lines l join pipeline.invoices i using (document_id)
+                   where i.status = 'final') then
+            raise exception 'chargeback refusal: TRUNCATE of pipeline.invoice_lines refused: it holds lines of '
+                'final documents, which are immutable — correct an issued invoice with a credit or debit note';
+        end if;
+        return null;
+    end if;
+    if tg_op in ('UPDATE', 'DELETE') then
+        select invoice_number into number from pipeline.invoices
+        where document_id = old.document_id and status = 'final';
+    end if;
+    if number is null and tg_op in ('INSERT', 'UPDATE') then
+        select invoice_number into number from pipeline.invoices
+        where document_id = new.document_id and status = 'final';
+    end if;
+    if number is not null then
+        raise exception 'chargeback refusal: % of a line of final document % refused: issued documents are '
+            'immutable — correct it with a credit or debit note (chargeback close)', tg_op, number;
+    end if;
+    if tg_op = 'DELETE' then
+        return old;
+    end if;
+    return new;
+end
+$$;
+-- Created once (checked first: create trigger locks the table on every ensure_schema()).
 do $$
 begin
-    if not exists (select 1 from information_schema.columns
-                   where table_schema = 'pipeline' and table_name = 'invoices' and column_name = 'issuer') then
-        alter table pipeline.invoices add column issuer text not null default 'chargeback';
+    if not exists (select from pg_trigger where tgname = 'invoices_final_is_immutable') then
+        create trigger invoices_final_is_immutable before update or delete on pipeline.invoices
+            for each row execute function pipeline.refuse_change_of_final_invoice();
     end if;
-    if not exists (select 1 from information_schema.columns
-                   where table_schema = 'pipeline' and table_name = 'invoices' and column_name = 'issue_date') then
-        alter table pipeline.invoices add column issue_date date;
+    if not exists (select from pg_trigger where tgname = 'invoices_final_no_truncate') then
+        create trigger invoices_final_no_truncate before truncate on pipeline.invoices
+            for each statement execute function pipeline.refuse_change_of_final_invoice();
+    end if;
+    if not exists (select from pg_trigger where tgname = 'invoice_lines_final_are_immutable') then
+        create trigger invoice_lines_final_are_immutable before insert or update or delete
+            on pipeline.invoice_lines
+            for each row execute function pipeline.refuse_change_of_final_invoice_lines();
+    end if;
+    if not exists (select from pg_trigger where tgname = 'invoice_lines_final_no_truncate') then
+        create trigger invoice_lines_final_no_truncate before truncate on pipeline.invoice_lines
+            for each statement execute function pipeline.refuse_change_of_final_invoice_lines();
     end if;
 end
 $$;
+-- ---- end of month close ----
 
 -- BI tools (Metabase, Superset, ...) read the documented marts through a read-only role.
 -- Grant it to a login role of your own: `create role metabase login password '…' in role chargeback_bi`.
