@@ -7,8 +7,10 @@ here, not passed around, so subprocesses (dbt, Airflow) see the same warehouse.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,24 @@ def test_warehouse(tmp_path_factory: pytest.TempPathFactory):
     warehouse.ensure_schema()
     configuration.load()
     return warehouse.dsn()
+
+
+@contextlib.contextmanager
+def database_of_its_own(suffix: str) -> Iterator[str]:
+    """Switch to a fresh database ``<session database>_<suffix>`` with the shipped
+    configuration applied, for a module whose tests must not see other modules' rows."""
+    from chargeback import configuration, warehouse
+
+    session_db = os.environ["CHARGEBACK_DATABASE"]
+    name = f"{session_db}_{suffix}"
+    warehouse.drop_database(name)
+    os.environ["CHARGEBACK_DATABASE"] = name
+    try:
+        warehouse.ensure_schema()
+        configuration.load()
+        yield name
+    finally:
+        os.environ["CHARGEBACK_DATABASE"] = session_db
 
 
 @pytest.fixture

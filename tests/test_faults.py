@@ -46,7 +46,7 @@ def _last_event_line(kind: str = "refusal") -> str:
 def test_failed_transform_renders_no_invoice(landing, settings):
     """A month whose marts are older than its usage, or whose last dbt build failed, is
     refused before anything is rendered: one line in pipeline.events, no PDF, no invoice row."""
-    period, start = "2032-02", dt.datetime(2032, 2, 1, tzinfo=dt.UTC)
+    period, start = "2034-02", dt.datetime(2034, 2, 1, tzinfo=dt.UTC)
     hour = dt.timedelta(hours=1)
     first, second = (start, start + 2 * hour), (start + 2 * hour, start + 4 * hour)
     simulate(str(landing), TENANTS, start, second[1], seed=5)
@@ -62,7 +62,7 @@ def test_failed_transform_renders_no_invoice(landing, settings):
         pipeline.check_month(period)
     assert str(stale.value) == _last_event_line()
     assert str(stale.value).startswith(f"chargeback refusal: invoices of {period} at load {load_id}: usage of"
-                                       " [2032-02-01T02:00:00Z, 2032-02-01T04:00:00Z) was published at ")
+                                       " [2034-02-01T02:00:00Z, 2034-02-01T04:00:00Z) was published at ")
 
     # a real dbt failure: a configuration column the staging model reads is gone
     with warehouse.connect() as conn:
@@ -85,10 +85,10 @@ def test_failed_transform_renders_no_invoice(landing, settings):
         assert line == _last_event_line()
         assert line.startswith(
             f"chargeback refusal: invoices of {period} at transform run {run_id}: the dbt build over"
-            " [2032-02-01T02:00:00Z, 2032-02-01T04:00:00Z) failed at ")
+            " [2034-02-01T02:00:00Z, 2034-02-01T04:00:00Z) failed at ")
         assert "model stg_config__meters: " in line
-        assert line.endswith("— fix the cause, then rebuild with `chargeback transform --start 2032-02-01T02:00:00Z"
-                             " --end 2032-02-01T04:00:00Z` (or re-run usage_hourly for that window) and invoice"
+        assert line.endswith("— fix the cause, then rebuild with `chargeback transform --start 2034-02-01T02:00:00Z"
+                             " --end 2034-02-01T04:00:00Z` (or re-run usage_hourly for that window) and invoice"
                              " the month again")
     assert _rows("select count(*) from pipeline.invoices where period_start = %s", start.date()) == [(0,)]
     assert not (Path(settings.reports_out) / period).exists()
@@ -102,7 +102,7 @@ def test_dbt_runs_chargeback_did_not_start_are_recorded_too(settings, monkeypatc
     """The dbt tasks of usage_hourly (cosmos) call dbt directly: its on-run-end hook keeps
     those runs in pipeline.transform_runs, failed ones with the failing node and why."""
     monkeypatch.setenv("DBT_INDIRECT_SELECTION", "cautious")  # as cosmos runs them: the model's own tests
-    window = {"window_start": "2032-03-01T00:00:00Z", "window_end": "2032-03-01T01:00:00Z"}
+    window = {"window_start": "2034-03-01T00:00:00Z", "window_end": "2034-03-01T01:00:00Z"}
     args = ["build", "--select", "stg_config__meters", "--vars", json.dumps(window)]
     assert transform._invoke(args, settings).success
     with warehouse.connect() as conn:
@@ -114,7 +114,7 @@ def test_dbt_runs_chargeback_did_not_start_are_recorded_too(settings, monkeypatc
             conn.execute("alter table config.meters rename column description_gone to description")
     runs = _rows("select window_start, window_end, selection, status, failures, invoked_by"
                  " from pipeline.transform_runs order by transform_id desc limit 2")
-    hour = (dt.datetime(2032, 3, 1, tzinfo=dt.UTC), dt.datetime(2032, 3, 1, 1, tzinfo=dt.UTC))
+    hour = (dt.datetime(2034, 3, 1, tzinfo=dt.UTC), dt.datetime(2034, 3, 1, 1, tzinfo=dt.UTC))
     assert runs[1] == (*hour, "stg_config__meters", "succeeded", [], "dbt")
     assert runs[0][:4] == (*hour, "stg_config__meters", "failed")
     assert len(runs[0][4]) == 1
@@ -163,9 +163,9 @@ def test_config_change_mid_month_keeps_earlier_hours(landing, settings, tmp_path
     """1 April is built; then new price book and cost pool versions from 2 April are
     applied, 2 April's usage arrives and the window is rebuilt: 1 April's allocations and
     priced lines are identical to the cent, and 2 April is priced by the new versions."""
-    day = dt.datetime(2032, 4, 2, tzinfo=dt.UTC)
+    day = dt.datetime(2034, 4, 2, tzinfo=dt.UTC)
     earlier, later = (day - dt.timedelta(hours=2), day), (day, day + dt.timedelta(hours=2))
-    april = dt.date(2032, 4, 1)
+    april = dt.date(2034, 4, 1)
     simulate(str(landing), TENANTS, earlier[0], later[1], seed=9)
     source = FileSource(str(landing))
     pipeline.load_window(*earlier, source)
@@ -254,7 +254,7 @@ def _cut_the_warehouse_while_the_gate_runs(start: dt.datetime, settings, timeout
 def test_warehouse_restart_mid_dag_run_retries_to_the_same_result(landing, settings, tmp_path, monkeypatch):
     """usage_hourly loses the warehouse while its gate runs; the failed task's retry
     succeeds, the run succeeds, and the marts equal an undisturbed run of the same window."""
-    start = dt.datetime(2032, 5, 1, tzinfo=dt.UTC)
+    start = dt.datetime(2034, 5, 1, tzinfo=dt.UTC)
     end = start + dt.timedelta(hours=2)
     simulate(str(landing), TENANTS, start, end, seed=13)
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow_home"))

@@ -7,15 +7,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from chargeback import configuration, orchestrate, pipeline, restatement, warehouse
+from chargeback import orchestrate, pipeline, restatement, warehouse
 from chargeback.simulate import simulate
 from chargeback.sources import FileSource, hour_folder
+from conftest import database_of_its_own
 
 # warehouse tests carry the mark one by one: the Airflow run at the end is not one of them
 in_warehouse = pytest.mark.warehouse
@@ -73,16 +73,8 @@ def row_versions(table: str) -> dict[tuple, str]:
 @pytest.fixture(scope="module", autouse=True)
 def late_database(test_warehouse):
     """A database of this module's own: the restatement scan reads every load run."""
-    session_db = os.environ["CHARGEBACK_DATABASE"]
-    name = f"{session_db}_late"
-    warehouse.drop_database(name)
-    os.environ["CHARGEBACK_DATABASE"] = name
-    try:
-        warehouse.ensure_schema()
-        configuration.load()
+    with database_of_its_own("late") as name:
         yield name
-    finally:
-        os.environ["CHARGEBACK_DATABASE"] = session_db
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,14 @@ the window, and nothing else, is written, and its allocations add up to its cost
 
 from __future__ import annotations
 
-import os
 import shutil
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
 
-from chargeback import configuration, transform, warehouse
+from chargeback import transform, warehouse
+from conftest import database_of_its_own
 
 pytestmark = pytest.mark.warehouse
 
@@ -101,13 +101,7 @@ def mart_rows() -> dict[str, list[tuple]]:
 @pytest.fixture(scope="module", autouse=True)
 def transform_database(test_warehouse):
     """A database for this module only, with the shipped configuration."""
-    session_db = os.environ["CHARGEBACK_DATABASE"]
-    name = f"{session_db}_transform"
-    warehouse.drop_database(name)
-    os.environ["CHARGEBACK_DATABASE"] = name
-    try:
-        warehouse.ensure_schema()
-        configuration.load()
+    with database_of_its_own("transform") as name:
         rows = [
             (
                 f"test/{tenant}/{meter}/{hour:%Y%m%d%H}",
@@ -131,8 +125,6 @@ def transform_database(test_warehouse):
                 rows,
             )
         yield name
-    finally:
-        os.environ["CHARGEBACK_DATABASE"] = session_db
 
 
 @pytest.fixture(scope="module")

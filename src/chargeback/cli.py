@@ -44,9 +44,15 @@ def _window(args: argparse.Namespace) -> tuple[dt.datetime, dt.datetime]:
     raise ValueError("give a window: --month YYYY-MM, or --start and --end (ISO-8601 UTC)")
 
 
-def _last_closed_month(today: dt.date | None = None) -> str:
-    today = today or dt.datetime.now(dt.UTC).date()
-    return (today.replace(day=1) - dt.timedelta(days=1)).strftime("%Y-%m")
+def _last_closed_month(now: dt.datetime | None = None) -> str:
+    """The latest month whose grace period has ended by ``now``: the demo can issue its invoices."""
+    from chargeback.close import grace_period_end
+
+    now = now or dt.datetime.now(dt.UTC)
+    month = (now.date().replace(day=1) - dt.timedelta(days=1)).replace(day=1)
+    while grace_period_end(f"{month:%Y-%m}") > now:
+        month = (month - dt.timedelta(days=1)).replace(day=1)
+    return f"{month:%Y-%m}"
 
 
 def cmd_warehouse(args: argparse.Namespace) -> int:
@@ -246,7 +252,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     say("Airflow: usage_hourly over the month (extract, stage, GX gate, publish, dbt models, mart checks)")
     orchestrate.run_dag("usage_hourly", {"start": start.isoformat(), "end": end.isoformat(), "source": "files"},
                         quiet=not args.verbose)
-    say("Airflow: billing_monthly for the month (mart checks, PDF invoices)")
+    say("Airflow: billing_monthly for the month (mart checks, drafts, completeness, final invoices, corrections)")
     orchestrate.run_dag("billing_monthly", {"period": period}, quiet=not args.verbose)
     say(f"invoices: {settings.reports_out.rstrip('/')}/{period}/")
     print()

@@ -205,9 +205,16 @@ def grace_period_over(period: str, as_of: dt.datetime | str | None = None, setti
 
 
 def render_drafts(period: str, settings: Settings | None = None, workers: int = 2) -> list[invoices.InvoiceRecord]:
-    """The month's draft invoices, from marts that reconcile; dated the day the month may close."""
+    """The month's draft invoices, from marts that reconcile; dated the day the month may close.
+
+    A month already final has no drafts: a re-run of billing_monthly (a cleared run, a second
+    demo) goes on to its corrections instead of failing here.
+    """
     from chargeback import pipeline
 
+    if is_final(period, settings):
+        log.info("%s is final already: no drafts to render; changes since become credit or debit notes", period)
+        return []
     pipeline.check_month(period, settings)
     return invoices.render_month(period, workers=workers, settings=settings,
                                  issue_date=grace_period_end(period, settings).date())

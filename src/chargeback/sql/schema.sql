@@ -96,59 +96,28 @@ create index if not exists usage_quarantine_open_idx on raw.usage_quarantine (la
 -- answers with pg_input_is_valid (no exception, fast); PostgreSQL 15 catches the cast's error.
 -- Created once (not replaced on every ensure_schema, which would churn the catalog).
 do $$
+declare
+    type_name text;
 begin
     if (select count(*) from pg_proc
         where pronamespace = 'raw'::regnamespace and proname in ('is_numeric', 'is_timestamptz', 'is_json')) = 3 then
         return;
     end if;
-    if current_setting('server_version_num')::int >= 160000 then
-        execute $f$
-            create or replace function raw.is_numeric(t text) returns boolean
-            language sql stable parallel safe as 'select pg_input_is_valid(t, ''numeric'')'
-        $f$;
-        execute $f$
-            create or replace function raw.is_timestamptz(t text) returns boolean
-            language sql stable parallel safe as 'select pg_input_is_valid(t, ''timestamptz'')'
-        $f$;
-        execute $f$
-            create or replace function raw.is_json(t text) returns boolean
-            language sql stable parallel safe as 'select pg_input_is_valid(t, ''json'')'
-        $f$;
-    else
-        execute $f$
-            create or replace function raw.is_numeric(t text) returns boolean
-            language plpgsql stable parallel safe as $b$
-            begin
-                perform t::numeric;
-                return true;
-            exception when others then
-                return false;
-            end
-            $b$
-        $f$;
-        execute $f$
-            create or replace function raw.is_timestamptz(t text) returns boolean
-            language plpgsql stable parallel safe as $b$
-            begin
-                perform t::timestamptz;
-                return true;
-            exception when others then
-                return false;
-            end
-            $b$
-        $f$;
-        execute $f$
-            create or replace function raw.is_json(t text) returns boolean
-            language plpgsql stable parallel safe as $b$
-            begin
-                perform t::json;
-                return true;
-            exception when others then
-                return false;
-            end
-            $b$
-        $f$;
-    end if;
+    foreach type_name in array array['numeric', 'timestamptz', 'json'] loop
+        if current_setting('server_version_num')::int >= 160000 then
+            execute format(
+                'create or replace function raw.%I(t text) returns boolean'
+                ' language sql stable parallel safe as %L',
+                'is_' || type_name, format('select pg_input_is_valid(t, %L)', type_name));
+        else
+            execute format(
+                'create or replace function raw.%I(t text) returns boolean'
+                ' language plpgsql stable parallel safe as %L',
+                'is_' || type_name,
+                format('begin perform t::%s; return true; exception when others then return false; end',
+                       type_name));
+        end if;
+    end loop;
 end
 $$;
 
