@@ -43,6 +43,8 @@ class MonthSummary:
     billed: Decimal
     currency: str
     invoices: int
+    """Final invoices of the month (drafts not counted)."""
+    drafts: int
     organisations: list[OrganisationLedger]
 
     @property
@@ -92,13 +94,14 @@ def month_summary(period: str, settings: Settings | None = None) -> MonthSummary
             """,
             (month,),
         ).fetchall()
-        invoices = conn.execute(
-            "select count(*) from pipeline.invoices where period_start = %s::date and document_type = 'invoice'",
+        invoices, drafts = conn.execute(
+            "select count(*) filter (where status = 'final'), count(*) filter (where status = 'draft')"
+            " from pipeline.invoices where period_start = %s::date and document_type = 'invoice'",
             (month,),
-        ).fetchone()[0]
+        ).fetchone()
     return MonthSummary(
         period, tenants, [tuple(r) for r in usage], cost, allocated, idle_redistributed, idle_kept, unallocated,
-        list_price, discounts, true_ups, uplifts, billed, currency, invoices,
+        list_price, discounts, true_ups, uplifts, billed, currency, invoices, drafts,
         [OrganisationLedger(*r) for r in organisations],
     )
 
@@ -113,7 +116,8 @@ def render(s: MonthSummary) -> str:
         f"Chargeback — {s.period}".center(width, " "),
         "=" * width,
         f"{'Tenants billed':<40}{s.tenants:>26,}",
-        f"{'Invoices rendered':<40}{s.invoices:>26,}",
+        f"{'Invoices issued (final)':<40}{s.invoices:>26,}",
+        *([f"{'Invoice drafts (not yet issued)':<40}{s.drafts:>26,}"] if s.drafts else []),
         "Usage",
     ]
     for meter, quantity, unit in s.usage:
