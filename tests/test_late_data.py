@@ -266,9 +266,10 @@ def test_restating_a_finalized_month_says_the_change_becomes_a_correction(restat
     landing, settings = restated["landing"], restated["settings"]
     with warehouse.connect() as conn:
         conn.execute(
-            "insert into pipeline.invoices (invoice_number, tenant_id, period_start, period_end, currency, total,"
-            " pdf_uri, pdf_sha256, status) values ('LATE-TEST-1', 't004', date '2026-03-01', date '2026-03-31',"
-            " 'USD', 0, 'none.pdf', '', 'final')")
+            "insert into pipeline.invoices (invoice_number, tenant_id, period_start, period_end, close_period,"
+            " currency, total, pdf_uri, pdf_sha256, status, issue_date, finalized_at, usage_as_of)"
+            " values ('LATE-TEST-1', 't004', date '2026-03-01', date '2026-03-31', date '2026-03-01',"
+            " 'USD', 0, 'none.pdf', '', 'final', date '2026-04-04', now(), now())")
     hour = D0 + 45 * HOUR
     path = late_file(landing, hour, "after-close.jsonl", [("after-close-1", "t001", Decimal(1), hour)])
     try:

@@ -546,7 +546,8 @@ def price_in_sql(sql: str, batch: list[dict]) -> dict[str, list[tuple]]:
                             " upper_bound, retention_days, unit_price) values (%s, %s, %s, %s, %s, %s, %s, %s)",
                             tiers)
             cur.executemany("insert into marts.fct_usage_hourly (tenant_id, meter, hour_start, quantity, unit,"
-                            " kind, snapshot_count) values (%s, %s, %s, %s, %s, %s, %s)", usage)
+                            " kind, snapshot_count, last_learned_at) values (%s, %s, %s, %s, %s, %s, %s, now())",
+                            usage)
             rows = cur.execute(
                 "select tenant_id, invoice_month, line_type, price_valid_from, tier, quantity, unit_price,"
                 f" list_amount, discount_amount, amount from ({sql}) as lines"

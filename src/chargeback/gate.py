@@ -62,6 +62,11 @@ class GateFailed(ValidationError):
         return self.results[0]
 
 
+class GateNotEvaluated(ValidationError):
+    """The gate could not evaluate an expectation (the warehouse went away, a query failed):
+    no verdict on the data. The load stays staged and a retry of the gate decides."""
+
+
 @dataclass(frozen=True)
 class SuiteResult:
     """One suite run against one table, as recorded in ``pipeline.validations``."""
@@ -82,6 +87,8 @@ class SuiteResult:
     data_docs_url: str | None
     """``file://`` URL of this run's Data Docs page (``None`` if the docs could not be built)."""
     seconds: float = field(default=0.0, compare=False)
+    errored_expectations: int = 0
+    """Failed expectations that raised instead of being evaluated (included in ``failed_expectations``)."""
 
     @property
     def summary(self) -> str:
@@ -138,6 +145,10 @@ def validate_staged(
         window_end=end,
     )
     (result,) = run_suites([run], run_name=f"load-{load_id}", settings=settings)
+    if result.errored_expectations:
+        message = failure_message(f"gate could not validate {table} (load {load_id}, {format_window(start, end)});"
+                                  " the load stays staged: retry the task", [result])
+        raise GateNotEvaluated(message, [result])
     if not result.success:
         message = failure_message(f"gate failed for {table} (load {load_id}, {format_window(start, end)})", [result])
         line = _quarantine_refusal(load_id, settings)
@@ -432,6 +443,7 @@ def _record(
         validation_id=0,
         data_docs_url=url,
         seconds=seconds,
+        errored_expectations=sum(1 for r in failed if _exception_message(r.get("exception_info"))),
     )
     (validation_id,) = conn.execute(
         "insert into pipeline.validations (suite, table_name, load_id, window_start, window_end, success,"
