@@ -377,6 +377,43 @@ def test_usage_after_finalization_issues_a_debit_note_referencing_the_invoice(ma
     assert report.ok, report.summary() + "\n" + report.output
 
 
+def test_usage_withdrawn_after_finalization_issues_a_credit_note_referencing_the_invoice(settings):
+    """June 2032 is issued; then 20 hours of t001's ingest are withdrawn (a replayed hour
+    publishes what its corrected file holds now). The June invoice stays as issued and
+    July's close credits the difference on a note that names it."""
+    load_month("2032-06", tag="cn")
+    assert close.close_month("2032-06", as_of="2032-07-04T00:00Z", workers=1).closed
+    june = dt.date(2032, 6, 1)
+    original = documents(june)
+    with warehouse.connect() as conn:
+        withdrawn = conn.execute(
+            "delete from raw.usage_snapshots where tenant_id = 't001' and meter = 'ingested_gb'"
+            " and hour_start >= '2032-06-10 00:00+00' and hour_start < '2032-06-10 20:00+00'").rowcount
+    assert withdrawn == 20
+    transform.build(*month_window("2032-06"))
+    before = counter()
+
+    notes = [n for n in close.issue_corrections("2032-07", issue_date=dt.date(2032, 8, 4)) if n.period_start == june]
+
+    assert [(n.document_type, n.tenant_id, n.corrects, n.status, n.invoice_number) for n in notes] == [
+        ("credit_note", "t001", original["t001"][0], "final", f"CB-2032-{before + 1:06d}")]
+    # t001 ingests 1,800 GB in June: the 50 GB withdrawn were in tier 2 (0.35 USD), less its 10% discount
+    assert notes[0].total == D("-15.75")
+    with warehouse.connect() as conn:
+        lines = conn.execute(
+            "select line_type, meter, quantity, list_amount, discount_amount, amount"
+            " from pipeline.invoice_lines l join pipeline.invoices i"
+            " using (document_id) where i.invoice_number = %s", (notes[0].invoice_number,)).fetchall()
+    assert lines == [("usage", "ingested_gb", D(-50), D("-17.50"), D("-1.75"), D("-15.75"))]
+    assert documents(june) == original
+    assert invoices.verify("2032-06") == len(BILLED) + 1
+    text = pdf_text(Path(notes[0].pdf_uri).read_bytes())
+    assert "CREDIT NOTE" in text
+    assert f"Corrects invoice {original['t001'][0]} of June 2032" in text
+    assert "-50.000 GB — -17.50 +1.75 -15.75" in text  # the discount withdrawn with the usage adds back
+    assert "Total -15.75 USD" in text
+
+
 def test_cli_close_and_verify_say_what_they_did(march, capsys):
     numbers = sorted(row[0] for row in documents(march).values())
     assert main(["close", "--period", "2032-03", "--as-of", "2032-05-01T00:00Z", "--workers", "1"]) == 0
