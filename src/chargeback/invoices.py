@@ -36,7 +36,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -349,7 +349,7 @@ def invoice_context(invoice: Invoice, lines: Sequence[InvoiceLine], tenant: Tena
                 "unit": line.unit,
                 "unit_price": _printed_unit_price(line),
                 "list_amount": format_cents(_list_amount(line)),
-                "discount": _deduction(format_cents, line.discount_amount) if line.discount_amount else "—",
+                "discount": _deduction(line.discount_amount) if line.discount_amount else "—",
                 "amount": format_cents(line.amount),
             }
             for line in lines
@@ -372,10 +372,11 @@ def _printed_unit_price(line: InvoiceLine) -> str:
     return format_unit_price(line.unit_price)
 
 
-def _deduction(fmt: Callable[[Decimal], str], discount: Decimal) -> str:
+def _deduction(discount: Decimal, currency: str | None = None) -> str:
     """A discount as it acts on the amount: ``3.50 -> "−3.50"``; a credit note's negative
-    difference of a discount adds back, ``-1.75 -> "+1.75"``."""
-    return ("+" if discount < 0 else "−") + fmt(abs(discount))
+    difference of a discount adds back, ``-1.75 -> "+1.75"``. With ``currency``: ``"−3.50 USD"``."""
+    text = format_money(abs(discount), currency) if currency else format_cents(abs(discount))
+    return ("+" if discount < 0 else "−") + text
 
 
 def _list_amount(line: InvoiceLine) -> Decimal:
@@ -388,7 +389,7 @@ def _summary(invoice: Invoice) -> list[dict[str, str]]:
         return []
     rows = [("Usage at list prices", format_money(invoice.list_subtotal, invoice.currency))]
     if invoice.discount_total:
-        rows.append(("Discount", _deduction(lambda a: format_money(a, invoice.currency), invoice.discount_total)))
+        rows.append(("Discount", _deduction(invoice.discount_total, invoice.currency)))
     if invoice.commitment_true_up:
         rows.append(("Commitment true-up", format_money(invoice.commitment_true_up, invoice.currency)))
     if invoice.overage_uplift:
