@@ -22,7 +22,7 @@ Runs after each month ends (its data interval is the month):
 7. **finance_summary** — the month's figures for finance.
 
 A manual run may name the month with the `period` param (`YYYY-MM`).
-Logic lives in `chargeback.close`; this file only wires tasks. docs/MONTH_CLOSE.md explains it.
+Logic lives in `chargeback.billing.close`; this file only wires tasks. docs/MONTH_CLOSE.md explains it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import datetime as dt
 from airflow.providers.standard.sensors.date_time import DateTimeSensor
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
-from chargeback.dag_defaults import default_args, on_dag_failure
+from chargeback.orchestration.dag_defaults import default_args, on_dag_failure
 
 
 @dag(
@@ -55,21 +55,21 @@ def billing_monthly():
     @task
     def resolve_period(params=None, data_interval_start=None) -> str:
         """The billing month: the `period` param, else the month of the data interval."""
-        from chargeback import pipeline
+        from chargeback.orchestration import steps
 
-        return params.get("period") or pipeline.parse_instant(data_interval_start).strftime("%Y-%m")
+        return params.get("period") or steps.parse_instant(data_interval_start).strftime("%Y-%m")
 
     @task
     def check_marts(period: str) -> None:
         """Every allocation rule had driver data and the month's marts reconcile to the cent."""
-        from chargeback import pipeline
+        from chargeback.billing import close
 
-        pipeline.check_month(period)
+        close.check_month(period)
 
     @task
     def render_drafts(period: str) -> int:
         """One DRAFT PDF per tenant, unnumbered, rendered in parallel processes, recorded with its sha256."""
-        from chargeback import close
+        from chargeback.billing import close
 
         if close.is_final(period):
             return 0
@@ -78,7 +78,7 @@ def billing_monthly():
     @task
     def grace_period_end(period: str) -> str:
         """When the month may close: its end plus the grace period (ISO instant for the sensor)."""
-        from chargeback import close
+        from chargeback.billing import close
 
         return close.grace_period_end(period).isoformat()
 
@@ -95,7 +95,7 @@ def billing_monthly():
         """Every hour of the month holds usage of every meter, or an operator overrode the gap."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from chargeback import close
+        from chargeback.billing import close
 
         if close.is_final(period):
             return "final already"
@@ -108,7 +108,7 @@ def billing_monthly():
     @task
     def finalize_invoices(period: str, params=None) -> int:
         """Final PDFs from the current marts; numbers, frozen lines and status in one transaction."""
-        from chargeback import close
+        from chargeback.billing import close
 
         return len(close.finalize(period, override_reason=params.get("override_incomplete"),
                                   override_by=params.get("override_by")))
@@ -116,14 +116,14 @@ def billing_monthly():
     @task
     def issue_corrections(period: str) -> int:
         """Credit or debit notes for earlier final months whose marts changed since they were issued."""
-        from chargeback import close
+        from chargeback.billing import close
 
         return len(close.issue_corrections(period))
 
     @task
     def finance_summary(period: str) -> str:
         """The month's figures for finance: tenants, usage per meter, cost, allocated, billed."""
-        from chargeback import summary
+        from chargeback.billing import summary
 
         text = summary.render(summary.month_summary(period))
         print(text)

@@ -25,11 +25,11 @@ the schedule). It:
 
 A manual run may pass a wider window (`start`, `end`, ISO-8601 UTC) — that is how backfills
 and the demo cover a month in one run — and a `source` (`files` or `simulator`).
-Logic lives in `chargeback.pipeline`; this file only wires tasks.
+Logic lives in `chargeback.orchestration.steps`; this file only wires tasks.
 
 **dbt manifest.** The dbt tasks are rendered from `dbt_project/target/manifest.json`, so
 parsing this file never runs dbt. `make install`, the test suite and `chargeback demo`
-(`chargeback.transform.parse()`) write it; if it is missing the file fails to import with
+(`chargeback.engine.transform.parse()`) write it; if it is missing the file fails to import with
 "run `make install` (dbt parse) first". Re-run it after changing the dbt project, or new
 models get no task.
 
@@ -38,7 +38,7 @@ models get no task.
 this DAG from building the same warehouse at once.
 
 **Environment.** The tasks read the warehouse connection from `CHARGEBACK_PG_*`
-(`chargeback.warehouse.dbt_env()`), which `chargeback.orchestrate.airflow_env()` exports
+(`chargeback.platform.warehouse.dbt_env()`), which `chargeback.orchestration.runner.airflow_env()` exports
 for `airflow dags test` and `make airflow`; it also turns cosmos' telemetry off.
 """
 
@@ -50,8 +50,8 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior, TestIndirectSelection
 
-from chargeback.dag_defaults import default_args, on_dag_failure
-from chargeback.transform import dbt_paths
+from chargeback.engine.transform import dbt_paths
+from chargeback.orchestration.dag_defaults import default_args, on_dag_failure
 
 DBT = dbt_paths()  # paths only: no dbt, no database
 if not DBT.manifest.is_file():
@@ -85,56 +85,56 @@ def usage_hourly():
     @task
     def resolve_window(params=None, data_interval_start=None, data_interval_end=None) -> dict[str, str]:
         """The window this run owns: the data interval, or the start/end a manual run passed."""
-        from chargeback import pipeline
+        from chargeback.orchestration import steps
 
-        start, end = pipeline.resolve_window(params, data_interval_start, data_interval_end)
+        start, end = steps.resolve_window(params, data_interval_start, data_interval_end)
         return {"start": start.isoformat(), "end": end.isoformat()}
 
     @task
     def apply_configuration() -> dict[str, int]:
         """Validate config/*.yml and replace the warehouse's configuration tables atomically."""
-        from chargeback import pipeline
+        from chargeback.orchestration import steps
 
-        return pipeline.apply_configuration()
+        return steps.apply_configuration()
 
     @task
     def plan_window(window: dict[str, str]) -> dict:
         """The load window: this run's, widened back to the earliest restated past hour."""
-        from chargeback import pipeline
+        from chargeback.orchestration import steps
 
-        return pipeline.plan_window(*pipeline.resolve_window(window, None, None)).as_dict()
+        return steps.plan_window(*steps.resolve_window(window, None, None)).as_dict()
 
     @task
     def extract_and_stage(window: dict, params=None) -> int:
         """Stage the load window's snapshot files with COPY; returns the load id."""
-        from chargeback import pipeline
+        from chargeback.orchestration import steps
 
-        source = pipeline.make_source(params["source"], tenants=params["tenants"], seed=params["seed"])
-        start, end = pipeline.resolve_window(window, None, None)
-        return pipeline.extract_and_stage(start, end, source)
+        source = steps.make_source(params["source"], tenants=params["tenants"], seed=params["seed"])
+        start, end = steps.resolve_window(window, None, None)
+        return steps.extract_and_stage(start, end, source)
 
     @task
     def gate(load_id: int, window: dict) -> None:
         """Great Expectations on the staged rows; a failure rejects the load."""
-        from chargeback import pipeline
+        from chargeback.orchestration import steps
 
-        pipeline.gate(load_id, *pipeline.resolve_window(window, None, None))
+        steps.gate(load_id, *steps.resolve_window(window, None, None))
 
     @task
     def publish(load_id: int, plan: dict) -> dict[str, str]:
         """Replace the window's published snapshots with the staged ones in one transaction;
         returns the lookback dbt and the checks run over."""
-        from chargeback import pipeline
+        from chargeback.orchestration import steps
 
-        start, end = pipeline.publish_and_widen(load_id, plan)
+        start, end = steps.publish_and_widen(load_id, plan)
         return {"start": start.isoformat(), "end": end.isoformat()}
 
     @task
     def check_marts(window: dict[str, str]) -> None:
         """Great Expectations on the marts: money reconciles to the cent."""
-        from chargeback import pipeline
+        from chargeback.orchestration import steps
 
-        pipeline.check_marts(*pipeline.resolve_window(window, None, None))
+        steps.check_marts(*steps.resolve_window(window, None, None))
 
     transform = DbtTaskGroup(
         group_id="transform",

@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # The DAG integrity tests parse dags/ in this process: cosmos must read these before it
-# is first imported (see chargeback.orchestrate.cosmos_env).
+# is first imported (see chargeback.orchestration.runner.cosmos_env).
 os.environ.setdefault("AIRFLOW__COSMOS__ENABLE_TELEMETRY", "False")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("AIRFLOW__COSMOS__ENABLE_DAG_VERSIONING", "False")
@@ -28,7 +28,8 @@ os.environ.setdefault("AIRFLOW__COSMOS__ENABLE_DAG_VERSIONING", "False")
 def test_warehouse(tmp_path_factory: pytest.TempPathFactory):
     """A clean warehouse database with the shipped configuration applied, and the dbt
     manifest usage_hourly's dbt tasks are rendered from."""
-    from chargeback import configuration, transform, warehouse
+    from chargeback.engine import configuration, transform
+    from chargeback.platform import warehouse
 
     transform.parse()
 
@@ -48,7 +49,8 @@ def test_warehouse(tmp_path_factory: pytest.TempPathFactory):
 def database_of_its_own(suffix: str) -> Iterator[str]:
     """Switch to a fresh database ``<session database>_<suffix>`` with the shipped
     configuration applied, for a module whose tests must not see other modules' rows."""
-    from chargeback import configuration, warehouse
+    from chargeback.engine import configuration
+    from chargeback.platform import warehouse
 
     session_db = os.environ["CHARGEBACK_DATABASE"]
     name = f"{session_db}_{suffix}"
@@ -64,7 +66,7 @@ def database_of_its_own(suffix: str) -> Iterator[str]:
 
 @pytest.fixture
 def settings():
-    from chargeback.settings import get_settings
+    from chargeback.platform.settings import get_settings
 
     return get_settings()
 

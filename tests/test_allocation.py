@@ -2,7 +2,7 @@
 
 Three layers:
 
-- ``chargeback.allocation.largest_remainder``, the Python reference of the split rule;
+- ``chargeback.engine.allocation.largest_remainder``, the Python reference of the split rule;
 - the SQL of the ``largest_remainder`` macro (the file dbt compiles into every model, rendered
   here with Jinja) run on the real PostgreSQL against the reference for random amounts,
   weights and tenant sets (hypothesis, many cases per round trip);
@@ -42,8 +42,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chargeback import configuration, transform, warehouse
-from chargeback.allocation import largest_remainder
+from chargeback.engine import configuration, transform
+from chargeback.engine.allocation import largest_remainder
+from chargeback.platform import warehouse
 
 ROOT = Path(__file__).resolve().parents[1]
 D = Decimal

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from chargeback.cli import main
-from chargeback.simulate import simulate
+from chargeback.ingest.simulate import simulate
 
 START = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 
@@ -30,7 +30,7 @@ def test_a_malformed_line_fails_the_gate_in_one_line_naming_file_and_line(landin
 
 
 def _last_load() -> int:
-    from chargeback import warehouse
+    from chargeback.platform import warehouse
 
     with warehouse.connect() as conn:
         return conn.execute("select max(load_id) from pipeline.load_runs").fetchone()[0]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from chargeback import configuration, warehouse
+from chargeback.engine import configuration
+from chargeback.platform import warehouse
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
 

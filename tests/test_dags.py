@@ -33,7 +33,7 @@ def test_dag_id_equals_file_name_and_has_docs_and_tags(dagbag):
 
 
 def test_every_task_retries_at_least_twice_and_notifies(dagbag):
-    from chargeback.notify import FailureNotifier
+    from chargeback.platform.notify import FailureNotifier
 
     for dag in dagbag.dags.values():
         assert isinstance(dag.on_failure_callback, FailureNotifier), f"{dag.dag_id}: a failed run must notify"

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from pypdf import PdfReader
 
-from chargeback import orchestrate, warehouse
-from chargeback.money import format_money
-from chargeback.simulate import simulate
+from chargeback.ingest.simulate import simulate
+from chargeback.orchestration import runner
+from chargeback.platform import warehouse
+from chargeback.platform.money import format_money
 
 pytestmark = pytest.mark.airflow
 
@@ -41,11 +42,11 @@ def airflow_home(tmp_path_factory):
 def test_usage_hourly_then_billing_monthly_issue_final_invoices_equal_to_the_marts(airflow_home, settings, landing):
     simulate(str(landing), TENANTS, START, END, seed=11)
 
-    orchestrate.run_dag("usage_hourly", {"start": START.isoformat(), "end": END.isoformat(), "source": "files"},
+    runner.run_dag("usage_hourly", {"start": START.isoformat(), "end": END.isoformat(), "source": "files"},
                         quiet=True)
     # a day of usage in a month long past: the grace period is over, the month is incomplete, so the
     # close goes through only with an operator's override, which every invoice then prints
-    orchestrate.run_dag("billing_monthly", {"period": "2026-07", "override_incomplete": "end-to-end test: one day",
+    runner.run_dag("billing_monthly", {"period": "2026-07", "override_incomplete": "end-to-end test: one day",
                                             "override_by": "pytest"}, quiet=True)
 
     with warehouse.connect() as conn:

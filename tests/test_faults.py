@@ -24,9 +24,12 @@ import psycopg.sql
 import pytest
 import yaml
 
-from chargeback import freshness, orchestrate, pipeline, transform, warehouse
-from chargeback.simulate import simulate
-from chargeback.sources import FileSource
+from chargeback.billing import close
+from chargeback.engine import transform
+from chargeback.ingest.simulate import simulate
+from chargeback.ingest.sources import FileSource
+from chargeback.orchestration import runner, steps
+from chargeback.platform import freshness, warehouse
 
 pytestmark = pytest.mark.warehouse
 
@@ -53,14 +56,14 @@ def test_failed_transform_renders_no_invoice(landing, settings):
     simulate(str(landing), TENANTS, start, second[1], seed=5)
     source = FileSource(str(landing))
 
-    pipeline.load_window(*first, source)
+    steps.load_window(*first, source)
     transform.build(*first)
     freshness.require_current_marts(period)  # built after its load: current
 
     # usage published after the marts were built: the invoices would not include it
-    load_id = pipeline.load_window(*second, source)
+    load_id = steps.load_window(*second, source)
     with pytest.raises(freshness.StaleMarts) as stale:
-        pipeline.check_month(period)
+        close.check_month(period)
     assert str(stale.value) == _last_event_line()
     assert str(stale.value).startswith(f"chargeback refusal: invoices of {period} at load {load_id}: usage of"
                                        " [2034-02-01T02:00:00Z, 2034-02-01T04:00:00Z) was published at ")
@@ -79,7 +82,7 @@ def test_failed_transform_renders_no_invoice(landing, settings):
     assert status == "failed"
     assert any(line.startswith("model stg_config__meters: ") and "description" in line for line in failures)
 
-    for step in (pipeline.check_month, pipeline.render_invoices):
+    for step in (close.check_month, close.render_drafts):
         with pytest.raises(freshness.StaleMarts) as refused:
             step(period)
         line = str(refused.value)
@@ -169,7 +172,7 @@ def test_config_change_mid_month_keeps_earlier_hours(landing, settings, tmp_path
     april = dt.date(2034, 4, 1)
     simulate(str(landing), TENANTS, earlier[0], later[1], seed=9)
     source = FileSource(str(landing))
-    pipeline.load_window(*earlier, source)
+    steps.load_window(*earlier, source)
     transform.build(*earlier)
     allocations = _allocations_before(day)
     lines = _usage_lines(april)
@@ -181,7 +184,7 @@ def test_config_change_mid_month_keeps_earlier_hours(landing, settings, tmp_path
     _add_versions_from(config_dir, day.date())
     monkeypatch.setenv("CHARGEBACK_CONFIG_DIR", str(config_dir))
     try:
-        pipeline.load_window(*later, source)  # applies the new configuration first
+        steps.load_window(*later, source)  # applies the new configuration first
         transform.build(earlier[0], later[1])
         assert _allocations_before(day) == allocations
         after = _usage_lines(april)
@@ -196,7 +199,7 @@ def test_config_change_mid_month_keeps_earlier_hours(landing, settings, tmp_path
         assert sorted(p[0] for p in pools) == [dt.date(2026, 10, 15), day.date()]
     finally:
         monkeypatch.delenv("CHARGEBACK_CONFIG_DIR")
-        pipeline.apply_configuration()
+        steps.apply_configuration()
 
 
 # --------------------------------------------------------------------------- warehouse restarted mid-DAG
@@ -280,7 +283,7 @@ def test_warehouse_restart_mid_dag_run_retries_to_the_same_result(landing, setti
 
     def run() -> None:
         try:
-            outcome["output"] = orchestrate.run_dag("usage_hourly", conf, quiet=True)
+            outcome["output"] = runner.run_dag("usage_hourly", conf, quiet=True)
         except Exception as exc:  # noqa: BLE001 - reported by the assertion below
             outcome["error"] = exc
 
@@ -299,5 +302,5 @@ def test_warehouse_restart_mid_dag_run_retries_to_the_same_result(landing, setti
     disturbed = _mart_snapshot(start, end)
     assert len(disturbed["fct_usage_hourly"]) == 2 * len(TENANTS) * 5
 
-    pipeline.run_usage_window(start, end, FileSource(str(landing)))  # the same window, undisturbed
+    steps.run_usage_window(start, end, FileSource(str(landing)))  # the same window, undisturbed
     assert _mart_snapshot(start, end) == disturbed

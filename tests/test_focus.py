@@ -19,7 +19,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from chargeback import focus
+from chargeback.billing import focus
 
 PERIOD = "2031-05"  # a month no other test module builds
 MONTH = dt.date(2031, 5, 1)
@@ -208,7 +208,8 @@ def _snapshots(hours: int = 6) -> list[tuple]:
 @pytest.fixture(scope="module")
 def may(tmp_path_factory) -> Path:
     """May 2031 built through the real dbt project and exported (CSV; Parquet when pyarrow is there)."""
-    from chargeback import transform, warehouse
+    from chargeback.engine import transform
+    from chargeback.platform import warehouse
 
     with warehouse.connect() as conn:
         conn.cursor().executemany(
@@ -238,7 +239,7 @@ def test_exported_month_passes_the_validator(validator, may):
 
 @pytest.mark.warehouse
 def test_billed_cost_is_each_invoice_total_to_the_cent(may):
-    from chargeback import warehouse
+    from chargeback.platform import warehouse
 
     with warehouse.connect() as conn:
         totals = dict(conn.execute("select tenant_id, total from marts.fct_invoices where invoice_month = %s",
@@ -254,7 +255,7 @@ def test_billed_cost_is_each_invoice_total_to_the_cent(may):
 
 @pytest.mark.warehouse
 def test_cost_to_serve_rows_carry_every_allocated_cent(may):
-    from chargeback import warehouse
+    from chargeback.platform import warehouse
 
     with warehouse.connect() as conn:
         allocated = dict(conn.execute(
@@ -283,7 +284,7 @@ def test_usage_list_cost_is_the_exact_product_and_rounds_to_the_invoice_list_amo
 
 @pytest.mark.warehouse
 def test_export_names_the_platform_and_uses_issued_invoice_numbers(may, tmp_path):
-    from chargeback import warehouse
+    from chargeback.platform import warehouse
 
     rows = _rows(may)
     assert {r["ProviderName"] for r in rows} == {r["InvoiceIssuerName"] for r in rows} == {"Chargeback Log Platform"}

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from chargeback import gate, warehouse
+from chargeback.ingest import gate
+from chargeback.platform import warehouse
 
 pytestmark = pytest.mark.warehouse
 
@@ -188,7 +189,7 @@ def test_window_accepts_iso_strings():
 def test_an_expectation_that_cannot_be_evaluated_leaves_the_load_staged(monkeypatch):
     """A query error (the warehouse went away, a broken suite) is no verdict on the data:
     the gate raises without rejecting, so the task's retry validates the same load."""
-    from chargeback import pipeline
+    from chargeback.orchestration import steps
 
     load_id = stage(clean_rows(3))
     suite = gate.load_suite
@@ -201,7 +202,7 @@ def test_an_expectation_that_cannot_be_evaluated_leaves_the_load_staged(monkeypa
 
     monkeypatch.setattr(gate, "load_suite", broken)
     with pytest.raises(gate.GateNotEvaluated) as info:
-        pipeline.gate(load_id, START, END)
+        steps.gate(load_id, START, END)
     assert not isinstance(info.value, gate.GateFailed)
     assert str(info.value).startswith(f"gate could not validate raw.usage_staging (load {load_id}")
     assert "could not be evaluated" in str(info.value)
@@ -211,7 +212,7 @@ def test_an_expectation_that_cannot_be_evaluated_leaves_the_load_staged(monkeypa
     assert status != "rejected"
 
     monkeypatch.setattr(gate, "load_suite", suite)
-    pipeline.gate(load_id, START, END)  # the retry
+    steps.gate(load_id, START, END)  # the retry
 
 
 # --------------------------------------------------------------------------- rejected loads
@@ -363,7 +364,7 @@ def test_gate_keeps_gx_output_off_stdout(capfd):
 
 def test_importing_gate_and_checks_does_not_import_great_expectations():
     """DAG files import the package constantly; GX is imported only when a gate runs."""
-    code = "import sys, chargeback.gate, chargeback.checks; print('great_expectations' in sys.modules)"
+    code = "import sys, chargeback.ingest.gate, chargeback.engine.checks; print('great_expectations' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "False"
 

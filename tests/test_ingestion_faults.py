@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from chargeback import load, warehouse
-from chargeback.sources import FileSource
+from chargeback.ingest import load
+from chargeback.ingest.sources import FileSource
+from chargeback.platform import warehouse
 
 pytestmark = pytest.mark.warehouse
 
@@ -115,7 +116,7 @@ def test_loader_killed_between_delete_and_insert_leaves_previous_state(landing, 
     marker = tmp_path / "deleted"
     script = f"""
 import time
-from chargeback import load
+from chargeback.ingest import load
 
 def stuck_after_delete(conn, load_id):
     deleted = conn.execute("select count(*) from replaced_snapshots").fetchone()[0]

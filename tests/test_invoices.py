@@ -20,9 +20,12 @@ import fsspec
 import pypdf
 import pytest
 
-from chargeback import invoices, transform, warehouse
-from chargeback.invoices import Invoice, InvoiceError, InvoiceLine, Tenant
-from chargeback.money import round_money
+from chargeback.billing import document, formatting, invoices, render
+from chargeback.billing.document import Invoice, InvoiceError, InvoiceLine, Tenant
+from chargeback.engine import transform
+from chargeback.platform import warehouse
+from chargeback.platform.money import round_money
+from chargeback.platform.periods import Period
 
 D = Decimal
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,26 +63,29 @@ INVOICE = Invoice("CB-2026-000123", "t001", dt.date(2026, 10, 1), dt.date(2026, 
 
 
 def test_quantities_print_three_decimals_with_thousands_separators():
-    assert invoices.format_quantity(D("2345678.5")) == "2,345,678.500"
-    assert invoices.format_quantity(D("12345.678912")) == "12,345.679"
-    assert invoices.format_quantity(D("0")) == "0.000"
+    assert formatting.format_quantity(D("2345678.5")) == "2,345,678.500"
+    assert formatting.format_quantity(D("12345.678912")) == "12,345.679"
+    assert formatting.format_quantity(D("0")) == "0.000"
 
 
 def test_unit_prices_print_exactly_with_at_least_two_decimals():
-    assert invoices.format_unit_price(D("0.000300"), "USD") == "0.0003 USD"
-    assert invoices.format_unit_price(D("0.500000"), "USD") == "0.50 USD"
-    assert invoices.format_unit_price(D("1200"), "EUR") == "1,200.00 EUR"
+    assert formatting.format_unit_price(D("0.000300"), "USD") == "0.0003 USD"
+    assert formatting.format_unit_price(D("0.500000"), "USD") == "0.50 USD"
+    assert formatting.format_unit_price(D("1200"), "EUR") == "1,200.00 EUR"
 
 
 def test_period_must_be_a_month():
-    assert invoices.parse_period("2024-02") == (dt.date(2024, 2, 1), dt.date(2024, 2, 29))
+    feb = Period.parse("2024-02")
+    assert (feb.first_day, feb.last_day) == (dt.date(2024, 2, 1), dt.date(2024, 2, 29))
+    assert feb.window == (dt.datetime(2024, 2, 1, tzinfo=dt.UTC), dt.datetime(2024, 3, 1, tzinfo=dt.UTC))
+    assert str(feb) == "2024-02"
     for bad in ("2026-13", "2026-1", "October", ""):
-        with pytest.raises(InvoiceError, match="YYYY-MM"):
-            invoices.parse_period(bad)
+        with pytest.raises(ValueError, match="YYYY-MM"):
+            Period.parse(bad)
 
 
 def test_invoice_pdf_shows_bill_to_period_number_and_total_to_the_cent():
-    text = pdf_text(invoices.render_invoice_pdf(INVOICE, LINES, TENANT))
+    text = pdf_text(render.render_invoice_pdf(INVOICE, LINES, TENANT))
     for expected in ("Globex Cloud risk-staging", "t001", "Globex", "Cloud", "risk",
                      "finance+risk@globex.example", "CB-2026-000123", "2 November 2026",
                      "1 October 2026 – 31 October 2026", "enterprise", "INVOICE", "DRAFT",
@@ -113,7 +119,7 @@ PRICED_INVOICE = dataclasses.replace(
 
 
 def test_invoice_pdf_shows_tiers_allowance_discount_and_contract_lines():
-    text = flat(pdf_text(invoices.render_invoice_pdf(PRICED_INVOICE, PRICED_LINES, TENANT)))
+    text = flat(pdf_text(render.render_invoice_pdf(PRICED_INVOICE, PRICED_LINES, TENANT)))
     for expected in (
         "250 alerts in packages of 100", "3.000 100 alerts 1.00 3.00 −0.15 2.85",
         "free allowance of 5 GB a month", "5.000 GB 0.00 0.00 — 0.00",
@@ -131,7 +137,7 @@ def test_line_whose_amount_is_not_list_less_discount_is_refused():
     lines = [dataclasses.replace(PRICED_LINES[0], amount=D("2.86")), *PRICED_LINES[1:]]
     invoice = dataclasses.replace(PRICED_INVOICE, total=D("515.71"))
     with pytest.raises(InvoiceError, match=r"line 1 \(alerts_fired\): amount 2.86 is not list amount 3.00 less"):
-        invoices.render_invoice_pdf(invoice, lines, TENANT)
+        render.render_invoice_pdf(invoice, lines, TENANT)
 
 
 def test_subtotal_that_disagrees_with_the_lines_is_refused():
@@ -140,32 +146,32 @@ def test_subtotal_that_disagrees_with_the_lines_is_refused():
                                ("overage_uplift", D("0"), "overage uplift"),
                                ("commitment_true_up", D("1.00"), "commitment true-up")):
         with pytest.raises(InvoiceError, match=f"{what} {value} differs from the sum of its lines"):
-            invoices.render_invoice_pdf(dataclasses.replace(PRICED_INVOICE, **{field: value}), PRICED_LINES, TENANT)
+            render.render_invoice_pdf(dataclasses.replace(PRICED_INVOICE, **{field: value}), PRICED_LINES, TENANT)
 
 
 def test_invoice_accepts_plain_mappings():
-    pdf = invoices.render_invoice_pdf(dataclasses.asdict(INVOICE) | {"issuer": invoices.DEFAULT_ISSUER},
+    pdf = render.render_invoice_pdf(dataclasses.asdict(INVOICE) | {"issuer": document.DEFAULT_ISSUER},
                                       [dataclasses.asdict(line) for line in LINES], dataclasses.asdict(TENANT))
     assert "7,019.15 USD" in pdf_text(pdf)
 
 
 def test_same_invoice_renders_to_identical_bytes():
-    assert invoices.render_invoice_pdf(INVOICE, LINES, TENANT) == invoices.render_invoice_pdf(INVOICE, LINES, TENANT)
+    assert render.render_invoice_pdf(INVOICE, LINES, TENANT) == render.render_invoice_pdf(INVOICE, LINES, TENANT)
 
 
 def test_template_escapes_what_the_data_says():
     tenant = dataclasses.replace(TENANT, tenant_name='Acme <b>"Bold"</b> & Sons <img src="http://example.com/x.png">')
-    html = invoices.render_invoice_html(INVOICE, LINES, tenant)
+    html = render.render_invoice_html(INVOICE, LINES, tenant)
     assert "<b>" not in html
     assert "&lt;b&gt;&#34;Bold&#34;&lt;/b&gt; &amp; Sons &lt;img" in html
-    assert 'Acme <b>"Bold"</b> & Sons' in pdf_text(invoices.render_invoice_pdf(INVOICE, LINES, tenant))
+    assert 'Acme <b>"Bold"</b> & Sons' in pdf_text(render.render_invoice_pdf(INVOICE, LINES, tenant))
 
 
 def test_long_invoice_repeats_table_header_and_prints_total_once():
     lines = [InvoiceLine(f"m{i:02d}", f"Meter {i}", D(i), "GB", D("0.5"), round_money(D(i) * D("0.5")), "USD", "std")
              for i in range(1, 61)]
     invoice = dataclasses.replace(INVOICE, total=sum((line.amount for line in lines), D(0)))
-    reader = pypdf.PdfReader(io.BytesIO(invoices.render_invoice_pdf(invoice, lines, TENANT)))
+    reader = pypdf.PdfReader(io.BytesIO(render.render_invoice_pdf(invoice, lines, TENANT)))
     pages = [page.extract_text() for page in reader.pages]
     assert len(pages) > 1
     assert all("UNIT PRICE" in page for page in pages)
@@ -174,7 +180,7 @@ def test_long_invoice_repeats_table_header_and_prints_total_once():
 
 
 def test_pdf_embeds_the_shipped_fonts_only():
-    reader = pypdf.PdfReader(io.BytesIO(invoices.render_invoice_pdf(INVOICE, LINES, TENANT)))
+    reader = pypdf.PdfReader(io.BytesIO(render.render_invoice_pdf(INVOICE, LINES, TENANT)))
     fonts = {font["/BaseFont"].split("+", 1)[-1]
              for page in reader.pages for font in page["/Resources"]["/Font"].values()}
     assert fonts == {"Chargeback-Sans", "Chargeback-Sans-Bold"}
@@ -183,40 +189,40 @@ def test_pdf_embeds_the_shipped_fonts_only():
 def test_rendering_logs_no_warnings(caplog):
     """Every CSS rule is understood and every resource loads (WeasyPrint only logs those)."""
     with caplog.at_level(logging.WARNING, logger="weasyprint"):
-        invoices.render_invoice_pdf(INVOICE, LINES, TENANT)
+        render.render_invoice_pdf(INVOICE, LINES, TENANT)
     # The host's missing HarfBuzz-Subset library (fontTools subsets instead) is not ours to fix.
     assert [r.getMessage() for r in caplog.records if "HarfBuzz-Subset" not in r.getMessage()] == []
 
 
 def test_total_that_disagrees_with_its_lines_is_refused():
     with pytest.raises(InvoiceError, match="differs from the sum of its lines"):
-        invoices.render_invoice_pdf(dataclasses.replace(INVOICE, total=D("7019.16")), LINES, TENANT)
+        render.render_invoice_pdf(dataclasses.replace(INVOICE, total=D("7019.16")), LINES, TENANT)
 
 
 def test_float_money_is_refused():
     with pytest.raises(TypeError, match="float"):
-        invoices.render_invoice_pdf(dataclasses.replace(INVOICE, total=7019.15), LINES, TENANT)
+        render.render_invoice_pdf(dataclasses.replace(INVOICE, total=7019.15), LINES, TENANT)
 
 
 def test_url_fetcher_refuses_network_and_paths_outside_reports():
-    fetcher = invoices.ReportsURLFetcher(ROOT / "reports")
+    fetcher = render.ReportsURLFetcher(ROOT / "reports")
     css = fetcher.fetch((ROOT / "reports" / "templates" / "invoice.css").as_uri())
     assert b"@font-face" in css.read()
     for url in ("http://example.com/logo.png", "https://example.com/font.ttf", "ftp://example.com/x",
                 "data:text/css,body{}", "file:///etc/passwd", (ROOT / "pyproject.toml").as_uri(),
                 (ROOT / "reports" / "templates" / ".." / ".." / "pyproject.toml").as_uri(),
                 "file://otherhost/reports/templates/invoice.css"):
-        with pytest.raises(invoices.URLRefusedError, match="refused"):
+        with pytest.raises(render.URLRefusedError, match="refused"):
             fetcher.fetch(url)
 
 
 def test_renderer_stops_on_an_http_url():
     html = '<html><body><p>x</p><img src="http://example.com/logo.png"></body></html>'
     with pytest.raises(InvoiceError, match=r"refused 'http://example.com/logo.png'.*no network"):
-        invoices.html_to_pdf(html, reports_dir=ROOT / "reports", base_url=ROOT / "reports" / "templates" / "x.html")
+        render.html_to_pdf(html, reports_dir=ROOT / "reports", base_url=ROOT / "reports" / "templates" / "x.html")
     css = '<html><head><style>@import url("https://example.com/x.css");</style></head><body>x</body></html>'
     with pytest.raises(InvoiceError, match=r"refused 'https://example\.com/x\.css'"):
-        invoices.html_to_pdf(css, reports_dir=ROOT / "reports", base_url=ROOT / "reports" / "templates" / "x.html")
+        render.html_to_pdf(css, reports_dir=ROOT / "reports", base_url=ROOT / "reports" / "templates" / "x.html")
 
 
 def test_missing_font_stops_the_rendering_instead_of_falling_back(tmp_path):
@@ -225,7 +231,7 @@ def test_missing_font_stops_the_rendering_instead_of_falling_back(tmp_path):
     for name in ("invoice.html", "invoice.css"):
         (reports / "templates" / name).write_text((ROOT / "reports" / "templates" / name).read_text())
     with pytest.raises(InvoiceError, match=r"DejaVuSans.*does not exist"):
-        invoices.render_invoice_pdf(INVOICE, LINES, TENANT, reports_dir=reports)
+        render.render_invoice_pdf(INVOICE, LINES, TENANT, reports_dir=reports)
 
 
 # --------------------------------------------------------------------------- the month, from the warehouse
@@ -366,9 +372,9 @@ def test_every_printed_line_amount_is_the_mart_amount(october):
         if line_type == "overage_uplift":  # the amount above the commitment, at a percentage
             quantity, unit_price = cents(quantity), f"{(unit_price * 100).normalize():f}%"
         elif line_type == "commitment_true_up":  # one month, no unit price
-            quantity, unit_price = invoices.format_quantity(quantity), "—"
+            quantity, unit_price = formatting.format_quantity(quantity), "—"
         else:
-            quantity, unit_price = invoices.format_quantity(quantity), invoices.format_unit_price(unit_price)
+            quantity, unit_price = formatting.format_quantity(quantity), formatting.format_unit_price(unit_price)
         row = " ".join([quantity, unit, unit_price, cents(list_amount), f"−{cents(discount)}" if discount else "—",
                         cents(amount)])
         assert row in texts[tenant_id], row
@@ -403,14 +409,14 @@ def test_rerendered_drafts_replace_the_previous_and_take_no_number(october):
 def test_failed_render_takes_no_number_and_leaves_no_file(october, settings, monkeypatch):
     _build_marts(dt.date(2030, 12, 1))
     before = _counter()
-    real = invoices._render_job
+    real = render.render_job
 
     def fail_on_t002(job):
         if job.tenant.tenant_id == "t002":
             raise RuntimeError("renderer crashed")
         return real(job)
 
-    monkeypatch.setattr(invoices, "_render_job", fail_on_t002)
+    monkeypatch.setattr(render, "render_job", fail_on_t002)
     with pytest.raises(RuntimeError, match="renderer crashed"):
         invoices.render_month("2030-12", workers=1, issue_date=dt.date(2031, 1, 2))
     assert _counter() == before
@@ -455,7 +461,7 @@ def test_mart_total_that_disagrees_with_its_lines_stops_the_month(october):
 def test_concurrent_draft_runs_of_a_new_month_leave_one_draft_per_tenant(october):
     _build_marts(dt.date(2031, 1, 1))
     before = _counter()
-    results: list[list[invoices.InvoiceRecord]] = []
+    results: list[list[document.InvoiceRecord]] = []
     errors: list[BaseException] = []
 
     def run():
@@ -478,4 +484,4 @@ def test_concurrent_draft_runs_of_a_new_month_leave_one_draft_per_tenant(october
 
 def test_missing_template_is_a_clear_error(tmp_path):
     with pytest.raises(InvoiceError, match=r"invoice template .*invoice\.html does not exist"):
-        invoices.render_invoice_pdf(INVOICE, LINES, TENANT, reports_dir=tmp_path)
+        render.render_invoice_pdf(INVOICE, LINES, TENANT, reports_dir=tmp_path)

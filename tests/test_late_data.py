@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from chargeback import orchestrate, pipeline, restatement, warehouse
-from chargeback.simulate import simulate
-from chargeback.sources import FileSource, hour_folder
+from chargeback.ingest import restatement
+from chargeback.ingest.layout import hour_folder
+from chargeback.ingest.simulate import simulate
+from chargeback.ingest.sources import FileSource
+from chargeback.orchestration import runner, steps
+from chargeback.platform import warehouse
 from conftest import database_of_its_own
 
 # warehouse tests carry the mark one by one: the Airflow run at the end is not one of them
@@ -83,10 +86,10 @@ def restated(late_database, tmp_path_factory):
     run (whose own hour has no files, so every change is the late file's). Measurements
     before and after."""
     landing = tmp_path_factory.mktemp("late_landing")
-    settings = dataclasses.replace(pipeline.get_settings(), landing=str(landing))
+    settings = dataclasses.replace(steps.get_settings(), landing=str(landing))
     source = FileSource(str(landing))
     simulate(str(landing), TENANTS, D0, D0 + 48 * HOUR, seed=5)  # the next run's own hour stays empty
-    pipeline.run_usage_window(D0, D0 + 48 * HOUR, source, settings)
+    steps.run_usage_window(D0, D0 + 48 * HOUR, source, settings)
 
     before = {
         "usage": usage("t004", "query_cpu_seconds", LATE_HOUR),
@@ -97,8 +100,8 @@ def restated(late_database, tmp_path_factory):
     }
     late = late_file(landing, LATE_HOUR, "retried-upload.jsonl",
                      [("late-t004-cpu", "t004", LATE_SECONDS, LATE_HOUR)])
-    plan = pipeline.plan_window(D0 + 48 * HOUR, D0 + 49 * HOUR, settings)
-    pipeline.run_usage_window(D0 + 48 * HOUR, D0 + 49 * HOUR, source, settings)
+    plan = steps.plan_window(D0 + 48 * HOUR, D0 + 49 * HOUR, settings)
+    steps.run_usage_window(D0 + 48 * HOUR, D0 + 49 * HOUR, source, settings)
     after = {
         "usage": usage("t004", "query_cpu_seconds", LATE_HOUR),
         "invoice": invoice_total("t004"),
@@ -219,7 +222,7 @@ def test_late_snapshot_in_the_current_folder_rebuilds_its_own_hour(restated):
     versions = row_versions("fct_usage_hourly")
     late_file(landing, run_start, "backlog.jsonl", [("backlog-t004-cpu", "t004", Decimal(500), usage_hour)])
 
-    pipeline.run_usage_window(run_start, run_start + HOUR, FileSource(str(landing)), settings)
+    steps.run_usage_window(run_start, run_start + HOUR, FileSource(str(landing)), settings)
 
     assert usage("t004", "query_cpu_seconds", usage_hour) == (before[0] + 500, before[1] + 1)
     after = row_versions("fct_usage_hourly")
@@ -246,7 +249,7 @@ def test_usage_hourly_dag_restates_a_late_file_and_rebuilds_from_its_hour(restat
     late_file(landing, hour, "dag-late.jsonl", [("dag-late-t004-cpu", "t004", Decimal(2000), hour)])
     run_start = D0 + 50 * HOUR
 
-    orchestrate.run_dag("usage_hourly", {"start": run_start.isoformat(), "end": (run_start + HOUR).isoformat(),
+    runner.run_dag("usage_hourly", {"start": run_start.isoformat(), "end": (run_start + HOUR).isoformat(),
                                          "source": "files"}, quiet=True)
 
     assert usage("t004", "query_cpu_seconds", hour) == (before[0][0] + 2000, before[0][1] + 1)

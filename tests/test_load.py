@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from chargeback import load, pipeline, warehouse
-from chargeback.simulate import simulate
-from chargeback.sources import FileSource
+from chargeback.ingest import load
+from chargeback.ingest.simulate import simulate
+from chargeback.ingest.sources import FileSource
+from chargeback.orchestration import steps
+from chargeback.platform import warehouse
 
 pytestmark = pytest.mark.warehouse
 
@@ -170,11 +172,11 @@ def test_hour_over_the_bad_row_share_fails_the_gate_with_one_line_and_publishes_
     lines = bad.read_text().splitlines()
     lines[3] = lines[3].replace('"value":"', '"value":"-', 1)
     bad.write_text("\n".join(lines) + "\n")
-    from chargeback.gate import GateFailed
+    from chargeback.ingest.gate import GateFailed
 
     staged = load.stage(FileSource(str(landing)), *TWO_HOURS)
     with pytest.raises(GateFailed) as err:
-        pipeline.gate(staged.load_id, *TWO_HOURS)
+        steps.gate(staged.load_id, *TWO_HOURS)
 
     first_line = str(err.value).splitlines()[0]
     assert first_line == (
@@ -275,7 +277,7 @@ def _file_accounting(load_id: int) -> dict[str, tuple]:
 
 
 def test_thousand_copies_of_a_snapshot_count_once(landing):
-    from chargeback import transform
+    from chargeback.engine import transform
 
     others = [snapshot("other-1", meter="stored_gb", kind="gauge", value="7"),
               snapshot("other-2", tenant_id="t002", value="1.25")]

@@ -3,7 +3,7 @@
 Two kinds of test. Most build the marts by hand from the column contract in
 ``docs/CONTRACTS.md``, in a database of their own (so they never collide with the marts dbt
 builds in the session's database), and break them one way at a time. The last runs the real
-dbt models (``chargeback.transform.build``) and corrupts their output.
+dbt models (``chargeback.engine.transform.build``) and corrupts their output.
 Run with ``CHARGEBACK_TEST_DATABASE=cb_test_gx`` to keep out of colleagues' databases.
 """
 
@@ -14,9 +14,10 @@ import datetime as dt
 
 import pytest
 
-from chargeback import checks, configuration, warehouse
-from chargeback.periods import parse_instant as utc
-from chargeback.settings import get_settings
+from chargeback.engine import checks, configuration
+from chargeback.platform import warehouse
+from chargeback.platform.periods import parse_instant as utc
+from chargeback.platform.settings import get_settings
 
 pytestmark = pytest.mark.warehouse
 
@@ -281,7 +282,7 @@ DBT_END = DBT_START + dt.timedelta(hours=2)
 
 
 def test_checks_pass_on_dbt_output_and_name_pool_and_hour_of_a_corrupted_allocation():
-    from chargeback import transform
+    from chargeback.engine import transform
 
     meters = {
         "ingested_gb": ("GB", "counter"),

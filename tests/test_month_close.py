@@ -23,9 +23,11 @@ import psycopg
 import pypdf
 import pytest
 
-from chargeback import close, focus, invoices, transform, warehouse
+from chargeback.billing import close, document, focus, invoices
 from chargeback.cli import main
-from chargeback.periods import month_window
+from chargeback.engine import transform
+from chargeback.platform import warehouse
+from chargeback.platform.periods import month_window
 
 pytestmark = pytest.mark.warehouse
 
@@ -278,7 +280,7 @@ def test_finalized_pdf_hash_matches_the_file(march, tmp_path):
     shutil.copyfile(uri, saved)
     try:
         Path(uri).write_bytes(Path(uri).read_bytes() + b"%tampered\n")
-        with pytest.raises(invoices.InvoiceError) as refused:
+        with pytest.raises(document.InvoiceError) as refused:
             invoices.verify("2032-03")
         assert str(refused.value).startswith(f"chargeback refusal: issued document {number} at {uri}: its PDF {uri}"
                                              " has sha256 ")
@@ -293,7 +295,7 @@ def test_closing_a_final_month_again_changes_nothing(march):
     result = close.close_month("2032-03", as_of="2032-05-01T00:00Z", workers=1)
     assert [r.invoice_number for r in result.finals] == [rows[t][0] for t in BILLED]
     assert result.notes == []
-    with pytest.raises(invoices.InvoiceError, match=r"is final; only drafts are re-rendered"):
+    with pytest.raises(document.InvoiceError, match=r"is final; only drafts are re-rendered"):
         invoices.render_month("2032-03", workers=1)
     assert documents(march) == rows
     assert counter() == before

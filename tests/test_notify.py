@@ -17,7 +17,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from chargeback import notify, orchestrate, warehouse
+from chargeback.orchestration import runner
+from chargeback.platform import notify, warehouse
 
 pytestmark = pytest.mark.warehouse
 
@@ -129,7 +130,7 @@ def no_channels(monkeypatch):
 def test_a_failed_task_is_one_line_in_the_log_and_in_pipeline_events(no_channels, caplog):
     notify.FailureNotifier("task_failure")(_context())
 
-    assert [r.getMessage() for r in caplog.records if r.name == "chargeback.events"] == [LINE]
+    assert [r.getMessage() for r in caplog.records if r.name == "chargeback.platform.events"] == [LINE]
     assert _events(RUN) == [("task_failure", "usage_hourly", "publish", RUN, 3, "task usage_hourly.publish",
                              f"run {RUN}, try 3", "WarehouseError: cannot connect to the warehouse", LINE)]
 
@@ -181,7 +182,7 @@ def test_an_unreachable_mail_server_or_webhook_never_hides_the_failure(monkeypat
     notify.FailureNotifier()({"ti": ti, "exception": _WarehouseError("cannot connect to the warehouse")})
 
     assert [row[-1] for row in _events(run)] == [LINE.replace(RUN, run)]
-    warnings = [r.getMessage() for r in caplog.records if r.name == "chargeback.notify"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "chargeback.platform.notify"]
     assert len(warnings) == 2
     assert warnings[0].startswith(f"chargeback: could not e-mail the failure via 127.0.0.1:{port} (")
     assert warnings[1].startswith("chargeback: could not post the failure to the webhook (")
@@ -197,8 +198,8 @@ def test_a_failed_dag_run_notifies_with_its_dag_task_and_run(tmp_path, monkeypat
     with warehouse.connect() as conn:
         before = conn.execute("select coalesce(max(event_id), 0) from pipeline.events").fetchone()[0]
 
-    with pytest.raises(orchestrate.AirflowRunFailed):
-        orchestrate.run_dag("usage_hourly", conf, quiet=True)
+    with pytest.raises(runner.AirflowRunFailed):
+        runner.run_dag("usage_hourly", conf, quiet=True)
 
     with warehouse.connect() as conn:
         rows = conn.execute(

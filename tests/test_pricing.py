@@ -1,6 +1,6 @@
 """Pricing, checked three ways, to the cent.
 
-1. The reference pricer (``chargeback.pricing``, pure Python) on hand-computed cases.
+1. The reference pricer (``chargeback.engine.pricing``, pure Python) on hand-computed cases.
 2. Property-based: the dbt models' SQL (``fct_invoice_lines`` as dbt compiles it, run on the
    real PostgreSQL) agrees with the reference for random price books (every model, random
    tiers, allowances and packages, up to three versions in a month), random usage and terms.
@@ -29,9 +29,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chargeback import configuration, invoices, transform, warehouse
-from chargeback.pricing import Line, Price, Segment, Tier, contract_lines, price_meter_month
-from chargeback.settings import get_settings
+from chargeback.billing import invoices
+from chargeback.engine import configuration, transform
+from chargeback.engine.pricing import Line, Price, Segment, Tier, contract_lines, price_meter_month
+from chargeback.platform import warehouse
+from chargeback.platform.settings import get_settings
 
 D = Decimal
 ROOT = Path(__file__).resolve().parents[1]
@@ -479,7 +481,7 @@ def scenarios(draw) -> dict:
 
 
 def reference_lines(scenario: dict) -> list[tuple]:
-    """The scenario priced by chargeback.pricing, as (line_type, price_valid_from, tier, ...) rows."""
+    """The scenario priced by chargeback.engine.pricing, as (line_type, price_valid_from, tier, ...) rows."""
     month, versions = scenario["month"], scenario["versions"]
     start = dt.datetime.combine(month, dt.time(), dt.UTC)
     ends = [v.valid_from for v in versions[1:]] + [dt.date(9999, 1, 1)]

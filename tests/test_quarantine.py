@@ -17,9 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from chargeback import cli, configuration, load, pipeline, warehouse
-from chargeback.gate import GateFailed
-from chargeback.sources import FileSource
+from chargeback import cli
+from chargeback.engine import configuration
+from chargeback.ingest import load
+from chargeback.ingest.gate import GateFailed
+from chargeback.ingest.sources import FileSource
+from chargeback.orchestration import steps
+from chargeback.platform import warehouse
 
 pytestmark = pytest.mark.warehouse
 
@@ -270,7 +274,7 @@ def test_unparsable_file_is_rejected_whole_and_kept_in_place(landing):
     assert len(rejected_lines) == 3
     # a rejected file fails the gate under the default policy, naming the file
     with pytest.raises(GateFailed, match=r"3 file\(s\) rejected whole, e\.g\. "):
-        pipeline.gate(staged.load_id, H, H1)
+        steps.gate(staged.load_id, H, H1)
     assert loaded_ids() == []
 
 
@@ -294,7 +298,7 @@ def test_under_policy_warn_quarantined_rows_do_not_fail_the_gate(landing, monkey
     monkeypatch.setenv("CHARGEBACK_QUARANTINE_POLICY", "warn")
 
     staged = load.stage(FileSource(str(landing)), H, H1)
-    pipeline.gate(staged.load_id, H, H1)
+    steps.gate(staged.load_id, H, H1)
     load.publish(staged.load_id)
 
     assert loaded_ids() == ["s1"]
@@ -308,18 +312,18 @@ def test_under_policy_fail_an_hour_under_the_share_passes(landing, monkeypatch):
     land(landing, "a.jsonl", [snapshot("s1"), snapshot("s2", value="x")])  # 50%: not above 0.5
 
     staged = load.stage(FileSource(str(landing)), H, H1)
-    pipeline.gate(staged.load_id, H, H1)
+    steps.gate(staged.load_id, H, H1)
 
     monkeypatch.setenv("CHARGEBACK_MAX_BAD_SHARE", "0.49")
     with pytest.raises(GateFailed, match=r"1 of 2 rows of landed hour 2026-09-07T10:00Z quarantined \(50\.0% >"):
-        pipeline.gate(staged.load_id, H, H1)
+        steps.gate(staged.load_id, H, H1)
 
 
 @pytest.fixture
 def config_dir(tmp_path, monkeypatch, settings):
     """A copy of config/ the test may change. After: the shipped configuration again, and the
     marts of the test's hour rebuilt without the tenant it added (later tests bill that month)."""
-    from chargeback import transform
+    from chargeback.engine import transform
 
     copy = tmp_path / "config"
     shutil.copytree(settings.config_dir, copy)
@@ -335,7 +339,7 @@ def test_quarantine_replay_loads_rows_after_the_tenant_is_added(landing, config_
     path = land(landing, "a.jsonl", [snapshot("s1"), snapshot("s2", tenant_id="t002", value="1"),
                                      snapshot("s3", tenant_id="t999", value="4.75")])
     monkeypatch.setenv("CHARGEBACK_QUARANTINE_POLICY", "warn")
-    first = pipeline.load_window(H, H1, FileSource(str(landing)))
+    first = steps.load_window(H, H1, FileSource(str(landing)))
     unknown = "tenant_id: unknown tenant 't999' (not in config.tenants)"
     assert quarantined(first) == [(str(path), 3, "tenant_id", unknown)]
 
@@ -383,7 +387,7 @@ def test_replay_of_a_row_still_bad_supersedes_the_old_row(landing):
 
 
 def test_a_rejected_file_fixed_in_place_is_loaded_by_replaying_it(landing):
-    from chargeback import quarantine
+    from chargeback.ingest import quarantine
 
     land(landing, "good.jsonl", [snapshot("s1")])
     bad = land(landing, "b.csv", [])
@@ -392,9 +396,9 @@ def test_a_rejected_file_fixed_in_place_is_loaded_by_replaying_it(landing):
     assert [r[2] for r in quarantined(first.load_id)] == ["file"]
 
     land(landing, "b.csv", [snapshot("s2", value="1")])  # the producer re-sent the file
-    result = quarantine.replay(file=str(bad), transform=False)
+    result = steps.replay_quarantine(file=str(bad), rebuild_marts=False)
 
     assert (result.windows, result.rows_loaded, result.still_open) == (((H, H1),), 2, 0)
     assert loaded_ids() == ["s1", "s2"]
     assert [(r.field, r.status) for r in quarantine.list_rows(load_id=first.load_id)] == [("file", "replayed")]
-    assert quarantine.replay(file=str(bad), transform=False).windows == ()  # nothing open: nothing to do
+    assert steps.replay_quarantine(file=str(bad), rebuild_marts=False).windows == ()  # nothing open: nothing to do

@@ -7,8 +7,8 @@ import json
 from collections import defaultdict
 from decimal import Decimal
 
-from chargeback.simulate import simulate
-from chargeback.sources import FileSource
+from chargeback.ingest.simulate import simulate
+from chargeback.ingest.sources import FileSource
 
 START = dt.datetime(2026, 10, 5, tzinfo=dt.UTC)  # a Monday
 

@@ -25,7 +25,8 @@ from decimal import Decimal
 
 import pytest
 
-from chargeback import transform, warehouse
+from chargeback.engine import transform
+from chargeback.platform import warehouse
 from conftest import database_of_its_own
 
 pytestmark = pytest.mark.warehouse

@@ -5,7 +5,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from chargeback import transform, warehouse
+from chargeback.engine import transform
+from chargeback.platform import warehouse
 
 pytestmark = pytest.mark.warehouse
 

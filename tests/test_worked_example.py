@@ -20,8 +20,11 @@ import pytest
 import yaml
 from pypdf import PdfReader
 
-from chargeback import configuration, pipeline, summary, transform, warehouse
-from chargeback.sources import FileSource
+from chargeback.billing import close, summary
+from chargeback.engine import configuration, transform
+from chargeback.ingest.sources import FileSource
+from chargeback.orchestration import steps
+from chargeback.platform import warehouse
 
 pytestmark = pytest.mark.warehouse
 
@@ -81,10 +84,9 @@ def september(test_warehouse, tmp_path_factory):
     })
     try:
         rows = write_landing(scratch / "landing")
-        pipeline.load_window(START, END, FileSource(str(scratch / "landing")))
+        steps.load_window(START, END, FileSource(str(scratch / "landing")))
         transform.build(START, END)
-        pipeline.check_month("2026-09")
-        records = pipeline.render_invoices("2026-09", workers=1)
+        records = close.render_drafts("2026-09", workers=1)
         yield {"rows": rows, "records": {r.tenant_id: r for r in records}}
     finally:
         for key, value in saved.items():

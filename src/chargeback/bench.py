@@ -67,9 +67,11 @@ def _bench_config(base: Path, target: Path, tenants: int) -> list[str]:
 def bench_load_vs_copy(work: Path, base_config: Path) -> None:
     """One hour of 40,000 configured tenants: 200,000 rows in one file, every one loaded
     (an unknown tenant would be quarantined, which is not what this measures)."""
-    from chargeback import configuration, load, warehouse
-    from chargeback.simulate import simulate
-    from chargeback.sources import FileSource
+    from chargeback.engine import configuration
+    from chargeback.ingest import load
+    from chargeback.ingest.simulate import simulate
+    from chargeback.ingest.sources import FileSource
+    from chargeback.platform import warehouse
 
     ids = _bench_config(base_config, work / "config-p3", 40_000)
     configuration.load(work / "config-p3")
@@ -109,9 +111,11 @@ def bench_load_vs_copy(work: Path, base_config: Path) -> None:
 
 
 def bench_incremental_and_transform(work: Path, ids: list[str]) -> None:
-    from chargeback import pipeline, transform, warehouse
-    from chargeback.simulate import simulate
-    from chargeback.sources import FileSource
+    from chargeback.engine import transform
+    from chargeback.ingest.simulate import simulate
+    from chargeback.ingest.sources import FileSource
+    from chargeback.orchestration import steps
+    from chargeback.platform import warehouse
 
     landing = work / "landing"
     source = FileSource(str(landing))
@@ -121,20 +125,20 @@ def bench_incremental_and_transform(work: Path, ids: list[str]) -> None:
     _note(f"{rows:,} snapshots; loading day 1")
 
     def hourly_run(hour: dt.datetime) -> float:
-        return min(_timed(pipeline.run_usage_window, hour, hour + HOUR, source) for _ in range(2))
+        return min(_timed(steps.run_usage_window, hour, hour + HOUR, source) for _ in range(2))
 
     day2 = MONTH_START + dt.timedelta(days=1)
-    pipeline.run_usage_window(MONTH_START, day2, source)
+    steps.run_usage_window(MONTH_START, day2, source)
     one_day = hourly_run(day2)
     _note("loading days 2-30")
     day31 = MONTH_START + dt.timedelta(days=30)
-    pipeline.run_usage_window(day2, day31, source)
+    steps.run_usage_window(day2, day31, source)
     thirty_days = hourly_run(day31)
     emit("P1_hourly_run_1_day_loaded", one_day, "s", tenants=len(ids))
     emit("P1_hourly_run_30_days_loaded", thirty_days, "s", tenants=len(ids))
     emit("P1_incremental_ratio", thirty_days / one_day, "ratio", goal="<= 1.3")
 
-    pipeline.run_usage_window(day31, end, source)
+    steps.run_usage_window(day31, end, source)
     full = min(_timed(transform.build, None, None) for _ in range(2))
     with warehouse.connect() as conn:
         t0 = time.perf_counter()
@@ -149,8 +153,8 @@ def bench_incremental_and_transform(work: Path, ids: list[str]) -> None:
 
 
 def main() -> int:
-    from chargeback import warehouse
-    from chargeback.settings import get_settings
+    from chargeback.platform import warehouse
+    from chargeback.platform.settings import get_settings
 
     sys.stdout = sys.stderr  # dbt prints its progress to stdout
     root = get_settings().root
@@ -163,7 +167,7 @@ def main() -> int:
     try:
         warehouse.drop_database(os.environ["CHARGEBACK_DATABASE"])
         warehouse.ensure_schema()
-        from chargeback import configuration
+        from chargeback.engine import configuration
 
         configuration.load()
         wanted = set(sys.argv[1:]) or {"P1", "P2", "P3"}  # e.g. `python -m chargeback.bench P3`

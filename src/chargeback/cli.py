@@ -35,18 +35,18 @@ def _progress(label: str, total: int) -> Callable[[int], None]:
 
 
 def _window(args: argparse.Namespace) -> tuple[dt.datetime, dt.datetime]:
-    from chargeback import pipeline
+    from chargeback.orchestration import steps
 
     if getattr(args, "month", None):
-        return pipeline.month_window(args.month)
+        return steps.month_window(args.month)
     if args.start and args.end:
-        return pipeline.resolve_window({"start": args.start, "end": args.end}, None, None)
+        return steps.resolve_window({"start": args.start, "end": args.end}, None, None)
     raise ValueError("give a window: --month YYYY-MM, or --start and --end (ISO-8601 UTC)")
 
 
 def _last_closed_month(now: dt.datetime | None = None) -> str:
     """The latest month whose grace period has ended by ``now``: the demo can issue its invoices."""
-    from chargeback.close import grace_period_end
+    from chargeback.billing.close import grace_period_end
 
     now = now or dt.datetime.now(dt.UTC)
     month = (now.date().replace(day=1) - dt.timedelta(days=1)).replace(day=1)
@@ -56,7 +56,7 @@ def _last_closed_month(now: dt.datetime | None = None) -> str:
 
 
 def cmd_warehouse(args: argparse.Namespace) -> int:
-    from chargeback import warehouse
+    from chargeback.platform import warehouse
 
     if args.action == "start":
         warehouse.ensure_schema()
@@ -69,7 +69,7 @@ def cmd_warehouse(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from chargeback import configuration
+    from chargeback.engine import configuration
 
     cfg = configuration.read() if args.action == "check" else configuration.load()
     print(f"configuration ok: {len(cfg.tenants)} tenants, {len(cfg.meters)} meters, "
@@ -79,9 +79,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from chargeback import configuration
-    from chargeback.settings import get_settings
-    from chargeback.simulate import simulate
+    from chargeback.engine import configuration
+    from chargeback.ingest.simulate import simulate
+    from chargeback.platform.settings import get_settings
 
     settings = get_settings()
     start, end = _window(args)
@@ -98,10 +98,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from chargeback import pipeline
+    from chargeback.orchestration import steps
 
     start, end = _window(args)
-    source = pipeline.make_source(args.source, tenants=args.tenants, seed=args.seed)
+    source = steps.make_source(args.source, tenants=args.tenants, seed=args.seed)
     step = None
 
     def progress(done: int, total: int) -> None:
@@ -109,13 +109,13 @@ def cmd_load(args: argparse.Namespace) -> int:
         step = step or _progress("staging files", total)
         step(1)
 
-    load_id = pipeline.load_window(start, end, source, progress=progress)
+    load_id = steps.load_window(start, end, source, progress=progress)
     print(f"load {load_id}: [{start.isoformat()}, {end.isoformat()}) staged, gated and published")
     return 0
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
-    from chargeback import quarantine
+    from chargeback.ingest import quarantine
 
     if args.action == "list":
         rows = quarantine.list_rows(args.status, args.load, args.file)
@@ -124,38 +124,40 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         if not rows:
             print("no quarantined rows match", file=sys.stderr)
         return 0
+    from chargeback.orchestration import steps
+
     if args.status is not None:
         raise ValueError("quarantine replay takes --load N, --file URL or --all (it replays open rows)")
-    result = quarantine.replay(args.load, args.file, all_open=args.all)
+    result = steps.replay_quarantine(args.load, args.file, all_open=args.all)
     print(quarantine.summary(result))
     return 0
 
 
 def cmd_transform(args: argparse.Namespace) -> int:
-    from chargeback import pipeline
+    from chargeback.orchestration import steps
 
     start, end = _window(args) if (args.month or args.start) else (None, None)
     if args.full_refresh and start is not None:
         raise ValueError("--full-refresh rebuilds every mart from raw: give no --month, --start or --end")
-    pipeline.transform(start, end, full_refresh=args.full_refresh)
-    pipeline.check_marts(start, end)
+    steps.transform(start, end, full_refresh=args.full_refresh)
+    steps.check_marts(start, end)
     print("dbt build and mart checks passed")
     return 0
 
 
 def cmd_invoices(args: argparse.Namespace) -> int:
-    from chargeback import pipeline
+    from chargeback.billing import close
 
     if not args.period:
         raise ValueError("chargeback invoices needs --period YYYY-MM (or: chargeback invoices verify)")
-    records = pipeline.render_invoices(args.period, workers=args.workers)
+    records = close.render_drafts(args.period, workers=args.workers)
     print(f"rendered {len(records)} draft invoices for {args.period} (numbered when the month closes: "
           f"chargeback close --period {args.period})")
     return 0
 
 
 def cmd_invoices_verify(args: argparse.Namespace) -> int:
-    from chargeback import invoices
+    from chargeback.billing import invoices
 
     count = invoices.verify(args.period)
     print(f"{count} issued documents{' of ' + args.period if args.period else ''}: every PDF matches its sha256")
@@ -163,7 +165,7 @@ def cmd_invoices_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_close(args: argparse.Namespace) -> int:
-    from chargeback import close
+    from chargeback.billing import close
 
     if bool(args.override_incomplete) != bool(args.by):
         raise ValueError("--override-incomplete REASON and --by NAME go together")
@@ -174,7 +176,7 @@ def cmd_close(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from chargeback import summary
+    from chargeback.billing import summary
 
     print(summary.render(summary.month_summary(args.period)))
     return 0
@@ -182,7 +184,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_usage(args: argparse.Namespace) -> int:
     """A month's usage per tenant and meter as Chargeback knew it at --as-of (default: now)."""
-    from chargeback import restatement
+    from chargeback.ingest import restatement
 
     rows = restatement.usage_as_of(args.period, args.as_of)
     if not rows:
@@ -206,7 +208,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
 
 def cmd_export_focus(args: argparse.Namespace) -> int:
-    from chargeback import focus
+    from chargeback.billing import focus
 
     result = focus.export(args.period, args.out, fmt=args.format)
     for path in result.files:
@@ -223,13 +225,16 @@ def cmd_export_focus(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Simulate a month, run usage_hourly over it and billing_monthly for it, through Airflow."""
-    from chargeback import configuration, orchestrate, pipeline, summary, transform, warehouse
-    from chargeback.settings import get_settings
-    from chargeback.simulate import simulate
+    from chargeback.billing import summary
+    from chargeback.engine import configuration, transform
+    from chargeback.ingest.simulate import simulate
+    from chargeback.orchestration import runner, steps
+    from chargeback.platform import warehouse
+    from chargeback.platform.settings import get_settings
 
     settings = get_settings()
     period = args.period or _last_closed_month()
-    start, end = pipeline.month_window(period)
+    start, end = steps.month_window(period)
     t0 = time.monotonic()
 
     def say(msg: str) -> None:
@@ -250,10 +255,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     progress=_progress("simulating hours", hours))
     say(f"simulated {rows:,} snapshots: {len(ids)} tenants x {hours} hours -> {settings.landing}")
     say("Airflow: usage_hourly over the month (extract, stage, GX gate, publish, dbt models, mart checks)")
-    orchestrate.run_dag("usage_hourly", {"start": start.isoformat(), "end": end.isoformat(), "source": "files"},
+    runner.run_dag("usage_hourly", {"start": start.isoformat(), "end": end.isoformat(), "source": "files"},
                         quiet=not args.verbose)
     say("Airflow: billing_monthly for the month (mart checks, drafts, completeness, final invoices, corrections)")
-    orchestrate.run_dag("billing_monthly", {"period": period}, quiet=not args.verbose)
+    runner.run_dag("billing_monthly", {"period": period}, quiet=not args.verbose)
     say(f"invoices: {settings.reports_out.rstrip('/')}/{period}/")
     print()
     print(summary.render(summary.month_summary(period)))
@@ -363,15 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """Failures a user can act on. Evaluated only when something was raised, so the
     heavier imports (WeasyPrint via invoices) cost nothing on the success path."""
-    from chargeback.checks import ChecksFailed
-    from chargeback.configuration import ConfigError
-    from chargeback.focus import FocusExportError
-    from chargeback.gate import GateFailed
-    from chargeback.invoices import InvoiceError
-    from chargeback.load import LoadError
-    from chargeback.orchestrate import AirflowRunFailed
-    from chargeback.transform import TransformError
-    from chargeback.warehouse import WarehouseError
+    from chargeback.billing.document import InvoiceError
+    from chargeback.billing.focus import FocusExportError
+    from chargeback.engine.checks import ChecksFailed
+    from chargeback.engine.configuration import ConfigError
+    from chargeback.engine.transform import TransformError
+    from chargeback.ingest.gate import GateFailed
+    from chargeback.ingest.load import LoadError
+    from chargeback.orchestration.runner import AirflowRunFailed
+    from chargeback.platform.warehouse import WarehouseError
 
     return (ConfigError, LoadError, GateFailed, ChecksFailed, TransformError, InvoiceError,
             AirflowRunFailed, WarehouseError, FocusExportError, ValueError)

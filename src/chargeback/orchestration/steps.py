@@ -13,10 +13,12 @@ import datetime as dt
 import logging
 import os
 
-from chargeback import configuration, load, restatement
-from chargeback.periods import month_window, parse_instant, resolve_window  # noqa: F401 - DAG tasks use them
-from chargeback.settings import Settings, get_settings
-from chargeback.sources import FileSource, SimulatorSource, UsageSource
+from chargeback.engine import configuration
+from chargeback.ingest import load, quarantine, restatement
+from chargeback.ingest.sources import FileSource, SimulatorSource, UsageSource
+from chargeback.platform import warehouse
+from chargeback.platform.periods import month_window, parse_instant, resolve_window  # noqa: F401 - DAG tasks use them
+from chargeback.platform.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ def extract_and_stage(start: dt.datetime, end: dt.datetime, source: UsageSource,
 
 def gate(load_id: int, start: dt.datetime, end: dt.datetime, settings: Settings | None = None) -> None:
     """Validate the staged rows with GX; a failure rejects the load and stops the run."""
-    from chargeback import gate as gx_gate
+    from chargeback.ingest import gate as gx_gate
 
     try:
         outcome = gx_gate.validate_staged(load_id, start, end, settings=settings)
@@ -101,13 +103,13 @@ def publish_and_widen(load_id: int, plan: restatement.Plan | dict, settings: Set
 
 def transform(start: dt.datetime | None, end: dt.datetime | None, settings: Settings | None = None,
               *, full_refresh: bool = False) -> None:
-    from chargeback import transform as dbt
+    from chargeback.engine import transform as dbt
 
     dbt.build(start, end, full_refresh=full_refresh)
 
 
 def check_marts(start: dt.datetime | None, end: dt.datetime | None, settings: Settings | None = None) -> None:
-    from chargeback import checks
+    from chargeback.engine import checks
 
     outcome = checks.check_marts(start, end, settings=settings)
     log.info("mart checks passed: %s", outcome)
@@ -141,34 +143,47 @@ def run_usage_window(start: dt.datetime, end: dt.datetime, source: UsageSource,
     return load_id
 
 
-# ---- billing_monthly ----------------------------------------------------------------
+# ---- quarantine ---------------------------------------------------------------------
 
-def check_month(period: str, settings: Settings | None = None) -> None:
-    """Before a month is invoiced: every allocation rule had driver data, and the marts reconcile.
+def replay_quarantine(load_id: int | None = None, file: str | None = None, *, all_open: bool = False,
+                      settings: Settings | None = None, rebuild_marts: bool = True,
+                      ) -> quarantine.ReplayResult:
+    """Load again the landed hours holding open quarantine rows, then rebuild their marts.
 
-    A rule whose driver meter saw no usage all month left its pool unallocated; that is a
-    configuration mistake (a renamed meter, a wrong driver), so the month is refused with
-    the rules named rather than invoiced. First of all, the marts must be current: built
-    after the month's last load, and not left by a failed build (``chargeback.freshness``).
+    Exactly one of ``load_id``, ``file`` and ``all_open`` chooses the rows. The
+    configuration is applied first, so a tenant or meter added since is known. A gate
+    failure stops the replay (``GateFailed``); hours replayed before it stay published.
     """
-    from chargeback import freshness
-
-    freshness.require_current_marts(period, settings)
-    start, end = month_window(period)
-    problems = configuration.drivers_without_usage(start, end, settings)
-    if problems:
-        raise configuration.ConfigError(f"{period} cannot be invoiced:\n" + "\n".join(problems))
-    check_marts(start, end, settings)
-
-
-def render_invoices(period: str, settings: Settings | None = None, workers: int = 2) -> list:
-    """Render the month's draft invoices (unnumbered, marked DRAFT), dated the day the month may close.
-
-    The date derives from the period and the grace period, never from "now", so re-running
-    a month renders byte-identical drafts. Issuing them is :mod:`chargeback.close`'s job.
-    """
-    from chargeback import close
-
-    records = close.render_drafts(period, settings, workers)
-    log.info("rendered %s draft invoices for %s", len(records), period)
-    return records
+    if sum((load_id is not None, file is not None, all_open)) != 1:
+        raise ValueError("choose what to replay: --load N, --file URL or --all")
+    settings = settings or get_settings()
+    warehouse.ensure_schema(settings)
+    hours = quarantine.open_hours(load_id, file, settings)
+    if not hours:
+        return quarantine.ReplayResult()
+    apply_configuration(settings)
+    source = FileSource(settings.landing)
+    windows = quarantine.windows_of(hours)
+    load_ids: list[int] = []
+    usage: list[dt.datetime] = []
+    for start, end in windows:
+        new_load = extract_and_stage(start, end, source, settings)
+        gate(new_load, start, end, settings)
+        published = load.publish(new_load, settings)
+        load_ids.append(new_load)
+        if published.usage_start is not None:
+            usage += [published.usage_start, published.usage_end]
+    usage_window = (min(usage), max(usage)) if usage else None
+    if rebuild_marts and usage_window:
+        transform(*usage_window, settings)
+    with warehouse.connect(settings) as conn:
+        loaded, still_open = conn.execute(
+            """
+            select (select count(*) from raw.usage_snapshots where load_id = any(%(ids)s)),
+                   (select count(*) from raw.usage_quarantine where load_id = any(%(ids)s) and status = 'open')
+            """,
+            {"ids": load_ids},
+        ).fetchone()
+    result = quarantine.ReplayResult(tuple(windows), tuple(load_ids), loaded, still_open, usage_window)
+    log.info("quarantine replay: %s", quarantine.summary(result))
+    return result

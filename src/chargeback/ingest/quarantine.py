@@ -1,13 +1,15 @@
 """Quarantined usage rows: list them, and bring them back once their cause is fixed.
 
-The loader (:mod:`chargeback.load`) puts every landed row it cannot load in
+The loader (:mod:`chargeback.ingest.load`) puts every landed row it cannot load in
 ``raw.usage_quarantine`` with its file, line, field and reason; a file it cannot parse
 at all gets one row (field ``file``). The files themselves stay in landing, so after the
 operator fixed the cause — added the tenant to ``config/``, had the producer rewrite the
-file — :func:`replay` simply loads the landed hours holding open rows again (configuration
-first, then stage → gate → publish), and rebuilds the marts over the usage hours that
-changed. Rows that now pass are loaded and their old quarantine rows marked ``replayed``;
-rows still bad are quarantined again and the old rows marked ``superseded``.
+file — ``chargeback quarantine replay``
+(:func:`chargeback.orchestration.steps.replay_quarantine`) simply loads the landed hours
+holding open rows again (configuration first, then stage → gate → publish), and rebuilds
+the marts over the usage hours that changed. Rows that now pass are loaded and their old
+quarantine rows marked ``replayed``; rows still bad are quarantined again and the old rows
+marked ``superseded``.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
-from chargeback import warehouse
-from chargeback.settings import Settings, get_settings
+from chargeback.platform import warehouse
+from chargeback.platform.periods import format_window
+from chargeback.platform.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -107,52 +110,6 @@ def windows_of(hours: list[dt.datetime]) -> list[tuple[dt.datetime, dt.datetime]
     return windows
 
 
-def replay(load_id: int | None = None, file: str | None = None, *, all_open: bool = False,
-           settings: Settings | None = None, transform: bool = True) -> ReplayResult:
-    """Load again the landed hours holding open quarantine rows, then rebuild their marts.
-
-    Exactly one of ``load_id``, ``file`` and ``all_open`` chooses the rows. The
-    configuration is applied first, so a tenant or meter added since is known. A gate
-    failure stops the replay (``GateFailed``); hours replayed before it stay published.
-    """
-    from chargeback import load, pipeline
-    from chargeback.sources import FileSource
-
-    if sum((load_id is not None, file is not None, all_open)) != 1:
-        raise ValueError("choose what to replay: --load N, --file URL or --all")
-    settings = settings or get_settings()
-    warehouse.ensure_schema(settings)
-    hours = open_hours(load_id, file, settings)
-    if not hours:
-        return ReplayResult()
-    pipeline.apply_configuration(settings)
-    source = FileSource(settings.landing)
-    windows = windows_of(hours)
-    load_ids: list[int] = []
-    usage: list[dt.datetime] = []
-    for start, end in windows:
-        new_load = pipeline.extract_and_stage(start, end, source, settings)
-        pipeline.gate(new_load, start, end, settings)
-        published = load.publish(new_load, settings)
-        load_ids.append(new_load)
-        if published.usage_start is not None:
-            usage += [published.usage_start, published.usage_end]
-    usage_window = (min(usage), max(usage)) if usage else None
-    if transform and usage_window:
-        pipeline.transform(*usage_window, settings)
-    with warehouse.connect(settings) as conn:
-        loaded, still_open = conn.execute(
-            """
-            select (select count(*) from raw.usage_snapshots where load_id = any(%(ids)s)),
-                   (select count(*) from raw.usage_quarantine where load_id = any(%(ids)s) and status = 'open')
-            """,
-            {"ids": load_ids},
-        ).fetchone()
-    result = ReplayResult(tuple(windows), tuple(load_ids), loaded, still_open, usage_window)
-    log.info("quarantine replay: %s", summary(result))
-    return result
-
-
 def summary(result: ReplayResult) -> str:
     """One line for the operator."""
     if not result.windows:
@@ -161,7 +118,5 @@ def summary(result: ReplayResult) -> str:
     text = (f"replayed {hours} landed hour(s) as load(s) {', '.join(map(str, result.load_ids))}:"
             f" {result.rows_loaded} row(s) loaded, {result.still_open} still quarantined")
     if result.usage_window:
-        from chargeback.gate import format_window
-
         text += f"; marts rebuilt for {format_window(*result.usage_window)}"
     return text

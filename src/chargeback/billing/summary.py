@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from chargeback import warehouse
-from chargeback.money import format_money
-from chargeback.periods import month_window
-from chargeback.settings import Settings
+from chargeback.platform import warehouse
+from chargeback.platform.money import format_money
+from chargeback.platform.periods import month_window
+from chargeback.platform.settings import Settings
 
 
 @dataclass(frozen=True)

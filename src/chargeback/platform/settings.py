@@ -14,8 +14,8 @@ from pathlib import Path
 
 
 def _project_root() -> Path:
-    """The checkout this package lives in (``src/chargeback`` -> repo root), else cwd."""
-    here = Path(__file__).resolve().parents[2]
+    """The checkout this package lives in (``src/chargeback/platform`` -> repo root), else cwd."""
+    here = Path(__file__).resolve().parents[3]
     if (here / "pyproject.toml").exists() and (here / "src" / "chargeback").is_dir():
         return here
     return Path.cwd()

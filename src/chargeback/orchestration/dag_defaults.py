@@ -4,7 +4,7 @@ Kept in the package (and light to import) so DAG files stay wiring only.
 ``CHARGEBACK_RETRY_DELAY_SECONDS`` shortens the delay for in-process test runs, where
 a real two-minute wait between tries would only slow the suite down.
 A task that fails for good, and a DAG run that fails, notify through
-``chargeback.notify.FailureNotifier`` (one line in the log and pipeline.events; e-mail
+``chargeback.platform.notify.FailureNotifier`` (one line in the log and pipeline.events; e-mail
 and/or webhook when configured).
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 
-from chargeback.notify import FailureNotifier
+from chargeback.platform.notify import FailureNotifier
 
 
 def default_args(retry_delay: dt.timedelta = dt.timedelta(minutes=2)) -> dict:

@@ -14,14 +14,13 @@ other files, so the demo and the benchmarks exercise the real loading path.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 import fsspec
 
-SNAPSHOT_FIELDS = ("snapshot_id", "tenant_id", "meter", "value", "unit", "hour", "emitted_at", "kind")
-FORMATS = {".jsonl": "jsonl", ".csv": "csv"}
+from chargeback.ingest.layout import FORMATS, hour_folder, hours
+from chargeback.ingest.simulate import simulate
 
 
 @dataclass(frozen=True)
@@ -45,21 +44,6 @@ class UsageSource(Protocol):
     def files(self, start: dt.datetime, end: dt.datetime) -> list[SnapshotFile]:
         """Snapshot files of every hour in ``[start, end)``, in hour order."""
         ...
-
-
-def hours(start: dt.datetime, end: dt.datetime) -> Iterator[dt.datetime]:
-    """Each hour start in ``[start, end)``; both ends must be whole UTC hours."""
-    for bound in (start, end):
-        if bound.tzinfo is None or bound.minute or bound.second or bound.microsecond:
-            raise ValueError(f"window bounds must be whole hours with a time zone, got {bound.isoformat()}")
-    hour = start.astimezone(dt.UTC)
-    while hour < end:
-        yield hour
-        hour += dt.timedelta(hours=1)
-
-
-def hour_folder(landing: str, hour: dt.datetime) -> str:
-    return f"{landing.rstrip('/')}/usage/{hour:%Y-%m-%d}/{hour:%H}"
 
 
 class FileSource:
@@ -101,7 +85,5 @@ class SimulatorSource(FileSource):
         self.seed = seed
 
     def files(self, start: dt.datetime, end: dt.datetime) -> list[SnapshotFile]:
-        from chargeback.simulate import simulate
-
         simulate(self.landing, self.tenant_ids, start, end, seed=self.seed)
         return super().files(start, end)

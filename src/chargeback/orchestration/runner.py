@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from chargeback.settings import Settings, get_settings
+from chargeback.platform.settings import Settings, get_settings
 
 
 class AirflowRunFailed(RuntimeError):
@@ -57,7 +57,7 @@ def airflow_env(settings: Settings | None = None, *, warehouse: bool = True) -> 
         **cosmos_env(home),
     })
     if warehouse:
-        from chargeback import warehouse as wh
+        from chargeback.platform import warehouse as wh
 
         env.update(wh.dbt_env(settings))
     home.mkdir(parents=True, exist_ok=True)
@@ -83,7 +83,7 @@ def ensure_metadata_db(settings: Settings | None = None) -> None:
 
 def run_dag(dag_id: str, conf: dict, *, settings: Settings | None = None, quiet: bool = False) -> str:
     """Run ``dag_id`` once with ``conf`` via ``airflow dags test``; return its output."""
-    from chargeback import transform
+    from chargeback.engine import transform
 
     ensure_metadata_db(settings)
     env = airflow_env(settings)
@@ -101,7 +101,8 @@ def run_dag(dag_id: str, conf: dict, *, settings: Settings | None = None, quiet:
 
 def standalone(settings: Settings | None = None) -> int:
     """``airflow standalone`` (scheduler, API server and web UI on :8080) with Chargeback's DAGs and warehouse."""
-    from chargeback import transform, warehouse
+    from chargeback.engine import transform
+    from chargeback.platform import warehouse
 
     warehouse.ensure_schema(settings)  # starts the embedded warehouse so tasks find it running
     ensure_metadata_db(settings)
@@ -115,4 +116,4 @@ def standalone(settings: Settings | None = None) -> int:
 if __name__ == "__main__":
     if sys.argv[1:] == ["standalone"]:
         sys.exit(standalone())
-    sys.exit("usage: python -m chargeback.orchestrate standalone")
+    sys.exit("usage: python -m chargeback.orchestration.runner standalone")

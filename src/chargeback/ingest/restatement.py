@@ -38,10 +38,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from chargeback import events, warehouse
-from chargeback.periods import month_window, parse_instant
-from chargeback.settings import Settings, get_settings
-from chargeback.sources import FileSource
+from chargeback.ingest.sources import FileSource
+from chargeback.platform import events, warehouse
+from chargeback.platform.periods import month_window, parse_instant
+from chargeback.platform.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

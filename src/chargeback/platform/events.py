@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-log = logging.getLogger("chargeback.events")
+log = logging.getLogger("chargeback.platform.events")
 
 KINDS = ("quarantine", "rejected_file", "refusal", "task_failure", "dag_failure", "notice")
 SEVERITIES = ("info", "warning", "error")
@@ -98,7 +98,7 @@ def record(event: Event, *, details: Mapping[str, Any] | None = None, context: M
         if conn is not None:
             conn.execute(statement, row)
         else:
-            from chargeback import warehouse
+            from chargeback.platform import warehouse
 
             with warehouse.connect(settings) as own:
                 own.execute(statement, row)

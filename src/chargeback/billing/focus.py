@@ -56,7 +56,7 @@ import unicodedata
 from decimal import Decimal
 from pathlib import Path
 
-from chargeback.periods import month_window
+from chargeback.platform.periods import month_window
 
 FOCUS_VERSION = "1.2"
 FORMATS = ("both", "csv", "parquet")
@@ -84,7 +84,7 @@ KNOWN_VALIDATOR_DEFECTS = {
     "InvoiceId-C-005-C": "InvoiceId-C-003-C",
 }
 
-_REPO = Path(__file__).resolve().parents[2]
+_REPO = Path(__file__).resolve().parents[3]
 _NO_NETWORK = "http://127.0.0.1:9"  # a closed port: any download attempt fails at once
 _RESULT = re.compile(r"\b([A-Za-z]+-[A-Z]-\d{3}-[MOC]): (PASS|FAIL|SKIPPED)\b")
 _TOTALS = re.compile(r"Total: (\d+) \| Pass: (\d+) \| Fail: (\d+) \| Skipped: (\d+)")
@@ -185,7 +185,7 @@ def read_month(month: dt.date, settings=None) -> tuple[list[Column], list[tuple]
     text, strings folded to ASCII)."""
     from psycopg import sql
 
-    from chargeback import warehouse
+    from chargeback.platform import warehouse
 
     with warehouse.connect(settings) as conn:
         described = conn.execute(

@@ -8,7 +8,7 @@ depend only on (seed, tenant, hour), so simulating a sub-window reproduces exact
 the rows of a longer run.
 
 Output is the landing layout and file format that real producers use (see
-:mod:`chargeback.sources`): one file per hour, JSON Lines on even hours and CSV on
+:mod:`chargeback.ingest.sources`): one file per hour, JSON Lines on even hours and CSV on
 odd hours unless a format is forced, so both parsers are always exercised.
 """
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import fsspec
 
-from chargeback.sources import SNAPSHOT_FIELDS, hour_folder, hours
+from chargeback.ingest.layout import SNAPSHOT_FIELDS, hour_folder, hours
 
 _EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 _NAMESPACE = uuid.UUID("6f1c1c2e-8a4e-4d0b-9a53-2f0f3c1b7c11")

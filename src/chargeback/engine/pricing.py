@@ -19,7 +19,7 @@ import datetime as dt
 from collections.abc import Sequence
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 
-from chargeback.money import round_money
+from chargeback.platform.money import round_money
 
 MODELS = ("per_unit", "graduated", "volume", "package", "retention")
 DEFAULT_RETENTION_DAYS = 30

@@ -6,7 +6,7 @@ non-negative and every invoice's total is the sum of its lines. Each suite says 
 ``meta`` which column the window applies to — hourly marts are checked on the window's
 hours, monthly marts on the months it touches; without a window, on every row.
 
-Runs use the gate's runner (:func:`chargeback.gate.run_suites`): each suite run is a row in
+Runs use the validation runner (:func:`chargeback.platform.validation.run_suites`): each suite run is a row in
 ``pipeline.validations`` and a Data Docs page, pass or fail.
 """
 
@@ -16,10 +16,11 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from chargeback import gate, warehouse
-from chargeback.gate import SuiteResult, SuiteRun, ValidationError, format_window
-from chargeback.periods import parse_instant as utc
-from chargeback.settings import Settings, get_settings
+from chargeback.platform import validation, warehouse
+from chargeback.platform.periods import format_window
+from chargeback.platform.periods import parse_instant as utc
+from chargeback.platform.settings import Settings, get_settings
+from chargeback.platform.validation import SuiteResult, SuiteRun, ValidationError
 
 SUITES = (
     "marts_fct_cost_pools_hourly",
@@ -73,27 +74,27 @@ def check_marts(
     if start is not None and end is not None and end <= start:
         raise ValueError(f"empty window: window_end {end:%Y-%m-%dT%H:%MZ} is not after window_start")
 
-    specs = [gate.load_suite(name, settings) for name in SUITES]
-    _require_tables([gate.suite_table(s) for s in specs], settings)
+    specs = [validation.load_suite(name, settings) for name in SUITES]
+    _require_tables([validation.suite_table(s) for s in specs], settings)
     runs = [
         SuiteRun(spec=spec, query=batch_query(spec, start, end), window_start=start, window_end=end) for spec in specs
     ]
     window = format_window(start, end) if start and end else "all rows"
     run_name = "marts-" + (f"{start:%Y%m%dT%H%MZ}-{end:%Y%m%dT%H%MZ}" if start and end else "all")
-    result = CheckResult(start, end, tuple(gate.run_suites(runs, run_name=run_name, settings=settings)))
+    result = CheckResult(start, end, tuple(validation.run_suites(runs, run_name=run_name, settings=settings)))
     if not result.success:
         failed = [r for r in result.results if not r.success]
         tables = ", ".join(r.table_name for r in failed)
         headline = f"mart checks failed for {tables} ({window})"
         if len(failed) > 1:  # name each line's table
             failed = [_prefixed(r) for r in failed]
-        raise ChecksFailed(gate.failure_message(headline, failed), result.results)
+        raise ChecksFailed(validation.failure_message(headline, failed), result.results)
     return result
 
 
 def batch_query(spec: dict[str, Any], start: dt.datetime | None, end: dt.datetime | None) -> str:
     """``select * from <table>`` restricted to the window by the suite's ``meta.window_column``."""
-    table = gate.suite_table(spec)
+    table = validation.suite_table(spec)
     meta = spec.get("meta") or {}
     column, grain = meta.get("window_column"), meta.get("window_grain")
     if start is None or end is None or column is None:
@@ -115,7 +116,7 @@ def _require_tables(tables: list[str], settings: Settings) -> None:
         missing = [t for t in tables if conn.execute("select to_regclass(%s)", (t,)).fetchone()[0] is None]
     if missing:
         raise RuntimeError(
-            f"cannot check the marts: {', '.join(missing)} does not exist (has chargeback.transform.build() run?)"
+            f"cannot check the marts: {', '.join(missing)} does not exist (has `chargeback transform` run?)"
         )
 
 

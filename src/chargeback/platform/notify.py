@@ -1,10 +1,10 @@
 """What happens when an Airflow task or a whole DAG run fails: one line, kept and sent.
 
 :class:`FailureNotifier` is an Airflow notifier (``airflow.sdk.BaseNotifier``). Every
-task's ``on_failure_callback`` (``chargeback.dag_defaults.default_args``) and every
+task's ``on_failure_callback`` (``chargeback.orchestration.dag_defaults.default_args``) and every
 DAG's ``on_failure_callback`` (a failed DAG run) is one. It:
 
-* always records one line with ``chargeback.events.record`` — in the log (the task log,
+* always records one line with ``chargeback.platform.events.record`` — in the log (the task log,
   or the DAG processor's log for a DAG run) and in ``pipeline.events`` with the DAG,
   task, run and try, so data engineers query failures beside the runs;
 * when configured, sends the same line by e-mail (``CHARGEBACK_SMTP_HOST``/``PORT``/
@@ -30,9 +30,9 @@ from typing import Any
 
 from airflow.sdk import BaseNotifier
 
-from chargeback import events
+from chargeback.platform import events
 
-log = logging.getLogger("chargeback.notify")
+log = logging.getLogger("chargeback.platform.notify")
 
 TIMEOUT_SECONDS = 10
 

@@ -4,13 +4,13 @@ An invoice is rendered from the marts, and the marts are only as new as the last
 build. Two ways they can be stale, both read from the warehouse's own records:
 
 * the last build covering hours of the month **failed** (``pipeline.transform_runs``,
-  written by every dbt run — ``chargeback.transform.build``, the dbt tasks of
+  written by every dbt run — ``chargeback.engine.transform.build``, the dbt tasks of
   ``usage_hourly``, dbt by hand) and no later successful build of the same window and
   models replaced it: the marts may hold half a build;
 * usage of the month was **published after** the last successful build covering it
   began (``pipeline.load_runs``): the marts do not include it yet.
 
-Either way the month is refused with one line (``chargeback.events.refuse``) naming
+Either way the month is refused with one line (``chargeback.platform.events.refuse``) naming
 the failed build or the load and the command that fixes it, and :class:`StaleMarts`
 is raised with that line, so no PDF is rendered and no invoice recorded.
 """
@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from chargeback import events, warehouse
-from chargeback.periods import month_window
-from chargeback.settings import Settings
+from chargeback.platform import events, warehouse
+from chargeback.platform.periods import month_window
+from chargeback.platform.settings import Settings
 
 
 class StaleMarts(RuntimeError):

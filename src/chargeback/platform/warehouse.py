@@ -21,7 +21,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg import conninfo, sql
 
-from chargeback.settings import Settings, get_settings
+from chargeback.platform.settings import Settings, get_settings
 
 _lock = threading.Lock()
 _dsn_cache: dict[tuple[str | None, str, str], str] = {}
@@ -132,7 +132,7 @@ def connect(settings: Settings | None = None, *, autocommit: bool = False) -> It
 
 def ensure_schema(settings: Settings | None = None) -> None:
     """Create the raw, config and pipeline schemas and their tables (idempotent)."""
-    ddl = resources.files("chargeback").joinpath("sql/schema.sql").read_text()
+    ddl = resources.files("chargeback.platform").joinpath("sql/schema.sql").read_text()
     with connect(settings) as conn:
         conn.execute("select pg_advisory_xact_lock(hashtext('chargeback.ensure_schema'))")
         conn.execute(ddl)

@@ -10,12 +10,12 @@ close (``billing_monthly`` or ``chargeback close``):
    listing the missing hours per meter, unless an operator overrides it with a reason;
    the outcome, the missing hours and any override are kept in ``pipeline.month_closes``
    and an override is printed on every invoice of the month.
-2. :func:`finalize` — :func:`chargeback.invoices.finalize_month`: final PDFs from the
+2. :func:`finalize` — :func:`chargeback.billing.invoices.finalize_month`: final PDFs from the
    current marts, numbers, frozen lines, all in one transaction.
 3. :func:`issue_corrections` — a credit or debit note for every earlier final invoice
-   whose month the marts now bill differently (:func:`chargeback.invoices.issue_corrections`).
+   whose month the marts now bill differently (:func:`chargeback.billing.invoices.issue_corrections`).
 
-Every step calls :func:`chargeback.pipeline.check_month` first: nothing is issued from marts
+Every step calls :func:`check_month` first: nothing is issued from marts
 that do not reconcile (or are not current).
 """
 
@@ -28,14 +28,16 @@ from collections.abc import Sequence
 
 from psycopg.types.json import Jsonb
 
-from chargeback import events, invoices, warehouse
-from chargeback.periods import month_window, parse_instant
-from chargeback.settings import Settings, get_settings
+from chargeback.billing import corrections, document, invoices, store
+from chargeback.engine import checks, configuration
+from chargeback.platform import events, freshness, warehouse
+from chargeback.platform.periods import month_window, parse_instant
+from chargeback.platform.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 
-class MonthNotComplete(invoices.InvoiceError):
+class MonthNotComplete(document.InvoiceError):
     """The month has hours without usage of some meter and no override: it does not close."""
 
 
@@ -198,37 +200,50 @@ def is_final(period: str, settings: Settings | None = None) -> bool:
             " and status = 'final')", (month_window(period)[0].date(),)).fetchone()[0]
 
 
+def check_month(period: str, settings: Settings | None = None) -> None:
+    """Before a month is invoiced: every allocation rule had driver data, and the marts reconcile.
+
+    A rule whose driver meter saw no usage all month left its pool unallocated; that is a
+    configuration mistake (a renamed meter, a wrong driver), so the month is refused with
+    the rules named rather than invoiced. First of all, the marts must be current: built
+    after the month's last load, and not left by a failed build (:mod:`chargeback.platform.freshness`).
+    """
+    freshness.require_current_marts(period, settings)
+    start, end = month_window(period)
+    problems = configuration.drivers_without_usage(start, end, settings)
+    if problems:
+        raise configuration.ConfigError(f"{period} cannot be invoiced:\n" + "\n".join(problems))
+    outcome = checks.check_marts(start, end, settings=settings)
+    log.info("mart checks passed for %s: %s", period, outcome)
+
+
 def grace_period_over(period: str, as_of: dt.datetime | str | None = None, settings: Settings | None = None) -> bool:
     """Whether ``as_of`` (default now) is at or after the end of the month's grace period."""
     moment = parse_instant(as_of) if as_of else dt.datetime.now(dt.UTC)
     return moment >= grace_period_end(period, settings)
 
 
-def render_drafts(period: str, settings: Settings | None = None, workers: int = 2) -> list[invoices.InvoiceRecord]:
+def render_drafts(period: str, settings: Settings | None = None, workers: int = 2) -> list[document.InvoiceRecord]:
     """The month's draft invoices, from marts that reconcile; dated the day the month may close.
 
     A month already final has no drafts: a re-run of billing_monthly (a cleared run, a second
     demo) goes on to its corrections instead of failing here.
     """
-    from chargeback import pipeline
-
     if is_final(period, settings):
         log.info("%s is final already: no drafts to render; changes since become credit or debit notes", period)
         return []
-    pipeline.check_month(period, settings)
+    check_month(period, settings)
     return invoices.render_month(period, workers=workers, settings=settings,
                                  issue_date=grace_period_end(period, settings).date())
 
 
 def finalize(period: str, *, override_reason: str | None = None, override_by: str | None = None,
              settings: Settings | None = None, workers: int = 2,
-             issue_date: dt.date | None = None) -> list[invoices.InvoiceRecord]:
+             issue_date: dt.date | None = None) -> list[document.InvoiceRecord]:
     """Check the marts and the month's completeness (with the override), then issue its invoices."""
-    from chargeback import pipeline
-
     if is_final(period, settings):  # issued already: nothing to check, nothing to change
         return invoices.finalize_month(period, workers=workers, settings=settings)
-    pipeline.check_month(period, settings)
+    check_month(period, settings)
     completeness = check_completeness(period, override_reason=override_reason, override_by=override_by,
                                       settings=settings)
     note = completeness.invoice_note()
@@ -237,14 +252,14 @@ def finalize(period: str, *, override_reason: str | None = None, override_by: st
 
 
 def issue_corrections(period: str, *, settings: Settings | None = None,
-                      issue_date: dt.date | None = None) -> list[invoices.InvoiceRecord]:
+                      issue_date: dt.date | None = None) -> list[document.InvoiceRecord]:
     """At the close of ``period``, for earlier final months the marts now bill differently:
     the invoices of tenants first billed since the month was issued (printing the month's
     recorded override, if any), then a credit or debit note for every invoice whose figures changed."""
-    late: list[invoices.InvoiceRecord] = []
+    late: list[document.InvoiceRecord] = []
     for month in invoices.months_with_unissued_tenants(period, settings=settings):
         with warehouse.connect(settings) as conn:
-            known = {r.invoice_number for r in invoices.final_documents(conn, month_window(month)[0].date())}
+            known = {r.invoice_number for r in store.final_documents(conn, month_window(month)[0].date())}
         recorded = recorded_completeness(month, settings)
         note = recorded.invoice_note() if recorded else None
         issued = invoices.finalize_month(month, workers=1, settings=settings, issue_date=issue_date,
@@ -257,7 +272,7 @@ def issue_corrections(period: str, *, settings: Settings | None = None,
                     f"tenant {record.tenant_id} was first billed for {month} after the month was issued: "
                     f"its invoice of {record.total} {record.currency} is issued now", None,
                     record.invoice_number, severity="warning"), settings=settings)
-    notes = invoices.issue_corrections(period, settings=settings, issue_date=issue_date)
+    notes = corrections.issue_corrections(period, settings=settings, issue_date=issue_date)
     for note in notes:
         events.record(events.Event(
             "notice", f"{note.document_type.replace('_', ' ')} {note.invoice_number}",
@@ -272,9 +287,9 @@ class CloseResult:
 
     period: str
     closes_at: dt.datetime
-    drafts: Sequence[invoices.InvoiceRecord] = ()
-    finals: Sequence[invoices.InvoiceRecord] = ()
-    notes: Sequence[invoices.InvoiceRecord] = ()
+    drafts: Sequence[document.InvoiceRecord] = ()
+    finals: Sequence[document.InvoiceRecord] = ()
+    notes: Sequence[document.InvoiceRecord] = ()
 
     @property
     def closed(self) -> bool:
@@ -310,7 +325,7 @@ def close_month(period: str, *, as_of: dt.datetime | str | None = None, override
     closes_at = grace_period_end(period, settings)
     if as_of < closes_at:
         if is_final(period, settings):
-            raise invoices.InvoiceError(f"{period} is final already, yet --as-of {as_of:%Y-%m-%d %H:%M} is in "
+            raise document.InvoiceError(f"{period} is final already, yet --as-of {as_of:%Y-%m-%d %H:%M} is in "
                                         "its grace period: give a later --as-of (or none)")
         return CloseResult(period, closes_at, drafts=render_drafts(period, settings, workers))
     finals = finalize(period, override_reason=override_reason, override_by=override_by, settings=settings,

@@ -7,7 +7,7 @@ those hours and the monthly models the months the window touches; without one,
 every model rebuilds everything.
 
 Every build, succeeded or failed, is kept in ``pipeline.transform_runs`` with its
-window and failure lines: ``chargeback.freshness`` refuses to invoice a month whose
+window and failure lines: ``chargeback.platform.freshness`` refuses to invoice a month whose
 marts were not rebuilt after its last load, or whose last build failed.
 """
 
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from chargeback import warehouse
-from chargeback.periods import parse_instant
-from chargeback.settings import Settings, get_settings
+from chargeback.platform import warehouse
+from chargeback.platform.periods import parse_instant
+from chargeback.platform.settings import Settings, get_settings
 
 # dbt keeps global state (flags, adapters, event manager): one invocation at a time
 # per process. Separate processes (Airflow tasks) don't share it.
@@ -221,17 +221,17 @@ def _one_build_at_a_time(settings: Settings) -> Iterator[datetime]:
     raw usage, on the same clock as ``pipeline.load_runs.finished_at``.
     """
     with warehouse.connect(settings, autocommit=True) as conn:
-        conn.execute("select pg_advisory_lock(hashtext('chargeback.transform'))")
+        conn.execute("select pg_advisory_lock(hashtext('chargeback.engine.transform'))")
         try:
             yield conn.execute("select clock_timestamp()").fetchone()[0]
         finally:
             with contextlib.suppress(Exception):  # a lost connection released the lock already
-                conn.execute("select pg_advisory_unlock(hashtext('chargeback.transform'))")
+                conn.execute("select pg_advisory_unlock(hashtext('chargeback.engine.transform'))")
 
 
 def _record_run(settings: Settings, window: tuple[datetime, datetime] | None, select: str | None,
                 started_at: datetime, failures: tuple[str, ...]) -> None:
-    """Keep this build in ``pipeline.transform_runs`` (``chargeback.freshness`` reads it).
+    """Keep this build in ``pipeline.transform_runs`` (``chargeback.platform.freshness`` reads it).
 
     Never raises: when the warehouse itself failed the build, the build's own error
     is what the caller must see; a month without a record of a successful build after

@@ -1,15 +1,12 @@
-"""The gate: Great Expectations validates a load run's staged snapshots before they are published.
+"""The validation runner every stage uses: Great Expectations suites over warehouse tables.
 
-The suite is data (``expectations/raw_usage_staging.json``); what it cannot know in advance —
-the known tenants and meters (``config.*``) and the load's window — reaches it as suite
-parameters at run time. Every run, pass or fail, is kept twice: a row in
+The ingest gate (:mod:`chargeback.ingest.gate`) validates staged snapshots and the mart
+checks (:mod:`chargeback.engine.checks`) validate the marts; both build their GX context
+here, the same way: at run time (importing this module does not import GX, so DAG files
+stay cheap to parse), ephemeral (datasources and connection strings are never written to
+disk; concurrent runs share no config file), with only the validation results and the Data
+Docs site on the filesystem. Every run, pass or fail, is kept twice: a row in
 ``pipeline.validations`` and a page of GX Data Docs under ``settings.gx_dir``.
-
-This module also holds the small validation runner that :mod:`chargeback.checks` reuses for
-the marts, so both stages build their GX context the same way: at run time (importing this
-module does not import GX, so DAG files stay cheap to parse), ephemeral (datasources and
-connection strings are never written to disk; concurrent runs share no config file), with
-only the validation results and the Data Docs site on the filesystem.
 """
 
 from __future__ import annotations
@@ -23,20 +20,17 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from chargeback import warehouse
-from chargeback.periods import parse_instant as utc
-from chargeback.settings import Settings, get_settings
+from chargeback.platform import warehouse
+from chargeback.platform.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-SUITE = "raw_usage_staging"
 EXAMPLES_PER_FAILURE = 3
 """Offending rows quoted per failed expectation in messages (the Data Docs page has up to 20)."""
 DATA_DOCS_RESULTS_LIMIT = 50
@@ -52,19 +46,6 @@ class ValidationError(RuntimeError):
     def __init__(self, message: str, results: Sequence[SuiteResult]) -> None:
         super().__init__(message)
         self.results = tuple(results)
-
-
-class GateFailed(ValidationError):
-    """Staged rows broke the gate's suite; they must not be published. ``result`` says why."""
-
-    @property
-    def result(self) -> SuiteResult:
-        return self.results[0]
-
-
-class GateNotEvaluated(ValidationError):
-    """The gate could not evaluate an expectation (the warehouse went away, a query failed):
-    no verdict on the data. The load stays staged and a retry of the gate decides."""
 
 
 @dataclass(frozen=True)
@@ -103,130 +84,6 @@ class SuiteResult:
         status = self.summary if self.success else f"failed: {self.failed_expectations} expectation(s)"
         return f"{self.table_name}{load}: {status} (validation_id {self.validation_id})"
 
-
-GateResult = SuiteResult
-"""The gate validates one table, so its result is that suite run's."""
-
-
-def validate_staged(
-    load_id: int,
-    window_start: dt.datetime | str,
-    window_end: dt.datetime | str,
-    settings: Settings | None = None,
-) -> GateResult:
-    """Validate ``raw.usage_staging where load_id = load_id`` against the gate's suite.
-
-    ``[window_start, window_end)`` is the load run's window: every snapshot's hour must lie
-    in it. Records the run in ``pipeline.validations`` and Data Docs, and raises
-    :class:`GateFailed` (naming the table, each failed expectation and example rows as
-    ``file:line field=value``) if any expectation fails. A load with no rows passes.
-    """
-    settings = settings or get_settings()
-    start, end = utc(window_start), utc(window_end)
-    if end <= start:
-        raise ValueError(f"empty window: window_end {end:%Y-%m-%dT%H:%MZ} is not after window_start")
-    load_id = int(load_id)
-    with warehouse.connect(settings) as conn:
-        tenants = [r[0] for r in conn.execute("select tenant_id from config.tenants order by 1")]
-        meters = [r[0] for r in conn.execute("select meter from config.meters order by 1")]
-    spec = policy_suite(load_suite(SUITE, settings), load_id, settings)
-    table = suite_table(spec)
-    run = SuiteRun(
-        spec=spec,
-        query=f"select * from {table} where load_id = {load_id}",
-        parameters={
-            "known_tenants": tenants,
-            "known_meters": meters,
-            "window_start": start,
-            "window_end": end,
-        },
-        load_id=load_id,
-        window_start=start,
-        window_end=end,
-    )
-    (result,) = run_suites([run], run_name=f"load-{load_id}", settings=settings)
-    if result.errored_expectations:
-        message = failure_message(f"gate could not validate {table} (load {load_id}, {format_window(start, end)});"
-                                  " the load stays staged: retry the task", [result])
-        raise GateNotEvaluated(message, [result])
-    if not result.success:
-        message = failure_message(f"gate failed for {table} (load {load_id}, {format_window(start, end)})", [result])
-        line = _quarantine_refusal(load_id, settings)
-        raise GateFailed(f"{line}\n{message}" if line else message, [result])
-    return result
-
-
-def policy_suite(spec: Mapping[str, Any], load_id: int, settings: Settings) -> dict[str, Any]:
-    """The gate's suite for one load under ``settings.quarantine_policy``.
-
-    The expectations marked ``meta.quarantine_policy`` (bad-row share per landed hour, no file
-    rejected whole) get the load id and ``max_bad_share`` filled in under ``fail``, and are
-    left out under ``warn``: quarantined rows are then only recorded and logged as warnings.
-    """
-    spec = _fresh(spec)
-    kept = []
-    for expectation in spec["expectations"]:
-        if (expectation.get("meta") or {}).get("quarantine_policy"):
-            if settings.quarantine_policy == "warn":
-                continue
-            kwargs = expectation["kwargs"]
-            kwargs["unexpected_rows_query"] = (
-                kwargs["unexpected_rows_query"]
-                .replace("{load_id}", str(int(load_id)))
-                .replace("{max_bad_share}", str(settings.max_bad_share))
-            )
-        kept.append(expectation)
-    spec["expectations"] = kept
-    return spec
-
-
-def _quarantine_refusal(load_id: int, settings: Settings) -> str | None:
-    """When the quarantine policy failed the load: record and return its one line."""
-    from chargeback import events
-
-    if settings.quarantine_policy == "warn":
-        return None
-    with warehouse.connect(settings) as conn:
-        hours = conn.execute(
-            "select landed_hour, sum(rows_quarantined), sum(rows_in) from pipeline.load_files where load_id = %s"
-            " group by landed_hour having sum(rows_quarantined) > %s * sum(rows_in) order by landed_hour",
-            (load_id, settings.max_bad_share),
-        ).fetchall()
-        rejected = [r[0] for r in conn.execute(
-            "select file_url from pipeline.load_files where load_id = %s and status = 'rejected' order by file_url",
-            (load_id,),
-        )]
-        first = conn.execute(
-            "select count(*), (array_agg(source_file || coalesce(':' || source_line, '') order by quarantine_id))[1],"
-            " (array_agg(reason order by quarantine_id))[1] from raw.usage_quarantine where load_id = %s",
-            (load_id,),
-        ).fetchone()
-    if not hours and not rejected:
-        return None
-    count, where, first_reason = first
-    reasons = [
-        f"{bad} of {rows} rows of landed hour {utc(hour):%Y-%m-%dT%H:%MZ} quarantined"
-        f" ({Decimal(bad) / Decimal(rows):.1%} > max_bad_share {settings.max_bad_share:%})"
-        for hour, bad, rows in hours[:3]
-    ]
-    if len(hours) > 3:
-        reasons.append(f"and {len(hours) - 3} more hour(s)")
-    if rejected:
-        reasons.append(f"{len(rejected)} file(s) rejected whole, e.g. {rejected[0]}")
-    if first_reason:
-        reasons.append(f"first: {first_reason}")
-    return events.record(
-        events.Event(
-            "refusal", f"load {load_id}", "; ".join(reasons),
-            f"fix the producer or config, then chargeback quarantine replay --load {load_id}"
-            " (or set CHARGEBACK_QUARANTINE_POLICY=warn to publish the good rows anyway)",
-            f"{where} (+{count - 1} more)" if count > 1 else where,
-        ),
-        details={"load_id": load_id}, settings=settings,
-    )
-
-
-# --- the validation runner (shared with chargeback.checks) -------------------------------------
 
 
 @dataclass(frozen=True)
@@ -292,7 +149,7 @@ def run_suites(runs: Sequence[SuiteRun], run_name: str, settings: Settings | Non
     try:
         for run in runs:
             run_started = time.monotonic()
-            suite = context.suites.add_or_update(gx.ExpectationSuite(**_fresh(run.spec)))
+            suite = context.suites.add_or_update(gx.ExpectationSuite(**fresh_spec(run.spec)))
             asset = datasource.add_query_asset(name=suite.name, query=run.query)
             definition = context.validation_definitions.add(
                 gx.ValidationDefinition(
@@ -379,7 +236,7 @@ def _project_config(gx_dir: Path) -> Any:
     )
 
 
-def _fresh(spec: Mapping[str, Any]) -> dict[str, Any]:
+def fresh_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of the suite spec GX can own (it assigns ids to the suite and expectations)."""
     return json.loads(json.dumps(spec))
 
@@ -583,13 +440,6 @@ def _format_value(value: Any) -> str:
             return f"{m.group(1)}Z"
         return repr(value) if (value == "" or value != value.strip() or " " in value) else value
     return str(value)
-
-
-def format_window(start: dt.datetime, end: dt.datetime) -> str:
-    """``2026-10-01T13:00Z–14:00Z`` (the end's date is shown when it differs)."""
-    start, end = utc(start), utc(end)
-    end_fmt = "%H:%MZ" if end.date() == start.date() else "%Y-%m-%dT%H:%MZ"
-    return f"{start:%Y-%m-%dT%H:%MZ}–{end.strftime(end_fmt)}"
 
 
 def _json_safe(value: Any) -> Any:

@@ -30,170 +30,20 @@ Landed files are only read, never moved or deleted.
 
 from __future__ import annotations
 
-import codecs
-import csv
 import datetime as dt
-import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
 
-from chargeback import events, warehouse
-from chargeback.settings import Settings, get_settings
-from chargeback.sources import SNAPSHOT_FIELDS, SnapshotFile, UsageSource
+from chargeback.ingest import classify, readers
+from chargeback.ingest.layout import SNAPSHOT_FIELDS
+from chargeback.ingest.sources import SnapshotFile, UsageSource
+from chargeback.platform import events, warehouse
+from chargeback.platform.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-
-_CHUNK = 1 << 20
-_TEXT_FIELDS = ("snapshot_id", "tenant_id", "meter", "unit", "kind")
-_ISO_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)? *([Zz]|[+-]\d{2}(:?\d{2})?)?$"
-
-
-def _classify_sql(fields_cte: str) -> str:
-    """One statement that classifies every row of one landed file into ``parsed``.
-
-    ``fields_cte`` yields per row: ``line, raw_record, doc_problem`` and each snapshot field
-    as text plus its JSON type (``t_<field>``; null for CSV). The first problem found, in
-    the order below, is the row's ``reason`` (``field: why``); no problem: a clean row.
-    Casts are guarded by ``raw.is_numeric``/``raw.is_timestamptz`` so nothing raises.
-    """
-    missing = "\n".join(
-        f"            when nullif(btrim(t.{f}), '') is null then '{f}: missing'" for f in SNAPSHOT_FIELDS
-    )
-    wrong_type = "\n".join(
-        f"            when t.t_{f} in ('object', 'array') then '{f}: expected text, got a JSON ' || t.t_{f}"
-        for f in _TEXT_FIELDS
-    )
-    return f"""
-insert into parsed (file_seq, source_file, source_line, landed_hour, learned_at, raw_record,
-                    snapshot_id, tenant_id, meter, value, unit, hour_start, emitted_at, kind, reason)
-with fields as (
-{fields_cte}
-), typed as (
-    select f.*,
-           case when raw.is_numeric(f.value) and coalesce(f.t_value, 'string') in ('string', 'number')
-                then f.value::numeric end as n_value,
-           case when f.hour ~ '{_ISO_TIMESTAMP}' and raw.is_timestamptz(f.hour)
-                then f.hour::timestamptz end as ts_hour,
-           case when f.emitted_at ~ '{_ISO_TIMESTAMP}' and raw.is_timestamptz(f.emitted_at)
-                then f.emitted_at::timestamptz end as ts_emitted
-    from fields as f
-    offset 0  -- evaluate the casts once per row: keep the planner from copying them into every use
-), classified as (
-    select t.*,
-        case
-            when t.doc_problem is not null then t.doc_problem
-{missing}
-{wrong_type}
-            when t.n_value is null then 'value: not a number: ' || quote_literal(t.value)
-            when t.n_value in ('NaN', 'Infinity', '-Infinity') then 'value: not a finite number: ' || t.value
-            when t.n_value < 0 then 'value: negative: ' || t.value
-            when t.ts_hour is null then 'hour: not an ISO-8601 timestamp: ' || quote_literal(t.hour)
-            when t.ts_emitted is null then 'emitted_at: not an ISO-8601 timestamp: ' || quote_literal(t.emitted_at)
-            when t.ts_hour <> date_trunc('hour', t.ts_hour, 'UTC')
-                then 'hour: not the start of an hour: ' || t.hour
-            when t.ts_hour >= %(window_end)s
-                then 'hour: after the load window (it ends ' || %(window_end_text)s || ')'
-            when te.tenant_id is null
-                then 'tenant_id: unknown tenant ' || quote_literal(t.tenant_id) || ' (not in config.tenants)'
-            when m.meter is null
-                then 'meter: unknown meter ' || quote_literal(t.meter) || ' (not in config.meters)'
-            when t.unit <> m.unit
-                then 'unit: ' || quote_literal(t.unit) || ' is not the unit of meter ' || m.meter
-                     || ' (' || m.unit || ')'
-            when t.kind <> m.kind
-                then 'kind: ' || quote_literal(t.kind) || ' is not the kind of meter ' || m.meter
-                     || ' (' || m.kind || ')'
-        end as reason
-    from typed as t
-    left join config.tenants as te on te.tenant_id = t.tenant_id
-    left join config.meters as m on m.meter = t.meter
-)
-select %(file_seq)s, %(file)s, line, %(landed_hour)s, %(learned_at)s,
-       case when reason is not null then raw_record end,
-       case when coalesce(t_snapshot_id, 'string') in ('string', 'number') then snapshot_id end,
-       tenant_id, meter, n_value, unit, ts_hour, ts_emitted, kind, reason
-from classified
-"""
-
-
-_TEXT_OF = ", ".join(f"j ->> '{f}' as {f}, jsonb_typeof(j -> '{f}') as t_{f}" for f in SNAPSHOT_FIELDS)
-_CLASSIFY_JSONL = _classify_sql(f"""
-    select line, doc as raw_record,
-           case when j is null then 'record: not valid JSON'
-                when jsonb_typeof(j) <> 'object' then 'record: not a JSON object but a JSON ' || jsonb_typeof(j)
-           end as doc_problem,
-           {_TEXT_OF}
-    from (
-        select line::integer as line, doc, case when raw.is_json(doc) then doc::jsonb end as j
-        from landed_jsonl
-        where btrim(coalesce(doc, '')) <> ''
-        offset 0  -- parse each line once, not once per field
-    ) as docs
-    offset 0
-""")
-_CLASSIFY_CSV = _classify_sql(f"""
-    select line::integer + 1 as line,
-           coalesce(raw, concat_ws(',', {", ".join(f"coalesce({f}, '')" for f in SNAPSHOT_FIELDS)})) as raw_record,
-           problem as doc_problem,
-           {", ".join(f"{f}, null::text as t_{f}" for f in SNAPSHOT_FIELDS)}
-    from landed_csv
-""")
-
-# Load-level pass over every file's clean rows: later copies of a snapshot are duplicates
-# when identical to its first copy (by file, then line), quarantined when they differ.
-_DEDUPE_WITHIN_LOAD = """
-with repeated as (
-    select snapshot_id from parsed where reason is null group by snapshot_id having count(*) > 1
-), ranked as (
-    select pid, row_number() over w as copy_no, first_value(pid) over w as first_pid
-    from parsed
-    where reason is null and snapshot_id in (select snapshot_id from repeated)
-    window w as (partition by snapshot_id order by file_seq, source_line)
-), compared as (
-    select r.pid, f.source_file, f.source_line, f.value as first_value,
-           (p.tenant_id, p.meter, p.value, p.unit, p.hour_start, p.kind)
-           = (f.tenant_id, f.meter, f.value, f.unit, f.hour_start, f.kind) as same,
-           p.value as this_value
-    from ranked as r
-    join parsed as p on p.pid = r.pid
-    join parsed as f on f.pid = r.first_pid
-    where r.copy_no > 1
-)
-update parsed as p
-set duplicate = c.same,
-    reason = case when not c.same then
-        'snapshot_id: ' || quote_literal(p.snapshot_id) || ' repeats ' || c.source_file || ':' || c.source_line
-        || ' with different content (value ' || c.first_value || ' there, ' || c.this_value || ' here)'
-    end
-from compared as c
-where p.pid = c.pid
-"""
-# ... and copies of a snapshot already published from a landed hour outside this load's
-# window (rows of the window's own hours are about to be replaced, so they do not count).
-_DEDUPE_AGAINST_PUBLISHED = """
-with compared as (
-    select p.pid, u.source_file, u.source_line, u.value as first_value, p.value as this_value,
-           (p.tenant_id, p.meter, p.value, p.unit, p.hour_start, p.kind)
-           = (u.tenant_id, u.meter, u.value, u.unit, u.hour_start, u.kind) as same
-    from parsed as p
-    join raw.usage_snapshots as u on u.snapshot_id = p.snapshot_id
-    where p.reason is null and not p.duplicate
-      and not (coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) >= %(start)s
-               and coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) < %(end)s)
-)
-update parsed as p
-set duplicate = c.same,
-    reason = case when not c.same then
-        'snapshot_id: ' || quote_literal(p.snapshot_id) || ' already published from ' || c.source_file || ':'
-        || c.source_line || ' with different content (value ' || c.first_value || ' there, '
-        || c.this_value || ' here)'
-    end
-from compared as c
-where p.pid = c.pid
-"""
 
 
 class LoadError(ValueError):
@@ -223,15 +73,6 @@ class PublishResult:
     """First usage hour (``hour_start``) of the rows deleted or inserted; ``None`` when there were none."""
     usage_end: dt.datetime | None = None
     """End (exclusive, a whole hour) of those usage hours; ``None`` with ``usage_start``."""
-
-
-@dataclass(frozen=True)
-class _FileOutcome:
-    """A landed file the parse could not read at all: rejected whole."""
-
-    line: int | None
-    reason: str
-    rows_in: int
 
 
 def stage(
@@ -309,10 +150,10 @@ def _stage_files(conn: psycopg.Connection, load_id: int, start: dt.datetime, end
         ).fetchone()[0]
         params = {"file_seq": seq, "file": f.url, "landed_hour": f.hour, "learned_at": first_seen,
                   "window_end": end, "window_end_text": window_end_text}
-        size, rejected = (_copy_jsonl(conn, f) if f.format == "jsonl" else _copy_csv(conn, f))
+        size, rejected = (readers.copy_jsonl(conn, f) if f.format == "jsonl" else readers.copy_csv(conn, f))
         if rejected is None:
-            conn.execute(_CLASSIFY_JSONL if f.format == "jsonl" else _CLASSIFY_CSV, params)
-            rejected = _garbage(conn, seq)
+            conn.execute(classify.CLASSIFY_JSONL if f.format == "jsonl" else classify.CLASSIFY_CSV, params)
+            rejected = classify.garbage(conn, seq)
         if rejected is not None:
             conn.execute("delete from parsed where file_seq = %s", (seq,))
             conn.execute(
@@ -330,8 +171,8 @@ def _stage_files(conn: psycopg.Connection, load_id: int, start: dt.datetime, end
         if progress:
             progress(seq, len(files))
     conn.execute("analyze parsed")  # the planner must know whether to probe raw.usage_snapshots by index
-    conn.execute(_DEDUPE_WITHIN_LOAD)
-    conn.execute(_DEDUPE_AGAINST_PUBLISHED, {"start": start, "end": end})
+    conn.execute(classify.DEDUPE_WITHIN_LOAD)
+    conn.execute(classify.DEDUPE_AGAINST_PUBLISHED, {"start": start, "end": end})
     conn.execute(
         """
         insert into raw.usage_quarantine (load_id, source_file, source_line, landed_hour, field, reason,
@@ -367,169 +208,6 @@ def _stage_files(conn: psycopg.Connection, load_id: int, start: dt.datetime, end
         """,
         (load_id,),
     )
-
-
-def _garbage(conn: psycopg.Connection, seq: int) -> _FileOutcome | None:
-    """A file none of whose lines is a JSON object is not a snapshot file: reject it whole."""
-    rows, garbage, first = conn.execute(
-        "select count(*), count(*) filter (where reason like 'record: %%'),"
-        " min(source_line) filter (where reason like 'record: %%') from parsed where file_seq = %s",
-        (seq,),
-    ).fetchone()
-    if rows and rows == garbage:
-        return _FileOutcome(first, f"file: no line is a JSON object ({rows} line(s)); not a JSON Lines file", rows)
-    return None
-
-
-class _Counting:
-    """Wrap a binary stream, counting the bytes COPY reads (``pipeline.load_files.bytes``)."""
-
-    def __init__(self, fh):
-        self.fh = fh
-        self.bytes = 0
-
-    def read(self, n: int) -> bytes:
-        chunk = self.fh.read(n)
-        self.bytes += len(chunk)
-        return chunk
-
-
-def _copy_jsonl(conn: psycopg.Connection, f: SnapshotFile) -> tuple[int, _FileOutcome | None]:
-    # One text column per line; delimiter and quote are control characters that JSON
-    # text never contains raw, so every line arrives verbatim and in order.
-    with f.open() as raw:
-        fh = _Counting(raw)
-        try:
-            with conn.transaction():
-                conn.execute("truncate landed_jsonl restart identity")
-                with conn.cursor().copy(
-                    "copy landed_jsonl (doc) from stdin with (format csv, delimiter e'\\x1f', quote e'\\x1e')"
-                ) as copy:
-                    while chunk := fh.read(_CHUNK):
-                        copy.write(chunk)
-        except psycopg.errors.DataError as exc:
-            return fh.bytes, _unreadable(f, exc, fh, header=False)
-    return fh.bytes, None
-
-
-def _copy_csv(conn: psycopg.Connection, f: SnapshotFile) -> tuple[int, _FileOutcome | None]:
-    with f.open() as raw:
-        fh = _Counting(raw)
-        header_bytes = fh.fh.readline()
-        fh.bytes += len(header_bytes)
-        try:
-            header_line = codecs.decode(header_bytes, "utf-8-sig")
-        except UnicodeDecodeError:
-            return fh.bytes + _drain(fh), _FileOutcome(1, "file: header is not UTF-8 text", _drain_rows(f) - 1)
-        header = [c.strip() for c in next(csv.reader([header_line]), [])]
-        missing = [c for c in SNAPSHOT_FIELDS if c not in header]
-        unknown = [c for c in header if c not in SNAPSHOT_FIELDS]
-        if missing or unknown:
-            detail = "; ".join(
-                part for part in (
-                    f"missing column(s) {', '.join(missing)}" if missing else "",
-                    f"unknown column(s) {', '.join(unknown)}" if unknown else "",
-                ) if part
-            )
-            reason = f"header: {detail} (expected {', '.join(SNAPSHOT_FIELDS)})"
-            return fh.bytes + _drain(fh), _FileOutcome(1, f"file: {reason}", max(_drain_rows(f) - 1, 0))
-        try:
-            with conn.transaction():
-                conn.execute("truncate landed_csv restart identity")
-                with conn.cursor().copy(f"copy landed_csv ({', '.join(header)}) from stdin with (format csv)") as copy:
-                    # COPY reads a blank line as a row with missing columns: hold back trailing
-                    # blank lines (an editor's or a producer's last newlines) and drop them at the end.
-                    pending, wrote = b"", False
-                    while chunk := fh.read(_CHUNK):
-                        data = pending + chunk
-                        kept = data.rstrip(b" \t\r\n")
-                        pending = data[len(kept):]
-                        if kept:
-                            copy.write(kept)
-                            wrote = True
-                    if wrote:
-                        copy.write(b"\n")
-        except (psycopg.errors.CharacterNotInRepertoire, psycopg.errors.UntranslatableCharacter) as exc:
-            return fh.bytes, _unreadable(f, exc, fh, header=True)
-        except psycopg.errors.DataError:
-            _drain(fh)
-            return fh.bytes, _copy_csv_loose(conn, f, header)
-    return fh.bytes, None
-
-
-def _copy_csv_loose(conn: psycopg.Connection, f: SnapshotFile, header: list[str]) -> _FileOutcome | None:
-    """COPY refused a line (too many or too few cells, a blank line): tokenize the file with
-    Python's csv module instead, so that only the bad lines are quarantined.
-
-    Only this fallback reads rows in Python (to split them into cells); they still reach
-    PostgreSQL through COPY and are classified by the same set-based statement.
-    """
-    with f.open() as fh:
-        data = fh.read()
-    rows_in = max(sum(1 for line in data.splitlines() if line.strip()) - 1, 0)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        return _FileOutcome(None, f"file: cannot be parsed: not UTF-8 text ({exc.reason} at byte {exc.start})",
-                            rows_in)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    records = []
-    try:
-        next(reader, None)
-        previous = reader.line_num
-        for cells in reader:
-            line, previous = previous + 1, reader.line_num
-            if not any(c.strip() for c in cells):
-                continue  # a blank line is not a row
-            raw = ",".join(cells)
-            if len(cells) != len(header):
-                problem = f"record: {len(cells)} cell(s), expected {len(header)} ({','.join(header)})"
-                records.append((line - 1, *([None] * len(SNAPSHOT_FIELDS)), problem, raw))
-            else:
-                by_name = dict(zip(header, cells, strict=True))
-                records.append((line - 1, *(by_name[c] for c in SNAPSHOT_FIELDS), None, raw))
-    except csv.Error as exc:
-        return _FileOutcome(reader.line_num, f"file: cannot be parsed: {exc}", rows_in)
-    conn.execute("truncate landed_csv restart identity")
-    columns = ", ".join(("line", *SNAPSHOT_FIELDS, "problem", "raw"))
-    with conn.cursor().copy(f"copy landed_csv ({columns}) from stdin") as copy:
-        for record in records:
-            copy.write_row(record)
-    return None
-
-
-def _drain(fh: _Counting) -> int:
-    while fh.read(_CHUNK):
-        pass
-    return 0
-
-
-def _drain_rows(f: SnapshotFile) -> int:
-    """Non-blank lines of a file that will not be parsed (its rows, for the accounting)."""
-    with f.open() as fh:
-        return sum(1 for line in fh if line.strip())
-
-
-def _unreadable(f: SnapshotFile, exc: psycopg.Error, fh: _Counting, *, header: bool) -> _FileOutcome:
-    """COPY refused the file (not UTF-8, a NUL byte, broken CSV quoting): reject it whole."""
-    _drain(fh)
-    line = _copy_error_line(exc)
-    if line is not None and header:
-        line += 1
-    why = " ".join((exc.diag.message_primary or str(exc)).split())
-    if isinstance(exc, psycopg.errors.CharacterNotInRepertoire | psycopg.errors.UntranslatableCharacter):
-        why = f"not UTF-8 text ({why})"
-    rows = _drain_rows(f) - (1 if header else 0)
-    return _FileOutcome(line, f"file: cannot be parsed: {why}", max(rows, 0))
-
-
-def _copy_error_line(exc: psycopg.Error) -> int | None:
-    context = exc.diag.context or ""
-    marker = ", line "
-    if marker in context:
-        digits = context.split(marker, 1)[1].split(":", 1)[0].split(",", 1)[0].strip()
-        return int(digits) if digits.isdigit() else None
-    return None
 
 
 def report_quarantine(load_id: int, settings: Settings | None = None) -> list[str]:

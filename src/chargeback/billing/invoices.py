@@ -1,0 +1,263 @@
+"""Invoices: one PDF per tenant and month, rendered from the marts and recorded in the warehouse.
+
+The marts (``marts.fct_invoices``, ``marts.fct_invoice_lines``, ``marts.dim_tenants``) hold
+every figure; this module only presents them. Money stays ``Decimal`` from the database to
+the page and is printed with :func:`chargeback.platform.money.format_money`; a printed total is the
+mart's total, never a sum recomputed here (the renderer only checks that the two agree).
+
+A month's invoices are drafts until the month is closed (:mod:`chargeback.billing.close`):
+:func:`render_month` renders and records them with no number ("numbered when issued"),
+replacing the previous drafts. :func:`finalize_month` re-renders them from the current
+marts as final documents and, in one transaction, takes their numbers from
+``pipeline.invoice_counters`` (in tenant order), freezes their lines in
+``pipeline.invoice_lines`` and marks them final; a failure anywhere leaves the drafts and
+the counter as they were. Only issued documents consume numbers, so numbers are gapless
+per issuer. Usage that changes a final month later is billed by a credit or debit note
+(:func:`chargeback.billing.corrections.issue_corrections`) numbered from the same counter; the final invoice never
+changes (the database refuses it, see ``platform/sql/schema.sql``).
+
+The pieces: :mod:`~chargeback.billing.document` (the values and their consistency check),
+:mod:`~chargeback.billing.formatting`, :mod:`~chargeback.billing.render` (HTML and PDF),
+:mod:`~chargeback.billing.store` (reading the marts, numbering, recording) and
+:mod:`~chargeback.billing.corrections` (credit and debit notes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import fsspec
+import psycopg
+
+from chargeback.billing import store
+from chargeback.billing.document import (
+    DEFAULT_ISSUER,
+    Invoice,
+    InvoiceError,
+    InvoiceLine,
+    InvoiceRecord,
+    Issuer,
+    Tenant,
+    check_invoice,
+    invoice_number,
+)
+from chargeback.billing.render import RenderJob, render_and_write
+from chargeback.platform import events, warehouse
+from chargeback.platform.periods import Period
+from chargeback.platform.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def render_month(period: str, *, workers: int = 2, settings: Settings | None = None,
+                 issue_date: dt.date | None = None, issuer: Issuer = DEFAULT_ISSUER) -> list[InvoiceRecord]:
+    """Render and record the invoices of ``period`` (``'YYYY-MM'``) as drafts, one PDF per tenant.
+
+    Drafts carry no number (numbers are taken when the month is finalized) and replace the
+    month's previous drafts, rows and files: PDFs go to ``<reports_out>/<YYYY-MM>/drafts/<tenant_id>.pdf``.
+    ``issue_date`` (printed as the expected issue date) defaults to today (UTC). ``workers``
+    processes render in parallel; ``workers=1`` renders in this process. Raises
+    :class:`InvoiceError` when the marts hold no invoice for the period, when figures
+    disagree, or when the month is already final.
+
+    Worker processes start by forkserver (else spawn) and import the caller's main module:
+    a script calling this needs the usual ``if __name__ == "__main__":`` guard.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    settings = settings or get_settings()
+    period_start = Period.parse(period).first_day
+    issue_date = issue_date or dt.datetime.now(dt.UTC).date()
+
+    warehouse.ensure_schema(settings)
+    headers, lines_by_tenant, tenants, _ = store.read_month(period_start, settings)
+    store.require_headers(period, headers)
+    fs, out_root = fsspec.core.url_to_fs(settings.reports_out)
+    reports_dir = str(settings.reports_dir.resolve())
+    jobs = assemble(period, headers, lines_by_tenant, tenants, issuer, reports_dir, issue_date=issue_date,
+                     name=lambda tenant_id: f"drafts/{tenant_id}")
+
+    with warehouse.connect(settings) as conn:
+        store.lock_issuer(conn, issuer)
+        final = conn.execute(
+            "select tenant_id, invoice_number from pipeline.invoices where period_start = %s"
+            " and document_type = 'invoice' and status = 'final' order by tenant_id limit 1", (period_start,),
+        ).fetchone()
+        if final:
+            line = events.refuse(
+                f"invoices of {period}", f"invoice {final[1]} of tenant {final[0]} for {period} is final; "
+                "only drafts are re-rendered", "corrections of a closed month are issued as credit or debit "
+                "notes by the next close (chargeback close)", where=final[1], settings=settings)
+            raise InvoiceError(line)
+        written = render_and_write(jobs, fs, f"{out_root.rstrip('/')}/{period}", workers)
+        records = [store.record_of(job, issuer, settings.reports_out, period, written) for job in jobs]
+        store.record_drafts(conn, records, period_start)
+    log.info("rendered %d draft invoices for %s", len(records), period)
+    return records
+
+
+def finalize_month(period: str, *, workers: int = 2, settings: Settings | None = None,
+                   issue_date: dt.date | None = None, notes: Sequence[str] = (),
+                   issuer: Issuer = DEFAULT_ISSUER) -> list[InvoiceRecord]:
+    """Issue the month's invoices: re-render them from the current marts as final documents.
+
+    Late usage that reached the marts during the grace period counts. The final PDFs are
+    written first (``<reports_out>/<YYYY-MM>/<invoice number>.pdf``); then one transaction
+    takes the numbers (tenant order, from the issuer's counter), freezes the lines the
+    documents show in ``pipeline.invoice_lines`` and marks the invoices final with their
+    issue date, ``usage_as_of`` (when the marts were read) and sha256. If anything fails —
+    a PDF that cannot be written (no space), the database — nothing is final, the drafts and
+    the counter are as they were, and running it again completes the month. ``notes`` are
+    printed on every invoice (an override of the completeness check). A month already final
+    is returned as issued.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    settings = settings or get_settings()
+    period_start = Period.parse(period).first_day
+    warehouse.ensure_schema(settings)
+    headers, lines_by_tenant, tenants, usage_as_of = store.read_month(period_start, settings)
+    store.require_headers(period, headers)
+    issue_date = issue_date or usage_as_of.date()
+    fs, out_root = fsspec.core.url_to_fs(settings.reports_out)
+    out_dir = f"{out_root.rstrip('/')}/{period}"
+    reports_dir = str(settings.reports_dir.resolve())
+
+    with warehouse.connect(settings) as conn:
+        last_number = store.lock_issuer(conn, issuer)
+        issued = store.final_documents(conn, period_start, document_type="invoice")
+        late = {h["tenant_id"] for h in headers} - {r.tenant_id for r in issued}
+        if issued and not late:
+            log.info("the invoices of %s are final already (%d)", period, len(issued))
+            return issued
+        if issued:  # tenants first billed after the month was issued: their own invoices, issued now
+            headers = [h for h in headers if h["tenant_id"] in late]
+            log.info("%s is final already; issuing the invoices of tenants billed since: %s", period, sorted(late))
+        tenant_ids = sorted(h["tenant_id"] for h in headers)
+        numbers = {t: invoice_number(issuer, period_start, last_number + n) for n, t in enumerate(tenant_ids, 1)}
+        jobs = assemble(period, headers, lines_by_tenant, tenants, issuer, reports_dir, issue_date=issue_date,
+                         status="final", numbers=numbers, notes=tuple(notes), usage_as_of=usage_as_of,
+                         name=lambda tenant_id: numbers[tenant_id])
+        written = render_and_write(jobs, fs, out_dir, workers)
+        records = [store.record_of(job, issuer, settings.reports_out, period, written) for job in jobs]
+        for job, record in zip(jobs, records, strict=True):
+            store.record_final(conn, record, job.lines, close_period=period_start)
+        conn.execute("update pipeline.invoice_counters set last_number = %s where issuer = %s",
+                     (last_number + len(jobs), issuer.key))
+        conn.execute("update pipeline.month_closes set finalized_at = now() where period = %s"
+                     " and finalized_at is null", (period_start,))
+    for job in jobs:  # the drafts are superseded; a leftover is harmless, so failures only warn
+        draft = f"{out_dir}/drafts/{job.tenant.tenant_id}.pdf"
+        with contextlib.suppress(OSError):
+            if fs.exists(draft):
+                fs.rm(draft)
+    log.info("finalized %d invoices for %s: %s to %s", len(records), period,
+             records[0].invoice_number, records[-1].invoice_number)
+    return sorted([*issued, *records], key=lambda r: r.invoice_number)
+
+
+def months_with_unissued_tenants(close_period: str, *, settings: Settings | None = None,
+                                 issuer: Issuer = DEFAULT_ISSUER) -> list[str]:
+    """Final months before ``close_period`` where the marts now bill a tenant that has no invoice.
+
+    A tenant whose first usage of a month arrived after the month was issued has nothing to
+    correct: :func:`finalize_month` issues its own invoice.
+    """
+    with warehouse.connect(settings) as conn:
+        try:
+            rows = conn.execute(
+                """
+                select distinct to_char(f.invoice_month, 'YYYY-MM') from marts.fct_invoices as f
+                where f.invoice_month < %(close)s
+                  and exists (select from pipeline.invoices as i
+                              where i.period_start = f.invoice_month and i.document_type = 'invoice'
+                                and i.status = 'final' and i.issuer = %(issuer)s)
+                  and not exists (select from pipeline.invoices as i
+                                  where i.period_start = f.invoice_month and i.tenant_id = f.tenant_id
+                                    and i.document_type = 'invoice' and i.status = 'final')
+                order by 1
+                """,
+                {"close": Period.parse(close_period).first_day, "issuer": issuer.key},
+            ).fetchall()
+        except psycopg.errors.UndefinedTable as exc:
+            raise InvoiceError(f"the marts are missing ({exc.diag.message_primary}); run the transform first") from exc
+    return [month for (month,) in rows]
+
+
+def verify(period: str | None = None, *, settings: Settings | None = None) -> int:
+    """Re-hash every final document's PDF (of ``period``, else all) and compare with ``pdf_sha256``.
+
+    Each missing or changed file is a refusal line naming the document and the file; then
+    :class:`InvoiceError` carries them all. Returns how many documents matched.
+    """
+    settings = settings or get_settings()
+    warehouse.ensure_schema(settings)
+    query = ("select invoice_number, pdf_uri, pdf_sha256 from pipeline.invoices where status = 'final'"
+             + (" and period_start = %s" if period else "") + " order by invoice_number")
+    with warehouse.connect(settings) as conn:
+        rows = conn.execute(query, (Period.parse(period).first_day,) if period else ()).fetchall()
+    problems: list[str] = []
+    for number, uri, expected in rows:
+        try:
+            with fsspec.open(uri, "rb") as f:
+                actual = hashlib.sha256(f.read()).hexdigest()
+        except FileNotFoundError:
+            why = f"its PDF {uri} is missing"
+        else:
+            if actual == expected:
+                continue
+            why = f"its PDF {uri} has sha256 {actual}, but {expected} was recorded when it was issued"
+        problems.append(events.refuse(
+            f"issued document {number}", why, "restore the issued file from backup; never re-render a final "
+            "document", where=uri, settings=settings))
+    if problems:
+        raise InvoiceError("\n".join(problems))
+    return len(rows)
+
+
+def assemble(period: str, headers: Sequence[Mapping[str, Any]], lines_by_tenant: Mapping[str, list[InvoiceLine]],
+              tenants: Mapping[str, Tenant], issuer: Issuer, reports_dir: str, *, issue_date: dt.date,
+              status: str = "draft", numbers: Mapping[str, str] | None = None, notes: tuple[str, ...] = (),
+              usage_as_of: dt.datetime | None = None, name=None) -> list[RenderJob]:
+    """One invoice per header, checked against its lines and tenant (before any process starts)."""
+    month = Period.parse(period)
+    period_start, period_end = month.first_day, month.last_day
+    jobs: list[RenderJob] = []
+    for header in headers:
+        tenant_id = header["tenant_id"]
+        lines = lines_by_tenant.get(tenant_id, [])
+        if tenant_id not in tenants:
+            raise InvoiceError(f"{period}: tenant {tenant_id} is invoiced but missing from marts.dim_tenants")
+        if header["line_count"] is not None and header["line_count"] != len(lines):
+            raise InvoiceError(
+                f"{period}: tenant {tenant_id} has line_count {header['line_count']} in marts.fct_invoices "
+                f"but {len(lines)} rows in marts.fct_invoice_lines"
+            )
+        books = sorted({line.price_book for line in lines if line.price_book}) or [tenants[tenant_id].price_book]
+        invoice = Invoice(
+            invoice_number=(numbers or {}).get(tenant_id),
+            tenant_id=tenant_id,
+            period_start=period_start,
+            period_end=period_end,
+            issue_date=issue_date,
+            currency=header["currency"],
+            total=header["total"],
+            price_book=", ".join(books),
+            status=status,
+            issuer=issuer,
+            list_subtotal=header["list_subtotal"],
+            discount_total=header["discount_total"],
+            commitment_true_up=header["commitment_true_up"],
+            overage_uplift=header["overage_uplift"],
+            notes=notes,
+            usage_as_of=usage_as_of,
+        )
+        check_invoice(invoice, lines, tenants[tenant_id])
+        jobs.append(RenderJob(invoice, tuple(lines), tenants[tenant_id], reports_dir,
+                         name=name(tenant_id) if name else ""))
+    return jobs

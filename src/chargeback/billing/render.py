@@ -1,0 +1,319 @@
+"""Rendering: an invoice's HTML from the template, its PDF from WeasyPrint, many in parallel.
+
+The HTML template and its CSS live in ``reports/templates``, the fonts in ``reports/fonts``.
+WeasyPrint reads them through :class:`ReportsURLFetcher`, which serves files under
+``reports/`` and nothing else: a rendering never reaches the network. A PDF depends on the
+document only (the creation date and font-subset timestamps are the issue date), so a
+re-render of unchanged data has the same sha256.
+"""
+
+from __future__ import annotations
+
+import calendar
+import concurrent.futures
+import contextlib
+import dataclasses
+import datetime as dt
+import functools
+import hashlib
+import logging
+import multiprocessing
+import os
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+import fsspec
+import jinja2
+import weasyprint
+from weasyprint.urls import FatalURLFetchingError, URLFetcher, URLFetcherResponse
+
+from chargeback.billing.document import (
+    DRAFT_NUMBER,
+    Invoice,
+    InvoiceError,
+    InvoiceLine,
+    Tenant,
+    check_invoice,
+    coerce,
+    list_amount_of,
+)
+from chargeback.billing.formatting import (
+    MONTHS,
+    deduction,
+    format_cents,
+    format_date,
+    printed_quantity,
+    printed_unit_price,
+    summary_rows,
+)
+from chargeback.platform.money import format_money
+from chargeback.platform.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+TEMPLATE = "invoice.html"
+_STATUS_LABELS = {"draft": "DRAFT", "final": "FINAL"}
+_TITLES = {"invoice": "INVOICE", "credit_note": "CREDIT NOTE", "debit_note": "DEBIT NOTE"}
+
+
+class URLRefusedError(FatalURLFetchingError):
+    """The renderer asked for a resource outside ``reports/`` (network, other paths).
+
+    A :class:`weasyprint.urls.FatalURLFetchingError`, so WeasyPrint stops instead of
+    rendering without the resource; :func:`render_invoice_pdf` turns it into an
+    :class:`InvoiceError`.
+    """
+
+
+# --------------------------------------------------------------------------- data
+
+
+class ReportsURLFetcher(URLFetcher):
+    """A WeasyPrint URL fetcher that serves files under ``root`` and refuses everything else.
+
+    Only ``file:`` URLs whose resolved path lies inside ``root`` are read (so ``..`` and
+    symlinks cannot escape); ``http(s):``, ``data:``, other paths and missing files raise
+    :class:`URLRefusedError`, which stops the rendering.
+    """
+
+    def __init__(self, root: Path | str) -> None:
+        super().__init__(fail_on_errors=True)
+        self.root = Path(root).resolve()
+
+    def fetch(self, url: str, headers: Mapping[str, str] | None = None) -> URLFetcherResponse:
+        parts = urlsplit(url)
+        if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+            raise URLRefusedError(
+                f"invoice renderer refused {url!r}: only files under {self.root} may be loaded "
+                "(no network access at render time)"
+            )
+        path = Path(url2pathname(parts.path)).resolve()
+        if not path.is_relative_to(self.root):
+            raise URLRefusedError(f"invoice renderer refused {url!r}: {path} is outside {self.root}")
+        if not path.is_file():
+            raise URLRefusedError(f"invoice renderer cannot load {url!r}: {path} does not exist")
+        return URLFetcherResponse(path.as_uri(), path.read_bytes(), headers=_content_type(path))
+
+
+def _content_type(path: Path) -> dict[str, str]:
+    types = {".css": "text/css; charset=utf-8", ".ttf": "font/ttf", ".otf": "font/otf",
+             ".woff": "font/woff", ".woff2": "font/woff2", ".png": "image/png",
+             ".svg": "image/svg+xml", ".html": "text/html; charset=utf-8"}
+    return {"Content-Type": types.get(path.suffix.lower(), "application/octet-stream")}
+
+
+@functools.cache
+def _template_environment(templates_dir: str) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def invoice_context(invoice: Invoice, lines: Sequence[InvoiceLine], tenant: Tenant) -> dict[str, Any]:
+    """What the template sees: every value already formatted as printed."""
+    status = invoice.status
+    label = _STATUS_LABELS.get(status, status.upper())
+    title = _TITLES.get(invoice.document_type, "INVOICE")
+    return {
+        "issuer": invoice.issuer,
+        "tenant": tenant,
+        "invoice": {
+            "number": invoice.invoice_number or DRAFT_NUMBER,
+            "numbered": invoice.invoice_number is not None,
+            "title": title,
+            "kind": title.capitalize() if invoice.document_type != "invoice" else "Invoice",
+            "is_note": invoice.document_type != "invoice",
+            "corrects": (f"Corrects invoice {invoice.corrects} of "
+                         f"{MONTHS[invoice.period_start.month - 1]} {invoice.period_start.year}"
+                         if invoice.corrects else ""),
+            "notes": list(invoice.notes),
+            "usage_known": (f"usage known at {invoice.usage_as_of.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
+                            if invoice.usage_as_of else ""),
+            "issue_date": format_date(invoice.issue_date),
+            "issue_date_iso": invoice.issue_date.isoformat(),
+            "period": f"{format_date(invoice.period_start)} – {format_date(invoice.period_end)}",
+            "period_from": format_date(invoice.period_start),
+            "period_to": format_date(invoice.period_end),
+            "currency": invoice.currency,
+            "price_book": invoice.price_book,
+            "total": format_money(invoice.total, invoice.currency),
+            "status": status,
+            "status_label": label,
+            "status_note": "DRAFT — not for payment" if status == "draft" else label,
+            "watermark": label if status != "final" else "",
+        },
+        "lines": [
+            {
+                "meter": line.meter or "",
+                "kind": line.line_type,
+                "description": line.description,
+                "quantity": printed_quantity(line),
+                "unit": line.unit,
+                "unit_price": printed_unit_price(line),
+                "list_amount": format_cents(list_amount_of(line)),
+                "discount": deduction(line.discount_amount) if line.discount_amount else "—",
+                "amount": format_cents(line.amount),
+            }
+            for line in lines
+        ],
+        "summary": summary_rows(invoice),
+    }
+
+
+def render_invoice_html(invoice: Invoice | Mapping[str, Any], lines: Sequence[InvoiceLine | Mapping[str, Any]],
+                        tenant: Tenant | Mapping[str, Any], *, reports_dir: Path | str | None = None) -> str:
+    """The invoice as HTML (what :func:`render_invoice_pdf` lays out)."""
+    invoice, tenant = coerce(Invoice, invoice), coerce(Tenant, tenant)
+    lines = [coerce(InvoiceLine, line) for line in lines]
+    check_invoice(invoice, lines, tenant)
+    templates = Path(reports_dir or get_settings().reports_dir) / "templates"
+    try:
+        template = _template_environment(str(templates)).get_template(TEMPLATE)
+    except jinja2.TemplateNotFound:
+        raise InvoiceError(f"invoice template {templates / TEMPLATE} does not exist") from None
+    return template.render(invoice_context(invoice, lines, tenant))
+
+
+def render_invoice_pdf(invoice: Invoice | Mapping[str, Any], lines: Sequence[InvoiceLine | Mapping[str, Any]],
+                       tenant: Tenant | Mapping[str, Any], *, reports_dir: Path | str | None = None) -> bytes:
+    """Render one invoice to PDF bytes. Pure: reads only the template, CSS and fonts.
+
+    Same inputs give the same bytes with the same WeasyPrint and font subsetter: the PDF's
+    creation date and its font subsets' timestamps are the issue date, not the clock.
+    """
+    invoice = coerce(Invoice, invoice)
+    reports_dir = Path(reports_dir or get_settings().reports_dir).resolve()
+    html = render_invoice_html(invoice, lines, tenant, reports_dir=reports_dir)
+    with _source_date(invoice.issue_date):
+        return html_to_pdf(html, reports_dir=reports_dir, base_url=reports_dir / "templates" / TEMPLATE)
+
+
+_source_date_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _source_date(day: dt.date) -> Iterator[None]:
+    """Pin the timestamp fontTools writes into each embedded font subset to ``day``.
+
+    fontTools stamps a subset font with the current time unless ``SOURCE_DATE_EPOCH``
+    (the reproducible-builds convention) is set; pinning it makes a PDF depend on the
+    invoice only, so its sha256 is stable across re-renders of unchanged data.
+    """
+    epoch = str(calendar.timegm(day.timetuple()))
+    with _source_date_lock:
+        saved = os.environ.get("SOURCE_DATE_EPOCH")
+        os.environ["SOURCE_DATE_EPOCH"] = epoch
+        try:
+            yield
+        finally:
+            if saved is None:
+                del os.environ["SOURCE_DATE_EPOCH"]
+            else:
+                os.environ["SOURCE_DATE_EPOCH"] = saved
+
+
+def html_to_pdf(html: str, *, reports_dir: Path | str, base_url: Path | str) -> bytes:
+    """Lay out ``html`` with WeasyPrint, loading resources only through :class:`ReportsURLFetcher`."""
+    fetcher = ReportsURLFetcher(reports_dir)
+    try:
+        document = weasyprint.HTML(string=html, base_url=str(base_url), url_fetcher=fetcher)
+        return document.write_pdf(pdf_identifier=True)  # /ID derived from the content: reproducible
+    except URLRefusedError as exc:
+        raise InvoiceError(str(exc)) from None
+    except FatalURLFetchingError as exc:
+        raise InvoiceError(f"{exc}: {exc.__cause__}") from None
+
+
+# --------------------------------------------------------------------------- the month
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderJob:
+    invoice: Invoice
+    lines: tuple[InvoiceLine, ...]
+    tenant: Tenant
+    reports_dir: str
+    name: str = ""
+    """The PDF's path under the month's directory, without ``.pdf`` (default: the tenant)."""
+
+    @property
+    def key(self) -> str:
+        return self.name or self.tenant.tenant_id
+
+
+def render_job(job: RenderJob) -> bytes:
+    """Runs in a worker process: plain data in, PDF bytes out."""
+    return render_invoice_pdf(job.invoice, job.lines, job.tenant, reports_dir=job.reports_dir)
+
+
+def render_and_write(jobs: Sequence[RenderJob], fs: fsspec.AbstractFileSystem, out_dir: str,
+                      workers: int) -> dict[str, tuple[str, str]]:
+    """Render every job and put its PDF in place: ``{job.key: (path, sha256)}``.
+
+    Each PDF is first written to a temporary name beside its target; only when all are
+    rendered and written are they moved into place, so a failure leaves no half-written
+    file and no mix of old and new PDFs for the month.
+    """
+    temps: dict[str, tuple[str, str, str]] = {}
+    try:
+        for key, pdf in render_all(jobs, workers):
+            target = f"{out_dir}/{key}.pdf"
+            folder = target.rsplit("/", 1)[0]
+            fs.makedirs(folder, exist_ok=True)
+            temp = f"{folder}/.{target.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
+            temps[key] = (temp, target, hashlib.sha256(pdf).hexdigest())
+            fs.pipe_file(temp, pdf)
+        placed: dict[str, tuple[str, str]] = {}
+        for key, (temp, target, digest) in temps.items():
+            fs.mv(temp, target)
+            placed[key] = (target, digest)
+        return placed
+    except BaseException:
+        for temp, _, _ in temps.values():
+            try:
+                if fs.exists(temp):
+                    fs.rm(temp)
+            except OSError:
+                log.warning("could not remove temporary file %s", temp)
+        raise
+
+
+def render_all(jobs: Sequence[RenderJob], workers: int) -> Iterator[tuple[str, bytes]]:
+    """``(job.key, pdf)`` as they finish; ``workers`` processes, one document each at a time."""
+    if workers == 1 or len(jobs) == 1:
+        for job in jobs:
+            yield job.key, render_job(job)
+        return
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=_mp_context())
+    try:
+        futures = {pool.submit(render_job, job): job for job in jobs}
+        for future in concurrent.futures.as_completed(futures):
+            job = futures[future]
+            try:
+                pdf = future.result()
+            except concurrent.futures.process.BrokenProcessPool as exc:
+                raise InvoiceError(f"a renderer process died while rendering tenant {job.tenant.tenant_id}") from exc
+            yield job.key, pdf
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    """forkserver (workers fork from a clean server with WeasyPrint preloaded), else spawn.
+
+    Never plain fork: the parent holds database connections and maybe threads.
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        return context
+    return multiprocessing.get_context("spawn")

@@ -1,0 +1,174 @@
+"""Classification of landed rows, set-based: every row loaded, a duplicate, or quarantined.
+
+One SQL statement per file casts the text of each landed row safely and names the first
+problem of a bad row (``field: reason``); then two passes per load mark later copies of a
+snapshot as duplicates (identical) or quarantine them (different content), within the
+load and against what is already published. :mod:`chargeback.ingest.load` runs them.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+from chargeback.ingest.layout import SNAPSHOT_FIELDS
+from chargeback.ingest.readers import FileOutcome
+
+_TEXT_FIELDS = ("snapshot_id", "tenant_id", "meter", "unit", "kind")
+_ISO_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)? *([Zz]|[+-]\d{2}(:?\d{2})?)?$"
+
+
+def _classify_sql(fields_cte: str) -> str:
+    """One statement that classifies every row of one landed file into ``parsed``.
+
+    ``fields_cte`` yields per row: ``line, raw_record, doc_problem`` and each snapshot field
+    as text plus its JSON type (``t_<field>``; null for CSV). The first problem found, in
+    the order below, is the row's ``reason`` (``field: why``); no problem: a clean row.
+    Casts are guarded by ``raw.is_numeric``/``raw.is_timestamptz`` so nothing raises.
+    """
+    missing = "\n".join(
+        f"            when nullif(btrim(t.{f}), '') is null then '{f}: missing'" for f in SNAPSHOT_FIELDS
+    )
+    wrong_type = "\n".join(
+        f"            when t.t_{f} in ('object', 'array') then '{f}: expected text, got a JSON ' || t.t_{f}"
+        for f in _TEXT_FIELDS
+    )
+    return f"""
+insert into parsed (file_seq, source_file, source_line, landed_hour, learned_at, raw_record,
+                    snapshot_id, tenant_id, meter, value, unit, hour_start, emitted_at, kind, reason)
+with fields as (
+{fields_cte}
+), typed as (
+    select f.*,
+           case when raw.is_numeric(f.value) and coalesce(f.t_value, 'string') in ('string', 'number')
+                then f.value::numeric end as n_value,
+           case when f.hour ~ '{_ISO_TIMESTAMP}' and raw.is_timestamptz(f.hour)
+                then f.hour::timestamptz end as ts_hour,
+           case when f.emitted_at ~ '{_ISO_TIMESTAMP}' and raw.is_timestamptz(f.emitted_at)
+                then f.emitted_at::timestamptz end as ts_emitted
+    from fields as f
+    offset 0  -- evaluate the casts once per row: keep the planner from copying them into every use
+), classified as (
+    select t.*,
+        case
+            when t.doc_problem is not null then t.doc_problem
+{missing}
+{wrong_type}
+            when t.n_value is null then 'value: not a number: ' || quote_literal(t.value)
+            when t.n_value in ('NaN', 'Infinity', '-Infinity') then 'value: not a finite number: ' || t.value
+            when t.n_value < 0 then 'value: negative: ' || t.value
+            when t.ts_hour is null then 'hour: not an ISO-8601 timestamp: ' || quote_literal(t.hour)
+            when t.ts_emitted is null then 'emitted_at: not an ISO-8601 timestamp: ' || quote_literal(t.emitted_at)
+            when t.ts_hour <> date_trunc('hour', t.ts_hour, 'UTC')
+                then 'hour: not the start of an hour: ' || t.hour
+            when t.ts_hour >= %(window_end)s
+                then 'hour: after the load window (it ends ' || %(window_end_text)s || ')'
+            when te.tenant_id is null
+                then 'tenant_id: unknown tenant ' || quote_literal(t.tenant_id) || ' (not in config.tenants)'
+            when m.meter is null
+                then 'meter: unknown meter ' || quote_literal(t.meter) || ' (not in config.meters)'
+            when t.unit <> m.unit
+                then 'unit: ' || quote_literal(t.unit) || ' is not the unit of meter ' || m.meter
+                     || ' (' || m.unit || ')'
+            when t.kind <> m.kind
+                then 'kind: ' || quote_literal(t.kind) || ' is not the kind of meter ' || m.meter
+                     || ' (' || m.kind || ')'
+        end as reason
+    from typed as t
+    left join config.tenants as te on te.tenant_id = t.tenant_id
+    left join config.meters as m on m.meter = t.meter
+)
+select %(file_seq)s, %(file)s, line, %(landed_hour)s, %(learned_at)s,
+       case when reason is not null then raw_record end,
+       case when coalesce(t_snapshot_id, 'string') in ('string', 'number') then snapshot_id end,
+       tenant_id, meter, n_value, unit, ts_hour, ts_emitted, kind, reason
+from classified
+"""
+
+
+_TEXT_OF = ", ".join(f"j ->> '{f}' as {f}, jsonb_typeof(j -> '{f}') as t_{f}" for f in SNAPSHOT_FIELDS)
+CLASSIFY_JSONL = _classify_sql(f"""
+    select line, doc as raw_record,
+           case when j is null then 'record: not valid JSON'
+                when jsonb_typeof(j) <> 'object' then 'record: not a JSON object but a JSON ' || jsonb_typeof(j)
+           end as doc_problem,
+           {_TEXT_OF}
+    from (
+        select line::integer as line, doc, case when raw.is_json(doc) then doc::jsonb end as j
+        from landed_jsonl
+        where btrim(coalesce(doc, '')) <> ''
+        offset 0  -- parse each line once, not once per field
+    ) as docs
+    offset 0
+""")
+CLASSIFY_CSV = _classify_sql(f"""
+    select line::integer + 1 as line,
+           coalesce(raw, concat_ws(',', {", ".join(f"coalesce({f}, '')" for f in SNAPSHOT_FIELDS)})) as raw_record,
+           problem as doc_problem,
+           {", ".join(f"{f}, null::text as t_{f}" for f in SNAPSHOT_FIELDS)}
+    from landed_csv
+""")
+
+# Load-level pass over every file's clean rows: later copies of a snapshot are duplicates
+# when identical to its first copy (by file, then line), quarantined when they differ.
+DEDUPE_WITHIN_LOAD = """
+with repeated as (
+    select snapshot_id from parsed where reason is null group by snapshot_id having count(*) > 1
+), ranked as (
+    select pid, row_number() over w as copy_no, first_value(pid) over w as first_pid
+    from parsed
+    where reason is null and snapshot_id in (select snapshot_id from repeated)
+    window w as (partition by snapshot_id order by file_seq, source_line)
+), compared as (
+    select r.pid, f.source_file, f.source_line, f.value as first_value,
+           (p.tenant_id, p.meter, p.value, p.unit, p.hour_start, p.kind)
+           = (f.tenant_id, f.meter, f.value, f.unit, f.hour_start, f.kind) as same,
+           p.value as this_value
+    from ranked as r
+    join parsed as p on p.pid = r.pid
+    join parsed as f on f.pid = r.first_pid
+    where r.copy_no > 1
+)
+update parsed as p
+set duplicate = c.same,
+    reason = case when not c.same then
+        'snapshot_id: ' || quote_literal(p.snapshot_id) || ' repeats ' || c.source_file || ':' || c.source_line
+        || ' with different content (value ' || c.first_value || ' there, ' || c.this_value || ' here)'
+    end
+from compared as c
+where p.pid = c.pid
+"""
+# ... and copies of a snapshot already published from a landed hour outside this load's
+# window (rows of the window's own hours are about to be replaced, so they do not count).
+DEDUPE_AGAINST_PUBLISHED = """
+with compared as (
+    select p.pid, u.source_file, u.source_line, u.value as first_value, p.value as this_value,
+           (p.tenant_id, p.meter, p.value, p.unit, p.hour_start, p.kind)
+           = (u.tenant_id, u.meter, u.value, u.unit, u.hour_start, u.kind) as same
+    from parsed as p
+    join raw.usage_snapshots as u on u.snapshot_id = p.snapshot_id
+    where p.reason is null and not p.duplicate
+      and not (coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) >= %(start)s
+               and coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) < %(end)s)
+)
+update parsed as p
+set duplicate = c.same,
+    reason = case when not c.same then
+        'snapshot_id: ' || quote_literal(p.snapshot_id) || ' already published from ' || c.source_file || ':'
+        || c.source_line || ' with different content (value ' || c.first_value || ' there, '
+        || c.this_value || ' here)'
+    end
+from compared as c
+where p.pid = c.pid
+"""
+
+
+def garbage(conn: psycopg.Connection, seq: int) -> FileOutcome | None:
+    """A file none of whose lines is a JSON object is not a snapshot file: reject it whole."""
+    rows, garbage, first = conn.execute(
+        "select count(*), count(*) filter (where reason like 'record: %%'),"
+        " min(source_line) filter (where reason like 'record: %%') from parsed where file_seq = %s",
+        (seq,),
+    ).fetchone()
+    if rows and rows == garbage:
+        return FileOutcome(first, f"file: no line is a JSON object ({rows} line(s)); not a JSON Lines file", rows)
+    return None
