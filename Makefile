@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml uv.lock | md5sum | cut -c1-8)
 export XDG_RUNTIME_DIR ?= /tmp
 export GX_ANALYTICS_ENABLED := false
 export AIRFLOW_HOME ?= $(CURDIR)/airflow_home
@@ -13,17 +13,17 @@ export AIRFLOW__COSMOS__ENABLE_TELEMETRY := False
 export AIRFLOW__COSMOS__ENABLE_DAG_VERSIONING := False
 export DO_NOT_TRACK := 1
 
-.PHONY: install system-deps demo test test-external-pg bench airflow lint dbt-docs warehouse-stop clean focus-validator
+.PHONY: install system-deps demo test test-unit test-external-pg bench airflow lint lock warehouse-stop clean focus-validator
 
-$(STAMP): pyproject.toml
-	@test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
-	@$(PY) -m pip install -q --upgrade pip uv
-	$(VENV)/bin/uv pip install --python $(PY) -q -e '.[test]'
+# Every install is the same: .venv is synced exactly to uv.lock (`make lock` upgrades it).
+$(STAMP): pyproject.toml uv.lock
+	@test -x $(VENV)/bin/uv || { { python3.11 -m venv $(VENV) || python3 -m venv $(VENV); } && $(PY) -m pip install -q uv; }
+	$(VENV)/bin/uv sync -q --locked --extra test
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: system-deps $(STAMP) ## create the virtualenv and install Chargeback with its test tools
 	@# dbt parse -> dbt_project/target/manifest.json, which the usage_hourly DAG is rendered from
-	@$(PY) -c 'from chargeback import transform; transform.parse()' >/dev/null || \
+	@$(PY) -c 'from chargeback.engine import transform; transform.parse()' >/dev/null || \
 	  { echo "dbt parse failed: see dbt_project/logs/dbt.log"; exit 1; }
 
 system-deps: ## Debian libraries WeasyPrint needs (installed when missing and we are root)
@@ -37,12 +37,18 @@ system-deps: ## Debian libraries WeasyPrint needs (installed when missing and we
 demo: install ## simulate a month for 50 tenants and run both DAGs through Airflow
 	$(VENV)/bin/chargeback demo
 
-test: install focus-validator ## the whole suite on the embedded warehouse
-	$(VENV)/bin/pytest
+# pytest-xdist workers; each gets a warehouse database and dbt artifacts of its own
+TEST_WORKERS ?= 2
 
-test-external-pg: install ## the warehouse integration tests again, on the server $$WAREHOUSE_DSN names
+test: install focus-validator ## the whole suite: pure logic, warehouse, Airflow runs, FOCUS validator
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile
+
+test-unit: install ## pure-logic tests only, in seconds: no PostgreSQL is started or reached
+	$(VENV)/bin/pytest -p no:xdist -m "not warehouse and not airflow and not focus_validator"
+
+test-external-pg: install ## the warehouse tests again, on the server $$WAREHOUSE_DSN names
 	@test -n "$$WAREHOUSE_DSN" || { echo "set WAREHOUSE_DSN, e.g. postgresql://postgres@127.0.0.1:5432/postgres"; exit 2; }
-	$(VENV)/bin/pytest -m warehouse
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile -m warehouse
 
 bench: install ## performance figures as JSON lines
 	$(PY) -m chargeback.bench
@@ -64,8 +70,17 @@ focus-validator: $(STAMP) ## the FOCUS 1.2 validator in $(FOCUS_VENV) (Python 3.
 	$(VENV)/bin/uv venv -q --python "$$py" $(FOCUS_VENV) && \
 	$(VENV)/bin/uv pip install -q --python $(FOCUS_VENV)/bin/python '$(FOCUS_VALIDATOR)' 'pyarrow<22'
 
-lint: install
+# sqlfluff's dbt templater compiles the project against the warehouse (the embedded one
+# unless WAREHOUSE_DSN is set), with artifacts of its own beside dbt's.
+lint: install ## ruff, import-linter's layer contracts, sqlfluff over the dbt project
 	$(VENV)/bin/ruff check src tests dags
+	$(VENV)/bin/lint-imports
+	@eval "$$($(VENV)/bin/chargeback warehouse env)" && \
+	  DBT_TARGET_PATH=dbt_project/target/sqlfluff DBT_LOG_PATH=dbt_project/logs $(VENV)/bin/sqlfluff lint dbt_project
+
+lock: ## upgrade every dependency to its newest allowed version in uv.lock (then run make test)
+	@test -x $(VENV)/bin/uv || $(MAKE) install
+	$(VENV)/bin/uv lock --upgrade
 
 warehouse-stop: ## stop the embedded PostgreSQL
 	$(VENV)/bin/chargeback warehouse stop

@@ -142,6 +142,7 @@ def usage_hourly():
             manifest_path=DBT.manifest,
             project_name="chargeback",
             install_dbt_deps=False,
+            env_vars={"DBT_LOG_PATH": str(DBT.log_dir), "DBT_USE_COLORS": "false"},
         ),
         profile_config=ProfileConfig(
             profile_name="chargeback", target_name="warehouse", profiles_yml_filepath=DBT.profiles_yml,
@@ -161,7 +162,6 @@ def usage_hourly():
         ),
         operator_args={
             "vars": WINDOW_VARS,
-            "env": {"DBT_LOG_PATH": str(DBT.log_dir), "DBT_USE_COLORS": "false"},
             "doc_md": "dbt over this run's window (see the `transform` section of the DAG docs"
                       " and the model's description in `dbt_project/models/`).",
         },

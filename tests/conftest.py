@@ -1,14 +1,18 @@
-"""Every test runs against a real PostgreSQL: the embedded server by default, or the
-server ``WAREHOUSE_DSN`` names. The session gets a database of its own
-(``CHARGEBACK_TEST_DATABASE``, default ``chargeback_test``), dropped and created
-anew, so a run never sees a previous run's rows. Environment variables are set
-here, not passed around, so subprocesses (dbt, Airflow) see the same warehouse.
+"""Two tiers. Unmarked tests are pure logic: no PostgreSQL is started or reachable for
+them (``make test-unit`` runs only these, in seconds). Tests marked ``warehouse`` (SQL
+against a real PostgreSQL) or ``airflow`` (real DAG runs) get the session's warehouse:
+the embedded server by default, or the server ``WAREHOUSE_DSN`` names.
+
+The session gets a database of its own (``CHARGEBACK_TEST_DATABASE``, default
+``chargeback_test``; with pytest-xdist one per worker, ``<name>_gw0`` ...), dropped and
+created anew, so a run never sees a previous run's rows, and dbt artifacts of its own.
+The environment is changed through pytest's ``MonkeyPatch`` (undone at the end), not
+passed around, so subprocesses (dbt, Airflow) see the same warehouse.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,52 +20,88 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# The DAG integrity tests parse dags/ in this process: cosmos must read these before it
-# is first imported (see chargeback.orchestration.runner.cosmos_env).
-os.environ.setdefault("AIRFLOW__COSMOS__ENABLE_TELEMETRY", "False")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("AIRFLOW__COSMOS__ENABLE_DAG_VERSIONING", "False")
+WAREHOUSE_MARKERS = ("warehouse", "airflow")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def test_warehouse(tmp_path_factory: pytest.TempPathFactory):
-    """A clean warehouse database with the shipped configuration applied, and the dbt
-    manifest usage_hourly's dbt tasks are rendered from."""
-    from chargeback.engine import configuration, transform
+@pytest.fixture(scope="session")
+def session_env() -> Iterator[pytest.MonkeyPatch]:
+    """Environment changes for the whole session, undone when it ends."""
+    with pytest.MonkeyPatch.context() as patch:
+        # cosmos reads these when it is first imported (the DAG files import it)
+        patch.setenv("AIRFLOW__COSMOS__ENABLE_TELEMETRY", "False")
+        patch.setenv("AIRFLOW__COSMOS__ENABLE_DAG_VERSIONING", "False")
+        patch.setenv("DO_NOT_TRACK", "1")
+        yield patch
+
+
+@pytest.fixture(scope="session")
+def dbt_manifest(session_env, tmp_path_factory, worker_id) -> Path:
+    """The dbt manifest the usage_hourly DAG is rendered from, parsed for this session.
+
+    Each xdist worker has dbt artifacts of its own (``CHARGEBACK_DBT_ARTIFACTS``): two
+    dbt processes must not share a target directory.
+    """
+    from chargeback.engine import transform
+
+    if worker_id != "master":
+        session_env.setenv("CHARGEBACK_DBT_ARTIFACTS", str(tmp_path_factory.mktemp("dbt")))
+    return transform.parse()
+
+
+@pytest.fixture(scope="session")
+def test_warehouse(session_env, dbt_manifest, tmp_path_factory, worker_id) -> str:
+    """A clean warehouse database with the shipped configuration applied."""
+    import os
+
+    from chargeback.engine import configuration
     from chargeback.platform import warehouse
 
-    transform.parse()
-
     name = os.environ.get("CHARGEBACK_TEST_DATABASE", "chargeback_test")
+    if worker_id != "master":
+        name = f"{name}_{worker_id}"
     scratch = tmp_path_factory.mktemp("chargeback")
-    os.environ["CHARGEBACK_DATABASE"] = name
-    os.environ["CHARGEBACK_LANDING"] = str(scratch / "landing")
-    os.environ["CHARGEBACK_REPORTS_OUT"] = str(scratch / "reports-out")
-    os.environ["CHARGEBACK_GX_DIR"] = str(scratch / "gx")
+    session_env.setenv("CHARGEBACK_DATABASE", name)
+    session_env.setenv("CHARGEBACK_LANDING", str(scratch / "landing"))
+    session_env.setenv("CHARGEBACK_REPORTS_OUT", str(scratch / "reports-out"))
+    session_env.setenv("CHARGEBACK_GX_DIR", str(scratch / "gx"))
     warehouse.drop_database(name)
     warehouse.ensure_schema()
     configuration.load()
     return warehouse.dsn()
 
 
+@pytest.fixture(autouse=True)
+def _warehouse_tier(request, monkeypatch):
+    """The warehouse for tests marked for it; for every other test, no warehouse at all:
+    reaching for one fails at once, naming the marker the test lacks."""
+    if any(request.node.get_closest_marker(m) for m in WAREHOUSE_MARKERS):
+        request.getfixturevalue("test_warehouse")
+        return
+    from chargeback.platform import warehouse
+
+    def refuse(*_args, **_kwargs):
+        raise RuntimeError(f"{request.node.nodeid} reached for the warehouse: mark it @pytest.mark.warehouse")
+
+    monkeypatch.setattr(warehouse, "server_dsn", refuse)
+    monkeypatch.setattr(warehouse, "dsn", refuse)
+
+
 @contextlib.contextmanager
 def database_of_its_own(suffix: str) -> Iterator[str]:
     """Switch to a fresh database ``<session database>_<suffix>`` with the shipped
     configuration applied, for a module whose tests must not see other modules' rows."""
+    import os
+
     from chargeback.engine import configuration
     from chargeback.platform import warehouse
 
-    session_db = os.environ["CHARGEBACK_DATABASE"]
-    name = f"{session_db}_{suffix}"
+    name = f"{os.environ['CHARGEBACK_DATABASE']}_{suffix}"
     warehouse.drop_database(name)
-    os.environ["CHARGEBACK_DATABASE"] = name
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CHARGEBACK_DATABASE", name)
         warehouse.ensure_schema()
         configuration.load()
         yield name
-    finally:
-        os.environ["CHARGEBACK_DATABASE"] = session_db
 
 
 @pytest.fixture

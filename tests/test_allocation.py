@@ -345,7 +345,8 @@ def build(start: datetime, end: datetime) -> transform.TransformResult:
     (only tests wholly inside that part of the project: pricing has its own tests)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DBT_INDIRECT_SELECTION", "cautious")
-        return transform.build(start, end, select="+fct_cost_allocations_monthly")
+        return transform.build(start, end,
+                               select="+fct_cost_allocations_monthly fct_cost_allocations_hourly fct_cost_pools_hourly")
 
 
 def insert_snapshots(snapshots: dict) -> None:
@@ -374,14 +375,12 @@ def allocation_database(test_warehouse, tmp_path_factory):
     for file, doc in CONFIG.items():
         (config_dir / file).write_text(yaml.safe_dump(doc, sort_keys=False))
     warehouse.drop_database(name)
-    os.environ["CHARGEBACK_DATABASE"] = name
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CHARGEBACK_DATABASE", name)
         warehouse.ensure_schema()
         configuration.load(config_dir)
         insert_snapshots(SNAPSHOTS)
         yield name
-    finally:
-        os.environ["CHARGEBACK_DATABASE"] = session_db
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from chargeback.ingest.simulate import simulate
 START = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 
 
+@pytest.mark.warehouse
 def test_a_malformed_line_fails_the_gate_in_one_line_naming_file_and_line(landing, capsys):
     simulate(str(landing), ["t001"], START, START + dt.timedelta(hours=1), fmt="jsonl")
     (bad,) = (landing / "usage" / "2026-06-01" / "00").iterdir()
@@ -42,6 +43,7 @@ def test_a_bad_period_is_explained(capsys):
         "chargeback summary: error: not a billing period: '2026-13' (expected YYYY-MM, e.g. 2026-10)")
 
 
+@pytest.mark.warehouse
 def test_simulate_then_load_reports_what_it_did(landing, capsys):
     assert main(["simulate", "--start", "2026-06-02T00:00:00Z", "--end", "2026-06-02T02:00:00Z",
                  "--tenants", "3"]) == 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 from decimal import Decimal
 from pathlib import Path
 
@@ -28,15 +27,10 @@ INVOICED = {*TENANTS, "t008"}
 @pytest.fixture(scope="module")
 def airflow_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("airflow_home")
-    saved = {k: os.environ.get(k) for k in ("AIRFLOW_HOME", "CHARGEBACK_RETRY_DELAY_SECONDS")}
-    os.environ["AIRFLOW_HOME"] = str(home)
-    os.environ["CHARGEBACK_RETRY_DELAY_SECONDS"] = "1"
-    yield home
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRFLOW_HOME", str(home))
+        patch.setenv("CHARGEBACK_RETRY_DELAY_SECONDS", "1")
+        yield home
 
 
 def test_usage_hourly_then_billing_monthly_issue_final_invoices_equal_to_the_marts(airflow_home, settings, landing):

@@ -136,6 +136,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.focus_validator
 def test_usage_adjustment_and_allocated_rows_pass_the_validator(validator, tmp_path):
     report = focus.validate(_write(tmp_path / "ok.csv", [BASE | USAGE, BASE | TRUE_UP, BASE | ALLOCATED]))
     assert report.ok, report.summary() + "\n" + report.output
@@ -153,6 +154,7 @@ CORRECTION = {  # a debit note issued in May 2031 for usage of April 2031 that a
 }
 
 
+@pytest.mark.focus_validator
 @pytest.mark.parametrize("amount", ["31.50", "-12.25"])
 def test_correction_rows_of_an_earlier_month_pass_the_validator(validator, tmp_path, amount):
     costs = dict.fromkeys(("BilledCost", "EffectiveCost", "PricingCurrencyEffectiveCost", "ListCost",
@@ -163,6 +165,7 @@ def test_correction_rows_of_an_earlier_month_pass_the_validator(validator, tmp_p
 
 
 
+@pytest.mark.focus_validator
 @pytest.mark.parametrize(
     ("change", "rule"),
     [
@@ -179,6 +182,7 @@ def test_a_broken_file_fails_the_validator(validator, tmp_path, change, rule):
     assert rule in report.errors, report.summary()
 
 
+@pytest.mark.focus_validator
 def test_a_file_without_billed_cost_fails_the_validator(validator, tmp_path):
     columns = [c for c in COLUMNS if c != "BilledCost"]
     report = focus.validate(_write(tmp_path / "no-billed-cost.csv", [BASE | USAGE], columns))
@@ -231,6 +235,7 @@ def _sum(rows: list[dict[str, str]], column: str, **where: str) -> D:
 
 
 @pytest.mark.warehouse
+@pytest.mark.focus_validator
 def test_exported_month_passes_the_validator(validator, may):
     report = focus.validate(may)
     assert report.ok, report.summary() + "\n" + report.output
@@ -309,6 +314,7 @@ def test_export_names_the_platform_and_uses_issued_invoice_numbers(may, tmp_path
 
 
 @pytest.mark.warehouse
+@pytest.mark.focus_validator
 def test_exported_parquet_is_exact_and_passes_the_validator(validator, may):
     pq = pytest.importorskip("pyarrow.parquet", reason="Parquet export needs pyarrow (not a dependency yet)")
     parquet = focus.parquet_path(may)
@@ -321,6 +327,7 @@ def test_exported_parquet_is_exact_and_passes_the_validator(validator, may):
 
 
 @pytest.mark.warehouse
+@pytest.mark.focus_validator
 def test_cli_exports_and_validates_a_month(validator, may, tmp_path, capsys):
     from chargeback.cli import main
 

@@ -10,7 +10,6 @@ import datetime as dt
 import hashlib
 import io
 import logging
-import os
 import re
 import threading
 from decimal import Decimal
@@ -272,16 +271,10 @@ def _build_marts(period_start: dt.date) -> None:
         )
     start = dt.datetime(period_start.year, period_start.month, 1, tzinfo=dt.UTC)
     # the invoice marts and what they read; the allocation models are not needed here
-    saved = os.environ.get("DBT_INDIRECT_SELECTION")
-    os.environ["DBT_INDIRECT_SELECTION"] = "cautious"  # only the tests whose models are all built
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DBT_INDIRECT_SELECTION", "cautious")  # only the tests whose models are all built
         transform.build(start, (start + dt.timedelta(days=32)).replace(day=1),
                         select="+fct_invoices dim_tenants dim_meters")
-    finally:
-        if saved is None:
-            os.environ.pop("DBT_INDIRECT_SELECTION", None)
-        else:
-            os.environ["DBT_INDIRECT_SELECTION"] = saved
 
 
 def _mart_totals(period_start: dt.date) -> dict[str, Decimal]:

@@ -66,11 +66,12 @@ def invoice_total(tenant: str) -> Decimal:
 
 
 def row_versions(table: str) -> dict[tuple, str]:
-    """Each mart row's transaction id (xmin), by key: unchanged xmin = row not rewritten."""
-    key = {"fct_usage_hourly": "tenant_id, meter, hour_start",
-           "fct_cost_allocations_hourly": "hour_start, pool, part, component, cost_type, tenant_id"}[table]
+    """Each row's transaction id (xmin), by key: unchanged xmin = row not rewritten. The
+    hourly marts are views; their rows live in the intermediate tables read here."""
+    key = {"int_usage_hourly": "tenant_id, meter, hour_start",
+           "int_cost_allocations_hourly": "hour_start, pool, part, component, cost_type, tenant_id"}[table]
     return {tuple(row[:-2]): (row[-2], row[-1]) for row in query(
-        f"select {key}, hour_start, xmin::text from marts.{table}")}
+        f"select {key}, hour_start, xmin::text from intermediate.{table}")}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -94,8 +95,8 @@ def restated(late_database, tmp_path_factory):
     before = {
         "usage": usage("t004", "query_cpu_seconds", LATE_HOUR),
         "invoice": invoice_total("t004"),
-        "usage_rows": row_versions("fct_usage_hourly"),
-        "allocation_rows": row_versions("fct_cost_allocations_hourly"),
+        "usage_rows": row_versions("int_usage_hourly"),
+        "allocation_rows": row_versions("int_cost_allocations_hourly"),
         "learned_by": query("select clock_timestamp()")[0][0],
     }
     late = late_file(landing, LATE_HOUR, "retried-upload.jsonl",
@@ -105,8 +106,8 @@ def restated(late_database, tmp_path_factory):
     after = {
         "usage": usage("t004", "query_cpu_seconds", LATE_HOUR),
         "invoice": invoice_total("t004"),
-        "usage_rows": row_versions("fct_usage_hourly"),
-        "allocation_rows": row_versions("fct_cost_allocations_hourly"),
+        "usage_rows": row_versions("int_usage_hourly"),
+        "allocation_rows": row_versions("int_cost_allocations_hourly"),
     }
     return {"landing": landing, "settings": settings, "late": late, "plan": plan, "before": before,
             "after": after}
@@ -219,13 +220,13 @@ def test_late_snapshot_in_the_current_folder_rebuilds_its_own_hour(restated):
     landing, settings = restated["landing"], restated["settings"]
     run_start, usage_hour = D0 + 49 * HOUR, D0 + 44 * HOUR
     before = usage("t004", "query_cpu_seconds", usage_hour)
-    versions = row_versions("fct_usage_hourly")
+    versions = row_versions("int_usage_hourly")
     late_file(landing, run_start, "backlog.jsonl", [("backlog-t004-cpu", "t004", Decimal(500), usage_hour)])
 
     steps.run_usage_window(run_start, run_start + HOUR, FileSource(str(landing)), settings)
 
     assert usage("t004", "query_cpu_seconds", usage_hour) == (before[0] + 500, before[1] + 1)
-    after = row_versions("fct_usage_hourly")
+    after = row_versions("int_usage_hourly")
     assert {k: after[k] for k, v in versions.items() if v[0] < usage_hour} == {
         k: v for k, v in versions.items() if v[0] < usage_hour}
     assert all(after[k][1] != v[1] for k, v in versions.items() if v[0] >= usage_hour)
@@ -245,7 +246,7 @@ def test_usage_hourly_dag_restates_a_late_file_and_rebuilds_from_its_hour(restat
     monkeypatch.setenv("CHARGEBACK_LANDING", str(landing))
     hour = D0 + 20 * HOUR  # loaded by the first run only
     before = (usage("t004", "query_cpu_seconds", hour), invoice_total("t004"))
-    versions = row_versions("fct_usage_hourly")
+    versions = row_versions("int_usage_hourly")
     late_file(landing, hour, "dag-late.jsonl", [("dag-late-t004-cpu", "t004", Decimal(2000), hour)])
     run_start = D0 + 50 * HOUR
 
@@ -254,7 +255,7 @@ def test_usage_hourly_dag_restates_a_late_file_and_rebuilds_from_its_hour(restat
 
     assert usage("t004", "query_cpu_seconds", hour) == (before[0][0] + 2000, before[0][1] + 1)
     assert invoice_total("t004") == before[1] + Decimal("0.60")
-    after = row_versions("fct_usage_hourly")
+    after = row_versions("int_usage_hourly")
     assert {k: after[k] for k, v in versions.items() if v[0] < hour} == {
         k: v for k, v in versions.items() if v[0] < hour}
     ((line,),) = query("select line from pipeline.events where dag_id = 'usage_hourly' and task_id = 'plan_window'"

@@ -271,7 +271,7 @@ def test_window_limits_the_hourly_marts_to_its_hours(marts, mart_settings):
 
 def test_missing_mart_says_dbt_has_not_run(marts, mart_settings):
     marts("drop table marts.fct_invoices")
-    with pytest.raises(RuntimeError, match=r"marts\.fct_invoices does not exist \(has chargeback\.transform"):
+    with pytest.raises(RuntimeError, match=r"marts\.fct_invoices does not exist \(has `chargeback transform` run\?\)"):
         checks.check_marts(START, END, settings=mart_settings)
 
 

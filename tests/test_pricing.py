@@ -171,7 +171,7 @@ def test_reference_pricer_refuses_floats():
 
 NOVEMBER = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 DECEMBER = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
-PRICING_MODELS = "+fct_invoices dim_tenants dim_meters"
+PRICING_MODELS = "+fct_invoices dim_tenants dim_meters fct_usage_hourly"
 
 PRICE_BOOKS = """
 price_books:
@@ -289,11 +289,10 @@ def pricing_database(test_warehouse, tmp_path_factory) -> Iterator[str]:
     (config_dir / "price_books.yml").write_text(PRICE_BOOKS)
     (config_dir / "tenants.yml").write_text(TENANTS)
     (config_dir / "cost_pools.yml").write_text(COST_POOLS)
-    saved = {key: os.environ.get(key) for key in ("CHARGEBACK_DATABASE", "DBT_INDIRECT_SELECTION")}
     warehouse.drop_database(name)
-    os.environ["CHARGEBACK_DATABASE"] = name
-    os.environ["DBT_INDIRECT_SELECTION"] = "cautious"  # only tests whose models are all built
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CHARGEBACK_DATABASE", name)
+        patch.setenv("DBT_INDIRECT_SELECTION", "cautious")  # only tests whose models are all built
         warehouse.ensure_schema()
         configuration.load(config_dir)
         rows = [
@@ -309,12 +308,6 @@ def pricing_database(test_warehouse, tmp_path_factory) -> Iterator[str]:
             )
         transform.build(NOVEMBER, DECEMBER, select=PRICING_MODELS)
         yield name
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def query(sql: str, *params) -> list[tuple]:

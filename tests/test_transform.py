@@ -157,7 +157,7 @@ def full_build(replayed_without_t002) -> transform.TransformResult:
 
 def test_build_runs_every_model_data_test_and_unit_test(built):
     # every model but the ephemeral intermediates, which are compiled into the models that use them
-    assert built.count("model") == 22
+    assert built.count("model") == 25
     assert built.count("unit_test") >= 10
     assert built.count("test") >= 50
     assert {n.status for n in built.nodes} <= {"success", "pass"}
@@ -273,9 +273,11 @@ def test_build_without_window_covers_every_hour_of_the_month_exactly(full_build)
         "t001": (D("0.10"), 3), "t002": (D("3000.00"), 1), "t007": (D("500.00"), 5), "t008": (D("20000.00"), 1)}
 
 
-def test_failing_data_test_and_model_are_named_in_the_error(full_build):
-    """A snapshot of an unknown tenant fails the relationships test and the pricing;
-    the month keeps its previous invoice lines, and replaying after the fix heals it."""
+def test_failing_data_test_is_named_and_stops_everything_downstream(full_build):
+    """A snapshot of an unknown tenant fails the relationships test of the hourly usage:
+    the error names the test, nothing downstream of it is built (no pricing of a tenant
+    without a price book), the month keeps its previous invoice lines, and replaying
+    after the fix heals it. (A failing model is named the same way: test_faults.)"""
     hour = H + timedelta(hours=2)
     before = invoice_lines()
     execute(
@@ -291,9 +293,10 @@ def test_failing_data_test_and_model_are_named_in_the_error(full_build):
     finally:
         execute("delete from raw.usage_snapshots where snapshot_id = 'test/ghost'")
     message = str(failure.value)
-    assert message.startswith("dbt build failed:")
-    assert "- test relationships_fct_usage_hourly_tenant_id__tenant_id__ref_dim_tenants_: 1 failing row\n" in message
-    assert '- model fct_invoice_lines: null value in column "list_amount"' in message  # no price
+    assert message.startswith("dbt build failed: 1 failed, ")
+    assert " skipped because of them\n" in message
+    assert failure.value.failures == (
+        "test relationships_int_usage_hourly_tenant_id__tenant_id__ref_stg_config__tenants_: 1 failing row",)
     assert all("\n" not in line for line in failure.value.failures)
     assert invoice_lines() == before  # the model's delete of October was rolled back
 
@@ -309,16 +312,16 @@ def test_failing_unit_test_fails_the_build(full_build, tmp_path, monkeypatch, se
     shutil.copytree(
         settings.root / "dbt_project", tmp_path / "dbt_project", ignore=shutil.ignore_patterns("target", "logs")
     )
-    marts_yml = tmp_path / "dbt_project" / "models" / "marts" / "_marts.yml"
-    text = marts_yml.read_text()
+    costs_yml = tmp_path / "dbt_project" / "models" / "intermediate" / "costs" / "_costs.yml"
+    text = costs_yml.read_text()
     assert "allocated_cost: 33.34" in text
-    marts_yml.write_text(text.replace("allocated_cost: 33.34", "allocated_cost: 33.33", 1))
+    costs_yml.write_text(text.replace("allocated_cost: 33.34", "allocated_cost: 33.33", 1))
     monkeypatch.setenv("CHARGEBACK_HOME", str(tmp_path))
     monkeypatch.setenv("CHARGEBACK_EMBEDDED_DIR", str(settings.embedded_dir))
     with pytest.raises(transform.TransformError) as failure:
-        transform.build(select="fct_cost_allocations_hourly")  # unit tests run before their model
+        transform.build(select="int_cost_allocations_hourly")  # unit tests run before their model
     assert failure.value.failures == (
-        "unit_test fct_cost_allocations_hourly_equal_split_ties_by_tenant:"
+        "unit_test int_cost_allocations_hourly_equal_split_ties_by_tenant:"
         " actual differs from expected (see the diff in the dbt log)",
     )
     assert str(failure.value).startswith("dbt build failed: 1 failed, ")  # the model and its tests skipped

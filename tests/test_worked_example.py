@@ -71,29 +71,19 @@ def write_landing(landing: Path) -> int:
 @pytest.fixture(scope="module")
 def september(test_warehouse, tmp_path_factory):
     """The example month loaded, transformed and invoiced in a database of its own."""
-    saved = {k: os.environ.get(k) for k in ("CHARGEBACK_DATABASE", "CHARGEBACK_CONFIG_DIR", "CHARGEBACK_LANDING",
-                                            "CHARGEBACK_REPORTS_OUT")}
-    name = f"{saved['CHARGEBACK_DATABASE']}_worked"
+    name = f"{os.environ['CHARGEBACK_DATABASE']}_worked"
     scratch = tmp_path_factory.mktemp("worked")
     warehouse.drop_database(name)
-    os.environ.update({
-        "CHARGEBACK_DATABASE": name,
-        "CHARGEBACK_CONFIG_DIR": str(EXAMPLE / "config"),
-        "CHARGEBACK_LANDING": str(scratch / "landing"),
-        "CHARGEBACK_REPORTS_OUT": str(scratch / "out"),
-    })
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CHARGEBACK_DATABASE", name)
+        patch.setenv("CHARGEBACK_CONFIG_DIR", str(EXAMPLE / "config"))
+        patch.setenv("CHARGEBACK_LANDING", str(scratch / "landing"))
+        patch.setenv("CHARGEBACK_REPORTS_OUT", str(scratch / "out"))
         rows = write_landing(scratch / "landing")
         steps.load_window(START, END, FileSource(str(scratch / "landing")))
         transform.build(START, END)
         records = close.render_drafts("2026-09", workers=1)
         yield {"rows": rows, "records": {r.tenant_id: r for r in records}}
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def test_the_example_configuration_is_valid():

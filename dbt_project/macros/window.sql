@@ -161,10 +161,10 @@
     {%- endif -%}
 {%- endmacro %}
 
-{#- pre_hook of the windowed incremental models: inside the model's
+{#- pre-hook of every model (dbt_project.yml): inside an incremental model's
     transaction, delete the rows the run is about to rebuild (all rows without a
-    window), so a replayed window never keeps stale rows. Nothing to do when the
-    table is new or being fully refreshed. -#}
+    window), so a replayed window never keeps stale rows. Nothing to do for
+    other materializations, or when the table is new or fully refreshed. -#}
 {% macro delete_window() -%}
     {%- if is_incremental() -%}
         delete from {{ this }}
@@ -172,14 +172,15 @@
     {%- endif -%}
 {%- endmacro %}
 
-{#- post_hook of the windowed incremental models: refresh the planner's
+{#- post-hook of every model (dbt_project.yml): refresh a table's planner
     statistics after a large write (no window, or a window of a day or more),
     so the next models and tests plan for the new rows. Small hourly windows
     leave it to autovacuum: an hourly run shouldn't cost more as history grows.
 -#}
 {% macro analyze_after_large_write() -%}
     {%- set window = chargeback_window() -%}
-    {%- if window is none or window.hours >= 24 -%}
+    {%- if config.get('materialized') in ('incremental', 'table')
+        and (window is none or window.hours >= 24) -%}
         analyze {{ this }}
     {%- endif -%}
 {%- endmacro %}

@@ -201,7 +201,7 @@ problems as (
         components.valid_from,
         components.part,
         'component ' || components.component || ' of an unknown rule part'
-        as problem
+            as problem
 
     from components
 
@@ -220,7 +220,7 @@ problems as (
         fixed_shares.valid_from,
         fixed_shares.part,
         'fixed share of ' || fixed_shares.tenant_id || ' in an unknown rule part'
-        as problem
+            as problem
 
     from fixed_shares
 

@@ -27,7 +27,7 @@ shown as (
 
     where "x_ChargeSource" = 'allocation'
 
-    group by 1, 2
+    group by cost_month, pool
 
 ),
 

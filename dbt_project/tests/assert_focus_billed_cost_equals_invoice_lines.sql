@@ -27,7 +27,7 @@ billed as (
 
     where "x_ChargeSource" = 'invoice'
 
-    group by 1, 2
+    group by invoice_month, tenant_id
 
 ),
 

@@ -44,10 +44,12 @@ tier_problems as (
         bool_or(
             case
                 when prices.pricing_model = 'retention'
-                    then ordered_tiers.retention_days is null
-                    or ordered_tiers.lower_bound <> 0
-                    or ordered_tiers.upper_bound is not null
-                else ordered_tiers.retention_days is not null
+                    then
+                        ordered_tiers.retention_days is null
+                        or ordered_tiers.lower_bound <> 0
+                        or ordered_tiers.upper_bound is not null
+                else
+                    ordered_tiers.retention_days is not null
                     or ordered_tiers.tier <> ordered_tiers.position
                     or ordered_tiers.lower_bound
                     <> coalesce(ordered_tiers.previous_upper, 0)

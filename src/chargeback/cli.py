@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -63,6 +64,9 @@ def cmd_warehouse(args: argparse.Namespace) -> int:
         print(warehouse.dsn())
     elif args.action == "dsn":
         print(warehouse.dsn())
+    elif args.action == "env":  # for dbt and sqlfluff by hand: eval "$(chargeback warehouse env)"
+        for key, value in warehouse.dbt_env().items():
+            print(f"export {key}={shlex.quote(value)}")
     elif args.action == "stop":
         print("stopped" if warehouse.stop_embedded() else "no embedded warehouse was running")
     return 0
@@ -278,8 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--start", help="window start, ISO-8601 UTC (whole hour)")
         sp.add_argument("--end", help="window end (exclusive), ISO-8601 UTC (whole hour)")
 
-    sp = sub.add_parser("warehouse", help="start the embedded warehouse, print its DSN, or stop it")
-    sp.add_argument("action", choices=["start", "dsn", "stop"])
+    sp = sub.add_parser("warehouse", help="start the embedded warehouse, print its DSN or dbt's env, or stop it")
+    sp.add_argument("action", choices=["start", "dsn", "env", "stop"])
     sp.set_defaults(func=cmd_warehouse)
 
     sp = sub.add_parser("config", help="validate (check) or validate and apply the configuration")

@@ -9,16 +9,7 @@
     (int_cost_allocations_daily), so an hourly run never re-reads a month of
     hourly rows.
 -#}
-{{
-    config(
-        materialized='incremental',
-        incremental_strategy='append',
-        on_schema_change='fail',
-        pre_hook="{{ delete_window() }}",
-        post_hook="{{ analyze_after_large_write() }}",
-        indexes=[{'columns': ['cost_month', 'tenant_id']}],
-    )
-}}
+{{ config(indexes=[{'columns': ['cost_month', 'tenant_id']}]) }}
 
 with
 

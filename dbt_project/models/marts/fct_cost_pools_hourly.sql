@@ -1,49 +1,28 @@
 {#-
-    Cost of each pool per UTC hour (int_cost_pools_hourly): the monthly cost
-    spread over the month's hours, and for a pool with a capacity its split
-    into used and idle cost by the hour's utilisation.
+    Cost of each pool per UTC hour, as BI and the mart checks read it: a view
+    of int_cost_pools_hourly, where the monthly cost is spread over the hours
+    and split into used and idle cost (windowed incremental).
+
+    A plain select, no CTEs: PostgreSQL pushes filters through it to the
+    table's indexes, and the view stays simple (auto-updatable) so that
+    what reads or fixes the mart needs no knowledge of the table.
 -#}
-{{
-    config(
-        materialized='incremental',
-        incremental_strategy='append',
-        on_schema_change='fail',
-        pre_hook="{{ delete_window() }}",
-        post_hook="{{ analyze_after_large_write() }}",
-        indexes=[
-            {'columns': ['hour_start', 'pool'], 'unique': true},
-        ],
-    )
-}}
+{{ config(materialized='view') }}
 
-with
+select
+    pool,
+    hour_start,
+    pool_cost,
+    used_cost,
+    idle_cost,
+    capacity_meter,
+    capacity,
+    capacity_used,
+    utilisation,
+    currency,
+    rule_valid_from,
+    monthly_cost,
+    hours_in_month,
+    idle_policy
 
-pool_hours as (
-
-    select * from {{ ref('int_cost_pools_hourly') }}
-
-),
-
-final as (
-
-    select
-        pool,
-        hour_start,
-        pool_cost,
-        used_cost,
-        idle_cost,
-        capacity_meter,
-        capacity,
-        capacity_used,
-        utilisation,
-        currency,
-        rule_valid_from,
-        monthly_cost,
-        hours_in_month,
-        idle_policy
-
-    from pool_hours
-
-)
-
-select * from final
+from {{ ref('int_cost_pools_hourly') }}

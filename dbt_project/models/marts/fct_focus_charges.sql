@@ -18,6 +18,8 @@
       AllocatedResourceId the tenant it is allocated to (null for cost the
       platform keeps: idle and unallocated).
 -#}
+{{ config(materialized='table') }}
+
 
 {#- Who provides, publishes and invoices, the billing account of the cost the
     platform keeps, and the service name: dbt vars (ASCII: the FOCUS validator
@@ -81,10 +83,10 @@ tenant_month_discounts as (
     left join tenant_terms
         on
             tenant_months.tenant_id = tenant_terms.tenant_id
-            and tenant_terms.valid_from <= tenant_months.invoice_month
+            and tenant_months.invoice_month >= tenant_terms.valid_from
             and (
                 tenant_terms.valid_to is null
-                or tenant_terms.valid_to > tenant_months.invoice_month
+                or tenant_months.invoice_month < tenant_terms.valid_to
             )
 
 ),
@@ -232,17 +234,20 @@ allocated_charges as (
         'Recurring' as charge_frequency,
         case pool_month_costs.cost_type
             when 'allocated'
-                then 'Cost to serve: ' || pool_month_costs.pool
-                || ' pool, ' || pool_month_costs.component
-                || ' (' || pool_month_costs.method || ')'
+                then
+                    'Cost to serve: ' || pool_month_costs.pool
+                    || ' pool, ' || pool_month_costs.component
+                    || ' (' || pool_month_costs.method || ')'
             when 'idle'
-                then 'Idle capacity of the ' || pool_month_costs.pool
-                || ' pool, ' || case
-                    when pool_month_costs.tenant_id is null
-                        then 'kept by the platform'
-                    else 'redistributed by usage'
-                end
-            else 'Unallocated cost of the ' || pool_month_costs.pool
+                then
+                    'Idle capacity of the ' || pool_month_costs.pool
+                    || ' pool, ' || case
+                        when pool_month_costs.tenant_id is null
+                            then 'kept by the platform'
+                        else 'redistributed by usage'
+                    end
+            else
+                'Unallocated cost of the ' || pool_month_costs.pool
                 || ' pool: no tenant for ' || pool_month_costs.component
         end as charge_description,
         pool_month_costs.currency,
@@ -319,16 +324,20 @@ final as (
         coalesce(tenants.organisation, {{ provider_name }})
             as "BillingAccountName",
         charges.currency as "BillingCurrency",
-        ((charges.billing_month + interval '1 month')::timestamp
-        at time zone 'UTC') as "BillingPeriodEnd",
+        (
+            (charges.billing_month + interval '1 month')::timestamp
+            at time zone 'UTC'
+        ) as "BillingPeriodEnd",
         (charges.billing_month::timestamp at time zone 'UTC')
             as "BillingPeriodStart",
         charges.charge_category as "ChargeCategory",
         null::text as "ChargeClass",
         charges.charge_description as "ChargeDescription",
         charges.charge_frequency as "ChargeFrequency",
-        ((charges.billing_month + interval '1 month')::timestamp
-        at time zone 'UTC') as "ChargePeriodEnd",
+        (
+            (charges.billing_month + interval '1 month')::timestamp
+            at time zone 'UTC'
+        ) as "ChargePeriodEnd",
         (charges.billing_month::timestamp at time zone 'UTC')
             as "ChargePeriodStart",
         null::text as "CommitmentDiscountStatus",

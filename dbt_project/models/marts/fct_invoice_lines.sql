@@ -20,11 +20,7 @@
 -#}
 {{
     config(
-        materialized='incremental',
-        incremental_strategy='append',
-        on_schema_change='fail',
-        pre_hook=["{{ delete_window() }}", "set local jit = off"],
-        post_hook="{{ analyze_after_large_write() }}",
+        pre_hook="set local jit = off",
         indexes=[{
             'columns': ['invoice_month', 'tenant_id', 'line_no'],
             'unique': true,

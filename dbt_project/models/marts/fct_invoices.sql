@@ -6,11 +6,6 @@
 -#}
 {{
     config(
-        materialized='incremental',
-        incremental_strategy='append',
-        on_schema_change='fail',
-        pre_hook="{{ delete_window() }}",
-        post_hook="{{ analyze_after_large_write() }}",
         indexes=[
             {'columns': ['invoice_month', 'tenant_id'], 'unique': true},
         ],

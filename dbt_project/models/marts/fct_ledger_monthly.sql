@@ -13,15 +13,7 @@
     tenant used) is on rows with tenant_id null, so that the ledger's cost to
     serve adds up to the pools' cost exactly.
 -#}
-{{
-    config(
-        materialized='incremental',
-        incremental_strategy='append',
-        on_schema_change='fail',
-        pre_hook="{{ delete_window() }}",
-        indexes=[{'columns': ['invoice_month', 'tenant_id']}],
-    )
-}}
+{{ config(indexes=[{'columns': ['invoice_month', 'tenant_id']}]) }}
 
 with
 

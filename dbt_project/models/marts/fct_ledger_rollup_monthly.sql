@@ -5,15 +5,6 @@
     under the organisation '(platform)'. margin_percent = margin / billed, null
     when nothing was billed.
 -#}
-{{
-    config(
-        materialized='incremental',
-        incremental_strategy='append',
-        on_schema_change='fail',
-        pre_hook="{{ delete_window() }}",
-    )
-}}
-
 with
 
 ledger as (

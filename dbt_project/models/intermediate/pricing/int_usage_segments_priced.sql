@@ -32,7 +32,7 @@ with
 
 usage as (
 
-    select * from {{ ref('fct_usage_hourly') }}
+    select * from {{ ref('int_usage_hourly') }}
     where {{ window_months('hour_start', 'timestamptz') }}
 
 ),
@@ -73,7 +73,8 @@ price_changes as (
     from (
         select valid_from as change_day from prices
         union
-        select valid_to as change_day from prices where valid_to is not null
+        select valid_to as change_day from prices
+        where valid_to is not null
     ) as change_days
 
 ),
@@ -140,10 +141,10 @@ dated_usage as (
         on
             tenant_months.price_book = prices.price_book
             and periods.meter = prices.meter
-            and prices.valid_from <= periods.period_start
+            and periods.period_start >= prices.valid_from
             and (
                 prices.valid_to is null
-                or prices.valid_to > periods.period_start
+                or periods.period_start < prices.valid_to
             )
 
 ),
@@ -287,7 +288,7 @@ retention_classes as (
             month_totals.price_book = price_tiers.price_book
             and month_totals.meter = price_tiers.meter
             and month_totals.price_valid_from = price_tiers.valid_from
-            and price_tiers.retention_days >= month_totals.retention_days
+            and month_totals.retention_days <= price_tiers.retention_days
 
     where month_totals.pricing_model = 'retention'
 
@@ -363,8 +364,8 @@ tiered as (
                 )
                 or (
                     month_totals.pricing_model = 'retention'
-                    and price_tiers.retention_days
-                    = retention_classes.retention_class
+                    and retention_classes.retention_class
+                    = price_tiers.retention_days
                 )
             )
 
@@ -428,18 +429,25 @@ usage_lines as (
         'usage' as line_type,
         case pricing_model
             when 'graduated'
-                then meter_description || ' — tier ' || tier || ': '
+                then
+                    meter_description || ' — tier ' || tier || ': '
                     || {{ tier_range_text('tier_lower', 'tier_upper') }} || ' ' || unit
             when 'volume'
-                then meter_description || ' — volume tier ' || tier || ': '
-                    || {{ tier_range_text('tier_lower', 'tier_upper') }} || ' ' || unit || ' in the month'
+                then
+                    meter_description || ' — volume tier ' || tier || ': '
+                    || {{ tier_range_text('tier_lower', 'tier_upper') }}
+                    || ' '
+                    || unit
+                    || ' in the month'
             when 'package'
-                then meter_description || ' — '
+                then
+                    meter_description || ' — '
                     || {{ quantity_text('piece_sum::numeric(60, 30) / divisor') }}
                     || ' ' || unit || ' in packages of '
                     || {{ quantity_text('package_size') }}
             when 'retention'
-                then meter_description || ' — ' || tier_retention_days
+                then
+                    meter_description || ' — ' || tier_retention_days
                     || '-day retention'
             else meter_description
         end

@@ -11,7 +11,7 @@
 -#}
 {#- Declared always, although a windowed run doesn't read it, so the DAG (and
     cosmos' rendering of it) doesn't change with the vars. #}
--- depends_on: {{ ref('fct_usage_hourly') }}
+-- depends_on: {{ ref('int_usage_hourly') }}
 {% set window = chargeback_window() %}
 
 with
@@ -37,7 +37,7 @@ prices as (
 {% if window is none -%}
 usage as (
 
-    select * from {{ ref('fct_usage_hourly') }}
+    select * from {{ ref('int_usage_hourly') }}
 
 ),
 
@@ -53,7 +53,7 @@ usage_span as (
 
 months as (
 
-    select month_start::date as invoice_month
+    select months.month_start::date as invoice_month
 
     from usage_span
 
@@ -126,19 +126,19 @@ final as (
     left join tenant_terms
         on
             tenant_months.tenant_id = tenant_terms.tenant_id
-            and tenant_terms.valid_from <= tenant_months.invoice_month
+            and tenant_months.invoice_month >= tenant_terms.valid_from
             and (
                 tenant_terms.valid_to is null
-                or tenant_terms.valid_to > tenant_months.invoice_month
+                or tenant_months.invoice_month < tenant_terms.valid_to
             )
 
     left join book_currencies
         on
             tenant_months.price_book = book_currencies.price_book
-            and book_currencies.valid_from <= tenant_months.invoice_month
+            and tenant_months.invoice_month >= book_currencies.valid_from
             and (
                 book_currencies.valid_to is null
-                or book_currencies.valid_to > tenant_months.invoice_month
+                or tenant_months.invoice_month < book_currencies.valid_to
             )
 
 )
