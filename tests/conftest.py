@@ -13,6 +13,7 @@ passed around, so subprocesses (dbt, Airflow) see the same warehouse.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 WAREHOUSE_MARKERS = ("warehouse", "airflow")
+
+
+def _worker() -> str:
+    """The pytest-xdist worker this process is (``gw0`` ...), or '' without xdist."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "")
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +41,7 @@ def session_env() -> Iterator[pytest.MonkeyPatch]:
 
 
 @pytest.fixture(scope="session")
-def dbt_manifest(session_env, tmp_path_factory, worker_id) -> Path:
+def dbt_manifest(session_env, tmp_path_factory) -> Path:
     """The dbt manifest the usage_hourly DAG is rendered from, parsed for this session.
 
     Each xdist worker has dbt artifacts of its own (``CHARGEBACK_DBT_ARTIFACTS``): two
@@ -43,22 +49,20 @@ def dbt_manifest(session_env, tmp_path_factory, worker_id) -> Path:
     """
     from chargeback.engine import transform
 
-    if worker_id != "master":
+    if _worker():
         session_env.setenv("CHARGEBACK_DBT_ARTIFACTS", str(tmp_path_factory.mktemp("dbt")))
     return transform.parse()
 
 
 @pytest.fixture(scope="session")
-def test_warehouse(session_env, dbt_manifest, tmp_path_factory, worker_id) -> str:
+def test_warehouse(session_env, dbt_manifest, tmp_path_factory) -> str:
     """A clean warehouse database with the shipped configuration applied."""
-    import os
-
     from chargeback.engine import configuration
     from chargeback.platform import warehouse
 
     name = os.environ.get("CHARGEBACK_TEST_DATABASE", "chargeback_test")
-    if worker_id != "master":
-        name = f"{name}_{worker_id}"
+    if _worker():
+        name = f"{name}_{_worker()}"
     scratch = tmp_path_factory.mktemp("chargeback")
     session_env.setenv("CHARGEBACK_DATABASE", name)
     session_env.setenv("CHARGEBACK_LANDING", str(scratch / "landing"))
@@ -70,12 +74,23 @@ def test_warehouse(session_env, dbt_manifest, tmp_path_factory, worker_id) -> st
     return warehouse.dsn()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A marked test asks for the warehouse before any of its fixtures, so that module
+    fixtures building data run against the session's database, never a default one."""
+    for item in items:
+        if _needs_warehouse(item) and "test_warehouse" not in item.fixturenames:
+            item.fixturenames.insert(0, "test_warehouse")
+
+
+def _needs_warehouse(item: pytest.Item) -> bool:
+    return any(item.get_closest_marker(m) for m in WAREHOUSE_MARKERS)
+
+
 @pytest.fixture(autouse=True)
-def _warehouse_tier(request, monkeypatch):
-    """The warehouse for tests marked for it; for every other test, no warehouse at all:
-    reaching for one fails at once, naming the marker the test lacks."""
-    if any(request.node.get_closest_marker(m) for m in WAREHOUSE_MARKERS):
-        request.getfixturevalue("test_warehouse")
+def _no_warehouse_for_unit_tests(request, monkeypatch):
+    """An unmarked test is pure logic: reaching for a warehouse fails at once, naming the
+    marker it lacks."""
+    if _needs_warehouse(request.node):
         return
     from chargeback.platform import warehouse
 
@@ -90,8 +105,6 @@ def _warehouse_tier(request, monkeypatch):
 def database_of_its_own(suffix: str) -> Iterator[str]:
     """Switch to a fresh database ``<session database>_<suffix>`` with the shipped
     configuration applied, for a module whose tests must not see other modules' rows."""
-    import os
-
     from chargeback.engine import configuration
     from chargeback.platform import warehouse
 

@@ -25,7 +25,7 @@ INVOICED = {*TENANTS, "t008"}
 
 
 @pytest.fixture(scope="module")
-def airflow_home(tmp_path_factory):
+def airflow_home(test_warehouse, tmp_path_factory):
     home = tmp_path_factory.mktemp("airflow_home")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AIRFLOW_HOME", str(home))

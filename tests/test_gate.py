@@ -11,7 +11,6 @@ import datetime as dt
 import json
 import subprocess
 import sys
-import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -123,14 +122,11 @@ def rejected(rows: list[dict]) -> gate.GateFailed:
 
 def test_passing_gate_is_recorded_in_pipeline_validations():
     load_id = stage(clean_rows(250))
-    started = time.monotonic()
     result = gate.validate_staged(load_id, START, END)
-    seconds = time.monotonic() - started
 
     assert result.success
     assert result.row_count == 250
     assert result.failures == ()
-    assert seconds < 20, f"gate took {seconds:.1f}s on 250 rows"
     row = validation_row(result.validation_id)
     assert row["suite"] == "raw_usage_staging"
     assert row["table_name"] == "raw.usage_staging"
@@ -404,7 +400,8 @@ def test_quarantine_policy_fills_in_the_load_under_fail_and_leaves_the_expectati
     assert "{load_id}" in json.dumps(spec)  # the suite file itself is left as it was
 
 
-def test_gate_on_180k_rows_takes_seconds():
+def test_gate_validates_a_load_of_180k_rows_in_one_pass():
+    """Every expectation evaluates over the whole load (its time is make bench's P3_gate_seconds)."""
     load_id = new_load()
     with warehouse.connect() as conn:
         conn.execute(
@@ -421,10 +418,8 @@ def test_gate_on_180k_rows_takes_seconds():
             {"load_id": load_id, "start": START},
         )
         conn.execute("analyze raw.usage_staging")
-    gate.validate_staged(new_load(), START, END)  # GX imported and warm: time the gate, not the import
-    started = time.monotonic()
     result = gate.validate_staged(load_id, START, END)
-    seconds = time.monotonic() - started
     assert result.success
     assert result.row_count == 180_000
-    assert seconds < 30, f"gate took {seconds:.1f}s on 180k rows"
+    assert result.failures == ()
+    assert validation_row(result.validation_id)["evaluated_expectations"] == result.evaluated_expectations >= 15

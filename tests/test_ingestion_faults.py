@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ import pytest
 from chargeback.ingest import load
 from chargeback.ingest.sources import FileSource
 from chargeback.platform import warehouse
+from waiting import wait_until
 
 pytestmark = pytest.mark.warehouse
 
@@ -64,14 +64,6 @@ def waiting_for_the_publish_lock() -> int:
         ).fetchone()[0]
 
 
-def wait_until(condition, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds}s waiting for {condition.__name__}")
-        time.sleep(0.1)
-
-
 def test_concurrent_loads_of_one_window_wait_and_end_as_one(landing):
     land(landing, "1.5")
     load.publish(load.stage(FileSource(str(landing)), H, H1).load_id)
@@ -94,9 +86,9 @@ def test_concurrent_loads_of_one_window_wait_and_end_as_one(landing):
         load.lock_window(holder)  # another publish of the window is running
         for t in threads:
             t.start()
-        wait_until(lambda: waiting_for_the_publish_lock() == 2)
-        time.sleep(0.5)
-        assert all(t.is_alive() for t in threads)  # both loaders wait on the lock ...
+        # both loaders wait on the lock (PostgreSQL says so) ...
+        wait_until(lambda: waiting_for_the_publish_lock() == 2, what="both loaders to wait on the publish lock")
+        assert all(t.is_alive() for t in threads)
         assert state()[0] == 0  # ... and have changed nothing
     for t in threads:
         t.join(60)
@@ -115,13 +107,15 @@ def test_loader_killed_between_delete_and_insert_leaves_previous_state(landing, 
     staged = load.stage(FileSource(str(landing)), H, H1)
     marker = tmp_path / "deleted"
     script = f"""
-import time
+import os, signal
 from chargeback.ingest import load
 
 def stuck_after_delete(conn, load_id):
     deleted = conn.execute("select count(*) from replaced_snapshots").fetchone()[0]
-    open({str(marker)!r}, "w").write(str(deleted))
-    time.sleep(600)
+    with open({str(marker)!r} + ".tmp", "w") as f:
+        f.write(str(deleted))
+    os.replace({str(marker)!r} + ".tmp", {str(marker)!r})  # whole or not at all
+    signal.pause()  # stuck until killed
 
 load._insert_staged = stuck_after_delete
 load.publish({staged.load_id})
@@ -129,8 +123,7 @@ load.publish({staged.load_id})
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     loader = subprocess.Popen([sys.executable, "-c", script], env=env)
     try:
-        wait_until(marker.exists)
-        time.sleep(0.2)
+        wait_until(marker.exists, what="the loader to delete and get stuck")
         assert marker.read_text() == "20"  # the delete ran in the loader's transaction
     finally:
         loader.send_signal(signal.SIGKILL)

@@ -302,7 +302,7 @@ def _read_uri(uri: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def october():
+def october(test_warehouse):
     """October 2030 built from snapshots and rendered once with two worker processes.
 
     A month far from the ones other test modules bill, so their data cannot mix with ours.

@@ -87,7 +87,7 @@ group by invoice_month, tenant_id;
 
 
 @pytest.fixture(scope="module")
-def mart_settings():
+def mart_settings(test_warehouse):
     """A database of this module's own, with the configuration loaded."""
     base = get_settings()
     settings = dataclasses.replace(base, database=f"{base.database or 'chargeback'}_marts")

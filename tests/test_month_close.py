@@ -98,20 +98,20 @@ def mart_totals(period_start: dt.date) -> dict[str, Decimal]:
 
 
 @pytest.fixture(scope="module")
-def march():
+def march(test_warehouse):
     load_month("2032-03")
     return dt.date(2032, 3, 1)
 
 
 @pytest.fixture(scope="module")
-def april():
+def april(test_warehouse):
     """The month whose close issues the corrections: a day of usage is enough for its FOCUS export."""
     load_month("2032-04", hours=24)
     return dt.date(2032, 4, 1)
 
 
 @pytest.fixture(scope="module")
-def february():
+def february(test_warehouse):
     load_month("2032-02", GAPS)
     return dt.date(2032, 2, 1)
 
