@@ -1,11 +1,7 @@
 {#-
     Each pool-hour's cost allocated to tenants, as BI and the mart checks read
     it: a view of int_cost_allocations_hourly, the allocation engine's output
-    (windowed incremental).
-
-    A plain select, no CTEs: PostgreSQL pushes filters through it to the
-    table's indexes, and the view stays simple (auto-updatable) so that
-    what reads or fixes the mart needs no knowledge of the table.
+    (windowed incremental). A plain select (see _marts.yml).
 -#}
 {{ config(materialized='view') }}
 

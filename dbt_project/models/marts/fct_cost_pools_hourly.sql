@@ -1,11 +1,7 @@
 {#-
     Cost of each pool per UTC hour, as BI and the mart checks read it: a view
     of int_cost_pools_hourly, where the monthly cost is spread over the hours
-    and split into used and idle cost (windowed incremental).
-
-    A plain select, no CTEs: PostgreSQL pushes filters through it to the
-    table's indexes, and the view stays simple (auto-updatable) so that
-    what reads or fixes the mart needs no knowledge of the table.
+    and split into used and idle cost (windowed incremental). A plain select (see _marts.yml).
 -#}
 {{ config(materialized='view') }}
 

@@ -1,11 +1,7 @@
 {#-
     Metered usage per tenant, meter and UTC hour, as BI and the invoice
     renderer read it: a view of int_usage_hourly, where it is computed and
-    kept (windowed incremental).
-
-    A plain select, no CTEs: PostgreSQL pushes filters through it to the
-    table's indexes, and the view stays simple (auto-updatable) so that
-    what reads or fixes the mart needs no knowledge of the table.
+    kept (windowed incremental). A plain select (see _marts.yml).
 -#}
 {{ config(materialized='view') }}
 

@@ -13,7 +13,7 @@ close (``billing_monthly`` or ``chargeback close``):
 2. :func:`finalize` — :func:`chargeback.billing.invoices.finalize_month`: final PDFs from the
    current marts, numbers, frozen lines, all in one transaction.
 3. :func:`issue_corrections` — a credit or debit note for every earlier final invoice
-   whose month the marts now bill differently (:func:`chargeback.billing.invoices.issue_corrections`).
+   whose month the marts now bill differently (:func:`chargeback.billing.corrections.issue_corrections`).
 
 Every step calls :func:`check_month` first: nothing is issued from marts
 that do not reconcile (or are not current).
