@@ -7,4 +7,4 @@ RUN apt-get update \
 USER airflow
 COPY --chown=airflow:root . /opt/chargeback
 RUN pip install --no-cache-dir -e /opt/chargeback \
- && cd /opt/chargeback && python -c "from chargeback import transform; transform.parse()"
+ && cd /opt/chargeback && python -c "from chargeback.engine import transform; transform.parse()"

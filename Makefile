@@ -54,7 +54,7 @@ bench: install ## performance figures as JSON lines
 	$(PY) -m chargeback.bench
 
 airflow: install ## Airflow standalone (web UI on :8080) against the same warehouse
-	$(PY) -m chargeback.orchestrate standalone
+	$(PY) -m chargeback.orchestration.runner standalone
 
 # The FinOps Foundation's FOCUS validator needs Python >= 3.12, so it gets its own venv
 # (tests/test_focus.py and `chargeback export focus --validate` run it from there).

@@ -1,7 +1,7 @@
 {#-
     on-run-end hook (dbt_project.yml): record this dbt run in
     pipeline.transform_runs, so chargeback.freshness knows whether a month's
-    marts are current. chargeback.transform.build records its own runs (it can
+    marts are current. chargeback.engine.transform.build records its own runs (it can
     also record a run dbt could not start) and turns this off with
     var('chargeback_record_run') false; the dbt tasks of usage_hourly (cosmos)
     and dbt run by hand are recorded here.

@@ -288,7 +288,7 @@ create index if not exists load_files_url_idx on pipeline.load_files (file_url);
 
 -- ---- pipeline.transform_runs (faults: chargeback.freshness) --------------------------
 -- Every dbt run over a window (null: everything), succeeded or failed, with the
--- failure lines. Written by chargeback.transform.build and, for dbt runs it did not
+-- failure lines. Written by chargeback.engine.transform.build and, for dbt runs it did not
 -- start (the dbt tasks of usage_hourly, dbt by hand), by the on-run-end hook
 -- (dbt_project/macros/transform_runs.sql). chargeback.freshness reads it before a
 -- month is invoiced: a month whose marts are older than its usage is refused.
@@ -344,9 +344,9 @@ create table if not exists pipeline.validations (
     validated_at timestamptz not null default now()
 );
 
--- ---- month close: invoices, credit and debit notes, their lines, the closes (chargeback.close) ----
+-- ---- month close: invoices, credit and debit notes, their lines, the closes (chargeback.billing.close) ----
 -- Invoice numbers are gapless per issuer: taken from this counter at finalization, in
--- the same transaction that makes the documents final (chargeback.invoices.finalize_month).
+-- the same transaction that makes the documents final (chargeback.billing.invoices.finalize_month).
 -- Drafts take no number, so only issued documents consume numbers.
 create table if not exists pipeline.invoice_counters (
     issuer text primary key,
