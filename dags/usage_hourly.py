@@ -17,9 +17,10 @@ the schedule). It:
    and returns the **lookback** dbt rebuilds: the load window, widened to any earlier hour
    whose usage the publish changed,
 6. **transforms** with dbt, one task per model (task group `transform`, rendered by
-   astronomer-cosmos): each task is `dbt build --select <model>` over the lookback — its unit
-   tests, the model, then its data tests; a failing test fails the task and the run, and
-   dbt tests that span several models run as their own tasks once all their models are built.
+   astronomer-cosmos): each task is `dbt build --select <model>` over the lookback — the
+   model, then its data tests (dbt's unit tests prove code, not data: CI runs them); a
+   failing test fails the task and the run, and dbt tests that span several models run as
+   their own tasks once all their models are built.
    Incremental models touch only the lookback's hours (and the months they touch),
 7. **checks** the marts over the lookback: allocated cost reconciles to each pool's cost to the cent.
 
@@ -142,7 +143,8 @@ def usage_hourly():
             manifest_path=DBT.manifest,
             project_name="chargeback",
             install_dbt_deps=False,
-            env_vars={"DBT_LOG_PATH": str(DBT.log_dir), "DBT_USE_COLORS": "false"},
+            env_vars={"DBT_LOG_PATH": str(DBT.log_dir), "DBT_USE_COLORS": "false",
+                      "DBT_EXCLUDE_RESOURCE_TYPES": "unit_test"},
         ),
         profile_config=ProfileConfig(
             profile_name="chargeback", target_name="warehouse", profiles_yml_filepath=DBT.profiles_yml,
@@ -158,7 +160,9 @@ def usage_hourly():
             test_behavior=TestBehavior.BUILD,
             should_detach_multiple_parents_tests=True,
             emit_datasets=False,
-            ephemeral_models_as_empty_operator=False,  # int_cost_pools_hourly has unit tests
+            # the ephemeral pricing models get dbt tasks too (with docs and retries like every
+            # task); with unit tests left to CI they build nothing of their own
+            ephemeral_models_as_empty_operator=False,
         ),
         operator_args={
             "vars": WINDOW_VARS,

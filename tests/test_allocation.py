@@ -340,12 +340,12 @@ def allocations() -> dict[tuple, Decimal]:
     return found
 
 
-def build(start: datetime, end: datetime) -> transform.TransformResult:
+def build(start: datetime, end: datetime, *, unit_tests: bool = False) -> transform.TransformResult:
     """dbt build of the allocation marts and everything they depend on, with their tests
     (only tests wholly inside that part of the project: pricing has its own tests)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DBT_INDIRECT_SELECTION", "cautious")
-        return transform.build(start, end,
+        return transform.build(start, end, unit_tests=unit_tests,
                                select="+fct_cost_allocations_monthly fct_cost_allocations_hourly fct_cost_pools_hourly")
 
 
@@ -385,7 +385,7 @@ def allocation_database(test_warehouse, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def built(allocation_database) -> transform.TransformResult:
-    return build(H0, END)
+    return build(H0, END, unit_tests=True)
 
 
 @pytest.mark.warehouse

@@ -130,8 +130,8 @@ def transform_database(test_warehouse):
 
 @pytest.fixture(scope="module")
 def built(transform_database) -> transform.TransformResult:
-    """First run ever (tables created) over the two hours H and H+1."""
-    return transform.build(H, H + timedelta(hours=2))
+    """First run ever (tables created) over the two hours H and H+1, unit tests included."""
+    return transform.build(H, H + timedelta(hours=2), unit_tests=True)
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +163,11 @@ def test_build_runs_every_model_data_test_and_unit_test(built):
     assert {n.status for n in built.nodes} <= {"success", "pass"}
     assert built.window_start == H
     assert built.window_end == H + timedelta(hours=2)
+
+
+def test_a_production_build_leaves_the_unit_tests_to_ci(replayed_without_t002):
+    assert replayed_without_t002.count("unit_test") == 0
+    assert replayed_without_t002.count("model") == 25
 
 
 def test_pool_costs_and_allocations_are_written_for_the_window_hours_only(built):
@@ -319,7 +324,7 @@ def test_failing_unit_test_fails_the_build(full_build, tmp_path, monkeypatch, se
     monkeypatch.setenv("CHARGEBACK_HOME", str(tmp_path))
     monkeypatch.setenv("CHARGEBACK_EMBEDDED_DIR", str(settings.embedded_dir))
     with pytest.raises(transform.TransformError) as failure:
-        transform.build(select="int_cost_allocations_hourly")  # unit tests run before their model
+        transform.build(select="int_cost_allocations_hourly", unit_tests=True)  # they run before their model
     assert failure.value.failures == (
         "unit_test int_cost_allocations_hourly_equal_split_ties_by_tenant:"
         " actual differs from expected (see the diff in the dbt log)",
