@@ -165,11 +165,6 @@ def test_build_runs_every_model_data_test_and_unit_test(built):
     assert built.window_end == H + timedelta(hours=2)
 
 
-def test_a_production_build_leaves_the_unit_tests_to_ci(replayed_without_t002):
-    assert replayed_without_t002.count("unit_test") == 0
-    assert replayed_without_t002.count("model") == 25
-
-
 def test_pool_costs_and_allocations_are_written_for_the_window_hours_only(built):
     for table in ("fct_cost_pools_hourly", "fct_cost_allocations_hourly"):
         hours = query(f"select distinct hour_start from marts.{table} order by 1")
@@ -238,6 +233,11 @@ def test_rebuilding_a_window_changes_nothing(rebuilt):
     before, after = rebuilt
     assert after == before
     assert len(after["fct_usage_hourly"]) == len(SNAPSHOTS)
+
+
+def test_a_production_build_leaves_the_unit_tests_to_ci(replayed_without_t002):
+    assert replayed_without_t002.count("unit_test") == 0
+    assert replayed_without_t002.count("model") == 25
 
 
 def test_replayed_hour_with_fewer_tenants_keeps_no_stale_rows(replayed_without_t002):
