@@ -86,7 +86,8 @@ def bench_load_vs_copy(work: Path, base_config: Path) -> None:
             t0 = time.perf_counter()
             staged = load.stage(FileSource(str(landing)), hour, hour + HOUR)
             staging = time.perf_counter() - t0
-            best_gate = min(best_gate, _timed(gate.validate_staged, staged.load_id, hour, hour + HOUR))
+            if fmt == "csv":  # the gate reads staged rows: one format is enough
+                best_gate = min(best_gate, _timed(gate.validate_staged, staged.load_id, hour, hour + HOUR))
             best_load = min(best_load, staging + _timed(load.publish, staged.load_id))
             if staged.rows_in != rows or staged.rows_quarantined:
                 raise RuntimeError(f"P3: {staged.rows_quarantined} of {staged.rows_in} rows quarantined")
