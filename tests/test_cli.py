@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -22,9 +25,9 @@ def test_a_malformed_line_fails_the_gate_in_one_line_naming_file_and_line(landin
 
     err = capsys.readouterr().err
     assert code == 1
-    (error,) = [line for line in err.splitlines() if line.startswith("chargeback load: error:")]
+    (error,) = [line for line in err.splitlines() if line.startswith("chargeback refusal:")]
     assert error.startswith(
-        f"chargeback load: error: chargeback refusal: load {_last_load()} at {bad}:6:"
+        f"chargeback refusal: load {_last_load()} at {bad}:6:"
         " 1 of 6 rows of landed hour 2026-06-01T00:00Z quarantined (16.7% > max_bad_share 1%);"
         " first: record: not valid JSON — ")
     assert "Traceback" not in err
@@ -61,3 +64,45 @@ def test_a_missing_window_is_explained(args, capsys):
 def test_a_full_refresh_of_a_window_is_explained(capsys):
     assert main(["transform", "--month", "2026-10", "--full-refresh"]) == 1
     assert "--full-refresh rebuilds every mart from raw: give no --month, --start or --end" in capsys.readouterr().err
+
+
+def chargeback(*args: str, **env: str | None) -> subprocess.CompletedProcess:
+    """The real command in a process of its own (its logging set up as a user's would be)."""
+    environ = {**os.environ, **{k: v for k, v in env.items() if v is not None}}
+    for key in (k for k, v in env.items() if v is None):
+        environ.pop(key, None)
+    return subprocess.run([sys.executable, "-m", "chargeback.cli", *args], env=environ, capture_output=True,
+                          text=True, check=False)
+
+
+def test_a_warehouse_that_cannot_be_reached_is_one_line():
+    run = chargeback("summary", "--period", "2026-06", WAREHOUSE_DSN="postgresql://chargeback@127.0.0.1:1/none",
+                     CHARGEBACK_DATABASE=None)
+    assert run.returncode == 1
+    (line,) = run.stderr.splitlines()
+    assert line.startswith('chargeback summary: error: cannot connect to the warehouse: connection failed:')
+    assert line.endswith(" — start it (chargeback warehouse start) or fix WAREHOUSE_DSN")
+
+
+@pytest.mark.warehouse
+def test_refusals_of_invoices_and_close_are_one_line_without_a_traceback(landing):
+    """A month loaded but not built, a month never loaded, and marts never built: each
+    refusal is the one line pipeline.events records, printed once; exit 1."""
+    simulate(str(landing), ["t001"], START, START + dt.timedelta(hours=1), fmt="jsonl")
+    assert chargeback("load", "--start", "2026-06-01T00:00:00Z", "--end", "2026-06-01T01:00:00Z").returncode == 0
+
+    stale = chargeback("invoices", "--period", "2026-06")
+    assert stale.returncode == 1
+    (line,) = stale.stderr.splitlines()
+    assert line.startswith(f"chargeback refusal: invoices of 2026-06 at load {_last_load()}: usage of "
+                           "[2026-06-01T00:00:00Z, 2026-06-01T01:00:00Z) was published at ")
+    assert line.endswith(" and invoice the month again")
+
+    never_loaded = chargeback("close", "--period", "2026-03", "--as-of", "2026-05-01T00:00:00Z")
+    assert never_loaded.returncode == 1
+    assert never_loaded.stderr.splitlines() == [
+        "chargeback refusal: invoices of 2026-03 at 2026-03: no usage of 2026-03 has been loaded — load it"
+        " (chargeback load --month 2026-03), build it (chargeback transform --month 2026-03) and invoice the"
+        " month again"]
+    for run in (stale, never_loaded):
+        assert "Traceback" not in run.stderr + run.stdout

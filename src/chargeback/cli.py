@@ -1,8 +1,10 @@
 """The ``chargeback`` command: every stage by hand, and the demo.
 
-Expected failures (bad input, bad configuration, a failed gate or check) print one
-clear line — what, where, why — plus the detail, and exit 1. Only a bug prints a
-traceback.
+Expected failures (bad input, bad configuration, a refusal, a failed gate, build or
+check, a warehouse that cannot be reached) print one clear line — what, where, why,
+what to do — and exit 1; a list of problems (a configuration with several mistakes)
+prints a headline and one line per problem. A refusal's line is the one
+``chargeback.platform.events`` records, printed once. Only a bug prints a traceback.
 """
 
 from __future__ import annotations
@@ -372,18 +374,59 @@ def build_parser() -> argparse.ArgumentParser:
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """Failures a user can act on. Evaluated only when something was raised, so the
     heavier imports (WeasyPrint via invoices) cost nothing on the success path."""
+    import psycopg
+
     from chargeback.billing.document import InvoiceError
     from chargeback.billing.focus import FocusExportError
-    from chargeback.engine.checks import ChecksFailed
     from chargeback.engine.configuration import ConfigError
     from chargeback.engine.transform import TransformError
-    from chargeback.ingest.gate import GateFailed
     from chargeback.ingest.load import LoadError
     from chargeback.orchestration.runner import AirflowRunFailed
+    from chargeback.platform.freshness import StaleMarts
+    from chargeback.platform.validation import ValidationError
     from chargeback.platform.warehouse import WarehouseError
 
-    return (ConfigError, LoadError, GateFailed, ChecksFailed, TransformError, InvoiceError,
-            AirflowRunFailed, WarehouseError, FocusExportError, ValueError)
+    return (ConfigError, LoadError, ValidationError, TransformError, InvoiceError, StaleMarts,
+            AirflowRunFailed, WarehouseError, FocusExportError, ValueError, psycopg.OperationalError,
+            psycopg.errors.UndefinedTable)
+
+
+class _EventLines(logging.Handler):
+    """Prints the lines of ``chargeback.platform.events`` (a refusal, a quarantine) as they
+    are — they are written for the user — and remembers them, so the exception that
+    follows a refusal does not print the same line again."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.shown: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = record.getMessage()
+        self.shown.add(line)
+        print(line, file=sys.stderr, flush=True)
+
+
+def _failure_lines(command: str, exc: BaseException, shown: set[str]) -> list[str]:
+    """What an expected failure prints: its lines not printed already, the first prefixed
+    with the command unless it is an event line (``chargeback refusal: …``)."""
+    import psycopg
+
+    from chargeback.platform.warehouse import WarehouseError
+
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        text = (f"the marts are missing ({exc.diag.message_primary}) — build them first"
+                " (chargeback transform)")
+    elif isinstance(exc, WarehouseError | psycopg.OperationalError):
+        text = " ".join(text.split())  # libpq's reason spans lines
+        if "warehouse" not in text:
+            text = f"cannot connect to the warehouse: {text}"
+        text += " — start it (chargeback warehouse start) or fix WAREHOUSE_DSN"
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    if lines[0] in shown:  # a refusal: its one line says what, why and what to do
+        return []
+    first = lines[0] if lines[0].startswith("chargeback ") else f"chargeback {command}: error: {lines[0]}"
+    return [first, *(line for line in lines[1:] if line not in shown)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -391,18 +434,23 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    events_log = logging.getLogger("chargeback.platform.events")
+    lines = _EventLines(logging.INFO if args.verbose else logging.WARNING)
+    propagate = events_log.propagate
+    events_log.addHandler(lines)
+    events_log.propagate = False
     try:
         return args.func(args)
     except _expected_errors() as exc:
-        text = str(exc).strip() or type(exc).__name__
-        first, _, detail = text.partition("\n")
-        print(f"chargeback {args.command}: error: {first}", file=sys.stderr)
-        if detail:
-            print(detail, file=sys.stderr)
+        for line in _failure_lines(args.command, exc, lines.shown):
+            print(line, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        events_log.removeHandler(lines)
+        events_log.propagate = propagate
 
 
 if __name__ == "__main__":

@@ -206,10 +206,20 @@ def check_month(period: str, settings: Settings | None = None) -> None:
     A rule whose driver meter saw no usage all month left its pool unallocated; that is a
     configuration mistake (a renamed meter, a wrong driver), so the month is refused with
     the rules named rather than invoiced. First of all, the marts must be current: built
-    after the month's last load, and not left by a failed build (:mod:`chargeback.platform.freshness`).
+    after the month's last load, and not left by a failed build (:mod:`chargeback.platform.freshness`),
+    and the month must have usage at all (a month never loaded is refused in one line).
     """
     freshness.require_current_marts(period, settings)
     start, end = month_window(period)
+    with warehouse.connect(settings) as conn:
+        loaded = conn.execute("select exists (select from raw.usage_snapshots where hour_start >= %s"
+                              " and hour_start < %s)", (start, end)).fetchone()[0]
+    if not loaded:
+        line = events.refuse(
+            f"invoices of {period}", f"no usage of {period} has been loaded",
+            f"load it (chargeback load --month {period}), build it (chargeback transform --month {period})"
+            " and invoice the month again", where=period, settings=settings)
+        raise document.InvoiceError(line)
     problems = configuration.drivers_without_usage(start, end, settings)
     if problems:
         raise configuration.ConfigError(f"{period} cannot be invoiced:\n" + "\n".join(problems))
