@@ -136,6 +136,7 @@ def test_a_failed_task_is_one_line_in_the_log_and_in_pipeline_events(no_channels
 
 
 def test_a_failed_task_is_emailed_when_smtp_is_configured(smtp_server, monkeypatch, no_channels):
+    monkeypatch.setenv("CHARGEBACK_SMTP_TLS", "none")  # this test server has no TLS (TLS: test_notify_tls.py)
     monkeypatch.setenv("CHARGEBACK_SMTP_HOST", "127.0.0.1")
     monkeypatch.setenv("CHARGEBACK_SMTP_PORT", str(smtp_server.server_address[1]))
     monkeypatch.setenv("CHARGEBACK_SMTP_FROM", "chargeback@example.com")
@@ -216,3 +217,49 @@ def test_a_failed_dag_run_notifies_with_its_dag_task_and_run(tmp_path, monkeypat
                           " 2026-07-01T00:00:00+00:00")
     assert rows[0][6].startswith(f"chargeback task_failure: task usage_hourly.resolve_window at run {run_id},"
                                  " try 3: ValueError: empty window")
+
+
+def test_tenant_text_reaches_mail_and_webhook_bounded_and_escaped(smtp_server, webhook_server, monkeypatch,
+                                                                  no_channels):
+    """A failure whose text carries 100 KB of a raw record — control characters, a forged
+    header, ``<script>``, a Slack mention and link — is e-mailed and posted with every part
+    cut at 200 characters, control characters escaped and the webhook's ``<``/``>`` escaped;
+    the log and pipeline.events keep the whole line."""
+    monkeypatch.setenv("CHARGEBACK_SMTP_TLS", "none")
+    monkeypatch.setenv("CHARGEBACK_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("CHARGEBACK_SMTP_PORT", str(smtp_server.server_address[1]))
+    monkeypatch.setenv("CHARGEBACK_SMTP_TO", "data-eng@example.com")
+    monkeypatch.setenv("CHARGEBACK_ALERT_WEBHOOK", f"http://127.0.0.1:{webhook_server.server_address[1]}/hook")
+    run = RUN + "-hostile"
+    record = ("tenant \x1b[31mt001\x00\u202e <script>alert(1)</script> <!channel> <https://evil.example|fix it> "
+              + "x" * 100_000)
+    ti = SimpleNamespace(dag_id="usage_hourly", task_id="gate\x07\r\nX-Injected: 1", run_id=run, try_number=3)
+    error = _WarehouseError(record)
+
+    line = notify.notify_failure({"ti": ti, "exception": error})
+
+    assert len(line) > 100_000  # kept whole in the log and pipeline.events, control characters escaped
+    assert "usage_hourly.gate\\x07 X-Injected: 1 at run" in line
+    assert "\x00" not in line
+    assert [row[-1] for row in _events(run)] == [line]
+    [(envelope, message)] = smtp_server.messages
+    [(_, _, posted)] = webhook_server.posts
+    mailed, subject, sent = message.get_content().splitlines()[0], message["Subject"], posted["text"]
+    assert message.get_content_type() == "text/plain"
+    assert not message.is_multipart()
+    assert message["X-Injected"] is None
+    assert message["Bcc"] is None
+    assert envelope["to"] == ["<data-eng@example.com>"]
+    for text in (mailed, subject, sent):
+        assert len(text) < 1000
+        assert not any(ord(c) < 32 or ord(c) == 0x7F or c == "\u202e" for c in text)
+        assert "\\x1b[31mt001\\x00\\u202e" in text or len(text) <= 150  # escaped, visibly (subject: cut short)
+    assert mailed.startswith("chargeback task_failure: task usage_hourly.gate\\x07 X-Injected: 1 at run ")
+    assert "<script>alert(1)</script> <!channel>" in mailed  # plain text: shown as is, never rendered
+    reason = mailed.split(", try 3: ", 1)[1].split(" — ")[0]
+    assert reason.endswith("xx…")
+    assert len(reason) == 200
+    assert sent == mailed.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &lt;!channel&gt; &lt;https://evil.example|fix it&gt;" in sent
+    assert "<" not in sent
+    assert ">" not in sent

@@ -12,12 +12,18 @@ way, by :func:`record`:
 
 Recording never raises: when the warehouse itself is what failed, the log line is
 still written and the problem with the record is logged beside it.
+
+Lines that leave the system (alert e-mails, webhooks: :mod:`chargeback.platform.notify`)
+are :meth:`Event.bounded_line`: every part passed through :func:`clean` — control
+characters escaped, each part cut at ``FIELD_LIMIT`` characters with an ellipsis —
+because parts may carry tenant-supplied text (tenant ids, file names, raw record text).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +36,29 @@ log = logging.getLogger("chargeback.platform.events")
 KINDS = ("quarantine", "rejected_file", "refusal", "task_failure", "dag_failure", "notice")
 SEVERITIES = ("info", "warning", "error")
 _LOG_LEVEL = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+FIELD_LIMIT = 200
+"""Characters of each part of a line that leaves the system (:meth:`Event.bounded_line`)."""
+ELLIPSIS = "…"
+
+
+def clean(text: object, limit: int | None = FIELD_LIMIT) -> str:
+    """``text`` safe to put in one line of an alert: whitespace runs (newlines included)
+    become one space, other control and format characters (ESC, NUL, bidi overrides …)
+    are escaped as ``\\x1b`` / ``\\u202e``, and the result is cut at ``limit`` characters,
+    ending in an ellipsis when it was longer. ``limit=None``: not cut."""
+    out: list[str] = []
+    for char in " ".join(str(text).split()):
+        if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(char)
+        if limit is not None and len(out) > limit:
+            break
+    result = "".join(out)
+    if limit is not None and len(result) > limit:
+        return result[: max(limit - 1, 0)] + ELLIPSIS
+    return result
 
 
 @dataclass(frozen=True)
@@ -55,11 +84,16 @@ class Event:
 
     @property
     def line(self) -> str:
-        """The one line: ``chargeback <kind>: <what> [at <where>]: <why> [— <action>]``."""
-        where = f" at {self.where}" if self.where else ""
-        action = f" — {self.action}" if self.action else ""
-        why = " ".join(self.why.split())
-        return f"chargeback {self.kind}: {self.what}{where}: {why}{action}"
+        """The one line: ``chargeback <kind>: <what> [at <where>]: <why> [— <action>]``, each part
+        :func:`clean` but not cut (a newline or NUL in a part could forge log lines or lose the row)."""
+        return self.bounded_line(None)
+
+    def bounded_line(self, limit: int | None = FIELD_LIMIT) -> str:
+        """:attr:`line` with every part :func:`clean` and cut at ``limit`` characters: what
+        e-mails and webhooks carry (the whole line stays in the log and pipeline.events)."""
+        where = f" at {clean(self.where, limit)}" if self.where else ""
+        action = f" — {clean(self.action, limit)}" if self.action else ""
+        return f"chargeback {self.kind}: {clean(self.what, limit)}{where}: {clean(self.why, limit)}{action}"
 
 
 def airflow_context() -> dict[str, Any]:
@@ -86,7 +120,9 @@ def record(event: Event, *, details: Mapping[str, Any] | None = None, context: M
     line = event.line
     log.log(_LOG_LEVEL[event.severity], line)
     where = {**airflow_context(), **(context or {})}
-    row = (event.kind, event.severity, event.what, event.where, event.why, event.action, line,
+    parts = (clean(event.what, None), clean(event.where, None) if event.where else event.where,
+             clean(event.why, None), clean(event.action, None) if event.action else event.action)
+    row = (event.kind, event.severity, *parts, line,
            where.get("dag_id"), where.get("task_id"), where.get("run_id"), where.get("try_number"),
            Jsonb(dict(details)) if details else None)
     statement = (

@@ -8,9 +8,17 @@ DAG's ``on_failure_callback`` (a failed DAG run) is one. It:
   or the DAG processor's log for a DAG run) and in ``pipeline.events`` with the DAG,
   task, run and try, so data engineers query failures beside the runs;
 * when configured, sends the same line by e-mail (``CHARGEBACK_SMTP_HOST``/``PORT``/
-  ``FROM``/``TO``, optional ``USER``/``PASSWORD``/``STARTTLS``) and/or POSTs it as JSON
-  ``{"text": line}`` to ``CHARGEBACK_ALERT_WEBHOOK`` (Slack, Mattermost and Teams
+  ``FROM``/``TO``, optional ``USER``/``PASSWORD``, ``TLS``, ``CA_FILE``) and/or POSTs it as
+  JSON ``{"text": line}`` to ``CHARGEBACK_ALERT_WEBHOOK`` (Slack, Mattermost and Teams
   incoming webhooks read ``text``).
+
+What is sent is :meth:`chargeback.platform.events.Event.bounded_line` — each part cut at
+200 characters, control characters escaped — and, for the webhook, ``&``, ``<`` and ``>``
+HTML-escaped (Slack reads ``<…>`` as links and mentions); the e-mail is text/plain only.
+Mail goes over TLS with certificate and host name verification (``ssl.create_default_context``,
+or the CA bundle ``CHARGEBACK_SMTP_CA_FILE`` of an internal relay): STARTTLS by default,
+``CHARGEBACK_SMTP_TLS=ssl`` for SMTPS, ``none`` only for a relay without TLS — and then
+no login is ever attempted (:class:`InsecureLoginRefused`).
 
 Notifying never raises: a broken mail server must not hide the failure it reports,
 and Airflow would only log the notifier's error instead of the task's.
@@ -18,10 +26,12 @@ and Airflow would only log the notifier's error instead of the task's.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
 import smtplib
+import ssl
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +45,13 @@ from chargeback.platform import events
 log = logging.getLogger("chargeback.platform.notify")
 
 TIMEOUT_SECONDS = 10
+LINE_LIMIT = 1000
+"""Characters of any line sent (its parts are already bounded; this bounds every caller of :func:`send`)."""
+TLS_MODES = ("starttls", "ssl", "none")
+
+
+class InsecureLoginRefused(RuntimeError):
+    """A login was configured over a connection that is not TLS: the password would travel in clear."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +64,10 @@ class Channels:
     smtp_to: tuple[str, ...] = ()
     smtp_user: str | None = None
     smtp_password: str | None = None
-    smtp_starttls: bool = False
+    smtp_tls: str = "starttls"
+    """``starttls`` (default), ``ssl`` (SMTPS, implicit TLS) or ``none`` (no login allowed)."""
+    smtp_ca_file: str | None = None
+    """PEM bundle of the CA(s) to trust instead of the system's (an internal relay's CA)."""
     webhook: str | None = None
 
     @classmethod
@@ -61,13 +81,24 @@ class Channels:
             smtp_to=tuple(a.strip() for a in (env.get("CHARGEBACK_SMTP_TO") or "").split(",") if a.strip()),
             smtp_user=env.get("CHARGEBACK_SMTP_USER") or None,
             smtp_password=env.get("CHARGEBACK_SMTP_PASSWORD") or None,
-            smtp_starttls=(env.get("CHARGEBACK_SMTP_STARTTLS") or "").lower() in ("1", "true", "yes"),
+            smtp_tls=_tls_mode(env),
+            smtp_ca_file=env.get("CHARGEBACK_SMTP_CA_FILE") or None,
             webhook=env.get("CHARGEBACK_ALERT_WEBHOOK") or None,
         )
 
     @property
     def smtp(self) -> bool:
         return bool(self.smtp_host and self.smtp_to)
+
+
+def _tls_mode(env: Mapping[str, str]) -> str:
+    """``CHARGEBACK_SMTP_TLS``; else the older ``CHARGEBACK_SMTP_STARTTLS`` (false: ``none``); else
+    ``starttls``. An unknown value is kept as is: :func:`send_mail` refuses it (``from_env`` never raises)."""
+    mode = (env.get("CHARGEBACK_SMTP_TLS") or "").strip().lower()
+    if mode:
+        return mode
+    legacy = (env.get("CHARGEBACK_SMTP_STARTTLS") or "").strip().lower()
+    return "none" if legacy in ("0", "false", "no") else "starttls"
 
 
 class FailureNotifier(BaseNotifier):
@@ -100,7 +131,7 @@ def notify_failure(context: Mapping[str, Any], kind: str = "task_failure",
     except Exception:
         log.exception("chargeback: could not report an Airflow failure")
         return None
-    send(line, channels or Channels.from_env())
+    send(event.bounded_line(), channels or Channels.from_env())
     return line
 
 
@@ -139,7 +170,11 @@ def failure_event(context: Mapping[str, Any], kind: str) -> tuple[events.Event, 
 
 
 def send(line: str, channels: Channels) -> None:
-    """E-mail and/or POST ``line`` where configured; log, never raise, when that fails."""
+    """E-mail and/or POST ``line`` where configured; log, never raise, when that fails.
+
+    ``line`` is :func:`events.clean`-ed and cut at ``LINE_LIMIT`` characters first.
+    """
+    line = events.clean(line, LINE_LIMIT)
     if channels.smtp:
         try:
             send_mail(line, channels)
@@ -155,21 +190,44 @@ def send(line: str, channels: Channels) -> None:
 
 
 def send_mail(line: str, channels: Channels) -> None:
+    """Send ``line`` (already clean) as a text/plain e-mail, over verified TLS unless ``smtp_tls`` is ``none``."""
+    mode = channels.smtp_tls
+    if mode not in TLS_MODES:
+        raise ValueError(f"CHARGEBACK_SMTP_TLS must be one of {', '.join(TLS_MODES)}, got {mode!r}")
+    where = f"{channels.smtp_host}:{channels.smtp_port}"
+    if channels.smtp_user and mode == "none":
+        raise InsecureLoginRefused(
+            f"refused to log in to {where} as {channels.smtp_user} without TLS (CHARGEBACK_SMTP_TLS=none):"
+            " the password would travel in clear — use CHARGEBACK_SMTP_TLS=starttls or ssl, or drop the login")
     message = EmailMessage()
     message["Subject"] = line if len(line) <= 150 else line[:147] + "..."
     message["From"] = channels.smtp_from or "chargeback@localhost"
     message["To"] = ", ".join(channels.smtp_to)
     message.set_content(line + "\n\nThe same line is kept in pipeline.events.\n")
-    with smtplib.SMTP(channels.smtp_host, channels.smtp_port, timeout=TIMEOUT_SECONDS) as smtp:
-        if channels.smtp_starttls:
-            smtp.starttls()
+    context = ssl.create_default_context(cafile=channels.smtp_ca_file) if mode != "none" else None
+    if mode == "ssl":
+        smtp = smtplib.SMTP_SSL(channels.smtp_host, channels.smtp_port, timeout=TIMEOUT_SECONDS, context=context)
+    else:
+        smtp = smtplib.SMTP(channels.smtp_host, channels.smtp_port, timeout=TIMEOUT_SECONDS)
+    with smtp:
+        if mode == "starttls":
+            smtp.ehlo()
+            if not smtp.has_extn("starttls"):
+                raise smtplib.SMTPNotSupportedError(
+                    f"{where} does not offer STARTTLS — set CHARGEBACK_SMTP_TLS=ssl for SMTPS, or none for a"
+                    " relay without TLS (then no login)")
+            smtp.starttls(context=context)
         if channels.smtp_user:
+            if not isinstance(smtp.sock, ssl.SSLSocket):  # never reached: kept as the last guard
+                raise InsecureLoginRefused(f"refused to log in to {where}: the connection is not TLS")
             smtp.login(channels.smtp_user, channels.smtp_password or "")
         smtp.send_message(message)
 
 
 def post_webhook(line: str, url: str) -> None:
-    body = json.dumps({"text": line}).encode()
+    """POST ``{"text": line}`` with ``&``, ``<``, ``>`` HTML-escaped, as Slack's incoming webhooks expect
+    (an unescaped ``<!channel>`` or ``<https://…|text>`` from tenant text would notify or link)."""
+    body = json.dumps({"text": html.escape(line, quote=False)}).encode()
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})  # noqa: S310
     with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:  # noqa: S310 - operator-configured
         response.read()
