@@ -35,7 +35,7 @@ system-deps: ## Debian libraries WeasyPrint needs (installed when missing and we
 	fi
 
 demo: install ## simulate a month for 50 tenants and run both DAGs through Airflow
-	$(VENV)/bin/chargeback demo
+	CHARGEBACK_ENV=demo $(VENV)/bin/chargeback demo
 
 # pytest-xdist workers; each gets a warehouse database and dbt artifacts of its own
 TEST_WORKERS ?= 2
@@ -51,7 +51,7 @@ test-external-pg: install ## the warehouse tests again, on the server $$WAREHOUS
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile -m warehouse
 
 bench: install ## performance figures as JSON lines
-	$(PY) -m chargeback.bench
+	CHARGEBACK_ENV=dev $(PY) -m chargeback.bench
 
 airflow: install ## Airflow standalone (web UI on :8080) against the same warehouse
 	$(PY) -m chargeback.orchestration.runner standalone

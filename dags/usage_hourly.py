@@ -26,6 +26,9 @@ the schedule). It:
 
 A manual run may pass a wider window (`start`, `end`, ISO-8601 UTC) — that is how backfills
 and the demo cover a month in one run — and a `source` (`files` or `simulator`).
+`simulator` writes synthetic usage into the landing location and bills it, so it is refused
+(one line, the task fails without retrying) unless the installation says `CHARGEBACK_ENV=dev`
+or `demo` (docs/OPERATIONS.md, "Security").
 Logic lives in `chargeback.orchestration.steps`; this file only wires tasks.
 
 **dbt manifest.** The dbt tasks are rendered from `dbt_project/target/manifest.json`, so
@@ -108,9 +111,15 @@ def usage_hourly():
     @task
     def extract_and_stage(window: dict, params=None) -> int:
         """Stage the load window's snapshot files with COPY; returns the load id."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from chargeback.ingest.simulate import SimulationRefused
         from chargeback.orchestration import steps
 
-        source = steps.make_source(params["source"], tenants=params["tenants"], seed=params["seed"])
+        try:
+            source = steps.make_source(params["source"], tenants=params["tenants"], seed=params["seed"])
+        except SimulationRefused as exc:  # a refusal: retrying cannot change it
+            raise AirflowFailException(str(exc)) from None
         start, end = steps.resolve_window(window, None, None)
         return steps.extract_and_stage(start, end, source)
 

@@ -40,6 +40,13 @@ def session_env() -> Iterator[pytest.MonkeyPatch]:
         yield patch
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _a_development_installation(session_env) -> None:
+    """The suite is a development installation: the simulator may write synthetic usage.
+    (Under the default ``CHARGEBACK_ENV=production`` it is refused: tests/test_operational_safety.py.)"""
+    session_env.setenv("CHARGEBACK_ENV", "dev")
+
+
 @pytest.fixture(scope="session")
 def dbt_manifest(session_env, tmp_path_factory) -> Path:
     """The dbt manifest the usage_hourly DAG is rendered from, parsed for this session.

@@ -2,7 +2,8 @@
 
 The HTML template and its CSS live in ``reports/templates``, the fonts in ``reports/fonts``.
 WeasyPrint reads them through :class:`ReportsURLFetcher`, which serves files under
-``reports/`` and nothing else: a rendering never reaches the network. A PDF depends on the
+``reports/templates`` and ``reports/fonts`` and nothing else — not the rendered invoices
+in ``reports/out``, no other path, no network. A PDF depends on the
 document only (the creation date and font-subset timestamps are the issue date), so a
 re-render of unchanged data has the same sha256.
 """
@@ -62,7 +63,8 @@ _TITLES = {"invoice": "INVOICE", "credit_note": "CREDIT NOTE", "debit_note": "DE
 
 
 class URLRefusedError(FatalURLFetchingError):
-    """The renderer asked for a resource outside ``reports/`` (network, other paths).
+    """The renderer asked for a resource outside ``reports/templates`` and ``reports/fonts``
+    (network, other paths).
 
     A :class:`weasyprint.urls.FatalURLFetchingError`, so WeasyPrint stops instead of
     rendering without the resource; :func:`render_invoice_pdf` turns it into an
@@ -73,17 +75,24 @@ class URLRefusedError(FatalURLFetchingError):
 # --------------------------------------------------------------------------- data
 
 
-class ReportsURLFetcher(URLFetcher):
-    """A WeasyPrint URL fetcher that serves files under ``root`` and refuses everything else.
+RESOURCE_FOLDERS = ("templates", "fonts")
+"""The folders of ``reports/`` a rendering may read: the template with its CSS, and the fonts."""
 
-    Only ``file:`` URLs whose resolved path lies inside ``root`` are read (so ``..`` and
-    symlinks cannot escape); ``http(s):``, ``data:``, other paths and missing files raise
+
+class ReportsURLFetcher(URLFetcher):
+    """A WeasyPrint URL fetcher that serves files under ``root``'s ``templates/`` and ``fonts/``
+    and refuses everything else.
+
+    Only ``file:`` URLs whose resolved path lies inside one of those folders are read (so
+    ``..`` and symlinks cannot escape); ``http(s):``, ``data:``, other paths — among them
+    ``reports/out``, where invoices are written — and missing files raise
     :class:`URLRefusedError`, which stops the rendering.
     """
 
     def __init__(self, root: Path | str) -> None:
         super().__init__(fail_on_errors=True)
         self.root = Path(root).resolve()
+        self.folders = tuple(self.root / name for name in RESOURCE_FOLDERS)
 
     def fetch(self, url: str, headers: Mapping[str, str] | None = None) -> URLFetcherResponse:
         parts = urlsplit(url)
@@ -93,8 +102,9 @@ class ReportsURLFetcher(URLFetcher):
                 "(no network access at render time)"
             )
         path = Path(url2pathname(parts.path)).resolve()
-        if not path.is_relative_to(self.root):
-            raise URLRefusedError(f"invoice renderer refused {url!r}: {path} is outside {self.root}")
+        if not any(path.is_relative_to(folder) for folder in self.folders):
+            raise URLRefusedError(f"invoice renderer refused {url!r}: {path} is outside "
+                                  + " and ".join(str(folder) for folder in self.folders))
         if not path.is_file():
             raise URLRefusedError(f"invoice renderer cannot load {url!r}: {path} does not exist")
         return URLFetcherResponse(path.as_uri(), path.read_bytes(), headers=_content_type(path))

@@ -10,6 +10,11 @@ the rows of a longer run.
 Output is the landing layout and file format that real producers use (see
 :mod:`chargeback.ingest.sources`): one file per hour, JSON Lines on even hours and CSV on
 odd hours unless a format is forced, so both parsers are always exercised.
+
+Simulated files would be billed like real ones, so :func:`simulate` — the only way
+synthetic usage is produced (the ``simulator`` source, ``chargeback simulate``/``demo``,
+the bench, the tests) — runs only where ``CHARGEBACK_ENV`` is ``dev`` or ``demo``; it is
+refused, in one line, under the default ``production`` (:func:`require_simulation_allowed`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import datetime as dt
 import io
 import json
 import math
+import os
 import random
 import uuid
 import zlib
@@ -27,6 +33,39 @@ from dataclasses import dataclass
 import fsspec
 
 from chargeback.ingest.layout import SNAPSHOT_FIELDS, hour_folder, hours
+from chargeback.platform import events
+
+ENVIRONMENTS = ("production", "dev", "demo")
+"""Values of ``CHARGEBACK_ENV`` (default ``production``); the simulator runs in ``dev`` and ``demo``."""
+SIMULATION_ENVIRONMENTS = ("dev", "demo")
+
+
+class SimulationRefused(RuntimeError):
+    """Synthetic usage was asked for outside a development or demo installation."""
+
+
+def environment() -> str:
+    """``CHARGEBACK_ENV``: what kind of installation this is (``production`` unless said otherwise)."""
+    value = (os.environ.get("CHARGEBACK_ENV") or "production").strip().lower()
+    if value not in ENVIRONMENTS:
+        raise ValueError(f"CHARGEBACK_ENV must be one of {', '.join(ENVIRONMENTS)}, got {value!r}")
+    return value
+
+
+def require_simulation_allowed(landing: str) -> None:
+    """Raise :class:`SimulationRefused` (its message the refusal line, also recorded) unless
+    ``CHARGEBACK_ENV`` is ``dev`` or ``demo``."""
+    env = environment()
+    if env in SIMULATION_ENVIRONMENTS:
+        return
+    default = " (the default)" if not os.environ.get("CHARGEBACK_ENV") else ""
+    raise SimulationRefused(events.refuse(
+        "simulated usage",
+        f"CHARGEBACK_ENV is {env}{default}, and synthetic usage written to the landing location would be"
+        " billed as real usage",
+        "load real snapshots (source 'files'); only a development or demo installation may simulate:"
+        " set CHARGEBACK_ENV=dev or CHARGEBACK_ENV=demo there",
+        where=str(landing)))
 
 _EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 _NAMESPACE = uuid.UUID("6f1c1c2e-8a4e-4d0b-9a53-2f0f3c1b7c11")
@@ -126,7 +165,9 @@ def simulate(
     """Write one snapshot file per hour of ``[start, end)`` under ``landing``; return the row count.
 
     Rewrites the hour's file if it exists (same seed, same content), so it is safe to re-run.
+    Refused unless ``CHARGEBACK_ENV`` is ``dev`` or ``demo`` (:func:`require_simulation_allowed`).
     """
+    require_simulation_allowed(landing)
     profiles = {t: profile(seed, t) for t in tenant_ids}
     fs, root = fsspec.core.url_to_fs(landing)
     total = 0

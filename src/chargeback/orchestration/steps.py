@@ -14,7 +14,7 @@ import logging
 import os
 
 from chargeback.engine import configuration
-from chargeback.ingest import load, quarantine, restatement
+from chargeback.ingest import load, quarantine, restatement, simulate
 from chargeback.ingest.sources import FileSource, SimulatorSource, UsageSource
 from chargeback.platform import warehouse
 from chargeback.platform.periods import month_window, parse_instant, resolve_window  # noqa: F401 - DAG tasks use them
@@ -25,12 +25,17 @@ log = logging.getLogger(__name__)
 
 def make_source(name: str | None = None, *, tenants: int | None = None, seed: int = 42,
                 settings: Settings | None = None) -> UsageSource:
-    """The usage source called ``name`` (``files`` or ``simulator``; default ``$CHARGEBACK_SOURCE`` or files)."""
+    """The usage source called ``name`` (``files`` or ``simulator``; default ``$CHARGEBACK_SOURCE`` or files).
+
+    ``simulator`` is refused (:class:`chargeback.ingest.simulate.SimulationRefused`, one line)
+    unless ``CHARGEBACK_ENV`` is ``dev`` or ``demo``: it would bill synthetic usage.
+    """
     settings = settings or get_settings()
     name = name or os.environ.get("CHARGEBACK_SOURCE", "files")
     if name == "files":
         return FileSource(settings.landing)
     if name == "simulator":
+        simulate.require_simulation_allowed(settings.landing)
         ids = configuration.read(settings.config_dir).tenant_ids
         return SimulatorSource(settings.landing, ids[:tenants] if tenants else ids, seed=seed)
     raise ValueError(f"unknown usage source {name!r}: choose 'files' or 'simulator'")
