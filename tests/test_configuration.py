@@ -226,14 +226,14 @@ FROZEN_EDITS = {
 
 @pytest.fixture
 def november_final():
-    with warehouse.connect() as conn:
+    with warehouse.connect(admin=True) as conn:  # a final row: only the owner writes one directly
         conn.execute(
             "insert into pipeline.invoices (invoice_number, tenant_id, period_start, period_end, close_period,"
             " currency, total, pdf_uri, pdf_sha256, status, issue_date, finalized_at, usage_as_of)"
             " values ('GUARD-2026-11', 't001', date '2026-11-01', date '2026-11-30', date '2026-11-01',"
             " 'USD', 0, 'memory://guard.pdf', '', 'final', date '2026-12-04', now(), now())")
     yield
-    with warehouse.connect() as conn:
+    with warehouse.connect(admin=True) as conn:
         conn.execute("set local session_replication_role = replica")  # past an immutability trigger
         conn.execute("delete from pipeline.invoices where invoice_number = 'GUARD-2026-11'")
 

@@ -71,13 +71,13 @@ def test_failed_transform_renders_no_invoice(landing, settings):
                                        " [2034-02-01T02:00:00Z, 2034-02-01T04:00:00Z) was published at ")
 
     # a real dbt failure: a configuration column the staging model reads is gone
-    with warehouse.connect() as conn:
+    with warehouse.connect(admin=True) as conn:
         conn.execute("alter table config.meters rename column description to description_gone")
     try:
         with pytest.raises(transform.TransformError):
             transform.build(*second)
     finally:
-        with warehouse.connect() as conn:
+        with warehouse.connect(admin=True) as conn:
             conn.execute("alter table config.meters rename column description_gone to description")
     (run_id, status, failures), = _rows(
         "select transform_id, status, failures from pipeline.transform_runs order by transform_id desc limit 1")
@@ -111,12 +111,12 @@ def test_dbt_runs_chargeback_did_not_start_are_recorded_too(settings, monkeypatc
     window = {"window_start": "2034-03-01T00:00:00Z", "window_end": "2034-03-01T01:00:00Z"}
     args = ["build", "--select", "stg_config__meters", "--vars", json.dumps(window)]
     assert transform._invoke(args, settings).success
-    with warehouse.connect() as conn:
+    with warehouse.connect(admin=True) as conn:
         conn.execute("alter table config.meters rename column description to description_gone")
     try:
         assert not transform._invoke(args, settings).success
     finally:
-        with warehouse.connect() as conn:
+        with warehouse.connect(admin=True) as conn:
             conn.execute("alter table config.meters rename column description_gone to description")
     runs = _rows("select window_start, window_end, selection, status, failures, invoked_by"
                  " from pipeline.transform_runs order by transform_id desc limit 2")

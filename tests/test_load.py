@@ -392,7 +392,7 @@ def test_upgrade_backfills_landed_hour_and_learned_at_of_published_rows(settings
     old = dataclasses.replace(settings, database=name)
     warehouse.drop_database(name, settings)
     try:
-        with warehouse.connect(old) as conn:
+        with warehouse.connect(old, admin=True) as conn:  # the owner, as that release's schema was
             conn.execute("""
                 create schema raw;
                 create table raw.usage_snapshots (

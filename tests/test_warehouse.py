@@ -30,7 +30,7 @@ def test_dbt_and_sqlalchemy_reach_the_same_database_as_psycopg():
 def test_bi_role_reads_the_marts_and_nothing_before_them():
     transform.build()
     warehouse.ensure_schema()
-    with warehouse.connect() as conn:
+    with warehouse.connect(admin=True) as conn:
         conn.execute("set role chargeback_bi")
         assert conn.execute("select count(*) from marts.dim_meters").fetchone()[0] == 5
         with pytest.raises(psycopg.errors.InsufficientPrivilege):

@@ -149,9 +149,7 @@ def issue_corrections(close_period: str, *, settings: Settings | None = None, is
         written = render_and_write(jobs, fs, out_root.rstrip("/"), 1)
         records = [store.record_of(job, issuer, settings.reports_out, "", written) for job in jobs]
         for job, record in zip(jobs, records, strict=True):
-            store.record_final(conn, record, job.lines, close_period=close_start)
-        conn.execute("update pipeline.invoice_counters set last_number = %s where issuer = %s",
-                     (last_number + len(jobs), issuer.key))
+            store.record_final(conn, record, job.lines, close_period=close_start)  # advances the counter
     for record in records:
         log.info("issued %s %s correcting %s: %s %s", record.document_type.replace("_", " "),
                  record.invoice_number, record.corrects, record.total, record.currency)

@@ -147,8 +147,7 @@ def finalize_month(period: str, *, workers: int = 2, settings: Settings | None =
         records = [store.record_of(job, issuer, settings.reports_out, period, written) for job in jobs]
         for job, record in zip(jobs, records, strict=True):
             store.record_final(conn, record, job.lines, close_period=period_start)
-        conn.execute("update pipeline.invoice_counters set last_number = %s where issuer = %s",
-                     (last_number + len(jobs), issuer.key))
+        # record_final advanced the counter by one per document (pipeline.issue_document)
         conn.execute("update pipeline.month_closes set finalized_at = now() where period = %s"
                      " and finalized_at is null", (period_start,))
     for job in jobs:  # the drafts are superseded; a leftover is harmless, so failures only warn

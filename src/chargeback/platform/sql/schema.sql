@@ -442,9 +442,13 @@ create table if not exists pipeline.month_closes (
     check ((override_reason is null) = (override_by is null))
 );
 -- Final documents are immutable: the database itself refuses to change or remove them
--- or their lines, whoever asks. A correction is a new document (a credit or debit note).
+-- or their lines, whoever asks while the triggers are enabled — and only the owner can
+-- disable them, which ensure_schema() undoes (below). The pipeline role cannot even ask for
+-- most of it: it lacks the privileges (see "roles and privileges" below). A correction is a
+-- new document (a credit or debit note). search_path is pinned: a caller's own operators or
+-- functions cannot change what the checks mean.
 create or replace function pipeline.refuse_change_of_final_invoice() returns trigger
-language plpgsql as $$
+language plpgsql set search_path = pg_catalog, pg_temp as $$
 begin
     if tg_op = 'TRUNCATE' then
         if exists (select from pipeline.invoices where status = 'final') then
@@ -466,7 +470,7 @@ begin
 end
 $$;
 create or replace function pipeline.refuse_change_of_final_invoice_lines() returns trigger
-language plpgsql as $$
+language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
     number text;
 begin
@@ -496,34 +500,181 @@ begin
     return new;
 end
 $$;
--- Created once (checked first: create trigger locks the table on every ensure_schema()).
+-- Every protective trigger must exist on its table, call its function, fire on its events and
+-- be enabled (an owner may have run ALTER TABLE ... DISABLE TRIGGER): one that is not is
+-- created again, with a notice. Checked first: create trigger locks the table.
 do $$
+declare
+    t record;
 begin
-    if not exists (select from pg_trigger where tgname = 'invoices_final_is_immutable') then
-        create trigger invoices_final_is_immutable before update or delete on pipeline.invoices
-            for each row execute function pipeline.refuse_change_of_final_invoice();
+    for t in
+        select * from (values
+            ('invoices_final_is_immutable', 'pipeline.invoices', 27, 'before update or delete', 'row',
+             'pipeline.refuse_change_of_final_invoice'),
+            ('invoices_final_no_truncate', 'pipeline.invoices', 34, 'before truncate', 'statement',
+             'pipeline.refuse_change_of_final_invoice'),
+            ('invoice_lines_final_are_immutable', 'pipeline.invoice_lines', 31, 'before insert or update or delete',
+             'row', 'pipeline.refuse_change_of_final_invoice_lines'),
+            ('invoice_lines_final_no_truncate', 'pipeline.invoice_lines', 34, 'before truncate', 'statement',
+             'pipeline.refuse_change_of_final_invoice_lines')
+        ) as v (name, tbl, tgtype, events, level, fn)
+    loop
+        continue when exists (
+            select from pg_trigger
+            where tgrelid = t.tbl::regclass and tgname = t.name and tgtype = t.tgtype
+              and tgfoid = t.fn::regproc and tgenabled in ('O', 'A') and tgqual is null
+              and tgattr::text = '' and tgnargs = 0);
+        if exists (select from pg_trigger where tgrelid = t.tbl::regclass and tgname = t.name) then
+            raise notice 'chargeback: trigger % on % was disabled or changed: created again', t.name, t.tbl;
+            execute format('drop trigger %I on %s', t.name, t.tbl);
+        end if;
+        execute format('create trigger %I %s on %s for each %s execute function %s()',
+                       t.name, t.events, t.tbl, t.level, t.fn);
+    end loop;
+end
+$$;
+-- The only ways the pipeline role takes a number or makes a document final: functions owned
+-- by the owner (security definer, search_path pinned, every name qualified). The counter only
+-- ever advances by one, for the document being issued, so numbering cannot be reset.
+-- Lock the issuer's counter row for the caller's transaction (created at 0 for a new issuer).
+create or replace function pipeline.lock_issuer(p_issuer text) returns bigint
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+declare
+    v_last bigint;
+begin
+    insert into pipeline.invoice_counters as c (issuer, last_number) values (p_issuer, 0)
+    on conflict (issuer) do nothing;
+    select c.last_number into v_last from pipeline.invoice_counters as c where c.issuer = p_issuer for update;
+    return v_last;
+end
+$$;
+-- Issue a draft: the issuer's next number (p_invoice_number must end in it), final, now.
+create or replace function pipeline.issue_document(
+    p_document_id bigint, p_invoice_number text, p_usage_as_of timestamptz
+) returns void
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+declare
+    v_issuer text;
+    v_status text;
+    v_number text;
+    v_next bigint;
+begin
+    select i.issuer, i.status, i.invoice_number into v_issuer, v_status, v_number
+    from pipeline.invoices as i where i.document_id = p_document_id for update;
+    if v_status is null then
+        raise exception 'chargeback refusal: issuing document % refused: there is no such document', p_document_id;
     end if;
-    if not exists (select from pg_trigger where tgname = 'invoices_final_no_truncate') then
-        create trigger invoices_final_no_truncate before truncate on pipeline.invoices
-            for each statement execute function pipeline.refuse_change_of_final_invoice();
+    if v_status <> 'draft' then
+        raise exception 'chargeback refusal: issuing document % refused: it is issued already as %',
+            p_document_id, v_number;
     end if;
-    if not exists (select from pg_trigger where tgname = 'invoice_lines_final_are_immutable') then
-        create trigger invoice_lines_final_are_immutable before insert or update or delete
-            on pipeline.invoice_lines
-            for each row execute function pipeline.refuse_change_of_final_invoice_lines();
+    update pipeline.invoice_counters as c set last_number = c.last_number + 1
+    where c.issuer = v_issuer returning c.last_number into v_next;
+    if v_next is null then
+        raise exception 'chargeback refusal: issuing document % refused: issuer % has no counter (lock_issuer first)',
+            p_document_id, v_issuer;
     end if;
-    if not exists (select from pg_trigger where tgname = 'invoice_lines_final_no_truncate') then
-        create trigger invoice_lines_final_no_truncate before truncate on pipeline.invoice_lines
-            for each statement execute function pipeline.refuse_change_of_final_invoice_lines();
+    if substring(p_invoice_number from '([0-9]+)$')::numeric is distinct from v_next then
+        raise exception 'chargeback refusal: number % for document % refused: the next number of issuer % is %',
+            p_invoice_number, p_document_id, v_issuer, v_next;
     end if;
+    update pipeline.invoices as i
+    set invoice_number = p_invoice_number, status = 'final', finalized_at = pg_catalog.now(),
+        usage_as_of = p_usage_as_of
+    where i.document_id = p_document_id;
 end
 $$;
 -- ---- end of month close ----
 
+-- ANALYZE needs the owner (PostgreSQL 15 has no MAINTAIN privilege): the loader asks through this.
+create or replace function raw.analyze_usage(p_table text) returns void
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+begin
+    if p_table = 'usage_staging' then
+        analyze raw.usage_staging;
+    elsif p_table = 'usage_snapshots' then
+        analyze raw.usage_snapshots;
+    else
+        raise exception 'chargeback: raw.analyze_usage analyzes usage_staging or usage_snapshots, not %', p_table;
+    end if;
+end
+$$;
+
+-- ---- roles and privileges (docs/WAREHOUSE.md, "Who can do what") ----
+-- This file runs as the owner; everything else connects as the pipeline role, named by
+-- ensure_schema() in the setting chargeback.pipeline_role. One role serves every Chargeback
+-- database of a server (roles are cluster-wide); each database grants it its own privileges.
+-- The pipeline owns dbt's schemas (derived, rebuildable) and nothing else; on the owner's
+-- tables it may write what its stages write, and on the invoices only drafts.
+do $$
+declare
+    pipeline_role text := current_setting('chargeback.pipeline_role', true);
+    role_oid oid;
+    dbt_schema text;
+    r record;
+begin
+    if coalesce(pipeline_role, '') = '' then
+        raise exception 'chargeback: schema.sql runs through chargeback.platform.warehouse.ensure_schema(), '
+            'which names the pipeline role';
+    end if;
+    select oid into role_oid from pg_roles where rolname = pipeline_role;
+    if role_oid is null then
+        raise exception 'chargeback: the pipeline role % does not exist (ensure_schema creates it)', pipeline_role;
+    end if;
+    if not pg_has_role(current_user, role_oid, 'MEMBER') then  -- a non-superuser owner hands objects to it
+        execute format('grant %I to %I', pipeline_role, current_user);
+    end if;
+    if not has_database_privilege(role_oid, current_database(), 'CREATE') then
+        execute format('grant connect, temporary, create on database %I to %I', current_database(), pipeline_role);
+    end if;
+    foreach dbt_schema in array array['staging', 'intermediate', 'marts'] loop
+        execute format('create schema if not exists %I', dbt_schema);
+        if (select nspowner from pg_namespace where nspname = dbt_schema) <> role_oid then
+            execute format('alter schema %I owner to %I', dbt_schema, pipeline_role);
+        end if;
+    end loop;
+    for r in  -- what an earlier release's dbt built as the owner
+        select n.nspname, c.relname, case c.relkind when 'v' then 'view' when 'm' then 'materialized view'
+                                     else 'table' end as kind
+        from pg_class as c join pg_namespace as n on n.oid = c.relnamespace
+        where n.nspname in ('staging', 'intermediate', 'marts') and c.relkind in ('r', 'p', 'v', 'm')
+          and c.relowner <> role_oid
+    loop
+        execute format('alter %s %I.%I owner to %I', r.kind, r.nspname, r.relname, pipeline_role);
+    end loop;
+    execute format('revoke create on schema raw, config, pipeline from %I', pipeline_role);
+    execute format('grant usage on schema raw, config, pipeline to %I', pipeline_role);
+    execute format('grant select, insert, update, delete, truncate on raw.usage_snapshots, raw.usage_staging,'
+                   ' raw.usage_quarantine to %I', pipeline_role);
+    execute format('grant select, insert, update, delete on all tables in schema config to %I', pipeline_role);
+    execute format('grant select, insert, update, delete, truncate on pipeline.load_runs, pipeline.load_files,'
+                   ' pipeline.transform_runs, pipeline.events, pipeline.validations, pipeline.month_closes to %I',
+                   pipeline_role);
+    execute format('grant usage on all sequences in schema raw, pipeline to %I', pipeline_role);
+    -- Invoices: drafts only. No insert of status, number or finalization columns (a row it
+    -- inserts is a draft), no update of them, no truncate; lines: insert only (the triggers
+    -- refuse a line of a final document); the counter: read only.
+    execute format('revoke all on pipeline.invoices, pipeline.invoice_lines, pipeline.invoice_counters from %I',
+                   pipeline_role);
+    execute format('grant select, delete on pipeline.invoices to %I', pipeline_role);
+    execute format('grant insert (document_type, issuer, tenant_id, period_start, period_end, close_period, corrects,'
+                   ' issue_date, currency, total, pdf_uri, pdf_sha256) on pipeline.invoices to %I', pipeline_role);
+    execute format('grant update (period_end, issue_date, currency, total, pdf_uri, pdf_sha256, rendered_at)'
+                   ' on pipeline.invoices to %I', pipeline_role);
+    execute format('grant select, insert on pipeline.invoice_lines to %I', pipeline_role);
+    execute format('grant select on pipeline.invoice_counters to %I', pipeline_role);
+    revoke execute on function pipeline.lock_issuer(text), pipeline.issue_document(bigint, text, timestamptz),
+        raw.analyze_usage(text) from public;
+    execute format('grant execute on function pipeline.lock_issuer(text),'
+                   ' pipeline.issue_document(bigint, text, timestamptz), raw.analyze_usage(text) to %I',
+                   pipeline_role);
+end
+$$;
+-- ---- end of roles and privileges ----
+
 -- BI tools (Metabase, Superset, ...) read the documented marts through a read-only role.
 -- Grant it to a login role of your own: `create role metabase login password '…' in role chargeback_bi`.
 -- Where the warehouse user may not create roles, this is skipped with a notice.
-create schema if not exists marts;
 do $$
 begin
     if not exists (select 1 from pg_roles where rolname = 'chargeback_bi') then
@@ -531,7 +682,9 @@ begin
     end if;
     grant usage on schema marts to chargeback_bi;
     grant select on all tables in schema marts to chargeback_bi;
-    alter default privileges in schema marts grant select on tables to chargeback_bi;
+    -- what dbt builds later, as the pipeline role
+    execute format('alter default privileges for role %I in schema marts grant select on tables to chargeback_bi',
+                   current_setting('chargeback.pipeline_role'));
 exception when insufficient_privilege then
     raise notice 'chargeback_bi role not set up: %', sqlerrm;
 end
