@@ -67,8 +67,8 @@ def test_invalid_configuration_leaves_the_warehouse_unchanged(config_dir):
 
 
 BAD_EDITS = {
-    "tiers out of order": ("price_books.yml", '{up_to: "10000", unit_price: "0.35"}',
-                           '{up_to: "900", unit_price: "0.35"}'),
+    "tiers out of order": ("price_books.yml", '{to: "10005", unit_price: "0.35"}',
+                           '{to: "900", unit_price: "0.35"}'),
     "fixed percentages": ("cost_pools.yml", "{t001: 50, t002: 30, t003: 20}", "{t001: 50, t002: 30, t003: 10}"),
     "pool without a rule": ("cost_pools.yml", "    allocation: {method: proportional, driver: ingested_gb}\n", ""),
     "unknown meter": ("price_books.yml", 'query_cpu_seconds: "0.0003"', 'query_cpu_secs: "0.0003"'),
@@ -101,16 +101,36 @@ def _problems(config_dir: Path) -> str:
 
 
 def test_tiers_out_of_order_are_named_with_book_and_meter(config_dir):
-    _edit(config_dir / "price_books.yml", '{up_to: "10000", unit_price: "0.35"}', '{up_to: "900", unit_price: "0.35"}')
+    _edit(config_dir / "price_books.yml", '{to: "10005", unit_price: "0.35"}', '{to: "900", unit_price: "0.35"}')
     assert (
         f"{config_dir / 'price_books.yml'}: price_books price_book enterprise (from 2020-01-01), "
-        "field prices.ingested_gb: tiers overlap or are out of order: up_to 900 comes after up_to 1000"
+        "field prices.ingested_gb: tiers overlap or are out of order: to 900 comes after to 1005"
     ) in _problems(config_dir)
 
 
 def test_a_tier_without_a_bound_before_the_last_is_refused(config_dir):
-    _edit(config_dir / "price_books.yml", '{up_to: "100000", unit_price: "0.0035"}', '{unit_price: "0.0035"}')
-    assert "field prices.scanned_gb: only the last tier may omit up_to" in _problems(config_dir)
+    _edit(config_dir / "price_books.yml", '{to: "100000", unit_price: "0.0035"}', '{unit_price: "0.0035"}')
+    assert "field prices.scanned_gb: only the last tier may omit `to`" in _problems(config_dir)
+
+
+def test_tiers_written_the_old_way_are_refused_with_the_rewrite_that_keeps_the_prices(config_dir):
+    """``up_to`` counted after the free allowance; a price sheet counts from the month's first
+    unit. The message gives the tiers to write instead, with the same effective prices."""
+    _edit(config_dir / "price_books.yml", '{to: "1005", unit_price: "0.42"}', '{up_to: "1000", unit_price: "0.42"}')
+    _edit(config_dir / "price_books.yml", '{to: "10005", unit_price: "0.35"}', '{up_to: "10000", unit_price: "0.35"}')
+    assert _problems(config_dir) == (
+        f"invalid configuration:\n{config_dir / 'price_books.yml'}: price_books price_book enterprise"
+        " (from 2020-01-01), field prices.ingested_gb: tiers end at `to`, counted from the first unit of the month"
+        " with the free allowance included, as a price sheet states them; `up_to` counted units after the free"
+        ' allowance of 5 and is no longer read. For the same prices, write the tiers as: [{to: "1005",'
+        ' unit_price: "0.42"}, {to: "10005", unit_price: "0.35"}, {unit_price: "0.25"}]')
+
+
+def test_a_tier_within_the_free_allowance_is_refused(config_dir):
+    _edit(config_dir / "price_books.yml", '{to: "1005", unit_price: "0.42"}', '{to: "5", unit_price: "0.42"}')
+    assert ("field prices.ingested_gb: the first tier ends at 5, within the free allowance of 5: `to` counts"
+            " from the first unit of the month, the free allowance included, so every tier must end above the"
+            " allowance") in _problems(config_dir)
 
 
 def test_fixed_percentages_must_add_up_to_100(config_dir):
@@ -213,7 +233,7 @@ def test_a_rule_whose_driver_has_no_usage_in_the_period_is_named():
 FROZEN_EDITS = {
     "a price": ("price_books.yml", 'query_cpu_seconds: "0.0003"', 'query_cpu_seconds: "0.0002"',
                 "price book enterprise (from 2020-01-01), meter query_cpu_seconds"),
-    "a tier": ("price_books.yml", '{up_to: "1000", unit_price: "0.42"}', '{up_to: "1000", unit_price: "0.41"}',
+    "a tier": ("price_books.yml", '{to: "1005", unit_price: "0.42"}', '{to: "1005", unit_price: "0.41"}',
                "price book enterprise (from 2020-01-01), meter ingested_gb"),
     "a cost pool": ("cost_pools.yml", 'monthly_cost: "9500.00"', 'monthly_cost: "9600.00"',
                     "cost pool storage (from 2020-01-01)"),

@@ -184,14 +184,14 @@ price_books:
         model: graduated
         free_allowance: "10"
         tiers:
-          - {up_to: "100", unit_price: "0.50"}
-          - {up_to: "1000", unit_price: "0.40"}
+          - {to: "110", unit_price: "0.50"}
+          - {to: "1010", unit_price: "0.40"}
           - {unit_price: "0.25"}
       scanned_gb:
         model: volume
         tiers:
-          - {up_to: "1000", unit_price: "0.01"}
-          - {up_to: "10000", unit_price: "0.008"}
+          - {to: "1000", unit_price: "0.01"}
+          - {to: "10000", unit_price: "0.008"}
           - {unit_price: "0.005"}
       query_cpu_seconds: "0.0004"
       alerts_fired: {model: package, package_size: "100", package_price: "2.00"}
@@ -210,8 +210,8 @@ price_books:
         model: graduated
         free_allowance: "10"
         tiers:
-          - {up_to: "100", unit_price: "0.45"}
-          - {up_to: "1000", unit_price: "0.36"}
+          - {to: "110", unit_price: "0.45"}
+          - {to: "1010", unit_price: "0.36"}
           - {unit_price: "0.20"}
       alerts_fired: {model: package, package_size: "100", package_price: "1.50"}
 """
@@ -329,7 +329,7 @@ def test_month_priced_with_every_model_to_the_cent(pricing_database):
         ("a01", 1, "usage", "alerts_fired", v1, None, D(150), "alerts", D("2.00"), D("4.00"), D("0.40"), D("3.60")),
         ("a01", 2, "usage", "alerts_fired", v2, None, D(60), "alerts", D("1.50"), D("1.50"), D("0.15"), D("1.35")),
         # 60 GB: 10 free, 50 in tier 1; 100 GB under the new prices continue at 60 (50 billable):
-        # 50 fill tier 1 (up to 100), 50 in tier 2
+        # 50 fill tier 1 (10–110 on the price sheet), 50 in tier 2
         ("a01", 3, "free_allowance", "ingested_gb", v1, None, D(10), "GB", D(0), D(0), D(0), D(0)),
         ("a01", 4, "usage", "ingested_gb", v1, 1, D(50), "GB", D("0.50"), D("25.00"), D("2.50"), D("22.50")),
         ("a01", 5, "usage", "ingested_gb", v2, 1, D(50), "GB", D("0.45"), D("22.50"), D("2.25"), D("20.25")),
@@ -369,15 +369,32 @@ def test_invoice_lines_describe_tier_allowance_package_and_contract(pricing_data
         " where invoice_month = '2026-11-01'"
     ))
     assert descriptions["a01:1"] == "Alert rules that fired — 150 alerts in packages of 100 (prices from 2026-11-01)"
-    assert descriptions["a01:3"] == (
-        "Log data ingested — free allowance of 10 GB a month (prices from 2026-11-01)")
-    assert descriptions["a01:6"] == "Log data ingested — tier 2: 100 to 1,000 GB (prices from 2026-11-16)"
+    # bounds as the price sheet states them: from the month's first unit, the allowance included
+    assert descriptions["a01:3"] == "Log data ingested — first 10 GB free (prices from 2026-11-01)"
+    assert descriptions["a01:4"] == "Log data ingested — tier 1: 10–110 GB (prices from 2026-11-01)"
+    assert descriptions["a01:6"] == "Log data ingested — tier 2: 110–1,010 GB (prices from 2026-11-16)"
     assert descriptions["a01:7"] == "Log data retained in storage — 90-day retention"
     assert descriptions["b02:3"] == (
-        "Log data scanned by queries — volume tier 2: 1,000 to 10,000 GB in the month (prices from 2026-11-16)")
+        "Log data scanned by queries — volume tier 2: 1,000–10,000 GB in the month (prices from 2026-11-16)")
     assert descriptions["b02:5"] == "Minimum monthly commitment of 500.00 USD: true-up of usage of 16.88 USD"
     assert descriptions["c03:4"] == (
         "Overage uplift of 5% on 0.10 USD of usage above the commitment of 100.00 USD")
+
+
+UNIT_TESTS_OF_THE_PRICE_SHEET = ("priced_allowance_then_tiers_prints_the_price_sheet",
+                                 "priced_allowance_then_price_prints_over_the_allowance")
+
+
+@pytest.mark.warehouse
+def test_invoice_lines_print_tier_bounds_as_the_price_sheet_states_them(pricing_database):
+    """dbt unit tests of the pricing model (dbt_project/.../_pricing.yml): "first 5 GB free",
+    "tier 1: 5–1,000 GB", "tier 2: 1,000–10,000 GB" for a sheet with an allowance and tiers, and
+    "first 100 alerts free", "tier 1: over 100 alerts" for an allowance then a price. A failing
+    one fails the build, naming it."""
+    result = transform.build(select="int_usage_segments_priced", unit_tests=True)
+    ran = {node.name: node.status for node in result.nodes if node.resource_type == "unit_test"}
+    assert {name: ran.get(name) for name in UNIT_TESTS_OF_THE_PRICE_SHEET} == dict.fromkeys(
+        UNIT_TESTS_OF_THE_PRICE_SHEET, "pass")
 
 
 @pytest.mark.warehouse
@@ -396,8 +413,10 @@ def test_invoice_pdfs_show_every_kind_of_line_and_the_mart_total(pricing_databas
         assert "LIST AMOUNT" in texts[record.tenant_id]
         assert "DISCOUNT" in texts[record.tenant_id]
     a01, b02, c03 = texts["a01"], texts["b02"], texts["c03"]
-    assert "free allowance of 10 GB a month" in a01
-    assert "tier 2: 100 to 1,000 GB" in a01
+    assert "first 10 GB free" in a01
+    sheet = a01.replace("– ", "–")  # a range may wrap after its dash
+    assert "tier 1: 10–110 GB" in sheet
+    assert "tier 2: 110–1,010 GB" in sheet
     assert "50.000 GB 0.36 18.00 −1.80 16.20" in a01  # quantity, unit, unit price, list, discount, amount
     assert "Usage at list prices 71.20 USD" in a01
     assert "Discount −7.12 USD" in a01

@@ -11,12 +11,12 @@
     to_char(({{ expr }}), 'FM999,999,999,999,999,990.00')
 {%- endmacro %}
 
-{#- 'up to 1,000', '1,000 to 10,000' or 'over 10,000' -#}
+{#- 'up to 1,000', '5–1,000' or 'over 10,000', as a price sheet writes them -#}
 {% macro tier_range_text(lower, upper) -%}
     case
         when {{ lower }} = 0 and {{ upper }} is not null
             then 'up to ' || {{ quantity_text(upper) }}
         when {{ upper }} is null then 'over ' || {{ quantity_text(lower) }}
-        else {{ quantity_text(lower) }} || ' to ' || {{ quantity_text(upper) }}
+        else {{ quantity_text(lower) }} || '–' || {{ quantity_text(upper) }}
     end
 {%- endmacro %}

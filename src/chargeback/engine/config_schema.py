@@ -168,7 +168,13 @@ class CostPool(_Model):
 
 
 class Tier(_Model):
+    """A tier of a price sheet. ``to``: the unit of the month where it ends, counted from the
+    month's first unit, the free allowance included ("first 5 GB free, 5–1,000 GB at 0.50"
+    is ``free_allowance: "5"`` and ``{to: "1000", unit_price: "0.50"}``)."""
+
+    to: Decimal | None = Field(default=None, gt=0)
     up_to: Decimal | None = Field(default=None, gt=0)
+    """Before issue 10: the end counted after the free allowance. Refused with how to rewrite it."""
     retention_days: int | None = Field(default=None, gt=0)
     unit_price: Decimal = Field(ge=0)
 
@@ -202,17 +208,23 @@ class Price(_Model):
                 raise ValueError("per_unit takes `unit_price` only")
         elif m in ("graduated", "volume"):
             if not self.tiers or self.unit_price is not None or self.package_size or self.package_price:
-                raise ValueError(f"{m} takes `tiers` (each with up_to and unit_price)")
-            bounds = [t.up_to for t in self.tiers]
+                raise ValueError(f"{m} takes `tiers` (each with `to` and unit_price)")
+            self._no_up_to()
+            bounds = [t.to for t in self.tiers]
             if any(t.retention_days is not None for t in self.tiers):
                 raise ValueError(f"{m} tiers take no retention_days")
             if bounds[-1] is not None:
-                raise ValueError(f"the last tier must have no up_to (it covers everything above {bounds[-1]})")
+                raise ValueError(f"the last tier must have no `to` (it covers everything above {bounds[-1]})")
             if None in bounds[:-1]:
-                raise ValueError("only the last tier may omit up_to")
+                raise ValueError("only the last tier may omit `to`")
             for lower, upper in itertools.pairwise(bounds[:-1]):
                 if upper <= lower:
-                    raise ValueError(f"tiers overlap or are out of order: up_to {upper} comes after up_to {lower}")
+                    raise ValueError(f"tiers overlap or are out of order: to {upper} comes after to {lower}")
+            if bounds[0] is not None and bounds[0] <= self.free_allowance:
+                raise ValueError(
+                    f"the first tier ends at {bounds[0]}, within the free allowance of {self.free_allowance}:"
+                    " `to` counts from the first unit of the month, the free allowance included, so every"
+                    " tier must end above the allowance")
         elif m == "package":
             if self.package_size is None or self.package_price is None or self.tiers or self.unit_price:
                 raise ValueError("package takes `package_size` and `package_price`")
@@ -220,14 +232,31 @@ class Price(_Model):
             if not self.tiers or self.unit_price is not None or self.package_size or self.package_price:
                 raise ValueError("retention takes `tiers` (each with retention_days and unit_price)")
             days = [t.retention_days for t in self.tiers]
-            if None in days or any(t.up_to is not None for t in self.tiers):
-                raise ValueError("retention tiers take retention_days and unit_price, no up_to")
+            if None in days or any(t.to is not None or t.up_to is not None for t in self.tiers):
+                raise ValueError("retention tiers take retention_days and unit_price, no `to`")
             if days != sorted(set(days)):
                 raise ValueError(f"retention tiers must be in ascending order of retention_days, not {days}")
         return self
 
+    def _no_up_to(self) -> None:
+        """Refuse tiers written the old way, saying how to rewrite them with the same prices."""
+        if not any(t.up_to is not None for t in self.tiers):
+            return
+        allowance = self.free_allowance
+        rewritten = ", ".join(
+            "{" + (f'to: "{_plain(t.up_to + allowance)}", ' if t.up_to is not None else "")
+            + f'unit_price: "{t.unit_price:f}"' + "}" for t in self.tiers)
+        after = f" after the free allowance of {_plain(allowance)}" if allowance else ""
+        raise ValueError(
+            f"tiers end at `to`, counted from the first unit of the month with the free allowance included,"
+            f" as a price sheet states them; `up_to` counted units{after} and is no longer read."
+            f" For the same prices, write the tiers as: [{rewritten}]")
+
     def tier_rows(self) -> list[tuple[int, Decimal, Decimal | None, int | None, Decimal]]:
-        """(tier, lower_bound, upper_bound, retention_days, unit_price) rows of ``config.price_tiers``."""
+        """(tier, lower_bound, upper_bound, retention_days, unit_price) rows of ``config.price_tiers``.
+
+        The warehouse keeps graduated and volume bounds in billable units, after the free
+        allowance (the pricing SQL counts those): a tier's ``to`` less the allowance."""
         if self.model == "per_unit":
             return [(1, Decimal(0), None, None, self.unit_price)]
         if self.model == "package":
@@ -236,12 +265,19 @@ class Price(_Model):
             return [(i, Decimal(0), None, t.retention_days, t.unit_price) for i, t in enumerate(self.tiers, 1)]
         rows, lower = [], Decimal(0)
         for i, t in enumerate(self.tiers, 1):
-            rows.append((i, lower, t.up_to, None, t.unit_price))
-            lower = t.up_to
+            upper = None if t.to is None else t.to - self.free_allowance
+            rows.append((i, lower, upper, None, t.unit_price))
+            lower = upper
         return rows
 
     def retention_tier_for(self, retention_days: int) -> Tier | None:
         return next((t for t in self.tiers or [] if t.retention_days >= retention_days), None)
+
+
+def _plain(value: Decimal) -> str:
+    """``Decimal("1005.00") -> "1005"`` (no exponent, no trailing zeros)."""
+    text = f"{value:f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 class PriceBook(_Model):

@@ -13,13 +13,16 @@
        bounds, allowances and package sizes are multiplied by the divisor
        instead of dividing the usage, and every amount is computed exactly
        and rounded once.
-    4. Each segment gives a free-allowance line (price 0) for the units the
-       allowance covers, then its priced lines: per_unit and graduated, one per
+    4. Each segment gives a free-allowance line (price 0, "first 5 GB free")
+       for the units the allowance covers, then its priced lines: per_unit and graduated, one per
        tier touched; volume, the tier of the month's billable total for all
        units; package, the blocks reached minus the blocks already counted
        (ceil); retention, the tier of the tenant's retention class. A segment
        without usage shows one line at quantity 0.
-    5. list_amount = round_money(quantity x unit_price) (package: blocks x
+    5. Tier bounds are printed as a price sheet states them (tier_lower and
+       tier_upper stay in billable units, after the allowance), counted from the month's first unit with the
+       free allowance included: "5–1,000 GB", "over 100 alerts".
+    6. list_amount = round_money(quantity x unit_price) (package: blocks x
        price), discount_amount = round_money(list_amount x discount% / 100),
        amount = list_amount - discount_amount.
 
@@ -414,7 +417,18 @@ priced as (
         case
             when pricing_model = 'package' then package_price
             else tier_unit_price
-        end as unit_price
+        end as unit_price,
+        -- the bounds as the price sheet states them: counted from the first
+        -- unit of the month, the free allowance included (config.price_tiers
+        -- keeps them after the allowance)
+        case
+            when coalesce(free_allowance, 0) = 0 then tier_lower
+            else tier_lower + free_allowance
+        end as sheet_lower,
+        case
+            when coalesce(free_allowance, 0) = 0 then tier_upper
+            else tier_upper + free_allowance
+        end as sheet_upper
 
     from tiered
 
@@ -431,11 +445,12 @@ usage_lines as (
             when 'graduated'
                 then
                     meter_description || ' — tier ' || tier || ': '
-                    || {{ tier_range_text('tier_lower', 'tier_upper') }} || ' ' || unit
+                    || {{ tier_range_text('sheet_lower', 'sheet_upper') }}
+                    || ' ' || unit
             when 'volume'
                 then
                     meter_description || ' — volume tier ' || tier || ': '
-                    || {{ tier_range_text('tier_lower', 'tier_upper') }}
+                    || {{ tier_range_text('sheet_lower', 'sheet_upper') }}
                     || ' '
                     || unit
                     || ' in the month'
@@ -499,9 +514,9 @@ free_lines as (
         tenant_id,
         meter,
         'free_allowance' as line_type,
-        meter_description || ' — free allowance of '
+        meter_description || ' — first '
         || {{ quantity_text('free_allowance') }}
-        || ' ' || unit || ' a month'
+        || ' ' || unit || ' free'
         || case
             when segment_count > 1
                 then ' (prices from ' || to_char(
