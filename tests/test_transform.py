@@ -280,7 +280,7 @@ def test_build_without_window_covers_every_hour_of_the_month_exactly(full_build)
 
 def test_failing_data_test_is_named_and_stops_everything_downstream(full_build):
     """A snapshot of an unknown tenant fails the relationships test of the hourly usage:
-    the error names the test, nothing downstream of it is built (no pricing of a tenant
+    the error names the test and the snapshot's file:line, nothing downstream of it is built (no pricing of a tenant
     without a price book), the month keeps its previous invoice lines, and replaying
     after the fix heals it. (A failing model is named the same way: test_faults.)"""
     hour = H + timedelta(hours=2)
@@ -300,8 +300,9 @@ def test_failing_data_test_is_named_and_stops_everything_downstream(full_build):
     message = str(failure.value)
     assert message.startswith("dbt build failed: 1 failed, ")
     assert " skipped because of them\n" in message
-    assert failure.value.failures == (
-        "test relationships_int_usage_hourly_tenant_id__tenant_id__ref_stg_config__tenants_: 1 failing row",)
+    assert failure.value.failures == (  # the snapshot behind the failing row: its source file and line
+        "test relationships_int_usage_hourly_tenant_id__tenant_id__ref_stg_config__tenants_: 1 failing row"
+        " — snapshot at test_transform.py:99",)
     assert all("\n" not in line for line in failure.value.failures)
     assert invoice_lines() == before  # the model's delete of October was rolled back
 

@@ -14,6 +14,7 @@ marts were not rebuilt after its last load, or whose last build failed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -117,9 +118,12 @@ def build(
         except Exception as exc:
             _record_run(settings, window, select, began, (f"dbt build could not run: {_one_line(str(exc))}",))
             raise
-        nodes = tuple(_node_result(r) for r in (outcome.result.results if outcome.result else ()))
+        results = outcome.result.results if outcome.result else ()
+        nodes = tuple(_node_result(r) for r in results)
         failed = [n for n in nodes if n.status in _FAILED]
         if outcome.exception is not None or not outcome.success or failed:
+            failed = [_with_snapshot(n, r, settings) for n, r in zip(nodes, results, strict=True)
+                      if n.status in _FAILED]
             error = _error("dbt build", outcome, nodes, failed)
             _record_run(settings, window, select, began, error.failures)
             raise error
@@ -300,6 +304,85 @@ def _one_line(message: str) -> str:
         return f"{count} failing row{'' if count == 1 else 's'}"
     detail = next((line for line in lines[1:] if line.startswith("DETAIL:")), "")
     return " ".join(f"{first} {detail}".split())
+
+
+_NOT_NULL = re.compile(r'null value in column "(\w+)"')
+_GRAIN = ("tenant_id", "meter", "hour_start")
+_MONTHS = ("invoice_month", "cost_month", "usage_month")
+
+
+def _with_snapshot(node: NodeResult, result, settings: Settings) -> NodeResult:
+    """``node`` with its message ending in the snapshot behind its first failing row:
+    ``… — snapshot at landing/…/x.jsonl:12 (and 3 more)`` (``raw.usage_snapshots``'s
+    source_file and source_line), when the rows name a tenant, meter, hour or month."""
+    try:
+        with warehouse.connect(settings) as conn:
+            where = _snapshot_behind(conn, _failing_rows(conn, result.node, result.message or ""))
+    except Exception as exc:  # noqa: BLE001 - the build's own failure is what matters; this adds to it
+        log.warning("could not find the snapshots behind %s: %s", node.name, " ".join(str(exc).split()))
+        where = None
+    return node if where is None else dataclasses.replace(node, message=f"{node.message or node.status} — {where}")
+
+
+def _failing_rows(conn, node, message: str) -> list[dict]:
+    """The rows a failed test selects (for a generic test on a column: the tested model's rows
+    with the failing values), or the rows a model could not write for a null in a not-null column."""
+    code = getattr(node, "compiled_code", None)
+    if not code:
+        return []
+    resource = str(getattr(node.resource_type, "value", node.resource_type))
+    if resource == "model":
+        column = _NOT_NULL.search(message)
+        if column is None:
+            return []
+        return _rows(conn, f'select * from ({code}) as failed where "{column.group(1)}" is null limit 20')
+    if resource != "test":
+        return []
+    rows = _rows(conn, f"select * from ({code}) as failing limit 20")
+    metadata = getattr(node, "test_metadata", None)
+    column = (metadata.kwargs or {}).get("column_name") if metadata else None
+    attached = getattr(node, "attached_node", None)  # "model.chargeback.int_usage_hourly"
+    if not rows or not column or not attached or not re.fullmatch(r"\w+", column):
+        return rows
+    model = attached.rsplit(".", 1)[-1]
+    found = conn.execute("select table_schema from information_schema.tables where table_name = %s"
+                         " order by table_schema limit 1", (model,)).fetchone()
+    if found is None:
+        return rows
+    values = [next(iter(row.values())) for row in rows]
+    relation = f'"{found[0]}"."{model}"'
+    nulls = f' or "{column}" is null' if None in values else ""
+    return _rows(conn, f'select * from {relation} where "{column}"::text = any(%s){nulls} limit 20',
+                 ([str(v) for v in values if v is not None],)) or rows
+
+
+def _rows(conn, statement: str, params: tuple = ()) -> list[dict]:
+    cur = conn.execute(statement, params)
+    names = [c.name for c in cur.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def _snapshot_behind(conn, rows: list[dict]) -> str | None:
+    """``snapshot at file:line (and N more)``: the first snapshot of the rows' tenants, meters and hours."""
+    conditions, params = [], []
+    for row in rows:
+        terms = [f"{c} = %s" for c in _GRAIN if row.get(c) is not None]
+        params += [row[c] for c in _GRAIN if row.get(c) is not None]
+        month = next((row[c] for c in _MONTHS if row.get(c) is not None), None)
+        if "hour_start" not in row and month is not None:
+            terms.append("hour_start >= %s::date and hour_start < %s::date + interval '1 month'")
+            params += [month, month]
+        if terms:
+            conditions.append("(" + " and ".join(terms) + ")")
+    if not conditions:
+        return None
+    found = conn.execute(
+        "select source_file, source_line, count(*) over () from raw.usage_snapshots"
+        f" where {' or '.join(conditions)} order by hour_start, source_file, source_line limit 1", params).fetchone()
+    if found is None:
+        return None
+    file, line, count = found
+    return f"snapshot at {file}:{line}" + (f" (and {count - 1} more)" if count > 1 else "")
 
 
 def _error(what: str, outcome, nodes: tuple[NodeResult, ...], failed: list[NodeResult]) -> TransformError:
