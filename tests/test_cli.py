@@ -16,21 +16,24 @@ START = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 
 
 @pytest.mark.warehouse
-def test_a_malformed_line_fails_the_gate_in_one_line_naming_file_and_line(landing, capsys):
+def test_a_malformed_line_holds_back_its_file_in_one_line_naming_file_and_line(landing, capsys):
     simulate(str(landing), ["t001"], START, START + dt.timedelta(hours=1), fmt="jsonl")
     (bad,) = (landing / "usage" / "2026-06-01" / "00").iterdir()
     bad.write_text(bad.read_text() + "{oops\n")
 
     code = main(["load", "--start", "2026-06-01T00:00:00Z", "--end", "2026-06-01T01:00:00Z"])
 
-    err = capsys.readouterr().err
-    assert code == 1
-    (error,) = [line for line in err.splitlines() if line.startswith("chargeback refusal:")]
-    assert error.startswith(
-        f"chargeback refusal: load {_last_load()} at {bad}:6:"
+    captured = capsys.readouterr()
+    assert code == 1  # published for everyone else; the held producer needs a person
+    load_id = _last_load()
+    (error,) = [line for line in captured.err.splitlines() if "held back" in line]
+    assert error == (
+        f"chargeback quarantine: file {bad} held back in load {load_id} at {bad}:"
         " 1 of 6 rows of landed hour 2026-06-01T00:00Z quarantined (16.7% > max_bad_share 1%);"
-        " first: record: not valid JSON — ")
-    assert "Traceback" not in err
+        " nothing of it was published from this load, every other producer's rows were"
+        f" — fix the producer or config, then chargeback quarantine replay --load {load_id}")
+    assert f"held back: file {bad} (chargeback quarantine replay --load {load_id} once fixed)" in captured.out
+    assert "Traceback" not in captured.err
 
 
 def _last_load() -> int:

@@ -253,8 +253,8 @@ def test_gate_rejects_unknown_tenant_and_meter():
 def test_gate_rejects_duplicate_snapshot_ids():
     error = rejected([snapshot(1), snapshot(2, snapshot_id="dup"), snapshot(3, snapshot_id="dup")])
     assert (
-        f"expect_column_values_to_be_unique(snapshot_id is unique within the load): 2 row(s), "
-        f"e.g. {FILE}:2 snapshot_id=dup; {FILE}:3 snapshot_id=dup"
+        f"unexpected_rows_expectation(snapshot_id is unique per tenant within the load): 2 row(s), "
+        f"e.g. {FILE}:2 tenant_id=t001 snapshot_id=dup; {FILE}:3 tenant_id=t001 snapshot_id=dup"
     ) in str(error)
 
 
@@ -314,11 +314,12 @@ def test_gate_rejects_values_that_are_not_finite_numbers():
 
 
 def test_failure_message_lists_every_failed_expectation_in_suite_order():
-    error = rejected([snapshot(1, value=Decimal("-1"), tenant_id="t404"), snapshot(2, snapshot_id="snap-1")])
+    error = rejected([snapshot(1, value=Decimal("-1"), tenant_id="t404"),
+                      snapshot(2, snapshot_id="snap-1", tenant_id="t404")])
     lines = str(error).splitlines()
     assert lines[0].endswith("2026-10-01T13:00Z–14:00Z):")
     assert [line.split("(")[0].strip() for line in lines[1:4]] == [
-        "expect_column_values_to_be_unique",
+        "unexpected_rows_expectation",
         "expect_column_values_to_be_between",
         "expect_column_values_to_be_in_set",
     ]
@@ -383,17 +384,14 @@ def test_quarantine_policy_fills_in_the_load_under_fail_and_leaves_the_expectati
 
     spec = gate.load_suite(gate.SUITE, settings)
     policy = [e["description"] for e in spec["expectations"] if (e.get("meta") or {}).get("quarantine_policy")]
-    assert policy == ["no landed hour has a bad-row share above max_bad_share", "no landed file was rejected whole"]
+    assert policy == ["no staged row belongs to a producer the quarantine policy held back"]
 
-    failing = gate.policy_suite(spec, 42, dataclasses.replace(settings, quarantine_policy="fail",
-                                                              max_bad_share=Decimal("0.05")))
+    failing = gate.policy_suite(spec, 42, dataclasses.replace(settings, quarantine_policy="fail"))
     warning = gate.policy_suite(spec, 42, dataclasses.replace(settings, quarantine_policy="warn"))
 
     queries = [e["kwargs"]["unexpected_rows_query"] for e in failing["expectations"]
                if e["description"] in policy]
-    assert "where load_id = 42 and" in queries[0]
-    assert "> 0.05 * sum(rows_in)" in queries[0]
-    assert "where load_id = 42 and status = 'rejected'" in queries[1]
+    assert "h.load_id = 42 and" in queries[0]
     assert len(failing["expectations"]) == len(spec["expectations"])
     assert [e["description"] for e in warning["expectations"]] == [
         e["description"] for e in spec["expectations"] if e["description"] not in policy]

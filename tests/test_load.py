@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from decimal import Decimal
 from pathlib import Path
 
@@ -166,47 +167,39 @@ def test_csv_without_a_required_column_is_rejected_whole_at_its_header(landing):
     )]
 
 
-def test_hour_over_the_bad_row_share_fails_the_gate_with_one_line_and_publishes_nothing(landing):
+def test_hour_over_the_bad_row_share_holds_back_only_its_tenant_and_the_others_publish(landing):
     simulate(str(landing), TENANTS, *TWO_HOURS, fmt="jsonl")
+    _load(landing, *TWO_HOURS)  # a clean load: 3 tenants x 5 meters x 2 hours
     bad = _hour_file(landing, START)
     lines = bad.read_text().splitlines()
+    held = json.loads(lines[3])["tenant_id"]
     lines[3] = lines[3].replace('"value":"', '"value":"-', 1)
     bad.write_text("\n".join(lines) + "\n")
-    from chargeback.ingest.gate import GateFailed
 
     staged = load.stage(FileSource(str(landing)), *TWO_HOURS)
-    with pytest.raises(GateFailed) as err:
-        steps.gate(staged.load_id, *TWO_HOURS)
+    steps.gate(staged.load_id, *TWO_HOURS)  # passes: only the tenant is held back
+    load.publish(staged.load_id)
 
-    first_line = str(err.value).splitlines()[0]
-    assert first_line == (
-        f"chargeback refusal: load {staged.load_id} at {bad}:4: 1 of 15 rows of landed hour"
-        f" 2026-09-03T00:00Z quarantined (6.7% > max_bad_share 1%); first: value: negative: -{_value(lines[3])}"
-        " — fix the producer or config, then"
-        f" chargeback quarantine replay --load {staged.load_id} (or set CHARGEBACK_QUARANTINE_POLICY=warn"
-        " to publish the good rows anyway)"
-    )
-    assert "no landed hour has a bad-row share above max_bad_share" in str(err.value)
-    assert _quarantined(staged.load_id) == [(str(bad), 4, "value", "value: negative: -" + _value(lines[3]))]
-    assert _fingerprint()[0] == 0
     with warehouse.connect() as conn:
-        status = conn.execute("select status from pipeline.load_runs where load_id = %s",
-                              (staged.load_id,)).fetchone()[0]
-        logged = conn.execute("select line from pipeline.events where kind = 'refusal'"
-                              " order by event_id desc limit 1").fetchone()[0]
-        summaries = conn.execute("select line from pipeline.events where kind = 'quarantine' and line like %s",
-                                 (f"% of load {staged.load_id} %",)).fetchall()
-    assert status == "rejected"
-    assert logged == first_line
-    assert [line for (line,) in summaries] == [  # one summary line for the load's quarantine, at stage
-        f"chargeback quarantine: 1 row(s) of load {staged.load_id} at {bad}:4: value: negative: -{_value(lines[3])}"
-        f" — fix the producer or config, then chargeback quarantine replay --load {staged.load_id}"]
-    with pytest.raises(load.LoadError, match=(
-            rf"^chargeback refusal: load {staged.load_id}: it is rejected, not staged: only a staged load that"
-            " passed the gate is published — load the window again")):
-        load.publish(staged.load_id)
-    assert _fingerprint()[0] == 0
-
+        by_tenant = dict(conn.execute(
+            "select tenant_id, string_agg(distinct load_id::text, ',') from raw.usage_snapshots group by 1"))
+        holds = conn.execute("select holder, holder_kind, reason from pipeline.load_holds where load_id = %s",
+                             (staged.load_id,)).fetchall()
+        line = conn.execute("select line from pipeline.events where line like %s",
+                            (f"%held back in load {staged.load_id}%",)).fetchone()[0]
+        run = conn.execute("select status, rows_in, rows_loaded, rows_duplicate, rows_quarantined"
+                           " from pipeline.load_runs where load_id = %s", (staged.load_id,)).fetchone()
+    reason = "1 of 5 rows of landed hour 2026-09-03T00:00Z quarantined (20.0% > max_bad_share 1%)"
+    assert holds == [(held, "tenant", reason)]
+    assert line == (f"chargeback quarantine: tenant {held} held back in load {staged.load_id} at {held}: {reason};"
+                    " nothing of it was published from this load, every other producer's rows were"
+                    f" — fix the producer or config, then chargeback quarantine replay --load {staged.load_id}")
+    # the held tenant keeps what the first load published; the others are the new load's
+    assert by_tenant == {t: str(staged.load_id - 1 if t == held else staged.load_id) for t in TENANTS}
+    assert _fingerprint()[0] == 30
+    # every row of the held tenant in this load is quarantined: 1 bad + 9 held back
+    assert run == ("published", 30, 20, 0, 10)
+    assert [r[2] for r in _quarantined(staged.load_id)].count("policy") == 9
 
 def _value(jsonl_line: str) -> str:
     import json

@@ -116,8 +116,13 @@ def cmd_load(args: argparse.Namespace) -> int:
         step(1)
 
     load_id = steps.load_window(start, end, source, progress=progress)
+    from chargeback.ingest import load
+
+    result = load.outcome(load_id)
     print(f"load {load_id}: [{start.isoformat()}, {end.isoformat()}) staged, gated and published")
-    return 0
+    for line in result.lines():
+        print(line)
+    return 1 if result.held else 0  # a producer held back needs a person; the others are published
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:

@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from chargeback.ingest.layout import DATE_FOLDER
+
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message says which file and entry, and why."""
@@ -24,11 +26,27 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+MAX_PLAUSIBLE = Decimal("1e12")
+"""No bound may be set above this: a month of such values still fits every mart and invoice."""
+
+
 class Meter(_Model):
+    """A meter and its plausibility bounds: a snapshot over ``max_per_snapshot``, or a
+    tenant-hour whose snapshots add up to more than ``max_per_tenant_hour``, is quarantined."""
+
     meter: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     unit: str
     kind: Literal["counter", "gauge"]
     description: str
+    max_per_snapshot: Decimal = Field(default=Decimal("1e9"), gt=0, le=MAX_PLAUSIBLE)
+    max_per_tenant_hour: Decimal = Field(default=Decimal("1e10"), gt=0, le=MAX_PLAUSIBLE)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Meter:
+        if self.max_per_tenant_hour < self.max_per_snapshot:
+            raise ValueError(f"max_per_tenant_hour ({self.max_per_tenant_hour}) is below max_per_snapshot"
+                             f" ({self.max_per_snapshot})")
+        return self
 
 
 class TenantTerms(_Model):
@@ -58,7 +76,16 @@ class Tenant(_Model):
     team: str
     price_book: str
     billing_email: str | None = None
+    start_date: dt.date | None = None
+    """No usage before this day is accepted for the tenant (its onboarding)."""
     terms: list[TenantTerms] = []
+
+    @field_validator("tenant_id")
+    @classmethod
+    def _not_a_day(cls, value: str) -> str:
+        if DATE_FOLDER.match(value):
+            raise ValueError(f"tenant_id {value!r} looks like a day (YYYY-MM-DD), which is a landing folder name")
+        return value
 
 
 class Activity(_Model):

@@ -216,14 +216,17 @@ def apply(cfg: Configuration, settings: Settings | None = None) -> None:
         before = _frozen_versions(cur, frozen_until) if frozen_until else None
         cur.execute("".join(f"delete from {table};" for table in _TABLES))
         cur.executemany(
-            "insert into config.meters (meter, unit, kind, description) values (%s, %s, %s, %s)",
-            [(m.meter, m.unit, m.kind, m.description) for m in cfg.meters],
+            "insert into config.meters (meter, unit, kind, description, max_per_snapshot, max_per_tenant_hour)"
+            " values (%s, %s, %s, %s, %s, %s)",
+            [(m.meter, m.unit, m.kind, m.description, m.max_per_snapshot, m.max_per_tenant_hour)
+             for m in cfg.meters],
         )
         cur.executemany(
             "insert into config.tenants (tenant_id, tenant_name, organisation, business_unit, team,"
-            " price_book, billing_email) values (%s, %s, %s, %s, %s, %s, %s)",
+            " price_book, billing_email, start_date) values (%s, %s, %s, %s, %s, %s, %s, %s)",
             [
-                (t.tenant_id, t.name, t.organisation, t.business_unit, t.team, t.price_book, t.billing_email)
+                (t.tenant_id, t.name, t.organisation, t.business_unit, t.team, t.price_book, t.billing_email,
+                 t.start_date)
                 for t in cfg.tenants
             ],
         )

@@ -8,10 +8,12 @@ load and against what is already published. :mod:`chargeback.ingest.load` runs t
 
 from __future__ import annotations
 
+import functools
+
 import psycopg
 
 from chargeback.ingest.layout import SNAPSHOT_FIELDS
-from chargeback.ingest.readers import FileOutcome
+from chargeback.ingest.readers import CsvHeader, FileOutcome
 
 _TEXT_FIELDS = ("snapshot_id", "tenant_id", "meter", "unit", "kind")
 _ISO_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)? *([Zz]|[+-]\d{2}(:?\d{2})?)?$"
@@ -62,8 +64,12 @@ with fields as (
                 then 'hour: not the start of an hour: ' || t.hour
             when t.ts_hour >= %(window_end)s
                 then 'hour: after the load window (it ends ' || %(window_end_text)s || ')'
+            when %(producer)s::text is not null and t.tenant_id <> %(producer)s::text
+                then 'tenant_id: ' || quote_literal(left(t.tenant_id, 100)) || ' in a file under tenant '
+                     || quote_literal(%(producer)s::text) || '''s landing prefix: a producer writes only its own'
+                     || ' tenant''s usage'
             when te.tenant_id is null
-                then 'tenant_id: unknown tenant ' || quote_literal(t.tenant_id) || ' (not in config.tenants)'
+                then 'tenant_id: unknown tenant ' || quote_literal(left(t.tenant_id, 100)) || ' (not in config.tenants)'
             when m.meter is null
                 then 'meter: unknown meter ' || quote_literal(t.meter) || ' (not in config.meters)'
             when t.unit <> m.unit
@@ -72,10 +78,28 @@ with fields as (
             when t.kind <> m.kind
                 then 'kind: ' || quote_literal(t.kind) || ' is not the kind of meter ' || m.meter
                      || ' (' || m.kind || ')'
+            when t.n_value > m.max_per_snapshot
+                then 'value: ' || t.value || ' is implausible for one snapshot of ' || m.meter
+                     || ' (above max_per_snapshot ' || trim_scale(m.max_per_snapshot) || ' ' || m.unit || ')'
+            when t.ts_hour < %(platform_start)s::timestamptz
+                then 'hour: ' || to_char(t.ts_hour at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI"Z"')
+                     || ' is before the platform start (' || %(platform_start_text)s::text
+                     || ', CHARGEBACK_PLATFORM_START)'
+            when t.ts_hour < (te.start_date::timestamp at time zone 'UTC')
+                then 'hour: ' || to_char(t.ts_hour at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI"Z"')
+                     || ' is before tenant ' || te.tenant_id || '''s start_date (' || te.start_date || ')'
+            when pb.first_from is null or t.ts_hour < (pb.first_from::timestamp at time zone 'UTC')
+                then 'hour: ' || to_char(t.ts_hour at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI"Z"')
+                     || ' is before the first version of price book ' || quote_literal(te.price_book)
+                     || coalesce(' (valid from ' || pb.first_from || ')', ' (it has no version)')
+                     || ': no price is in force then'
         end as reason
     from typed as t
     left join config.tenants as te on te.tenant_id = t.tenant_id
     left join config.meters as m on m.meter = t.meter
+    left join (
+        select price_book, min(valid_from) as first_from from config.prices group by price_book
+    ) as pb on pb.price_book = te.price_book
 )
 select %(file_seq)s, %(file)s, line, %(landed_hour)s, %(learned_at)s,
        case when reason is not null then raw_record end,
@@ -87,37 +111,58 @@ from classified
 
 _TEXT_OF = ", ".join(f"j ->> '{f}' as {f}, jsonb_typeof(j -> '{f}') as t_{f}" for f in SNAPSHOT_FIELDS)
 CLASSIFY_JSONL = _classify_sql(f"""
-    select line, doc as raw_record,
-           case when j is null then 'record: not valid JSON'
+    select line, coalesce(split_part(marked, chr(2), 2), doc) as raw_record,
+           case when marked is not null then split_part(marked, chr(2), 1)
+                when j is null then 'record: not valid JSON'
                 when jsonb_typeof(j) <> 'object' then 'record: not a JSON object but a JSON ' || jsonb_typeof(j)
            end as doc_problem,
            {_TEXT_OF}
     from (
-        select line::integer as line, doc, case when raw.is_json(doc) then doc::jsonb end as j
+        select line::integer as line, doc,
+               case when left(doc, 1) = chr(1) then substr(doc, 2) end as marked,
+               case when left(doc, 1) <> chr(1) and raw.is_json(doc) then doc::jsonb end as j
         from landed_jsonl
         where btrim(coalesce(doc, '')) <> ''
         offset 0  -- parse each line once, not once per field
     ) as docs
     offset 0
 """)
-CLASSIFY_CSV = _classify_sql(f"""
+
+
+@functools.lru_cache(maxsize=64)
+def classify_csv(header: CsvHeader) -> str:
+    """The classification of a CSV file whose header is ``header`` (cells in ``c1 … cN``).
+
+    A line the reader marked (``\x01reason\x02raw`` in its first cell) is quarantined with
+    that reason; unknown columns are not read.
+    """
+    cells = ", ".join(f"coalesce(c{i}, '')" for i in range(1, header.width + 1))
+    fields = ", ".join(
+        f"case when marked is null then c{pos} end as {name}, null::text as t_{name}"
+        for name, pos in zip(SNAPSHOT_FIELDS, header.positions, strict=True)
+    )
+    return _classify_sql(f"""
     select line::integer + 1 as line,
-           coalesce(raw, concat_ws(',', {", ".join(f"coalesce({f}, '')" for f in SNAPSHOT_FIELDS)})) as raw_record,
-           problem as doc_problem,
-           {", ".join(f"{f}, null::text as t_{f}" for f in SNAPSHOT_FIELDS)}
-    from landed_csv
+           coalesce(split_part(marked, chr(2), 2), raw, concat_ws(',', {cells})) as raw_record,
+           coalesce(split_part(marked, chr(2), 1), problem) as doc_problem,
+           {fields}
+    from (
+        select landed_csv.*, case when left(c1, 1) = chr(1) then substr(c1, 2) end as marked
+        from landed_csv
+    ) as landed
 """)
 
 # Load-level pass over every file's clean rows: later copies of a snapshot are duplicates
 # when identical to its first copy (by file, then line), quarantined when they differ.
 DEDUPE_WITHIN_LOAD = """
 with repeated as (
-    select snapshot_id from parsed where reason is null group by snapshot_id having count(*) > 1
+    select tenant_id, snapshot_id from parsed where reason is null group by tenant_id, snapshot_id
+    having count(*) > 1
 ), ranked as (
     select pid, row_number() over w as copy_no, first_value(pid) over w as first_pid
     from parsed
-    where reason is null and snapshot_id in (select snapshot_id from repeated)
-    window w as (partition by snapshot_id order by file_seq, source_line)
+    where reason is null and (tenant_id, snapshot_id) in (select tenant_id, snapshot_id from repeated)
+    window w as (partition by tenant_id, snapshot_id order by file_seq, source_line)
 ), compared as (
     select r.pid, f.source_file, f.source_line, f.value as first_value,
            (p.tenant_id, p.meter, p.value, p.unit, p.hour_start, p.kind)
@@ -145,7 +190,7 @@ with compared as (
            (p.tenant_id, p.meter, p.value, p.unit, p.hour_start, p.kind)
            = (u.tenant_id, u.meter, u.value, u.unit, u.hour_start, u.kind) as same
     from parsed as p
-    join raw.usage_snapshots as u on u.snapshot_id = p.snapshot_id
+    join raw.usage_snapshots as u on u.tenant_id = p.tenant_id and u.snapshot_id = p.snapshot_id
     where p.reason is null and not p.duplicate
       and not (coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) >= %(start)s
                and coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) < %(end)s)
@@ -159,6 +204,40 @@ set duplicate = c.same,
     end
 from compared as c
 where p.pid = c.pid
+"""
+
+
+# Load-level pass after the duplicates: a tenant-hour of a meter whose clean rows (this
+# load's, plus those published from landed hours outside the window) add up to more than
+# the meter's max_per_tenant_hour is implausible: the load's rows of it are quarantined.
+TENANT_HOUR_BOUND = """
+with loaded as (
+    select tenant_id, meter, hour_start, sum(value) as total
+    from parsed where reason is null and not duplicate
+    group by tenant_id, meter, hour_start
+), published as (
+    select u.tenant_id, u.meter, u.hour_start, sum(u.value) as total
+    from raw.usage_snapshots as u
+    join loaded as l on (l.tenant_id, l.meter, l.hour_start) = (u.tenant_id, u.meter, u.hour_start)
+    where not (coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) >= %(start)s
+               and coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) < %(end)s)
+    group by u.tenant_id, u.meter, u.hour_start
+), implausible as (
+    select l.tenant_id, l.meter, l.hour_start, l.total + coalesce(p.total, 0) as total,
+           m.max_per_tenant_hour, m.unit
+    from loaded as l
+    join config.meters as m on m.meter = l.meter
+    left join published as p on (p.tenant_id, p.meter, p.hour_start) = (l.tenant_id, l.meter, l.hour_start)
+    where l.total + coalesce(p.total, 0) > m.max_per_tenant_hour
+)
+update parsed as p
+set reason = 'value: tenant ' || i.tenant_id || '''s ' || i.meter || ' of hour '
+    || to_char(i.hour_start at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI"Z"') || ' adds up to '
+    || trim_scale(i.total) || ' ' || i.unit || ', implausible (above max_per_tenant_hour '
+    || trim_scale(i.max_per_tenant_hour) || ')'
+from implausible as i
+where (p.tenant_id, p.meter, p.hour_start) = (i.tenant_id, i.meter, i.hour_start)
+  and p.reason is null and not p.duplicate
 """
 
 

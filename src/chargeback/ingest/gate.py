@@ -13,10 +13,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping
-from decimal import Decimal
 from typing import Any
 
-from chargeback.platform import events, warehouse
+from chargeback.ingest import policy
+from chargeback.platform import warehouse
 from chargeback.platform.periods import format_window
 from chargeback.platform.periods import parse_instant as utc
 from chargeback.platform.settings import Settings, get_settings
@@ -74,6 +74,7 @@ def validate_staged(
     with warehouse.connect(settings) as conn:
         tenants = [r[0] for r in conn.execute("select tenant_id from config.tenants order by 1")]
         meters = [r[0] for r in conn.execute("select meter from config.meters order by 1")]
+    policy.apply(load_id, settings)  # hold back the producers over the policy; the others publish
     spec = policy_suite(load_suite(SUITE, settings), load_id, settings)
     table = suite_table(spec)
     run = SuiteRun(
@@ -95,9 +96,9 @@ def validate_staged(
                                   " the load stays staged: retry the task", [result])
         raise GateNotEvaluated(message, [result])
     if not result.success:
-        message = failure_message(f"gate failed for {table} (load {load_id}, {format_window(start, end)})", [result])
-        line = _quarantine_refusal(load_id, settings)
-        raise GateFailed(f"{line}\n{message}" if line else message, [result])
+        raise GateFailed(
+            failure_message(f"gate failed for {table} (load {load_id}, {format_window(start, end)})", [result]),
+            [result])
     return result
 
 
@@ -115,55 +116,7 @@ def policy_suite(spec: Mapping[str, Any], load_id: int, settings: Settings) -> d
             if settings.quarantine_policy == "warn":
                 continue
             kwargs = expectation["kwargs"]
-            kwargs["unexpected_rows_query"] = (
-                kwargs["unexpected_rows_query"]
-                .replace("{load_id}", str(int(load_id)))
-                .replace("{max_bad_share}", str(settings.max_bad_share))
-            )
+            kwargs["unexpected_rows_query"] = kwargs["unexpected_rows_query"].replace("{load_id}", str(int(load_id)))
         kept.append(expectation)
     spec["expectations"] = kept
     return spec
-
-
-def _quarantine_refusal(load_id: int, settings: Settings) -> str | None:
-    """When the quarantine policy failed the load: record and return its one line."""
-    if settings.quarantine_policy == "warn":
-        return None
-    with warehouse.connect(settings) as conn:
-        hours = conn.execute(
-            "select landed_hour, sum(rows_quarantined), sum(rows_in) from pipeline.load_files where load_id = %s"
-            " group by landed_hour having sum(rows_quarantined) > %s * sum(rows_in) order by landed_hour",
-            (load_id, settings.max_bad_share),
-        ).fetchall()
-        rejected = [r[0] for r in conn.execute(
-            "select file_url from pipeline.load_files where load_id = %s and status = 'rejected' order by file_url",
-            (load_id,),
-        )]
-        first = conn.execute(
-            "select count(*), (array_agg(source_file || coalesce(':' || source_line, '') order by quarantine_id))[1],"
-            " (array_agg(reason order by quarantine_id))[1] from raw.usage_quarantine where load_id = %s",
-            (load_id,),
-        ).fetchone()
-    if not hours and not rejected:
-        return None
-    count, where, first_reason = first
-    reasons = [
-        f"{bad} of {rows} rows of landed hour {utc(hour):%Y-%m-%dT%H:%MZ} quarantined"
-        f" ({Decimal(bad) / Decimal(rows):.1%} > max_bad_share {settings.max_bad_share:%})"
-        for hour, bad, rows in hours[:3]
-    ]
-    if len(hours) > 3:
-        reasons.append(f"and {len(hours) - 3} more hour(s)")
-    if rejected:
-        reasons.append(f"{len(rejected)} file(s) rejected whole, e.g. {rejected[0]}")
-    if first_reason:
-        reasons.append(f"first: {first_reason}")
-    return events.record(
-        events.Event(
-            "refusal", f"load {load_id}", "; ".join(reasons),
-            f"fix the producer or config, then chargeback quarantine replay --load {load_id}"
-            " (or set CHARGEBACK_QUARANTINE_POLICY=warn to publish the good rows anyway)",
-            f"{where} (+{count - 1} more)" if count > 1 else where,
-        ),
-        details={"load_id": load_id}, settings=settings,
-    )

@@ -1,7 +1,15 @@
 """The landing contract every producer and the simulator share: the snapshot fields,
-the file formats and the folder per hour::
+the file formats and the folders per hour::
 
-    <landing>/usage/<YYYY-MM-DD>/<HH>/<name>.jsonl | .csv
+    <landing>/usage/<tenant>/<YYYY-MM-DD>/<HH>/<name>   a tenant's own producers
+    <landing>/usage/<YYYY-MM-DD>/<HH>/<name>            trusted platform producers (shared)
+
+A file under a tenant's prefix may only carry that tenant's snapshots: the prefix is the
+producer's identity (grant each tenant's producers write access to their prefix only).
+The shared folders are for the platform's own producers (``settings.trusted_producers``).
+
+Names: ``.jsonl`` (also ``.ndjson`` and ``.json``, read as JSON Lines) or ``.csv``, in any
+letter case, optionally gzip-compressed (``.gz``). Any other file is rejected with a reason.
 
 Kept apart from :mod:`chargeback.ingest.sources` so that the simulator, which writes
 this layout, and the sources, which read it, both depend on it and not on each other.
@@ -10,10 +18,39 @@ this layout, and the sources, which read it, both depend on it and not on each o
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 SNAPSHOT_FIELDS = ("snapshot_id", "tenant_id", "meter", "value", "unit", "hour", "emitted_at", "kind")
-FORMATS = {".jsonl": "jsonl", ".csv": "csv"}
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
+COMPRESSIONS = {".gz": "gzip"}
+DATE_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+"""A folder under ``usage/`` with this name is a shared day folder; any other is a tenant's prefix."""
+
+
+@dataclass(frozen=True)
+class FileKind:
+    """What a landed file's name says it is: its format and compression, or why it is refused."""
+
+    format: str | None
+    compression: str | None = None
+    refusal: str | None = None
+
+
+def file_kind(name: str) -> FileKind:
+    """Read a file name's extensions (case-insensitive): ``x.jsonl.gz`` -> jsonl, gzip."""
+    lowered = name.rsplit("/", 1)[-1].lower()
+    compression = None
+    for suffix, codec in COMPRESSIONS.items():
+        if lowered.endswith(suffix):
+            compression, lowered = codec, lowered.removesuffix(suffix)
+    for suffix, fmt in FORMATS.items():
+        if lowered.endswith(suffix):
+            return FileKind(fmt, compression)
+    expected = ", ".join(sorted(FORMATS)) + " (optionally .gz)"
+    shown = "." + lowered.rsplit(".", 1)[-1] if "." in lowered else "no extension"
+    return FileKind(None, compression, f"file: not a snapshot file type ({shown}); expected {expected}")
 
 
 def hours(start: dt.datetime, end: dt.datetime) -> Iterator[dt.datetime]:
@@ -27,5 +64,7 @@ def hours(start: dt.datetime, end: dt.datetime) -> Iterator[dt.datetime]:
         hour += dt.timedelta(hours=1)
 
 
-def hour_folder(landing: str, hour: dt.datetime) -> str:
-    return f"{landing.rstrip('/')}/usage/{hour:%Y-%m-%d}/{hour:%H}"
+def hour_folder(landing: str, hour: dt.datetime, tenant: str | None = None) -> str:
+    """The folder of ``hour``: a tenant's own (``tenant``) or the shared one."""
+    prefix = f"{landing.rstrip('/')}/usage" + (f"/{tenant}" if tenant else "")
+    return f"{prefix}/{hour:%Y-%m-%d}/{hour:%H}"

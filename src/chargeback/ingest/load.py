@@ -38,7 +38,6 @@ from dataclasses import dataclass
 import psycopg
 
 from chargeback.ingest import classify, readers
-from chargeback.ingest.layout import SNAPSHOT_FIELDS
 from chargeback.ingest.sources import SnapshotFile, UsageSource
 from chargeback.platform import events, warehouse
 from chargeback.platform.settings import Settings, get_settings
@@ -99,7 +98,7 @@ def stage(
         ).fetchone()[0]
     try:
         with warehouse.connect(settings) as conn:
-            _stage_files(conn, load_id, start, end, files, progress)
+            _stage_files(conn, load_id, start, end, files, settings, progress)
             totals = conn.execute(
                 "select coalesce(sum(rows_in), 0), coalesce(sum(rows_loaded), 0), coalesce(sum(rows_duplicate), 0),"
                 " coalesce(sum(rows_quarantined), 0), count(*) filter (where status = 'rejected')"
@@ -169,40 +168,41 @@ def _stage_files(conn: psycopg.Connection, load_id: int, start: dt.datetime, end
         """
     )
     window_end_text = f"{end.astimezone(dt.UTC):%Y-%m-%dT%H:%MZ}"
+    platform_start = settings.platform_start
     for seq, f in enumerate(files, start=1):
         first_seen = conn.execute(
             "select coalesce(min(first_seen_at), now()) from pipeline.load_files where file_url = %s", (f.url,)
         ).fetchone()[0]
         params = {"file_seq": seq, "file": f.url, "landed_hour": f.hour, "learned_at": first_seen,
-                  "window_end": end, "window_end_text": window_end_text}
-        size, rejected = (readers.copy_jsonl(conn, f) if f.format == "jsonl" else readers.copy_csv(conn, f))
-        if rejected is None:
-            conn.execute(classify.CLASSIFY_JSONL if f.format == "jsonl" else classify.CLASSIFY_CSV, params)
-            rejected = classify.garbage(conn, seq)
+                  "window_end": end, "window_end_text": window_end_text, "producer": f.producer,
+                  "platform_start": platform_start, "platform_start_text": str(platform_start)}
+        size, rejected, message = _read_file(conn, f, params, settings)
         if rejected is not None:
             conn.execute("delete from parsed where file_seq = %s", (seq,))
             conn.execute(
-                "insert into raw.usage_quarantine (load_id, source_file, source_line, landed_hour, field, reason)"
-                " values (%s, %s, %s, %s, 'file', %s)",
-                (load_id, f.url, rejected.line, f.hour, rejected.reason),
+                "insert into raw.usage_quarantine (load_id, source_file, source_line, landed_hour, field, reason,"
+                " tenant_id) values (%s, %s, %s, %s, 'file', %s, %s)",
+                (load_id, f.url, rejected.line, f.hour, rejected.reason, f.producer),
             )
         conn.execute(
             "insert into pipeline.load_files (load_id, file_url, landed_hour, bytes, rows_in, rows_quarantined,"
-            " status, message, first_seen_at) values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            " status, message, first_seen_at, producer) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (load_id, f.url, f.hour, size, rejected.rows_in if rejected else 0,
              rejected.rows_in if rejected else 0, "rejected" if rejected else "loaded",
-             rejected.reason if rejected else None, first_seen),
+             rejected.reason if rejected else message, first_seen, f.producer),
         )
         if progress:
             progress(seq, len(files))
     conn.execute("analyze parsed")  # the planner must know whether to probe raw.usage_snapshots by index
     conn.execute(classify.DEDUPE_WITHIN_LOAD)
     conn.execute(classify.DEDUPE_AGAINST_PUBLISHED, {"start": start, "end": end})
+    conn.execute(classify.TENANT_HOUR_BOUND, {"start": start, "end": end})
     conn.execute(
         """
         insert into raw.usage_quarantine (load_id, source_file, source_line, landed_hour, field, reason,
-                                          raw_record, snapshot_id)
-        select %s, source_file, source_line, landed_hour, split_part(reason, ':', 1), reason, raw_record, snapshot_id
+                                          raw_record, snapshot_id, tenant_id)
+        select %s, source_file, source_line, landed_hour, split_part(reason, ':', 1), reason, raw_record,
+               left(snapshot_id, 200), left(tenant_id, 200)
         from parsed where reason is not null
         order by file_seq, source_line
         """,
@@ -336,7 +336,7 @@ def _settle_against_published(conn: psycopg.Connection, load_id: int, start: dt.
         with moved as (
             delete from raw.usage_staging as s
             using raw.usage_snapshots as u
-            where s.load_id = %(load_id)s and u.snapshot_id = s.snapshot_id
+            where s.load_id = %(load_id)s and u.tenant_id = s.tenant_id and u.snapshot_id = s.snapshot_id
               and not (coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) >= %(start)s
                        and coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) < %(end)s)
             returning s.*, u.source_file as first_file, u.source_line as first_line, u.value as first_value,
@@ -393,12 +393,13 @@ def _resolve_quarantine(conn: psycopg.Connection, load_id: int, start: dt.dateti
     )
 
 
-def _delete_landed_hours(conn: psycopg.Connection, start: dt.datetime, end: dt.datetime) -> int:
+def _delete_landed_hours(conn: psycopg.Connection, load_id: int, start: dt.datetime, end: dt.datetime) -> int:
     """Delete the rows that came from the window's landing folders, keeping them aside (until
     commit) so the insert keeps each snapshot's ``learned_at`` and the changed hours are known.
 
     By landed hour, not ``hour_start``: a late snapshot a producer put in a later folder is
-    not dropped when its usage hour's folder is replayed.
+    not dropped when its usage hour's folder is replayed. Rows of producers the gate's
+    policy held back in this load (``pipeline.load_holds``) are kept as they were.
     """
     conn.execute(
         "create temp table replaced_snapshots on commit drop as"
@@ -409,13 +410,18 @@ def _delete_landed_hours(conn: psycopg.Connection, start: dt.datetime, end: dt.d
         """
         with deleted as (
             delete from raw.usage_snapshots
-            where (landed_hour >= %(start)s and landed_hour < %(end)s)
-               or (landed_hour is null and hour_start >= %(start)s and hour_start < %(end)s)  -- inserted by hand
+            where ((landed_hour >= %(start)s and landed_hour < %(end)s)
+                   or (landed_hour is null and hour_start >= %(start)s and hour_start < %(end)s))  -- by hand
+              and not exists (
+                  select from pipeline.load_holds as h
+                  where h.load_id = %(load_id)s
+                    and ((h.holder_kind = 'tenant' and h.holder = raw.usage_snapshots.tenant_id)
+                         or (h.holder_kind = 'file' and h.holder = raw.usage_snapshots.source_file)))
             returning snapshot_id, tenant_id, meter, value, unit, hour_start, kind, learned_at
         )
         insert into replaced_snapshots select * from deleted
         """,
-        {"start": start, "end": end},
+        {"start": start, "end": end, "load_id": load_id},
     ).rowcount
 
 
@@ -431,7 +437,7 @@ def _insert_staged(conn: psycopg.Connection, load_id: int) -> int:
                coalesce(s.landed_hour, date_trunc('hour', s.hour_start, 'UTC')),
                coalesce(least(r.learned_at, s.learned_at), now())
         from raw.usage_staging as s
-        left join replaced_snapshots as r on r.snapshot_id = s.snapshot_id
+        left join replaced_snapshots as r on r.tenant_id = s.tenant_id and r.snapshot_id = s.snapshot_id
         where s.load_id = %s
         """,
         (load_id,),
@@ -474,3 +480,42 @@ def _finish_run(settings: Settings | None, load_id: int, status: str, message: s
             "update pipeline.load_runs set status = %s, message = %s, finished_at = now() where load_id = %s",
             (status, message, load_id),
         )
+
+
+@dataclass(frozen=True)
+class LoadOutcome:
+    """What a load did, for the one summary a person reads (``chargeback load``)."""
+
+    load_id: int
+    status: str
+    rows_in: int
+    rows_loaded: int
+    rows_duplicate: int
+    rows_quarantined: int
+    files_rejected: int
+    held: tuple[str, ...]
+    """Producers the gate's policy held back (``tenant t007``, ``file …``)."""
+    ignored_columns: tuple[str, ...]
+    """Per CSV file with columns the loader does not read: ``<file>: ignored unknown column(s): …``."""
+
+    def lines(self) -> list[str]:
+        out = [f"load {self.load_id} {self.status}: {self.rows_in:,} row(s) in, {self.rows_loaded:,} loaded,"
+               f" {self.rows_duplicate:,} duplicate(s), {self.rows_quarantined:,} quarantined,"
+               f" {self.files_rejected:,} file(s) rejected"]
+        out += [f"held back: {who} (chargeback quarantine replay --load {self.load_id} once fixed)"
+                for who in self.held]
+        out += list(self.ignored_columns)
+        return out
+
+
+def outcome(load_id: int, settings: Settings | None = None) -> LoadOutcome:
+    with warehouse.connect(settings) as conn:
+        run = conn.execute("select status, rows_in, rows_loaded, rows_duplicate, rows_quarantined, files_rejected"
+                           " from pipeline.load_runs where load_id = %s", (load_id,)).fetchone()
+        held = [f"{kind} {holder}" for holder, kind in conn.execute(
+            "select holder, holder_kind from pipeline.load_holds where load_id = %s"
+            " order by holder_kind desc, holder", (load_id,))]
+        ignored = [f"{url}: {message}" for url, message in conn.execute(
+            "select file_url, message from pipeline.load_files where load_id = %s and status = 'loaded'"
+            " and message like 'ignored unknown column(s)%%' order by file_url", (load_id,))]
+    return LoadOutcome(load_id, *run, tuple(held), tuple(ignored))

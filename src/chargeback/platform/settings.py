@@ -7,6 +7,7 @@ and a production deployment (``WAREHOUSE_DSN`` pointing at any PostgreSQL >= 15)
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -54,6 +55,16 @@ class Settings:
     """Share of an hour's rows (0..1) that may be quarantined before the gate fails it."""
     grace_period_days: int = 3
     """Days after a month ends during which its invoices stay drafts and late usage restates them."""
+    trusted_producers: tuple[str, ...] = ("*",)
+    """File-name patterns allowed in the shared hour folders (``usage/<day>/<HH>/``); every
+    other file there is rejected. ``*`` trusts whoever storage permissions let write there."""
+    max_file_bytes: int = 1 << 30
+    """Largest landed file (bytes, after decompression) a load reads; a larger one is rejected."""
+    max_line_bytes: int = 1 << 16
+    """Longest line (bytes) of a landed file; a longer line is quarantined alone, unread."""
+    platform_start: dt.date | None = None
+    """No usage hour before this day is accepted (besides the first price-book version and a
+    tenant's ``start_date``, which always bound it)."""
 
 
 def _int_env(name: str, default: int) -> int:
@@ -101,7 +112,23 @@ def get_settings() -> Settings:
         quarantine_policy=_policy(os.environ.get("CHARGEBACK_QUARANTINE_POLICY") or "fail"),
         max_bad_share=_share_env("CHARGEBACK_MAX_BAD_SHARE", "0.01"),
         grace_period_days=_int_env("CHARGEBACK_GRACE_PERIOD_DAYS", 3),
+        trusted_producers=tuple(
+            p.strip() for p in (os.environ.get("CHARGEBACK_TRUSTED_PRODUCERS") or "*").split(",") if p.strip()
+        ),
+        max_file_bytes=_int_env("CHARGEBACK_MAX_FILE_BYTES", 1 << 30),
+        max_line_bytes=_int_env("CHARGEBACK_MAX_LINE_BYTES", 1 << 16),
+        platform_start=_date_env("CHARGEBACK_PLATFORM_START"),
     )
+
+
+def _date_env(name: str) -> dt.date | None:
+    text = os.environ.get(name)
+    if not text:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a date (YYYY-MM-DD), got {text!r}") from None
 
 
 def _policy(text: str) -> str:

@@ -8,7 +8,7 @@ create schema if not exists pipeline;
 
 -- Hourly usage snapshots as published after the gate passed. One row per snapshot.
 create table if not exists raw.usage_snapshots (
-    snapshot_id text primary key,
+    snapshot_id text not null,
     tenant_id text not null,
     meter text not null,
     value numeric not null,
@@ -21,7 +21,8 @@ create table if not exists raw.usage_snapshots (
     load_id bigint not null,
     loaded_at timestamptz not null default now(),
     landed_hour timestamptz,
-    learned_at timestamptz not null default now()
+    learned_at timestamptz not null default now(),
+    primary key (tenant_id, snapshot_id)
 );
 create index if not exists usage_snapshots_hour_idx on raw.usage_snapshots (hour_start);
 
@@ -71,6 +72,20 @@ begin
 end
 $$;
 create index if not exists usage_snapshots_landed_hour_idx on raw.usage_snapshots (landed_hour);
+-- Snapshot ids are unique per tenant (a producer cannot pre-empt another tenant's ids):
+-- warehouses of an earlier release keyed raw.usage_snapshots on snapshot_id alone.
+do $$
+begin
+    if exists (select from pg_constraint
+               where conrelid = 'raw.usage_snapshots'::regclass and contype = 'p'
+                 and conkey = array[(select attnum from pg_attribute
+                                     where attrelid = 'raw.usage_snapshots'::regclass
+                                       and attname = 'snapshot_id')]::int2[]) then
+        alter table raw.usage_snapshots drop constraint usage_snapshots_pkey;
+        alter table raw.usage_snapshots add primary key (tenant_id, snapshot_id);
+    end if;
+end
+$$;
 
 -- Rows of landed files that could not be loaded, one per row (or one per file rejected
 -- whole: field 'file'), with why. `status`: open until a later load of the same landed hour
@@ -89,6 +104,16 @@ create table if not exists raw.usage_quarantine (
     quarantined_at timestamptz not null default now(),
     resolved_at timestamptz
 );
+-- The tenant a quarantined row claims (as text, bounded) and the tenant whose prefix its
+-- file is under: the gate's policy holds back producers per tenant (docs/INGESTION.md).
+do $$
+begin
+    if not exists (select 1 from information_schema.columns
+                   where table_schema = 'raw' and table_name = 'usage_quarantine' and column_name = 'tenant_id') then
+        alter table raw.usage_quarantine add column tenant_id text;
+    end if;
+end
+$$;
 create index if not exists usage_quarantine_load_idx on raw.usage_quarantine (load_id);
 create index if not exists usage_quarantine_open_idx on raw.usage_quarantine (landed_hour) where status = 'open';
 
@@ -137,6 +162,21 @@ create table if not exists config.meters (
     kind text not null check (kind in ('counter', 'gauge')),
     description text not null
 );
+-- Plausibility bounds per meter and a tenant's first day (docs/INGESTION.md): added to
+-- warehouses of an earlier release, filled by the next configuration apply.
+do $$
+begin
+    if not exists (select 1 from information_schema.columns
+                   where table_schema = 'config' and table_name = 'meters' and column_name = 'max_per_snapshot') then
+        alter table config.meters add column max_per_snapshot numeric not null default 1e9;
+        alter table config.meters add column max_per_tenant_hour numeric not null default 1e10;
+    end if;
+    if not exists (select 1 from information_schema.columns
+                   where table_schema = 'config' and table_name = 'tenants' and column_name = 'start_date') then
+        alter table config.tenants add column start_date date;
+    end if;
+end
+$$;
 -- Tables whose shape changed since an earlier release are dropped here: they hold
 -- nothing but the last applied configuration, which the next apply writes again.
 do $$
@@ -285,6 +325,24 @@ create table if not exists pipeline.load_files (
     check (rows_in = rows_loaded + rows_duplicate + rows_quarantined)
 );
 create index if not exists load_files_url_idx on pipeline.load_files (file_url);
+do $$
+begin
+    if not exists (select 1 from information_schema.columns
+                   where table_schema = 'pipeline' and table_name = 'load_files' and column_name = 'producer') then
+        alter table pipeline.load_files add column producer text;
+    end if;
+end
+$$;
+-- Producers the gate's policy held back in a load (a tenant, or a shared file): their rows
+-- were quarantined with the reason, their published rows kept; the rest of the load published.
+create table if not exists pipeline.load_holds (
+    load_id bigint not null,
+    holder text not null,
+    holder_kind text not null check (holder_kind in ('tenant', 'file')),
+    reason text not null,
+    held_at timestamptz not null default now(),
+    primary key (load_id, holder_kind, holder)
+);
 
 -- ---- pipeline.transform_runs (faults: chargeback.freshness) --------------------------
 -- Every dbt run over a window (null: everything), succeeded or failed, with the
@@ -647,7 +705,7 @@ begin
     execute format('grant select, insert, update, delete, truncate on raw.usage_snapshots, raw.usage_staging,'
                    ' raw.usage_quarantine to %I', pipeline_role);
     execute format('grant select, insert, update, delete on all tables in schema config to %I', pipeline_role);
-    execute format('grant select, insert, update, delete, truncate on pipeline.load_runs, pipeline.load_files,'
+    execute format('grant select, insert, update, delete, truncate on pipeline.load_runs, pipeline.load_files, pipeline.load_holds,'
                    ' pipeline.transform_runs, pipeline.events, pipeline.validations, pipeline.month_closes to %I',
                    pipeline_role);
     execute format('grant usage on all sequences in schema raw, pipeline to %I', pipeline_role);
