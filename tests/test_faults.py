@@ -300,7 +300,7 @@ def test_warehouse_restart_mid_dag_run_retries_to_the_same_result(warehouse_to_r
     """usage_hourly loses the warehouse while its gate runs; the failed task's retry
     succeeds, the run succeeds, and the marts equal an undisturbed run of the same window."""
     settings = warehouse_to_restart
-    start = dt.datetime(2034, 5, 1, tzinfo=dt.UTC)
+    start = dt.datetime(2027, 9, 1, tzinfo=dt.UTC)  # a window no other test lands files in
     end = start + dt.timedelta(hours=2)
     simulate(str(landing), TENANTS, start, end, seed=13)
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow_home"))

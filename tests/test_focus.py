@@ -219,7 +219,7 @@ def may(test_warehouse, tmp_path_factory) -> Path:
         conn.cursor().executemany(
             "insert into raw.usage_snapshots (snapshot_id, tenant_id, meter, value, unit, hour_start, emitted_at,"
             " kind, source_file, source_line, load_id) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " on conflict (snapshot_id) do nothing",
+            " on conflict (tenant_id, snapshot_id) do nothing",
             _snapshots(),
         )
     start = dt.datetime(MONTH.year, MONTH.month, 1, tzinfo=dt.UTC)

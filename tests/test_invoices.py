@@ -266,7 +266,7 @@ def _build_marts(period_start: dt.date) -> None:
         conn.cursor().executemany(
             "insert into raw.usage_snapshots (snapshot_id, tenant_id, meter, value, unit, hour_start, emitted_at,"
             " kind, source_file, source_line, load_id) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " on conflict (snapshot_id) do nothing",
+            " on conflict (tenant_id, snapshot_id) do nothing",
             rows,
         )
     start = dt.datetime(period_start.year, period_start.month, 1, tzinfo=dt.UTC)

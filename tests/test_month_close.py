@@ -69,7 +69,7 @@ def load_month(period: str, gaps: dict[str, tuple[str, str]] | None = None, *, t
                   and h between ((g.span ->> 0)::timestamp at time zone 'UTC')
                             and ((g.span ->> 1)::timestamp at time zone 'UTC')
             )
-            on conflict (snapshot_id) do nothing
+            on conflict (tenant_id, snapshot_id) do nothing
             """,
             {"tag": tag, "tenants": TENANTS, "start": start, "end": end,
              "gaps": psycopg.types.json.Jsonb({k: list(v) for k, v in (gaps or {}).items()})},
