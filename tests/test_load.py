@@ -194,12 +194,13 @@ def test_hour_over_the_bad_row_share_holds_back_only_its_tenant_and_the_others_p
     assert line == (f"chargeback quarantine: tenant {held} held back in load {staged.load_id} at {held}: {reason};"
                     " nothing of it was published from this load, every other producer's rows were"
                     f" — fix the producer or config, then chargeback quarantine replay --load {staged.load_id}")
-    # the held tenant keeps what the first load published; the others are the new load's
-    assert by_tenant == {t: str(staged.load_id - 1 if t == held else staged.load_id) for t in TENANTS}
+    # the held tenant keeps what the first load published for the held hour; the rest is the new load's
+    assert by_tenant == {t: f"{staged.load_id - 1},{staged.load_id}" if t == held else str(staged.load_id)
+                         for t in TENANTS}
     assert _fingerprint()[0] == 30
-    # every row of the held tenant in this load is quarantined: 1 bad + 9 held back
-    assert run == ("published", 30, 20, 0, 10)
-    assert [r[2] for r in _quarantined(staged.load_id)].count("policy") == 9
+    # the held tenant's rows of the landed hour are quarantined: 1 bad + 4 held back; its other hour publishes
+    assert run == ("published", 30, 25, 0, 5)
+    assert [r[2] for r in _quarantined(staged.load_id)].count("policy") == 4
 
 def _value(jsonl_line: str) -> str:
     import json

@@ -68,6 +68,28 @@ def write_landing(landing: Path) -> int:
     return rows
 
 
+def write_hostile(landing: Path) -> None:
+    """A hostile producer in the same month: its own landing prefix (``mallory``, not a tenant)
+    with rows forging other tenants' usage and snapshot ids, an overflowing value, an hour in
+    1970, a byte-order mark and a NUL line; and junk in the shared folders."""
+    hour = datetime(2026, 9, 10, 5, tzinfo=UTC)
+    folder = landing / "usage" / "mallory" / f"{hour:%Y-%m-%d}" / f"{hour:%H}"
+    folder.mkdir(parents=True)
+
+    def row(tenant: str, snapshot_id: str, value: str, at: datetime = hour) -> bytes:
+        return json.dumps({"snapshot_id": snapshot_id, "tenant_id": tenant, "meter": "ingested_gb", "value": value,
+                           "unit": "GB", "hour": f"{at:%Y-%m-%dT%H:%M:%SZ}", "emitted_at": f"{hour:%Y-%m-%dT%H:%M:%SZ}",
+                           "kind": "counter"}).encode() + b"\n"
+
+    (folder / "agent.jsonl").write_bytes(
+        b"\xef\xbb\xbf" + row("acme", f"example/acme/ingested_gb/{hour:%Y%m%d%H}", "1e30")
+        + row("globex", "forged-1", "12") + row("initech", "forged-2", "3", datetime(1970, 1, 1, tzinfo=UTC))
+        + row("mallory", "own-1", "5") + b"\x00\x00\n")
+    shared = landing / "usage" / "2026-09-12" / "07"
+    (shared / "junk.bin").write_bytes(b"\x00\x01binary\n")
+    (shared / "broken.jsonl.gz").write_bytes(b"not gzip\n")
+
+
 @pytest.fixture(scope="module")
 def september(test_warehouse, tmp_path_factory):
     """The example month loaded, transformed and invoiced in a database of its own."""
@@ -80,6 +102,7 @@ def september(test_warehouse, tmp_path_factory):
         patch.setenv("CHARGEBACK_LANDING", str(scratch / "landing"))
         patch.setenv("CHARGEBACK_REPORTS_OUT", str(scratch / "out"))
         rows = write_landing(scratch / "landing")
+        write_hostile(scratch / "landing")  # every figure below holds with it landed
         steps.load_window(START, END, FileSource(str(scratch / "landing")))
         transform.build(START, END)
         records = close.render_drafts("2026-09", workers=1)
@@ -94,6 +117,26 @@ def test_the_example_configuration_is_valid():
 def test_every_snapshot_of_the_month_is_loaded(september):
     assert september["rows"] == 720 * 14
     assert query("select count(*) from raw.usage_snapshots") == [(720 * 14,)]
+
+
+def test_a_hostile_producer_is_quarantined_and_changes_no_tenants_cent(september):
+    """Every money figure of this module is asserted with the hostile files of write_hostile landed."""
+    assert query("select count(*) from raw.usage_snapshots where source_file like '%%mallory%%'") == [(0,)]
+    reasons = query("select source_line, field, left(reason, 48) from raw.usage_quarantine"
+                    " where source_file like '%%/mallory/%%' order by source_line")
+    assert reasons == [
+        (1, "tenant_id", "tenant_id: 'acme' in a file under tenant 'mallor"),
+        (2, "tenant_id", "tenant_id: 'globex' in a file under tenant 'mall"),
+        (3, "tenant_id", "tenant_id: 'initech' in a file under tenant 'mal"),
+        (4, "tenant_id", "tenant_id: unknown tenant 'mallory' (not in conf"),
+        (5, "record", "record: a NUL byte at column 1"),
+    ]
+    rejected = query("select split_part(file_url, '/', -1), rows_in, rows_quarantined from pipeline.load_files"
+                     " where status = 'rejected' order by 1")
+    assert rejected == [("broken.jsonl.gz", 0, 0), ("junk.bin", 1, 1)]
+    # rows in = loaded + duplicates + quarantined, for every file the loader saw
+    assert query("select count(*) from pipeline.load_files"
+                 " where rows_in <> rows_loaded + rows_duplicate + rows_quarantined") == [(0,)]
 
 
 # (tenant or None, pool) -> cost of September, README table "Cost to serve"

@@ -415,6 +415,7 @@ def _delete_landed_hours(conn: psycopg.Connection, load_id: int, start: dt.datet
               and not exists (
                   select from pipeline.load_holds as h
                   where h.load_id = %(load_id)s
+                    and raw.usage_snapshots.landed_hour = any(h.landed_hours)
                     and ((h.holder_kind = 'tenant' and h.holder = raw.usage_snapshots.tenant_id)
                          or (h.holder_kind = 'file' and h.holder = raw.usage_snapshots.source_file)))
             returning snapshot_id, tenant_id, meter, value, unit, hour_start, kind, learned_at

@@ -1,7 +1,7 @@
 """The quarantine policy, per producer: one bad producer never stops the others.
 
 Under ``quarantine_policy = fail`` the gate holds back each *producer* of a load whose
-rows broke the policy, and only it:
+rows broke the policy, for the landed hours where it broke it, and only it:
 
 * a **tenant** — the tenant whose landing prefix a file is under, or, in the shared
   folders, the tenant a row names (when it is a known tenant) — whose quarantined rows
@@ -10,7 +10,7 @@ rows broke the policy, and only it:
 * a **file** of the shared folders, for quarantined rows that name no known tenant
   (over ``max_bad_share`` of the file's unattributed rows, or the file rejected whole).
 
-A held producer's staged rows are quarantined too (field ``policy``, naming the hold),
+A held producer's staged rows of those hours are quarantined too (field ``policy``, naming the hold),
 so nothing is published for it from this load and ``rows in = loaded + duplicates +
 quarantined`` still holds; :func:`chargeback.ingest.load.publish` keeps what was
 published for it before. Every other producer's rows publish. The hold is recorded in
@@ -21,6 +21,7 @@ as seen, so a late bad file is not picked up again by every hourly run: it waits
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import psycopg
@@ -34,11 +35,13 @@ class Hold:
     holder: str
     kind: str  # "tenant" | "file"
     reason: str
+    landed_hours: tuple[dt.datetime, ...] | list[dt.datetime]
+    """The landed hours held back: the producer's other hours of the load publish."""
 
 
 _HOLDS = """
 with files as (
-    select file_url, producer, status, message from pipeline.load_files where load_id = %(load_id)s
+    select file_url, producer, status, message, landed_hour from pipeline.load_files where load_id = %(load_id)s
 ), attributed as (
     select s.landed_hour, s.source_file, coalesce(f.producer, s.tenant_id) as holder, 'tenant' as holder_kind,
            false as bad
@@ -67,20 +70,21 @@ with files as (
 ), over_share as (
     select * from shares where bad > %(max_bad_share)s * total
 ), reasons as (
-    select holder, holder_kind, landed_hour as at,
+    select holder, holder_kind, landed_hour,
            bad || ' of ' || total || ' rows of landed hour '
            || to_char(landed_hour at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI"Z"') || ' quarantined ('
            || round(100.0 * bad / total, 1) || '%% > max_bad_share ' || %(share_text)s || ')' as reason
     from over_share
     union all
-    select coalesce(producer, file_url), case when producer is null then 'file' else 'tenant' end, null,
+    select coalesce(producer, file_url), case when producer is null then 'file' else 'tenant' end, landed_hour,
            'file ' || file_url || ' rejected whole: ' || substr(message, 7)
     from files
     where status = 'rejected'
 )
 select holder, holder_kind,
-       (array_agg(reason order by at nulls first, reason))[1]
-       || case when count(*) > 1 then ' (and ' || count(*) - 1 || ' more)' else '' end
+       (array_agg(reason order by landed_hour, reason))[1]
+       || case when count(*) > 1 then ' (and ' || count(*) - 1 || ' more)' else '' end,
+       array_agg(distinct landed_hour order by landed_hour)
 from reasons
 group by holder, holder_kind
 order by holder_kind desc, holder
@@ -88,13 +92,14 @@ order by holder_kind desc, holder
 
 _HOLD_ROWS = """
 with held as (
-    select holder, holder_kind, reason from pipeline.load_holds where load_id = %(load_id)s
+    select holder, holder_kind, reason, landed_hours from pipeline.load_holds where load_id = %(load_id)s
 ), moved as (
     delete from raw.usage_staging as s
     using pipeline.load_files as f, held as h
     where s.load_id = %(load_id)s and f.load_id = s.load_id and f.file_url = s.source_file
       and ((h.holder_kind = 'tenant' and h.holder = coalesce(f.producer, s.tenant_id))
            or (h.holder_kind = 'file' and h.holder = s.source_file))
+      and s.landed_hour = any(h.landed_hours)
     returning s.*, h.holder, h.holder_kind, h.reason as hold_reason
 ), quarantined as (
     insert into raw.usage_quarantine (load_id, source_file, source_line, landed_hour, field, reason,
@@ -115,7 +120,8 @@ def apply(load_id: int, settings: Settings) -> list[Hold]:
         return []
     with warehouse.connect(settings) as conn:
         conn.execute("select pg_advisory_xact_lock(hashtext('chargeback.policy'), %s::int)", (load_id,))
-        done = conn.execute("select holder, holder_kind, reason from pipeline.load_holds where load_id = %s"
+        done = conn.execute("select holder, holder_kind, reason, landed_hours from pipeline.load_holds"
+                            " where load_id = %s"
                             " order by holder_kind desc, holder", (load_id,)).fetchall()
         if done or conn.execute("select exists (select from pipeline.load_runs where load_id = %s"
                                 " and status <> 'staged')", (load_id,)).fetchone()[0]:
@@ -125,8 +131,9 @@ def apply(load_id: int, settings: Settings) -> list[Hold]:
                      "share_text": f"{settings.max_bad_share:%}"})]
         if holds:
             conn.cursor().executemany(
-                "insert into pipeline.load_holds (load_id, holder, holder_kind, reason) values (%s, %s, %s, %s)",
-                [(load_id, h.holder, h.kind, h.reason) for h in holds])
+                "insert into pipeline.load_holds (load_id, holder, holder_kind, reason, landed_hours)"
+                " values (%s, %s, %s, %s, %s)",
+                [(load_id, h.holder, h.kind, h.reason, list(h.landed_hours)) for h in holds])
             _move_held_rows(conn, load_id)
     for hold in holds:
         _say(load_id, hold, settings)

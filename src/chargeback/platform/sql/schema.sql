@@ -333,13 +333,15 @@ begin
     end if;
 end
 $$;
--- Producers the gate's policy held back in a load (a tenant, or a shared file): their rows
--- were quarantined with the reason, their published rows kept; the rest of the load published.
+-- Producers the gate's policy held back in a load (a tenant, or a shared file), for the landed
+-- hours where they broke it: their rows of those hours were quarantined with the reason, their
+-- published rows of those hours kept; everything else of the load published.
 create table if not exists pipeline.load_holds (
     load_id bigint not null,
     holder text not null,
     holder_kind text not null check (holder_kind in ('tenant', 'file')),
     reason text not null,
+    landed_hours timestamptz[] not null,
     held_at timestamptz not null default now(),
     primary key (load_id, holder_kind, holder)
 );
