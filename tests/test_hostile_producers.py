@@ -299,3 +299,18 @@ def test_a_bad_producer_is_held_back_alone_and_a_late_bad_file_is_recorded_once(
     assert load_id > first.load_id
     # the next hourly run does not pick the bad file up again: it waits for quarantine replay
     assert steps.plan_window(later, later + dt.timedelta(hours=1)).restated == ()
+
+
+def test_an_hour_before_the_tenants_start_date_is_quarantined(landing):
+    with warehouse.connect() as conn:
+        conn.execute("update config.tenants set start_date = date '2026-09-09' where tenant_id = 't001'")
+    try:
+        land(landing, "a.jsonl", jsonl(snap("early"), snap("other", tenant_id="t002")))
+        staged = publish(landing)
+    finally:
+        with warehouse.connect() as conn:
+            conn.execute("update config.tenants set start_date = null where tenant_id = 't001'")
+
+    assert set(published()) == {("t002", "other")}
+    assert quarantined(staged.load_id)[0][2:] == (
+        "hour", f"hour: {H:%Y-%m-%dT%H}:00Z is before tenant t001's start_date (2026-09-09)")
