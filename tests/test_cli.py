@@ -109,3 +109,21 @@ def test_refusals_of_invoices_and_close_are_one_line_without_a_traceback(landing
         " month again"]
     for run in (stale, never_loaded):
         assert "Traceback" not in run.stderr + run.stdout
+
+
+@pytest.mark.warehouse
+def test_the_simulator_refused_in_production_is_one_line_without_a_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CHARGEBACK_ENV", "production")
+
+    code = main(["simulate", "--start", "2026-06-01T00:00:00Z", "--end", "2026-06-01T01:00:00Z",
+                 "--landing", str(tmp_path)])
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.strip()] == [
+        f"chargeback refusal: simulated usage at {tmp_path}: CHARGEBACK_ENV is production, and"
+        " synthetic usage written to the landing location would be billed as real usage — load real snapshots"
+        " (source 'files'); only a development or demo installation may simulate: set CHARGEBACK_ENV=dev or"
+        " CHARGEBACK_ENV=demo there"]
+    assert not any(tmp_path.iterdir())

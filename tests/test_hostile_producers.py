@@ -314,3 +314,28 @@ def test_an_hour_before_the_tenants_start_date_is_quarantined(landing):
     assert set(published()) == {("t002", "other")}
     assert quarantined(staged.load_id)[0][2:] == (
         "hour", f"hour: {H:%Y-%m-%dT%H}:00Z is before tenant t001's start_date (2026-09-09)")
+
+
+def test_crlf_files_load_like_lf_files(landing):
+    land(landing, "win.jsonl", jsonl(snap("s1"), snap("s2")).replace(b"\n", b"\r\n"))
+    land(landing, "win.csv", csv_text(snap("s3"), snap("s4")).replace(b"\n", b"\r\n"))
+    land(landing, "cr.jsonl", jsonl(snap("s5")) + b'{"snapshot_id": "s6",\r "tenant_id": "t001"}\n')
+
+    staged = publish(landing)
+
+    assert set(published()) == {("t001", s) for s in ("s1", "s2", "s3", "s4", "s5")}
+    assert quarantined(staged.load_id) == [("cr.jsonl", 2, "record", "record: control character 0x0d at column 22")]
+
+
+def test_a_held_producers_kept_row_and_its_late_copy_elsewhere_count_once(landing):
+    first = land(landing, "a.jsonl", jsonl(snap("s1")))
+    publish(landing, gate=True)
+    first.write_bytes(jsonl(snap("s1", value="x")))  # the hour's file turns bad: t001 is held for it
+    land(landing, "b.jsonl", jsonl(snap("s1")), hour=H1)  # a late copy of s1 in the next hour
+
+    staged = stage(landing, H, H1 + dt.timedelta(hours=1))
+    steps.gate(staged.load_id, H, H1 + dt.timedelta(hours=1))
+    load.publish(staged.load_id)  # no duplicate key: the kept row counts as published
+
+    assert published() == {("t001", "s1"): Decimal("2.5")}
+    assert files(staged.load_id)["b.jsonl"][:5] == ("loaded", 1, 0, 1, 0)

@@ -25,6 +25,8 @@ Refused = psycopg.errors.InsufficientPrivilege
 @pytest.fixture(scope="module", autouse=True)
 def own_database():
     with database_of_its_own("roles") as name:
+        with warehouse.connect(admin=True) as conn:  # the owner registers the test's issuer
+            conn.execute("insert into pipeline.issuers (issuer, number_prefix) values (%s, 'RL')", (ISSUER,))
         yield name
 
 
@@ -144,7 +146,7 @@ def test_pipeline_cannot_make_a_draft_final_but_through_the_owners_function(fina
         message = refused("select pipeline.issue_document(%s, %s, now())", (document_id, number),
                           psycopg.errors.RaiseException)
         assert message == (f"chargeback refusal: number {number} for document {document_id} refused:"
-                           f" the next number of issuer {ISSUER} is 2")
+                           f" the next number of issuer {ISSUER} is RL-2040-000002")
     assert refused("select pipeline.issue_document(%s, 'RL-2040-000002', now())", (final,),
                    psycopg.errors.RaiseException) == \
         f"chargeback refusal: issuing document {final} refused: it is issued already as {NUMBER}"
@@ -237,3 +239,34 @@ def test_the_bi_role_reads_no_invoices_and_issues_nothing(final):
             with pytest.raises(Refused) as caught:
                 conn.execute(statement)
         assert caught.value.diag.message_primary == "permission denied for schema pipeline"
+
+
+def test_a_function_the_pipeline_creates_cannot_run_as_the_owner_in_ensure_schema():
+    """The owner's default search path starts with "$user": a schema the pipeline names like
+    the owner, holding its own format(text, text), must not be what the DDL calls."""
+    with warehouse.connect(admin=True) as conn:
+        owner = conn.execute("select current_user").fetchone()[0]
+    with warehouse.connect() as conn:
+        conn.execute(f'create schema if not exists "{owner}"')
+        conn.execute(f"""
+            create or replace function "{owner}".format(fmt text, arg text) returns text
+            language plpgsql as $$
+            begin
+                execute 'create table if not exists "{owner}".pwned (at timestamptz)';
+                return pg_catalog.format(fmt, arg);
+            end $$""")
+    try:
+        warehouse.ensure_schema()
+        with warehouse.connect() as conn:
+            pwned = conn.execute("select to_regclass(%s)", (f'"{owner}".pwned',)).fetchone()[0]
+        assert pwned is None
+    finally:
+        with warehouse.connect() as conn:
+            conn.execute(f'drop schema "{owner}" cascade')
+
+
+def test_pipeline_cannot_open_a_numbering_series_of_its_own(final):
+    assert refused("select pipeline.lock_issuer('mine')", error=psycopg.errors.RaiseException) == (
+        "chargeback refusal: issuer mine is not registered in pipeline.issuers (the owner registers issuers)")
+    assert refused("insert into pipeline.issuers (issuer, number_prefix) values ('mine', 'XX')") == \
+        "permission denied for table issuers"

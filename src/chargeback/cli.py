@@ -386,6 +386,8 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from chargeback.engine.configuration import ConfigError
     from chargeback.engine.transform import TransformError
     from chargeback.ingest.load import LoadError
+    from chargeback.ingest.readers import StorageError
+    from chargeback.ingest.simulate import SimulationRefused
     from chargeback.orchestration.runner import AirflowRunFailed
     from chargeback.platform.freshness import StaleMarts
     from chargeback.platform.validation import ValidationError
@@ -393,7 +395,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
     return (ConfigError, LoadError, ValidationError, TransformError, InvoiceError, StaleMarts,
             AirflowRunFailed, WarehouseError, FocusExportError, ValueError, psycopg.OperationalError,
-            psycopg.errors.UndefinedTable)
+            psycopg.errors.UndefinedTable, SimulationRefused, StorageError)
 
 
 class _EventLines(logging.Handler):

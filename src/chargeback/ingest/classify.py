@@ -219,7 +219,8 @@ with loaded as (
     select u.tenant_id, u.meter, u.hour_start, sum(u.value) as total
     from raw.usage_snapshots as u
     join loaded as l on (l.tenant_id, l.meter, l.hour_start) = (u.tenant_id, u.meter, u.hour_start)
-    where not (coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) >= %(start)s
+    where u.hour_start between (select min(hour_start) from loaded) and (select max(hour_start) from loaded)
+      and not (coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) >= %(start)s
                and coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) < %(end)s)
     group by u.tenant_id, u.meter, u.hour_start
 ), implausible as (

@@ -132,6 +132,9 @@ def _read_file(conn: psycopg.Connection, f: SnapshotFile, params: dict, settings
     if f.refusal is not None:
         rows = readers.count_lines(f, settings.max_file_bytes)
         return f.size or 0, readers.FileOutcome(None, f.refusal, rows), None
+    if f.compression is None and f.size is not None and f.size > settings.max_file_bytes:
+        reason = f"file: larger than {settings.max_file_bytes:,} bytes (max_file_bytes); not read"
+        return f.size, readers.FileOutcome(None, reason, 0), None
     if f.format == "jsonl":
         size, rejected = readers.copy_jsonl(conn, f, *limits)
         if rejected is None:
@@ -167,6 +170,7 @@ def _stage_files(conn: psycopg.Connection, load_id: int, start: dt.datetime, end
         ) on commit drop
         """
     )
+    conn.execute("create index on parsed (file_seq)")  # each file's rows are checked after its COPY
     window_end_text = f"{end.astimezone(dt.UTC):%Y-%m-%dT%H:%MZ}"
     platform_start = settings.platform_start
     for seq, f in enumerate(files, start=1):
@@ -328,6 +332,17 @@ def lock_window(conn: psycopg.Connection) -> None:
     conn.execute("select pg_advisory_xact_lock(hashtext('chargeback.usage'))")
 
 
+def _kept_by_hold(row: str) -> str:
+    """SQL: the published row ``row`` is kept by a hold of this load (``%(load_id)s``): the
+    producer the gate's policy held back for that landed hour (:mod:`chargeback.ingest.policy`)."""
+    return f"""exists (
+                  select from pipeline.load_holds as h
+                  where h.load_id = %(load_id)s
+                    and {row}.landed_hour = any(h.landed_hours)
+                    and ((h.holder_kind = 'tenant' and h.holder = {row}.tenant_id)
+                         or (h.holder_kind = 'file' and h.holder = {row}.source_file)))"""
+
+
 def _settle_against_published(conn: psycopg.Connection, load_id: int, start: dt.datetime, end: dt.datetime) -> None:
     """Staged rows whose snapshot another load published (from another landed hour) since this
     load was staged: duplicates if identical, else quarantined — as stage would have said."""
@@ -337,8 +352,9 @@ def _settle_against_published(conn: psycopg.Connection, load_id: int, start: dt.
             delete from raw.usage_staging as s
             using raw.usage_snapshots as u
             where s.load_id = %(load_id)s and u.tenant_id = s.tenant_id and u.snapshot_id = s.snapshot_id
-              and not (coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) >= %(start)s
-                       and coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) < %(end)s)
+              and (not (coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) >= %(start)s
+                        and coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) < %(end)s)
+                   or """ + _kept_by_hold("u") + """)
             returning s.*, u.source_file as first_file, u.source_line as first_line, u.value as first_value,
                       (s.tenant_id, s.meter, s.value, s.unit, s.hour_start, s.kind)
                       = (u.tenant_id, u.meter, u.value, u.unit, u.hour_start, u.kind) as same
@@ -412,12 +428,7 @@ def _delete_landed_hours(conn: psycopg.Connection, load_id: int, start: dt.datet
             delete from raw.usage_snapshots
             where ((landed_hour >= %(start)s and landed_hour < %(end)s)
                    or (landed_hour is null and hour_start >= %(start)s and hour_start < %(end)s))  -- by hand
-              and not exists (
-                  select from pipeline.load_holds as h
-                  where h.load_id = %(load_id)s
-                    and raw.usage_snapshots.landed_hour = any(h.landed_hours)
-                    and ((h.holder_kind = 'tenant' and h.holder = raw.usage_snapshots.tenant_id)
-                         or (h.holder_kind = 'file' and h.holder = raw.usage_snapshots.source_file)))
+              and not """ + _kept_by_hold("raw.usage_snapshots") + """
             returning snapshot_id, tenant_id, meter, value, unit, hour_start, kind, learned_at
         )
         insert into replaced_snapshots select * from deleted

@@ -63,7 +63,21 @@ class CsvHeader:
 
 
 class _Unreadable(Exception):
-    """The stream cannot be read on (too large, broken compression): reject the file."""
+    """The stream cannot be read on (too large, broken compression): reject the file.
+    ``countable``: its lines may be counted (rows in); a file too large is not read again."""
+
+    def __init__(self, reason: str, *, countable: bool = True):
+        super().__init__(reason)
+        self.countable = countable
+
+    def outcome(self, f: SnapshotFile, max_file: int) -> FileOutcome:
+        return FileOutcome(None, str(self), count_lines(f, max_file) if self.countable else 0)
+
+
+class StorageError(Exception):
+    """Reading the landing storage failed (not the file's content): the load fails and is
+    retried, rather than rejecting a file that may be fine. Not an ``OSError``, so that the
+    gzip reader's error handling cannot mistake it for a broken stream."""
 
 
 class _Stream:
@@ -81,28 +95,37 @@ class _Stream:
                 return True
 
             def readinto(self, b) -> int:
-                data = outer.raw.read(len(b))
+                try:
+                    data = outer.raw.read(len(b))
+                except OSError as exc:
+                    raise StorageError(f"cannot read {f.url}: {exc}") from exc
                 outer.stored += len(data)
                 b[:len(data)] = data
                 return len(data)
 
         counted = io.BufferedReader(_Count(), _CHUNK)
-        self.fh = gzip.GzipFile(fileobj=counted, mode="rb") if f.compression == "gzip" else counted
+        self.gzip = f.compression == "gzip"
+        self.fh = gzip.GzipFile(fileobj=counted, mode="rb") if self.gzip else counted
         self.first = True
 
-    def read(self, n: int = _CHUNK) -> bytes:
+    def _read(self, n: int) -> bytes:
+        if not self.gzip:
+            return self.fh.read(n)
         try:
-            chunk = self.fh.read(n)
-        except (OSError, EOFError, zlib.error) as exc:
+            return self.fh.read(n)
+        except (OSError, EOFError, zlib.error) as exc:  # the decompressor's, not storage's
             raise _Unreadable(f"file: not a readable gzip stream ({exc})") from exc
+
+    def read(self, n: int = _CHUNK) -> bytes:
+        chunk = self._read(n)
         if self.first:
             self.first = False
-            while len(chunk) < len(codecs.BOM_UTF8) and (more := self.fh.read(n)):
+            while len(chunk) < len(codecs.BOM_UTF8) and (more := self._read(n)):
                 chunk += more
             chunk = chunk.removeprefix(codecs.BOM_UTF8)
         self.read_bytes += len(chunk)
         if self.read_bytes > self.limit:
-            raise _Unreadable(f"file: larger than {self.limit:,} bytes (max_file_bytes); not read")
+            raise _Unreadable(f"file: larger than {self.limit:,} bytes (max_file_bytes); not read", countable=False)
         return chunk
 
     def readline(self, limit: int) -> bytes:
@@ -110,9 +133,9 @@ class _Stream:
         head = b""
         while b"\n" not in head and len(head) <= limit and (chunk := self.read(4096)):
             head += chunk
-        line, sep, rest = head.partition(b"\n")
+        line, _, rest = head.partition(b"\n")
         self._rest = rest
-        return line + sep
+        return line.removesuffix(b"\r")
 
     def close(self) -> None:
         self.raw.close()
@@ -169,6 +192,8 @@ def checked_lines(stream, max_line: int, mark: Callable[[str, bytes], bytes],
             yield mark(f"line longer than {max_line:,} bytes (max_line_bytes)", skipping)
             skipping, chunk = None, chunk[end + 1:]
         data = pending + chunk
+        if b"\r\n" in data:  # a CRLF file: the line ends are the same lines
+            data = data.replace(b"\r\n", b"\n")
         cut = data.rfind(b"\n") + 1
         block, pending = data[:cut], data[cut:]
         if len(pending) > max_line:
@@ -220,7 +245,7 @@ def copy_jsonl(conn: psycopg.Connection, f: SnapshotFile, max_file: int, max_lin
                 for block in checked_lines(stream, max_line, _jsonl_mark, b"\x00\x01\x02\x1e\x1f\r"):
                     copy.write(block)
     except _Unreadable as exc:
-        return _stored(f, stream), FileOutcome(None, str(exc), count_lines(f, max_file))
+        return _stored(f, stream), exc.outcome(f, max_file)
     except psycopg.errors.DataError as exc:
         return _stored(f, stream), _copy_refused(f, exc, max_file, header=False)
     finally:
@@ -303,7 +328,7 @@ def copy_csv(conn: psycopg.Connection, f: SnapshotFile, max_file: int, max_line:
             _drain(stream)
             return _stored(f, stream), header, _copy_csv_loose(conn, f, header, max_file, max_line, mark)
     except _Unreadable as exc:
-        return _stored(f, stream), None, FileOutcome(None, str(exc), count_lines(f, max_file))
+        return _stored(f, stream), None, exc.outcome(f, max_file)
     finally:
         stream.close()
     return _stored(f, stream), header, None
@@ -326,7 +351,7 @@ def _copy_csv_loose(conn: psycopg.Connection, f: SnapshotFile, header: CsvHeader
                 for record in _loose_records(stream, header, max_line, mark):
                     copy.write_row(record)
     except _Unreadable as exc:
-        return FileOutcome(None, str(exc), count_lines(f, max_file))
+        return exc.outcome(f, max_file)
     except csv.Error as exc:
         return FileOutcome(None, f"file: cannot be parsed: {exc}", max(count_lines(f, max_file) - 1, 0))
     finally:

@@ -94,16 +94,19 @@ def _ensure_pipeline_role(admin: str, role: str, password: str | None) -> None:
     """Create the pipeline's LOGIN role if the cluster has none (roles are cluster-wide: one role
     serves every Chargeback database of the server, each granting it its own privileges)."""
     with psycopg.connect(admin, autocommit=True) as conn:
-        row = conn.execute("select rolsuper, rolname = current_user from pg_roles where rolname = %s",
-                           (role,)).fetchone()
+        row = conn.execute(
+            "select rolsuper or rolcreaterole or rolbypassrls, rolname = current_user"
+            " or pg_has_role(rolname, current_user, 'MEMBER') from pg_roles where rolname = %s",
+            (role,)).fetchone()
         if row is None:
             with contextlib.suppress(psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
                 conn.execute(sql.SQL("create role {} login nosuperuser nocreatedb nocreaterole")
                              .format(sql.Identifier(role)))
         elif row[0] or row[1]:
             raise WarehouseError(
-                f"the pipeline role {role} is a superuser or the warehouse owner: it must be a role of its "
-                "own that owns nothing (set CHARGEBACK_PIPELINE_ROLE to another name)")
+                f"the pipeline role {role} is a superuser, may create roles or bypass row security, or is (a"
+                " member of) the warehouse owner: it must be a role of its own that owns nothing (set"
+                " CHARGEBACK_PIPELINE_ROLE to another name)")
         if password:
             conn.execute(sql.SQL("alter role {} login password {}").format(
                 sql.Identifier(role), sql.Literal(password)))
@@ -197,6 +200,9 @@ def ensure_schema(settings: Settings | None = None) -> None:
     dsn(settings)  # the pipeline role exists before the DDL grants it anything
     with connect(settings, admin=True) as conn:
         conn.add_notice_handler(_log_chargeback_notice)
+        # Only the catalog on the path: a schema the pipeline may create (one named like the
+        # owner, first on the default "$user" path) must not shadow a function the DDL calls.
+        conn.execute("set local search_path = pg_catalog, pg_temp")
         conn.execute("select pg_advisory_xact_lock(hashtext('chargeback.ensure_schema'))")
         conn.execute("select set_config('chargeback.pipeline_role', %s, true)", (pipeline_role()[0],))
         conn.execute(ddl)

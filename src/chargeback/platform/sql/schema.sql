@@ -412,6 +412,13 @@ create table if not exists pipeline.invoice_counters (
     issuer text primary key,
     last_number bigint not null check (last_number >= 0)
 );
+-- Who may issue documents and how their numbers read (<prefix>-<year>-<sequence>): the owner's
+-- to change (the pipeline reads it), so the pipeline cannot open a numbering series of its own.
+create table if not exists pipeline.issuers (
+    issuer text primary key,
+    number_prefix text not null check (number_prefix ~ '^[A-Z0-9]{1,10}$')
+);
+insert into pipeline.issuers (issuer, number_prefix) values ('chargeback', 'CB') on conflict (issuer) do nothing;
 -- Upgrade from the release where drafts were numbered (invoice_number was the primary key
 -- and nothing was ever final): its rows are drafts the next run renders again, and the
 -- numbers they held were never issued, so the counter starts again at zero. A warehouse
@@ -602,6 +609,10 @@ language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 declare
     v_last bigint;
 begin
+    if not exists (select from pipeline.issuers as r where r.issuer = p_issuer) then
+        raise exception 'chargeback refusal: issuer % is not registered in pipeline.issuers (the owner registers issuers)',
+            p_issuer;
+    end if;
     insert into pipeline.invoice_counters as c (issuer, last_number) values (p_issuer, 0)
     on conflict (issuer) do nothing;
     select c.last_number into v_last from pipeline.invoice_counters as c where c.issuer = p_issuer for update;
@@ -618,8 +629,11 @@ declare
     v_status text;
     v_number text;
     v_next bigint;
+    v_year integer;
+    v_expected text;
 begin
-    select i.issuer, i.status, i.invoice_number into v_issuer, v_status, v_number
+    select i.issuer, i.status, i.invoice_number, extract(year from i.period_start)::integer
+    into v_issuer, v_status, v_number, v_year
     from pipeline.invoices as i where i.document_id = p_document_id for update;
     if v_status is null then
         raise exception 'chargeback refusal: issuing document % refused: there is no such document', p_document_id;
@@ -634,9 +648,13 @@ begin
         raise exception 'chargeback refusal: issuing document % refused: issuer % has no counter (lock_issuer first)',
             p_document_id, v_issuer;
     end if;
-    if substring(p_invoice_number from '([0-9]+)$')::numeric is distinct from v_next then
+    select r.number_prefix || '-' || v_year || '-'
+           || case when length(v_next::text) >= 6 then v_next::text else lpad(v_next::text, 6, '0') end
+    into v_expected
+    from pipeline.issuers as r where r.issuer = v_issuer;
+    if p_invoice_number is distinct from v_expected then
         raise exception 'chargeback refusal: number % for document % refused: the next number of issuer % is %',
-            p_invoice_number, p_document_id, v_issuer, v_next;
+            p_invoice_number, p_document_id, v_issuer, coalesce(v_expected, v_next || ' (issuer not registered)');
     end if;
     update pipeline.invoices as i
     set invoice_number = p_invoice_number, status = 'final', finalized_at = pg_catalog.now(),
@@ -722,7 +740,7 @@ begin
     execute format('grant update (period_end, issue_date, currency, total, pdf_uri, pdf_sha256, rendered_at)'
                    ' on pipeline.invoices to %I', pipeline_role);
     execute format('grant select, insert on pipeline.invoice_lines to %I', pipeline_role);
-    execute format('grant select on pipeline.invoice_counters to %I', pipeline_role);
+    execute format('grant select on pipeline.invoice_counters, pipeline.issuers to %I', pipeline_role);
     revoke execute on function pipeline.lock_issuer(text), pipeline.issue_document(bigint, text, timestamptz),
         raw.analyze_usage(text) from public;
     execute format('grant execute on function pipeline.lock_issuer(text),'
