@@ -270,3 +270,36 @@ def test_pipeline_cannot_open_a_numbering_series_of_its_own(final):
         "chargeback refusal: issuer mine is not registered in pipeline.issuers (the owner registers issuers)")
     assert refused("insert into pipeline.issuers (issuer, number_prefix) values ('mine', 'XX')") == \
         "permission denied for table issuers"
+
+
+def test_a_process_with_only_the_pipelines_credentials_verifies_and_refuses_undone_protection(monkeypatch):
+    """Where only CHARGEBACK_PIPELINE_DSN is set (a worker without the owner's credentials),
+    ensure_schema verifies instead of changing anything, and refuses in one line."""
+    warehouse.ensure_schema()
+    pipeline_dsn = warehouse.dsn()
+    action = "run `chargeback warehouse migrate` as the owner (WAREHOUSE_DSN); the pipeline role cannot"
+
+    def as_pipeline_only() -> str | None:
+        with monkeypatch.context() as patch:
+            patch.setenv("CHARGEBACK_PIPELINE_DSN", pipeline_dsn)
+            with pytest.raises(warehouse.WarehouseError, match="schema changes run as the owner"):
+                warehouse.admin_dsn()
+            try:
+                warehouse.ensure_schema()
+            except warehouse.WarehouseError as exc:
+                return str(exc)
+        return None
+
+    try:
+        assert as_pipeline_only() is None  # this release, every trigger sound
+        with warehouse.connect(admin=True) as conn:
+            conn.execute("alter table pipeline.invoices disable trigger invoices_final_is_immutable")
+        assert as_pipeline_only() == ("protective trigger(s) disabled, changed or missing:"
+                                      f" invoices_final_is_immutable on pipeline.invoices — {action} restore them")
+        warehouse.ensure_schema()  # the owner restores it
+        with warehouse.connect(admin=True) as conn:
+            conn.execute("update pipeline.schema_version set sha256 = 'an older release'")
+        assert as_pipeline_only() == f"the warehouse schema is not this release's — {action} change it"
+    finally:
+        warehouse.ensure_schema()
+    assert as_pipeline_only() is None

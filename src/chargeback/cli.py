@@ -64,6 +64,9 @@ def cmd_warehouse(args: argparse.Namespace) -> int:
     if args.action == "start":
         warehouse.ensure_schema()
         print(warehouse.dsn())
+    elif args.action == "migrate":  # as the owner: once per release, before the pipeline runs
+        warehouse.ensure_schema()
+        print("warehouse schema applied and its protective triggers checked")
     elif args.action == "dsn":
         print(warehouse.dsn())
     elif args.action == "env":  # for dbt and sqlfluff by hand: eval "$(chargeback warehouse env)"
@@ -290,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--end", help="window end (exclusive), ISO-8601 UTC (whole hour)")
 
     sp = sub.add_parser("warehouse", help="start the embedded warehouse, print its DSN or dbt's env, or stop it")
-    sp.add_argument("action", choices=["start", "dsn", "env", "stop"])
+    sp.add_argument("action", choices=["start", "migrate", "dsn", "env", "stop"])
     sp.set_defaults(func=cmd_warehouse)
 
     sp = sub.add_parser("config", help="validate (check) or validate and apply the configuration")

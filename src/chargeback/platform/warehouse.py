@@ -13,12 +13,20 @@ connects as the **pipeline** role (:func:`dsn`), a non-superuser LOGIN role
 (``CHARGEBACK_PIPELINE_ROLE``, default ``chargeback_pipeline``; password
 ``CHARGEBACK_PIPELINE_PASSWORD`` where the server asks for one) that owns none of the
 tables it writes, so it can neither alter them nor disable their triggers.
+
+Where the owner's credentials must not be present at all (Airflow workers, a container that
+runs tasks), set ``CHARGEBACK_PIPELINE_DSN`` to the pipeline role's DSN: the process then
+connects as nothing else, and :func:`ensure_schema` only *verifies* — that the schema is this
+release's and every protective trigger is sound — refusing in one line otherwise; the owner
+applies the schema once per release with ``chargeback warehouse migrate`` (compose's
+``airflow-init``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import threading
@@ -74,8 +82,15 @@ def pipeline_role() -> tuple[str, str | None]:
             os.environ.get("CHARGEBACK_PIPELINE_PASSWORD") or None)
 
 
+def pipeline_only() -> str | None:
+    """``CHARGEBACK_PIPELINE_DSN`` when this process holds only the pipeline's credentials."""
+    return os.environ.get("CHARGEBACK_PIPELINE_DSN") or None
+
+
 def dsn(settings: Settings | None = None) -> str:
     """libpq DSN of the Chargeback database as the pipeline role (both created if missing)."""
+    if given := pipeline_only():
+        return given
     admin = admin_dsn(settings)
     role, password = pipeline_role()
     with _lock:
@@ -114,6 +129,10 @@ def _ensure_pipeline_role(admin: str, role: str, password: str | None) -> None:
 
 def admin_dsn(settings: Settings | None = None) -> str:
     """libpq DSN of the Chargeback database as its owner (schema changes only), created if missing."""
+    if pipeline_only():
+        raise WarehouseError(
+            "this process holds only the pipeline role's credentials (CHARGEBACK_PIPELINE_DSN): schema"
+            " changes run as the owner — run `chargeback warehouse migrate` where WAREHOUSE_DSN is the owner's")
     settings = settings or get_settings()
     key = (settings.warehouse_dsn, str(settings.embedded_dir), settings.database)
     with _lock:
@@ -197,6 +216,10 @@ def ensure_schema(settings: Settings | None = None) -> None:
     and grant the pipeline role what it may do. A protective trigger found missing, disabled or
     changed is created again (a notice says so)."""
     ddl = resources.files("chargeback.platform").joinpath("sql/schema.sql").read_text()
+    release = hashlib.sha256(ddl.encode()).hexdigest()
+    if pipeline_only():
+        _verify_schema(settings, release)
+        return
     dsn(settings)  # the pipeline role exists before the DDL grants it anything
     with connect(settings, admin=True) as conn:
         conn.add_notice_handler(_log_chargeback_notice)
@@ -206,6 +229,27 @@ def ensure_schema(settings: Settings | None = None) -> None:
         conn.execute("select pg_advisory_xact_lock(hashtext('chargeback.ensure_schema'))")
         conn.execute("select set_config('chargeback.pipeline_role', %s, true)", (pipeline_role()[0],))
         conn.execute(ddl)
+        conn.execute(
+            "insert into pipeline.schema_version (sha256) values (%s) on conflict (singleton) do update"
+            " set sha256 = excluded.sha256, applied_at = now() where schema_version.sha256 <> excluded.sha256",
+            (release,))
+
+
+def _verify_schema(settings: Settings | None, release: str) -> None:
+    """As the pipeline role: the schema is ``release`` and every protective trigger is sound."""
+    action = "run `chargeback warehouse migrate` as the owner (WAREHOUSE_DSN); the pipeline role cannot"
+    with connect(settings) as conn:
+        try:
+            row = conn.execute("select sha256 from pipeline.schema_version").fetchone()
+            unsound = [f"{name} on {table}" for name, table in conn.execute(
+                "select name, tbl from pipeline.unsound_triggers()")]
+        except psycopg.errors.UndefinedTable:
+            row, unsound = None, []
+    if row is None or row[0] != release:
+        raise WarehouseError(f"the warehouse schema is not this release's — {action} change it")
+    if unsound:
+        raise WarehouseError(f"protective trigger(s) disabled, changed or missing: {', '.join(unsound)} — {action}"
+                             " restore them")
 
 
 def _log_chargeback_notice(diag: psycopg.errors.Diagnostic) -> None:

@@ -570,28 +570,35 @@ $$;
 -- Every protective trigger must exist on its table, call its function, fire on its events and
 -- be enabled (an owner may have run ALTER TABLE ... DISABLE TRIGGER): one that is not is
 -- created again, with a notice. Checked first: create trigger locks the table.
+-- pipeline.unsound_triggers() lists those that are not; a pipeline process without the owner's
+-- credentials calls it to refuse to run on a warehouse whose protection was undone.
+create or replace function pipeline.unsound_triggers()
+returns table (name text, tbl text, events text, level text, fn text, present boolean)
+language sql stable set search_path = pg_catalog, pg_temp as $$
+    select v.name, v.tbl, v.events, v.level, v.fn,
+           exists (select from pg_trigger where tgrelid = v.tbl::regclass and tgname = v.name)
+    from (values
+        ('invoices_final_is_immutable', 'pipeline.invoices', 27, 'before update or delete', 'row',
+         'pipeline.refuse_change_of_final_invoice'),
+        ('invoices_final_no_truncate', 'pipeline.invoices', 34, 'before truncate', 'statement',
+         'pipeline.refuse_change_of_final_invoice'),
+        ('invoice_lines_final_are_immutable', 'pipeline.invoice_lines', 31, 'before insert or update or delete',
+         'row', 'pipeline.refuse_change_of_final_invoice_lines'),
+        ('invoice_lines_final_no_truncate', 'pipeline.invoice_lines', 34, 'before truncate', 'statement',
+         'pipeline.refuse_change_of_final_invoice_lines')
+    ) as v (name, tbl, tgtype, events, level, fn)
+    where not exists (
+        select from pg_trigger
+        where tgrelid = v.tbl::regclass and tgname = v.name and tgtype = v.tgtype
+          and tgfoid = v.fn::regproc and tgenabled in ('O', 'A') and tgqual is null
+          and tgattr::text = '' and tgnargs = 0)
+$$;
 do $$
 declare
     t record;
 begin
-    for t in
-        select * from (values
-            ('invoices_final_is_immutable', 'pipeline.invoices', 27, 'before update or delete', 'row',
-             'pipeline.refuse_change_of_final_invoice'),
-            ('invoices_final_no_truncate', 'pipeline.invoices', 34, 'before truncate', 'statement',
-             'pipeline.refuse_change_of_final_invoice'),
-            ('invoice_lines_final_are_immutable', 'pipeline.invoice_lines', 31, 'before insert or update or delete',
-             'row', 'pipeline.refuse_change_of_final_invoice_lines'),
-            ('invoice_lines_final_no_truncate', 'pipeline.invoice_lines', 34, 'before truncate', 'statement',
-             'pipeline.refuse_change_of_final_invoice_lines')
-        ) as v (name, tbl, tgtype, events, level, fn)
-    loop
-        continue when exists (
-            select from pg_trigger
-            where tgrelid = t.tbl::regclass and tgname = t.name and tgtype = t.tgtype
-              and tgfoid = t.fn::regproc and tgenabled in ('O', 'A') and tgqual is null
-              and tgattr::text = '' and tgnargs = 0);
-        if exists (select from pg_trigger where tgrelid = t.tbl::regclass and tgname = t.name) then
+    for t in select * from pipeline.unsound_triggers() loop
+        if t.present then
             raise notice 'chargeback: trigger % on % was disabled or changed: created again', t.name, t.tbl;
             execute format('drop trigger %I on %s', t.name, t.tbl);
         end if;
@@ -600,6 +607,13 @@ begin
     end loop;
 end
 $$;
+-- The release of this file last applied (its sha256, written by ensure_schema): a pipeline
+-- process without the owner's credentials refuses to run on another.
+create table if not exists pipeline.schema_version (
+    singleton boolean primary key default true check (singleton),
+    sha256 text not null,
+    applied_at timestamptz not null default now()
+);
 -- The only ways the pipeline role takes a number or makes a document final: functions owned
 -- by the owner (security definer, search_path pinned, every name qualified). The counter only
 -- ever advances by one, for the document being issued, so numbering cannot be reset.
@@ -740,7 +754,8 @@ begin
     execute format('grant update (period_end, issue_date, currency, total, pdf_uri, pdf_sha256, rendered_at)'
                    ' on pipeline.invoices to %I', pipeline_role);
     execute format('grant select, insert on pipeline.invoice_lines to %I', pipeline_role);
-    execute format('grant select on pipeline.invoice_counters, pipeline.issuers to %I', pipeline_role);
+    execute format('grant select on pipeline.invoice_counters, pipeline.issuers, pipeline.schema_version to %I',
+                   pipeline_role);
     revoke execute on function pipeline.lock_issuer(text), pipeline.issue_document(bigint, text, timestamptz),
         raw.analyze_usage(text) from public;
     execute format('grant execute on function pipeline.lock_issuer(text),'
