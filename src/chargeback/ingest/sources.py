@@ -97,14 +97,27 @@ class FileSource:
             and not DATE_FOLDER.match(name := entry["name"].rstrip("/").rsplit("/", 1)[-1])
         )
 
+    def _hour_folders(self, producer: str | None, days: list[dt.date]) -> set[str]:
+        """The hour folders (``YYYY-MM-DD/HH``) that exist under a producer's days: one listing
+        per day, not a probe per hour (a listing is a request on object storage)."""
+        present: set[str] = set()
+        for day in days:
+            folder = hour_folder(self.root, dt.datetime.combine(day, dt.time(), dt.UTC), producer).rsplit("/", 1)[0]
+            if self.fs.isdir(folder):
+                present.update(f"{day:%Y-%m-%d}/{entry['name'].rstrip('/').rsplit('/', 1)[-1]}"
+                               for entry in self.fs.ls(folder, detail=True) if entry.get("type") == "directory")
+        return present
+
     def files(self, start: dt.datetime, end: dt.datetime) -> list[SnapshotFile]:
         found: list[SnapshotFile] = []
-        producers = [None, *self.tenant_prefixes()]
-        for hour in hours(start, end):
-            for producer in producers:
-                folder = hour_folder(self.root, hour, producer)
-                if not self.fs.isdir(folder):
+        window = list(hours(start, end))
+        days = sorted({hour.date() for hour in window})
+        producers = [(producer, self._hour_folders(producer, days)) for producer in [None, *self.tenant_prefixes()]]
+        for hour in window:
+            for producer, present in producers:
+                if f"{hour:%Y-%m-%d/%H}" not in present:
                     continue
+                folder = hour_folder(self.root, hour, producer)
                 for entry in sorted(self.fs.ls(folder, detail=True), key=lambda e: e["name"]):
                     if entry.get("type", "file") == "file":
                         found.append(self._file(entry, hour, producer))
