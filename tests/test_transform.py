@@ -391,3 +391,25 @@ def test_window_is_taken_in_utc():
         H,
         H + timedelta(hours=1),
     )
+
+
+def test_a_model_failing_on_data_names_the_snapshots_file_and_line(full_build):
+    """A snapshot no price is in force for (here written straight into raw, as a warehouse of an
+    older release may hold one; the loader now quarantines it) fails the pricing model's
+    not-null contract: the failure names the snapshot's file and line."""
+    hour = datetime(2019, 12, 31, 23, tzinfo=UTC)
+    execute(
+        "insert into raw.usage_snapshots (snapshot_id, tenant_id, meter, value, unit, hour_start, emitted_at,"
+        " kind, source_file, source_line, load_id) values"
+        " ('test/unpriced', 't001', 'ingested_gb', 1, 'GB', %s, %s, 'counter', 'old-release.jsonl', 7, 1)",
+        hour,
+        hour,
+    )
+    try:
+        with pytest.raises(transform.TransformError) as failure:
+            transform.build(hour, hour + timedelta(hours=1))
+    finally:
+        execute("delete from raw.usage_snapshots where snapshot_id = 'test/unpriced'")
+        transform.build(hour, hour + timedelta(hours=1))
+    assert any(line.endswith("— snapshot at old-release.jsonl:7") for line in failure.value.failures), \
+        failure.value.failures

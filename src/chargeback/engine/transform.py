@@ -356,7 +356,9 @@ def _failing_rows(conn, node, message: str) -> list[dict]:
                  ([str(v) for v in values if v is not None],)) or rows
 
 
-def _rows(conn, statement: str, params: tuple = ()) -> list[dict]:
+def _rows(conn, statement: str, params: tuple | None = None) -> list[dict]:
+    """Rows of ``statement`` as dicts; compiled dbt SQL may hold a literal ``%``, so without
+    ``params`` it is sent as it is (no placeholders)."""
     cur = conn.execute(statement, params)
     names = [c.name for c in cur.description or ()]
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
