@@ -119,9 +119,9 @@ def cmd_load(args: argparse.Namespace) -> int:
         step(1)
 
     load_id = steps.load_window(start, end, source, progress=progress)
-    from chargeback.ingest import load
+    from chargeback.ingest import accounting
 
-    result = load.outcome(load_id)
+    result = accounting.outcome(load_id)
     print(f"load {load_id}: [{start.isoformat()}, {end.isoformat()}) staged, gated and published")
     for line in result.lines():
         print(line)
