@@ -132,6 +132,15 @@ def settings():
 
 
 @pytest.fixture
+def empty_raw() -> None:
+    """No published, staged or quarantined usage and no load accounting: the test starts from nothing."""
+    from chargeback.platform import warehouse
+
+    with warehouse.connect() as conn:
+        conn.execute("truncate raw.usage_snapshots, raw.usage_staging, raw.usage_quarantine, pipeline.load_files")
+
+
+@pytest.fixture
 def landing(settings) -> Path:
     """An empty landing directory for the test."""
     path = Path(settings.landing)

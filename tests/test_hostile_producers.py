@@ -21,25 +21,16 @@ from chargeback.ingest import load
 from chargeback.ingest.sources import FileSource
 from chargeback.orchestration import steps
 from chargeback.platform import warehouse
+from snapshots import FIELDS, snapshot_row
 
-pytestmark = pytest.mark.warehouse
+pytestmark = [pytest.mark.warehouse, pytest.mark.usefixtures("empty_raw")]
 
 H = dt.datetime(2026, 9, 8, 10, tzinfo=dt.UTC)
 H1 = H + dt.timedelta(hours=1)
-FIELDS = ("snapshot_id", "tenant_id", "meter", "value", "unit", "hour", "emitted_at", "kind")
-
-
-@pytest.fixture(autouse=True)
-def empty_raw():
-    with warehouse.connect() as conn:
-        conn.execute("truncate raw.usage_snapshots, raw.usage_staging, raw.usage_quarantine, pipeline.load_files")
 
 
 def snap(snapshot_id: str, **overrides) -> dict:
-    row = {"snapshot_id": snapshot_id, "tenant_id": "t001", "meter": "ingested_gb", "value": "2.5", "unit": "GB",
-           "hour": f"{H:%Y-%m-%dT%H}:00:00Z", "emitted_at": f"{H:%Y-%m-%dT%H}:59:00Z", "kind": "counter"}
-    row.update(overrides)
-    return row
+    return snapshot_row(snapshot_id, H, **overrides)
 
 
 def jsonl(*rows: dict) -> bytes:

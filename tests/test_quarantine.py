@@ -23,26 +23,17 @@ from chargeback.ingest import load
 from chargeback.ingest.sources import FileSource
 from chargeback.orchestration import steps
 from chargeback.platform import warehouse
+from snapshots import FIELDS, snapshot_row
 
-pytestmark = pytest.mark.warehouse
+pytestmark = [pytest.mark.warehouse, pytest.mark.usefixtures("empty_raw")]
 
 ROOT = Path(__file__).resolve().parents[1]
 H = dt.datetime(2026, 9, 7, 10, tzinfo=dt.UTC)
 H1 = H + dt.timedelta(hours=1)
-FIELDS = ("snapshot_id", "tenant_id", "meter", "value", "unit", "hour", "emitted_at", "kind")
-
-
-@pytest.fixture(autouse=True)
-def empty_raw():
-    with warehouse.connect() as conn:
-        conn.execute("truncate raw.usage_snapshots, raw.usage_staging, raw.usage_quarantine, pipeline.load_files")
 
 
 def snapshot(snapshot_id: str, **overrides) -> dict:
-    row = {"snapshot_id": snapshot_id, "tenant_id": "t001", "meter": "ingested_gb", "value": "2.5", "unit": "GB",
-           "hour": "2026-09-07T10:00:00Z", "emitted_at": "2026-09-07T10:59:00Z", "kind": "counter"}
-    row.update(overrides)
-    return row
+    return snapshot_row(snapshot_id, H, **overrides)
 
 
 def land(landing: Path, name: str, lines: list, folder: dt.datetime = H) -> Path:
