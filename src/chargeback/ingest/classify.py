@@ -152,6 +152,11 @@ def classify_csv(header: CsvHeader) -> str:
     ) as landed
 """)
 
+# A published row ``u`` that came from a landed hour outside the load's window [start, end):
+# rows of the window's own hours are about to be replaced, so they do not count.
+PUBLISHED_OUTSIDE_WINDOW = """not (coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) >= %(start)s
+         and coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) < %(end)s)"""
+
 # Load-level pass over every file's clean rows: later copies of a snapshot are duplicates
 # when identical to its first copy (by file, then line), quarantined when they differ.
 DEDUPE_WITHIN_LOAD = """
@@ -184,7 +189,7 @@ where p.pid = c.pid
 """
 # ... and copies of a snapshot already published from a landed hour outside this load's
 # window (rows of the window's own hours are about to be replaced, so they do not count).
-DEDUPE_AGAINST_PUBLISHED = """
+DEDUPE_AGAINST_PUBLISHED = f"""
 with compared as (
     select p.pid, u.source_file, u.source_line, u.value as first_value, p.value as this_value,
            (p.tenant_id, p.meter, p.value, p.unit, p.hour_start, p.kind)
@@ -192,8 +197,7 @@ with compared as (
     from parsed as p
     join raw.usage_snapshots as u on u.tenant_id = p.tenant_id and u.snapshot_id = p.snapshot_id
     where p.reason is null and not p.duplicate
-      and not (coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) >= %(start)s
-               and coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) < %(end)s)
+      and {PUBLISHED_OUTSIDE_WINDOW}
 )
 update parsed as p
 set duplicate = c.same,
@@ -210,7 +214,7 @@ where p.pid = c.pid
 # Load-level pass after the duplicates: a tenant-hour of a meter whose clean rows (this
 # load's, plus those published from landed hours outside the window) add up to more than
 # the meter's max_per_tenant_hour is implausible: the load's rows of it are quarantined.
-TENANT_HOUR_BOUND = """
+TENANT_HOUR_BOUND = f"""
 with loaded as (
     select tenant_id, meter, hour_start, sum(value) as total
     from parsed where reason is null and not duplicate
@@ -220,8 +224,7 @@ with loaded as (
     from raw.usage_snapshots as u
     join loaded as l on (l.tenant_id, l.meter, l.hour_start) = (u.tenant_id, u.meter, u.hour_start)
     where u.hour_start between (select min(hour_start) from loaded) and (select max(hour_start) from loaded)
-      and not (coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) >= %(start)s
-               and coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) < %(end)s)
+      and {PUBLISHED_OUTSIDE_WINDOW}
     group by u.tenant_id, u.meter, u.hour_start
 ), implausible as (
     select l.tenant_id, l.meter, l.hour_start, l.total + coalesce(p.total, 0) as total,

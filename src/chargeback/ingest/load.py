@@ -352,9 +352,7 @@ def _settle_against_published(conn: psycopg.Connection, load_id: int, start: dt.
             delete from raw.usage_staging as s
             using raw.usage_snapshots as u
             where s.load_id = %(load_id)s and u.tenant_id = s.tenant_id and u.snapshot_id = s.snapshot_id
-              and (not (coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) >= %(start)s
-                        and coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) < %(end)s)
-                   or """ + _kept_by_hold("u") + """)
+              and (""" + classify.PUBLISHED_OUTSIDE_WINDOW + " or " + _kept_by_hold("u") + """)
             returning s.*, u.source_file as first_file, u.source_line as first_line, u.value as first_value,
                       (s.tenant_id, s.meter, s.value, s.unit, s.hour_start, s.kind)
                       = (u.tenant_id, u.meter, u.value, u.unit, u.hour_start, u.kind) as same

@@ -30,6 +30,7 @@ import psycopg
 
 from chargeback.ingest.layout import SNAPSHOT_FIELDS
 from chargeback.ingest.sources import SnapshotFile
+from chargeback.platform import events
 
 _CHUNK = 1 << 20
 MAX_CSV_COLUMNS = 64
@@ -80,6 +81,26 @@ class StorageError(Exception):
     gzip reader's error handling cannot mistake it for a broken stream."""
 
 
+class _StoredBytes(io.RawIOBase):
+    """The file's bytes as read from storage, counted into ``stream.stored``; a storage error
+    is a :class:`StorageError` (not an ``OSError``, which gzip would take for a broken stream)."""
+
+    def __init__(self, stream: _Stream, url: str):
+        self.stream, self.url = stream, url
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        try:
+            data = self.stream.raw.read(len(b))
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.url}: {exc}") from exc
+        self.stream.stored += len(data)
+        b[:len(data)] = data
+        return len(data)
+
+
 class _Stream:
     """The file's bytes as its producer wrote them: decompressed, without a byte order
     mark, at most ``limit`` bytes; ``stored`` counts the bytes read from storage."""
@@ -88,22 +109,7 @@ class _Stream:
         self.raw = f.open()
         self.stored = 0
         self.limit, self.read_bytes = limit, 0
-        outer = self
-
-        class _Count(io.RawIOBase):
-            def readable(self) -> bool:
-                return True
-
-            def readinto(self, b) -> int:
-                try:
-                    data = outer.raw.read(len(b))
-                except OSError as exc:
-                    raise StorageError(f"cannot read {f.url}: {exc}") from exc
-                outer.stored += len(data)
-                b[:len(data)] = data
-                return len(data)
-
-        counted = io.BufferedReader(_Count(), _CHUNK)
+        counted = io.BufferedReader(_StoredBytes(self, f.url), _CHUNK)
         self.gzip = f.compression == "gzip"
         self.fh = gzip.GzipFile(fileobj=counted, mode="rb") if self.gzip else counted
         self.first = True
@@ -155,10 +161,9 @@ class _Rest:
 
 
 def _escaped(raw: bytes) -> str:
-    """Printable text of an unreadable line: invalid bytes and control characters as ``\\xNN``."""
-    text = raw[:_SHOWN].decode("utf-8", "backslashreplace")
-    text = "".join(c if c >= " " or c == "\t" else f"\\x{ord(c):02x}" for c in text)
-    return text + ("…" if len(raw) > _SHOWN else "")
+    """Printable text of an unreadable line (its first bytes): invalid bytes and control
+    characters escaped as ``\\xNN`` by the one escaping rule, :func:`events.clean`."""
+    return events.clean(raw[:_SHOWN + 1].decode("utf-8", "backslashreplace"), _SHOWN)
 
 
 def _line_problem(line: bytes, max_line: int, forbidden: bytes) -> str | None:

@@ -47,12 +47,11 @@ class SnapshotFile:
     refusal: str | None = None
     """Why the file is rejected without being read (``file: …``), or ``None``."""
     fs: Any = field(default=None, compare=False, repr=False)
+    """The source's filesystem; the file is opened through it by ``path``, never by ``url``."""
     path: str = ""
 
     def open(self) -> IO[bytes]:
         """The file's bytes as stored (still compressed): by path, through its filesystem."""
-        if self.fs is None:
-            return fsspec.open(self.url, "rb").open()
         return self.fs.open(self.path, "rb")
 
 
