@@ -101,7 +101,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     landing = args.landing or settings.landing
     hours = int((end - start).total_seconds() // 3600)
     rows = simulate(landing, ids[: args.tenants], start, end, seed=args.seed, fmt=args.format,
-                    progress=_progress("simulating hours", hours))
+                    sources=args.sources, progress=_progress("simulating hours", hours))
     print(f"wrote {rows:,} snapshots for {args.tenants} tenants, {hours} hours, to {landing}")
     return 0
 
@@ -305,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tenants", type=int, default=50)
     sp.add_argument("--seed", type=int, default=42)
     sp.add_argument("--format", choices=["mixed", "jsonl", "csv"], default="mixed")
+    sp.add_argument("--sources", type=int, default=0,
+                    help="log groups and query principals per tenant, with labels (default 0: tenant totals only;"
+                         " the totals are the same either way)")
     sp.add_argument("--landing", help="landing location (default $CHARGEBACK_LANDING or ./landing)")
     sp.set_defaults(func=cmd_simulate)
 

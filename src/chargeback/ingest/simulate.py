@@ -11,6 +11,15 @@ Output is the landing layout and file format that real producers use (see
 :mod:`chargeback.ingest.sources`): one file per hour, JSON Lines on even hours and CSV on
 odd hours unless a format is forced, so both parsers are always exercised.
 
+Below the tenant (``sources=N``, off by default): each tenant gets N log groups, which
+produce its ingest, storage and alerts, and N query principals (users, dashboards, alert
+rules), which run its scans and query CPU, with long-tailed shares — a few big log groups
+and many small ones; a few principals scan most, and some never query. Each source has
+labels (``team``, ``env``, ``app``; ``user`` for a user) drawn once per tenant. A
+tenant-hour's value of each meter is exactly today's, split over the sources in whole units
+of the value's last decimal with the largest-remainder rule, so the sources add up to the
+tenant-hour to the last digit; ``sources=0`` writes today's files byte for byte.
+
 Simulated files would be billed like real ones, so :func:`simulate` — the only way
 synthetic usage is produced (the ``simulator`` source, ``chargeback simulate``/``demo``,
 the bench, the tests) — runs only where ``CHARGEBACK_ENV`` is ``dev`` or ``demo``; it is
@@ -141,13 +150,140 @@ def _hour_rows(seed: int, tenant_id: str, prof: TenantProfile, hour: dt.datetime
     return rows
 
 
+SOURCE_FIELDS = ("source", "labels")
+"""The optional fields a row below the tenant adds (CSV: ``labels`` as ``key=value`` pairs joined by ``;``)."""
+LOG_GROUP_METERS = ("ingested_gb", "stored_gb", "alerts_fired")
+"""Meters produced by log groups; the others (scans, query CPU) by query principals."""
+
+_APPS = ("checkout", "payments", "search", "auth", "catalog", "orders", "billing", "gateway",
+         "inventory", "notifications", "profile", "reports", "shipping", "pricing", "media")
+_COMPONENTS = ("api", "worker", "web", "db", "cache", "cron", "ingest", "edge")
+_ENVS = ("prod", "prod", "prod", "staging", "dev")
+_USERS = ("alice", "bob", "chen", "dana", "emeka", "fatima", "goran", "hana", "ivan", "jun",
+          "kofi", "lena", "mateo", "nora", "omar", "priya", "quinn", "rosa", "sven", "tariq")
+_DASHBOARDS = ("latency-overview", "error-budget", "traffic", "slo-report", "capacity", "audit-trail")
+_RULES = ("error-rate", "p99-latency", "disk-pressure", "login-failures", "5xx-spike", "queue-lag")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One source of a tenant: a log group or a query principal, its weight and labels."""
+
+    name: str
+    weight: int
+    """Relative share (an integer, so the split is exact and the same on every platform); 0: silent."""
+    labels: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class TenantSources:
+    log_groups: tuple[Source, ...]
+    principals: tuple[Source, ...]
+
+
+def tenant_sources(seed: int, tenant_id: str, count: int) -> TenantSources:
+    """The tenant's ``count`` log groups and ``count`` query principals, stable per (seed, tenant).
+
+    Weights follow Zipf's law with a random exponent: log groups ~1/k^1.1 (a few big, a long
+    tail), principals ~1/k^1.6 (a few scan most); about one principal in five never queries.
+    """
+    rng = random.Random(f"{seed}:{tenant_id}:sources")
+    teams = [f"team-{rng.choice('abcdefgh')}{rng.randint(1, 9)}" for _ in range(3)]
+    apps = rng.sample(_APPS, 4)
+    users = rng.sample(_USERS, len(_USERS))
+    seen: set[str] = set()
+
+    def unique(name: str) -> str:
+        n, candidate = 2, name
+        while candidate in seen:
+            candidate, n = f"{name}-{n}", n + 1
+        seen.add(candidate)
+        return candidate
+
+    def zipf(k: int, exponent: float) -> int:
+        return max(1, int(1_000_000 * rng.uniform(0.7, 1.3) / k ** exponent))
+
+    log_groups, principals = [], []
+    lg_exponent, q_exponent = rng.uniform(0.9, 1.3), rng.uniform(1.3, 1.9)
+    for k in range(1, count + 1):
+        app = apps[min(int(rng.paretovariate(1.5)) - 1, len(apps) - 1)]
+        labels = (("team", teams[apps.index(app) % len(teams)]), ("env", rng.choice(_ENVS)), ("app", app))
+        name = unique(f"/{dict(labels)['env']}/{app}/{rng.choice(_COMPONENTS)}")
+        log_groups.append(Source(name, zipf(k, lg_exponent), labels))
+    for k in range(1, count + 1):
+        app = rng.choice(apps)
+        team = teams[apps.index(app) % len(teams)]
+        kind = rng.choices(("user", "dashboard", "alert"), weights=(5, 3, 2))[0]
+        if kind == "user" and users:
+            user = users.pop()
+            name, labels = unique(f"user:{user}"), (("team", team), ("env", "prod"), ("app", app), ("user", user))
+        else:
+            stem = rng.choice(_DASHBOARDS if kind == "dashboard" else _RULES)
+            name, labels = unique(f"{kind}:{app}-{stem}"), (("team", team), ("env", "prod"), ("app", app))
+        silent = k > 1 and rng.random() < 0.2
+        principals.append(Source(name, 0 if silent else zipf(k, q_exponent), labels))
+    return TenantSources(tuple(log_groups), tuple(principals))
+
+
+def split_exact(value: str, weights: list[int]) -> list[str]:
+    """Split a decimal string over ``weights`` in units of its last decimal, largest remainder first
+    (ties to the earlier weight): the parts, printed with the same decimals, add up to ``value``."""
+    whole, _, fraction = value.partition(".")
+    decimals = len(fraction)
+    units = int(whole + fraction)
+    total = sum(weights)
+    if total == 0:
+        raise ValueError("split_exact: every weight is zero")
+    floors = [units * w // total for w in weights]
+    left = units - sum(floors)
+    for i in sorted(range(len(weights)), key=lambda i: (-(units * weights[i] % total), i))[:left]:
+        floors[i] += 1
+    if not decimals:
+        return [str(q) for q in floors]
+    scale = 10 ** decimals
+    return [f"{q // scale}.{q % scale:0{decimals}d}" for q in floors]
+
+
+def _source_rows(seed: int, tenant_id: str, rows: list[dict], sources: TenantSources, hour: dt.datetime) -> list[dict]:
+    """The tenant-hour's rows split per source: per meter, parts that add up to the row's value.
+
+    The hour's shares wobble around each source's weight (its own random stream, so the
+    tenant's values are untouched); a gauge (stored) keeps the weights as they are.
+    """
+    rng = random.Random(zlib.crc32(f"{seed}:{tenant_id}:{hour:%Y-%m-%dT%H}:sources".encode()))
+    wobble = {
+        "log": [int(s.weight * rng.uniform(0.75, 1.25)) or 1 for s in sources.log_groups],
+        "query": [int(s.weight * rng.uniform(0.6, 1.4)) if s.weight else 0 for s in sources.principals],
+    }
+    out = []
+    for row in rows:
+        meter = row["meter"]
+        if meter in LOG_GROUP_METERS:
+            group = sources.log_groups
+            weights = [s.weight for s in group] if meter == "stored_gb" else wobble["log"]
+        else:
+            group, weights = sources.principals, wobble["query"]
+        for source, weight, part in zip(group, weights, split_exact(row["value"], weights), strict=True):
+            if not weight:
+                continue  # never queries: no snapshot at all
+            key = f"{tenant_id}/{meter}/{hour:%Y-%m-%dT%H}/{source.name}"
+            out.append({**row, "snapshot_id": str(uuid.uuid5(_NAMESPACE, f"{seed}/{key}")), "value": part,
+                        "source": source.name, "labels": dict(source.labels)})
+    return out
+
+
 def render(rows: list[dict], fmt: str) -> str:
-    """Rows in the landing file format (``jsonl`` or ``csv``)."""
+    """Rows in the landing file format (``jsonl`` or ``csv``); rows with a ``source`` add the
+    ``source`` and ``labels`` columns (labels ``key=value;key=value`` in CSV)."""
     if fmt == "jsonl":
         return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=SNAPSHOT_FIELDS, lineterminator="\n")
+    with_sources = bool(rows) and "source" in rows[0]
+    fields = SNAPSHOT_FIELDS + SOURCE_FIELDS if with_sources else SNAPSHOT_FIELDS
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
+    if with_sources:
+        rows = [{**r, "labels": ";".join(f"{k}={v}" for k, v in r["labels"].items())} for r in rows]
     writer.writerows(rows)
     return buf.getvalue()
 
@@ -160,19 +296,29 @@ def simulate(
     *,
     seed: int = 42,
     fmt: str = "mixed",
+    sources: int = 0,
     progress=None,
 ) -> int:
     """Write one snapshot file per hour of ``[start, end)`` under ``landing``; return the row count.
 
+    ``sources``: log groups and query principals per tenant (0: one snapshot per tenant, meter
+    and hour, without ``source`` or ``labels``; the per-tenant values are the same either way).
     Rewrites the hour's file if it exists (same seed, same content), so it is safe to re-run.
     Refused unless ``CHARGEBACK_ENV`` is ``dev`` or ``demo`` (:func:`require_simulation_allowed`).
     """
     require_simulation_allowed(landing)
+    if sources < 0:
+        raise ValueError(f"sources must be 0 or more, got {sources}")
     profiles = {t: profile(seed, t) for t in tenant_ids}
+    below = {t: tenant_sources(seed, t, sources) for t in tenant_ids} if sources else {}
     fs, root = fsspec.core.url_to_fs(landing)
     total = 0
     for hour in hours(start, end):
-        rows = [row for t in tenant_ids for row in _hour_rows(seed, t, profiles[t], hour)]
+        if sources:
+            rows = [row for t in tenant_ids
+                    for row in _source_rows(seed, t, _hour_rows(seed, t, profiles[t], hour), below[t], hour)]
+        else:
+            rows = [row for t in tenant_ids for row in _hour_rows(seed, t, profiles[t], hour)]
         file_fmt = fmt if fmt != "mixed" else ("jsonl" if hour.hour % 2 == 0 else "csv")
         folder = hour_folder(root, hour)
         fs.makedirs(folder, exist_ok=True)
