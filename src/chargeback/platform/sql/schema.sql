@@ -494,6 +494,9 @@ create table if not exists pipeline.invoice_lines (
     pricing_model text,
     primary key (document_id, line_no)
 );
+-- The price book version that priced a line (null on contract lines, notes, and lines frozen
+-- before issue 11): frozen with it and embedded in the issued PDF (billing/attachment.py).
+alter table pipeline.invoice_lines add column if not exists price_valid_from date;
 -- One row per billing month that a close looked at: the completeness check's outcome
 -- (missing hours per meter), an operator's override (reason, who) and when it was finalized.
 create table if not exists pipeline.month_closes (
@@ -692,6 +695,94 @@ begin
 end
 $$;
 
+-- ---- budgets and budget alerts (chargeback.insights.budgets, docs/INSIGHTS.md "Budgets and alerts") ----
+-- config/budgets.yml as last applied by `chargeback budgets check`: one row per budget version,
+-- the file's defaults filled in. Thresholds are percentages of the amount; pace is in points.
+create table if not exists config.budgets (
+    budget_id text not null,
+    valid_from date not null,
+    valid_to date,
+    description text,
+    scope_level text not null
+        check (scope_level in ('organisation', 'business_unit', 'team', 'tenant', 'source', 'label')),
+    scope_key text not null,
+    organisation text,
+    business_unit text,
+    team text,
+    tenant_id text,
+    source text,
+    label_key text,
+    label_value text,
+    ledger text not null check (ledger in ('billed', 'cost')),
+    amount numeric(18, 2) not null check (amount > 0),
+    currency text not null,
+    actual_thresholds numeric[] not null,
+    forecast_thresholds numeric[] not null,
+    pace_points numeric,
+    email_to text[],
+    webhook text,
+    primary key (budget_id, valid_from)
+);
+create schema if not exists insights;
+-- A threshold fired: once per budget, threshold and month (the unique key), whatever replays
+-- and restatements do later. The figures are those of the evaluation that fired it. The row is
+-- committed (with its line in pipeline.events) before anything is sent; `channels_pending` are
+-- the channels not yet reached, retried by later evaluations until `delivered_at` is set.
+create table if not exists insights.budget_alerts (
+    alert_id bigserial primary key,
+    budget_id text not null,
+    month date not null,
+    threshold text not null,
+    threshold_kind text not null check (threshold_kind in ('actual', 'forecast', 'pace')),
+    threshold_value numeric not null,
+    scope_level text not null,
+    scope_key text not null,
+    ledger text not null,
+    budget_amount numeric(18, 2) not null,
+    currency text not null,
+    actual numeric(18, 2) not null,
+    used_percent numeric(12, 2) not null,
+    elapsed_percent numeric(5, 2) not null,
+    forecast_p50 numeric(18, 2),
+    forecast_as_of timestamptz,
+    breach_date date,
+    contributors jsonb not null default '[]',
+    usage_through timestamptz not null,
+    fired_at timestamptz not null default now(),
+    line text not null,
+    channels_pending text[] not null default '{}',
+    delivery_attempts integer not null default 0,
+    last_error text,
+    delivered_at timestamptz,
+    unique (budget_id, threshold, month)
+);
+create index if not exists budget_alerts_undelivered_idx on insights.budget_alerts (month) where delivered_at is null;
+-- Each budget's state for a month as of its last evaluation (replaced by every evaluation).
+create table if not exists insights.budget_status (
+    budget_id text not null,
+    month date not null,
+    valid_from date not null,
+    scope_level text not null,
+    scope_key text not null,
+    ledger text not null,
+    budget_amount numeric(18, 2) not null,
+    currency text not null,
+    state text not null check (state in ('ok', 'at_risk', 'over', 'no_data', 'not_measurable')),
+    actual numeric(18, 2),
+    used_percent numeric(12, 2),
+    elapsed_percent numeric(5, 2),
+    forecast_p50 numeric(18, 2),
+    forecast_state text not null,
+    forecast_as_of timestamptz,
+    breach_date date,
+    contributors jsonb not null default '[]',
+    usage_through timestamptz,
+    note text,
+    evaluated_at timestamptz not null default now(),
+    primary key (budget_id, month)
+);
+-- ---- end of budgets ----
+
 -- ---- roles and privileges (docs/WAREHOUSE.md, "Who can do what") ----
 -- This file runs as the owner; everything else connects as the pipeline role, named by
 -- ensure_schema() in the setting chargeback.pipeline_role. One role serves every Chargeback
@@ -743,6 +834,13 @@ begin
                    ' pipeline.transform_runs, pipeline.events, pipeline.validations, pipeline.month_closes to %I',
                    pipeline_role);
     execute format('grant usage on all sequences in schema raw, pipeline to %I', pipeline_role);
+    -- budgets: alerts are history (no delete: a replay must not send again); status is replaced
+    execute format('grant usage on schema insights to %I', pipeline_role);
+    execute format('grant select, insert on insights.budget_alerts to %I', pipeline_role);
+    execute format('grant update (channels_pending, delivery_attempts, last_error, delivered_at)'
+                   ' on insights.budget_alerts to %I', pipeline_role);
+    execute format('grant select, insert, update, delete on insights.budget_status to %I', pipeline_role);
+    execute format('grant usage on sequence insights.budget_alerts_alert_id_seq to %I', pipeline_role);
     -- Invoices: drafts only. No insert of status, number or finalization columns (a row it
     -- inserts is a draft), no update of them, no truncate; lines: insert only (the triggers
     -- refuse a line of a final document); the counter: read only.
@@ -775,6 +873,8 @@ begin
     end if;
     grant usage on schema marts to chargeback_bi;
     grant select on all tables in schema marts to chargeback_bi;
+    grant usage on schema insights to chargeback_bi;
+    grant select on insights.budget_alerts, insights.budget_status to chargeback_bi;
     -- what dbt builds later, as the pipeline role
     execute format('alter default privileges for role %I in schema marts grant select on tables to chargeback_bi',
                    current_setting('chargeback.pipeline_role'));
