@@ -1,0 +1,101 @@
+"""Re-pricing from daily usage (chargeback.engine.repricing) is the warehouse's pricing engine:
+for every tenant of a simulated month, it reproduces ``marts.fct_invoices`` and the per-meter
+amounts of ``marts.fct_invoice_lines`` to the cent.
+
+October 2026 is simulated (the simulator's rows, published) and built by the real dbt: the standard price
+book changes on 15 October, so its tenants' months have two segments; the shipped tenants cover
+both books, discounts, retention classes, a commitment with an uplift (t007's terms start that
+month), and a commitment without usage (t008).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+
+from chargeback.engine import repricing, transform
+from chargeback.engine.pricing import Price, Tier
+from chargeback.platform import warehouse
+from conftest import database_of_its_own
+from snapshots import publish_simulated
+
+D = Decimal
+OCTOBER = dt.date(2026, 10, 1)
+START = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
+END = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+TENANTS = ["t001", "t002", "t003", "t004", "t007", "t009", "t010", "t011", "t012"]
+
+
+@pytest.fixture(scope="module")
+def october(test_warehouse):
+    with database_of_its_own("repricing"), pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DBT_INDIRECT_SELECTION", "cautious")  # only tests whose models are all built
+        publish_simulated(TENANTS, START, END, seed=23)
+        transform.build(START, END, select="+fct_invoices dim_tenants dim_meters fct_usage_hourly")
+        yield
+
+
+@pytest.mark.warehouse
+def test_repricing_daily_usage_reproduces_every_invoice_and_meter_amount_to_the_cent(october):
+    with warehouse.connect() as conn:
+        catalog = repricing.load_catalog(conn)
+        usage = repricing.read_daily_usage(conn, OCTOBER)
+        invoices = {row[0]: row[1:] for row in conn.execute(
+            "select tenant_id, total, usage_total, commitment_true_up + overage_uplift, currency, line_count"
+            " from marts.fct_invoices where invoice_month = %s", (OCTOBER,))}
+        meters = {(t, m): a for t, m, a in conn.execute(
+            "select tenant_id, meter, sum(amount) from marts.fct_invoice_lines"
+            " where invoice_month = %s and meter is not null group by tenant_id, meter", (OCTOBER,))}
+    priced = repricing.price_months(catalog, OCTOBER, usage)
+
+    assert set(invoices) == {*TENANTS, "t008"}
+    assert set(priced) == set(invoices)
+    assert {t: (p.total, p.usage_total, p.contract_total, p.currency, len(p.lines)) for t, p in priced.items()} \
+        == invoices
+    assert {(t, m): a for t, p in priced.items() for m, a in p.meter_amounts.items()} == meters
+    # the month is the interesting one: two price versions, a true-up, an uplift
+    assert len({pl.line.price_valid_from for pl in priced["t009"].lines}) == 2
+    assert priced["t008"].total == D("20000.00")
+    assert [pl.line.line_type for pl in priced["t007"].lines if pl.meter is None] in (["overage_uplift"],
+                                                                                        ["commitment_true_up"])
+
+
+def catalog_of(price: Price, kind: str = "counter") -> repricing.Catalog:
+    book = repricing.BookVersion("b", dt.date(2020, 1, 1), None, "USD", {"m": price})
+    return repricing.Catalog({"m": kind}, {"b": (book,)}, {"x": repricing.Tenant("x", "b", "O", "BU", "T")}, {})
+
+
+def test_price_month_prices_each_day_under_the_version_in_force_and_applies_terms():
+    old = Price(dt.date(2020, 1, 1), "per_unit", (Tier(1, D(0), None, D("0.10")),))
+    new = Price(dt.date(2026, 10, 15), "per_unit", (Tier(1, D(0), None, D("0.20")),))
+    books = (repricing.BookVersion("b", dt.date(2020, 1, 1), dt.date(2026, 10, 15), "USD", {"m": old}),
+             repricing.BookVersion("b", dt.date(2026, 10, 15), None, "USD", {"m": new}))
+    terms = repricing.Terms(discount_percent=D("10"), monthly_commitment=D("100.00"))
+    catalog = repricing.Catalog({"m": "counter"}, {"b": books},
+                                {"x": repricing.Tenant("x", "b", "O", "BU", "T")},
+                                {"x": ((dt.date(2026, 1, 1), None, terms),)})
+    usage = {"m": {dt.date(2026, 10, d): D(10) for d in range(1, 32)}}  # 140 before the 15th, 170 from it
+    priced = repricing.price_month(catalog, "x", OCTOBER, usage)
+    # 140 x 0.10 = 14.00 less 1.40; 170 x 0.20 = 34.00 less 3.40; true-up to 100
+    assert [(pl.line.list_amount, pl.line.amount) for pl in priced.lines] == [
+        (D("14.00"), D("12.60")), (D("34.00"), D("30.60")), (D("56.80"), D("56.80"))]
+    assert priced.total == D("100.00")
+    assert priced.meter_amounts == {"m": D("43.20")}
+
+
+def test_a_gauge_is_priced_in_unit_months_of_the_months_hours():
+    price = Price(dt.date(2020, 1, 1), "per_unit", (Tier(1, D(0), None, D("0.03")),))
+    usage = {"m": {dt.date(2026, 11, d): D(24 * 1000) for d in range(1, 31)}}  # 1,000 GB every hour
+    priced = repricing.price_month(catalog_of(price, "gauge"), "x", dt.date(2026, 11, 1), usage)
+    assert priced.lines[0].line.quantity == D("1000.000000000000")
+    assert priced.total == D("30.00")
+
+
+def test_usage_outside_the_month_or_unpriced_is_refused():
+    price = Price(dt.date(2020, 1, 1), "per_unit", (Tier(1, D(0), None, D("0.03")),))
+    with pytest.raises(ValueError, match="not in the month 2026-11"):
+        repricing.price_month(catalog_of(price), "x", dt.date(2026, 11, 1), {"m": {dt.date(2026, 12, 1): D(1)}})
+    with pytest.raises(ValueError, match="no version of price book 'b' prices the meter on 2019-01-01"):
+        repricing.price_month(catalog_of(price), "x", dt.date(2019, 1, 1), {"m": {dt.date(2019, 1, 1): D(1)}})
