@@ -81,8 +81,11 @@ def cmd_config(args: argparse.Namespace) -> int:
     from chargeback.engine import configuration
 
     cfg = configuration.read() if args.action == "check" else configuration.load()
+    from chargeback.insights import budget_config
+
+    budgets = budget_config.read(cfg=cfg)  # budgets.yml too (applied by `chargeback budgets check`)
     print(f"configuration ok: {len(cfg.tenants)} tenants, {len(cfg.meters)} meters, "
-          f"{len(cfg.cost_pools)} cost pools, {len(cfg.price_books)} price books"
+          f"{len(cfg.cost_pools)} cost pools, {len(cfg.price_books)} price books, {len(budgets)} budget versions"
           + ("" if args.action == "check" else " — applied to the warehouse"))
     return 0
 
@@ -193,6 +196,22 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from chargeback.billing import summary
 
     print(summary.render(summary.month_summary(args.period)))
+    return 0
+
+
+def cmd_budgets(args: argparse.Namespace) -> int:
+    """Evaluate the budgets of a month and deliver what fires (check), or print their state (list)."""
+    from chargeback.insights import budgets
+
+    month = args.month or str(budgets.latest_month())
+    if args.budgets_action == "check":
+        outcome = budgets.check(month)
+        fired = len({(budget, line) for budget, _, line in outcome.fired})
+        print(f"budgets of {month}: {len(outcome.evaluations)} evaluated, {len(outcome.fired)} threshold(s) fired"
+              f" in {fired} alert(s), {outcome.delivered} alert(s) delivered")
+        for failure in outcome.failures:
+            print(f"chargeback budgets: {failure}", file=sys.stderr)
+    print(budgets.render_status(month, budgets.status(month)))
     return 0
 
 
@@ -354,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("summary", help="print the finance summary of a month")
     sp.add_argument("--period", required=True, help="YYYY-MM")
     sp.set_defaults(func=cmd_summary)
+
+    sp = sub.add_parser("budgets", help="evaluate budgets and send their alerts once (check), or print their "
+                        "state (list) (docs/INSIGHTS.md)")
+    sp.add_argument("budgets_action", choices=["check", "list"])
+    sp.add_argument("--month", help="YYYY-MM (default: the month of the last usage in the marts)")
+    sp.set_defaults(func=cmd_budgets)
 
     sp = sub.add_parser("usage", help="a month's usage per tenant and meter, as known at an instant "
                         "(explain a past invoice as it stood on its issue day)")
