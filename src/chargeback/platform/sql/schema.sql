@@ -783,6 +783,35 @@ create table if not exists insights.budget_status (
 );
 -- ---- end of budgets ----
 
+-- ---- forecasts (chargeback.insights.forecast, docs/INSIGHTS.md "Forecasts") ----
+-- Month-end forecasts per tenant x meter ('(all)': the tenant's priced total with its contract
+-- terms; on the cost ledger also '(shared)') and ledger, one set per usage-through instant
+-- (as_of); a run for the same month and as_of replaces its rows.
+create schema if not exists insights;
+create table if not exists insights.forecasts (
+    forecast_month date not null,
+    as_of timestamptz not null,
+    tenant_id text not null,
+    meter text not null,
+    ledger text not null check (ledger in ('billed', 'cost')),
+    method text not null,
+    history_days integer not null,
+    status text not null check (status in ('ok', 'too_early')),
+    usage_p10 numeric(38, 12),
+    usage_p50 numeric(38, 12),
+    usage_p90 numeric(38, 12),
+    amount_p10 numeric(18, 2),
+    amount_p50 numeric(18, 2),
+    amount_p90 numeric(18, 2),
+    actual_to_date numeric(18, 2),
+    currency text,
+    computed_at timestamptz not null default now(),
+    primary key (forecast_month, as_of, tenant_id, meter, ledger),
+    check (usage_p10 <= usage_p50 and usage_p50 <= usage_p90),
+    check (amount_p10 <= amount_p50 and amount_p50 <= amount_p90)
+);
+-- ---- end of forecasts ----
+
 -- ---- roles and privileges (docs/WAREHOUSE.md, "Who can do what") ----
 -- This file runs as the owner; everything else connects as the pipeline role, named by
 -- ensure_schema() in the setting chargeback.pipeline_role. One role serves every Chargeback
@@ -841,6 +870,7 @@ begin
                    ' on insights.budget_alerts to %I', pipeline_role);
     execute format('grant select, insert, update, delete on insights.budget_status to %I', pipeline_role);
     execute format('grant usage on sequence insights.budget_alerts_alert_id_seq to %I', pipeline_role);
+    execute format('grant select, insert, update, delete on insights.forecasts to %I', pipeline_role);
     -- Invoices: drafts only. No insert of status, number or finalization columns (a row it
     -- inserts is a draft), no update of them, no truncate; lines: insert only (the triggers
     -- refuse a line of a final document); the counter: read only.
@@ -875,6 +905,7 @@ begin
     grant select on all tables in schema marts to chargeback_bi;
     grant usage on schema insights to chargeback_bi;
     grant select on insights.budget_alerts, insights.budget_status to chargeback_bi;
+    grant select on insights.forecasts to chargeback_bi;
     -- what dbt builds later, as the pipeline role
     execute format('alter default privileges for role %I in schema marts grant select on tables to chargeback_bi',
                    current_setting('chargeback.pipeline_role'));
