@@ -1,0 +1,98 @@
+"""Chart specs: one function per chart, a DataFrame in, an Altair chart out.
+
+Drawn once from data and used wherever a chart is shown: the finance report renders them
+to SVG (``vl_convert``) and embeds them in its page; a dashboard can hand the same specs
+to Vega-Embed. The functions do no I/O and know nothing about the warehouse: the caller
+reads the marts and passes a frame with the columns each function names.
+
+Amounts arrive as floats: a chart only draws them (the figures a report prints come from
+``Decimal`` values, never from here). :func:`for_print` adds the look of a printed page —
+the shipped font, sizes, no frame — and is kept apart so that a dashboard applies its own.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+LEDGER_COLOURS = {"Cost to serve": "#c05621", "Billed": "#1f4e79", "Margin": "#7b8794"}
+"""One colour per ledger in every chart (the report's accent blue for the price billed)."""
+
+RISE, FALL = "#be1e2d", "#2f855a"
+
+PRINT_FONT = "DejaVu Sans"
+"""The shipped font (reports/fonts) — the report's CSS declares it with @font-face, so the
+SVG's text is laid out by WeasyPrint in the same font vl-convert measured it with."""
+
+
+def _ledger_colour(*ledgers: str) -> alt.Scale:
+    ledgers = ledgers or tuple(LEDGER_COLOURS)
+    return alt.Scale(domain=list(ledgers), range=[LEDGER_COLOURS[ledger] for ledger in ledgers])
+
+
+def ledger_trend(frame: pd.DataFrame) -> alt.Chart:
+    """Both ledgers month by month: a line per ledger.
+
+    ``frame``: one row per month and ledger — ``month`` (a date, first of the month),
+    ``ledger`` (``"Cost to serve"``, ``"Billed"`` or ``"Margin"``), ``amount`` (number).
+    """
+    return (
+        alt.Chart(frame)
+        .mark_line(point=True, strokeWidth=1.5)
+        .encode(
+            x=alt.X("yearmonth(month):O", title=None, axis=alt.Axis(format="%b %y", labelAngle=0)),
+            y=alt.Y("amount:Q", title="Amount", axis=alt.Axis(format="~s")),
+            color=alt.Color("ledger:N", title=None, scale=_ledger_colour(),
+                            legend=alt.Legend(orient="top", direction="horizontal")),
+            tooltip=[alt.Tooltip("yearmonth(month):O", title="Month"), "ledger:N",
+                     alt.Tooltip("amount:Q", format=",.2f")],
+        )
+        .properties(width=440, height=170)
+    )
+
+
+def ledgers_by_group(frame: pd.DataFrame) -> alt.Chart:
+    """Cost to serve beside price billed per group (organisation, business unit…): grouped bars.
+
+    ``frame``: ``group`` (text), ``ledger`` (``"Cost to serve"`` or ``"Billed"``), ``amount``.
+    """
+    return (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(
+            y=alt.Y("group:N", title=None, sort=None),
+            yOffset=alt.YOffset("ledger:N", sort=["Cost to serve", "Billed"]),
+            x=alt.X("amount:Q", title="Amount", axis=alt.Axis(format="~s")),
+            color=alt.Color("ledger:N", title=None, scale=_ledger_colour("Cost to serve", "Billed"),
+                            legend=alt.Legend(orient="top", direction="horizontal")),
+            tooltip=["group:N", "ledger:N", alt.Tooltip("amount:Q", format=",.2f")],
+        )
+        .properties(width=400)
+    )
+
+
+def top_movers(frame: pd.DataFrame) -> alt.Chart:
+    """The biggest month-over-month changes: a horizontal bar per scope, red up, green down.
+
+    ``frame``: ``scope`` (label, e.g. ``"t001 Globex Cloud risk-staging"``), ``change``
+    (number, this month minus the previous), in the order to show them.
+    """
+    return (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(
+            y=alt.Y("scope:N", title=None, sort=None),
+            x=alt.X("change:Q", title="Change from the previous month", axis=alt.Axis(format="~s")),
+            color=alt.condition(alt.datum.change > 0, alt.value(RISE), alt.value(FALL)),
+            tooltip=["scope:N", alt.Tooltip("change:Q", format="+,.2f")],
+        )
+        .properties(width=360)
+    )
+
+
+def for_print(chart: alt.Chart, *, font: str = PRINT_FONT) -> alt.Chart:
+    """``chart`` as a printed page shows it: the shipped font, small type, no view frame,
+    no interactivity to offer. Returns a new chart; ``chart`` is unchanged."""
+    return chart.configure(font=font, background="white").configure_view(stroke=None).configure_axis(
+        labelFontSize=8, titleFontSize=8, grid=True, gridColor="#e4e7eb", domainColor="#9aa5b1",
+    ).configure_legend(labelFontSize=8, symbolSize=40)

@@ -1,0 +1,550 @@
+"""The finance report of a month: ``<reports_out>/<YYYY-MM>/finance-report.pdf``, beside the invoices.
+
+What finance reads at month close, on a few A4 pages: both ledgers (cost to serve and
+price billed) by organisation → business unit → team with the margin and the shared and
+idle cost inside the cost to serve; where the cost sits per ledger item; the 12-month
+trend (a chart and its figures); the top movers against the previous month; the budgets
+and their state; the forecast of the month in progress.
+
+Every figure is read from the marts as ``Decimal`` and printed through the one money rule
+(:func:`chargeback.platform.money.format_money`, :func:`chargeback.billing.formatting.format_cents`);
+nothing is recomputed here but sums the marts define. Each block of data is read by one
+function (``read_*``), so that a block moving to another mart changes one place.
+
+Charts are the specs of :mod:`chargeback.insights.charts`, rendered to SVG by vl-convert
+(no network: data is inline, external URLs are refused) with the shipped font, checked to
+reference nothing outside itself, and embedded inline in the HTML that WeasyPrint lays out
+through the same restricted URL fetcher as the invoices (``reports/templates`` and
+``reports/fonts`` only). Floats exist only in the charts' drawing data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import hashlib
+import io
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import jinja2
+import markupsafe
+import pandas as pd
+import psycopg
+import pypdf
+import vl_convert
+
+from chargeback.billing.document import InvoiceError
+from chargeback.billing.formatting import MONTHS, format_cents
+from chargeback.billing.render import html_to_pdf
+from chargeback.insights import charts
+from chargeback.platform import freshness, warehouse
+from chargeback.platform.money import format_money
+from chargeback.platform.periods import month_window
+from chargeback.platform.settings import Settings, get_settings
+
+TEMPLATE = "finance-report.html"
+FILE_NAME = "finance-report.pdf"
+TREND_MONTHS = 12
+MOVERS = 5
+
+PLATFORM = "(platform)"
+"""The organisation (and tenant) the ledger marts give cost the platform keeps."""
+
+ITEM_LABELS = {
+    "shared": "Shared cost (no driver meter)",
+    "idle": "Idle capacity, redistributed to tenants",
+    "contract": "Contract terms (commitment true-ups, overage uplifts)",
+    "platform:idle": "Idle capacity, kept by the platform",
+    "platform:unallocated": "Unallocated (pool-hours no tenant used)",
+}
+
+
+class FinanceReportError(InvoiceError):
+    """The report cannot be made (no ledger for the month, several currencies, a chart that
+    would reference something outside itself); the message is one line."""
+
+
+# --------------------------------------------------------------------------- the data
+
+
+@dataclasses.dataclass(frozen=True)
+class LedgerRow:
+    """One row of the hierarchy: the platform, an organisation, a business unit or a team."""
+
+    level: str
+    organisation: str | None
+    business_unit: str | None
+    team: str | None
+    cost_to_serve: Decimal
+    shared: Decimal
+    idle: Decimal
+    billed: Decimal
+    margin: Decimal
+    margin_percent: Decimal | None
+
+    @property
+    def name(self) -> str:
+        if self.level == "platform":
+            return "All organisations"
+        return {"organisation": self.organisation, "business_unit": self.business_unit,
+                "team": self.team}[self.level] or ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemRow:
+    """Both ledgers of one ledger item over the whole platform (a meter, shared, idle, contract…)."""
+
+    item: str
+    cost_to_serve: Decimal
+    billed: Decimal
+    margin: Decimal
+
+    @property
+    def label(self) -> str:
+        return ITEM_LABELS.get(self.item, f"Usage of {self.item}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrendPoint:
+    month: dt.date
+    cost_to_serve: Decimal
+    billed: Decimal
+    margin: Decimal
+
+
+@dataclasses.dataclass(frozen=True)
+class Mover:
+    """A tenant or team whose price billed changed most from the previous month."""
+
+    level: str
+    key: str
+    label: str
+    billed_before: Decimal
+    billed: Decimal
+    cost_before: Decimal
+    cost_to_serve: Decimal
+
+    @property
+    def billed_change(self) -> Decimal:
+        return self.billed - self.billed_before
+
+    @property
+    def cost_change(self) -> Decimal:
+        return self.cost_to_serve - self.cost_before
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """A block another part of the insights feeds (budgets, forecasts): its rows, or why there are none."""
+
+    rows: tuple[dict[str, Any], ...] = ()
+    note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class FinanceReport:
+    period: str
+    currency: str
+    usage_through: dt.datetime | None
+    hierarchy: tuple[LedgerRow, ...]
+    items: tuple[ItemRow, ...]
+    trend: tuple[TrendPoint, ...]
+    movers: tuple[Mover, ...]
+    budgets: Block
+    forecast: Block
+
+    @property
+    def platform(self) -> LedgerRow:
+        return next(row for row in self.hierarchy if row.level == "platform")
+
+
+def _month(period: str) -> dt.date:
+    return month_window(period)[0].date()
+
+
+def _add_months(month: dt.date, months: int) -> dt.date:
+    index = month.year * 12 + month.month - 1 + months
+    return dt.date(index // 12, index % 12 + 1, 1)
+
+
+def _exists(conn: psycopg.Connection, relation: str) -> bool:
+    return conn.execute("select to_regclass(%s) is not null", (relation,)).fetchone()[0]
+
+
+def read_currency(conn: psycopg.Connection, month: dt.date) -> str:
+    """The month's one currency (the report shows one); a month without a ledger is refused."""
+    currencies = [r[0] for r in conn.execute(
+        "select distinct currency from marts.fct_ledger_rollup_monthly where invoice_month = %s and level = 'platform'"
+        " order by 1", (month,))]
+    if not currencies:
+        raise FinanceReportError(f"finance report of {month:%Y-%m}: marts.fct_ledger_rollup_monthly has no ledger "
+                                 "for the month — load and transform its usage first (chargeback load, "
+                                 "chargeback transform)")
+    if len(currencies) > 1:
+        raise FinanceReportError(f"finance report of {month:%Y-%m}: the ledger holds several currencies "
+                                 f"({', '.join(currencies)}); the report shows one")
+    return currencies[0]
+
+
+def read_usage_through(conn: psycopg.Connection, month: dt.date) -> dt.datetime | None:
+    """The end of the last hour of the month that holds usage (exclusive): "usage through …"."""
+    start, end = month_window(f"{month:%Y-%m}")
+    value = conn.execute(
+        "select max(hour_start) + interval '1 hour' from marts.fct_usage_hourly"
+        " where hour_start >= %s and hour_start < %s", (start, end)).fetchone()[0]
+    return value.astimezone(dt.UTC) if value else None
+
+
+_HIERARCHY = """
+with labelled as (
+    select coalesce(organisation, %(platform)s) as organisation,
+           coalesce(business_unit, %(platform)s) as business_unit,
+           coalesce(team, %(platform)s) as team,
+           ledger_item, cost_to_serve
+    from marts.fct_ledger_monthly
+    where invoice_month = %(month)s
+),
+parts as (
+    select organisation, business_unit, team,
+           sum(cost_to_serve) filter (where ledger_item = 'shared') as shared,
+           sum(cost_to_serve) filter (where ledger_item = 'idle') as idle,
+           grouping(organisation, business_unit, team) as g
+    from labelled
+    group by rollup (organisation, business_unit, team)
+),
+parts_by_level as (
+    select case g when 7 then 'platform' when 3 then 'organisation' when 1 then 'business_unit' else 'team' end
+               as level,
+           case when g < 7 then organisation end as organisation,
+           case when g < 3 then business_unit end as business_unit,
+           case when g < 1 then team end as team,
+           coalesce(shared, 0) as shared, coalesce(idle, 0) as idle
+    from parts
+)
+select r.level, r.organisation, r.business_unit, r.team, r.cost_to_serve,
+       coalesce(p.shared, 0), coalesce(p.idle, 0), r.billed, r.margin, r.margin_percent
+from marts.fct_ledger_rollup_monthly as r
+left join parts_by_level as p
+    on p.level = r.level
+   and p.organisation is not distinct from r.organisation
+   and p.business_unit is not distinct from r.business_unit
+   and p.team is not distinct from r.team
+where r.invoice_month = %(month)s and r.level <> 'tenant'
+  and not (r.organisation = %(platform)s and r.level in ('business_unit', 'team'))
+order by r.level <> 'platform', r.organisation = %(platform)s, r.organisation,
+         r.business_unit nulls first, r.team nulls first
+"""
+
+
+def read_hierarchy(conn: psycopg.Connection, month: dt.date) -> tuple[LedgerRow, ...]:
+    """Both ledgers per organisation, business unit and team (``fct_ledger_rollup_monthly``),
+    with the shared and idle cost inside each cost to serve (``fct_ledger_monthly``'s items
+    ``shared`` and ``idle``). Cost the platform keeps is the organisation ``(platform)``,
+    shown once (its business unit and team rows repeat it)."""
+    rows = conn.execute(_HIERARCHY, {"month": month, "platform": PLATFORM}).fetchall()
+    return tuple(LedgerRow(*row) for row in rows)
+
+
+def read_items(conn: psycopg.Connection, month: dt.date) -> tuple[ItemRow, ...]:
+    """Both ledgers per ledger item over the platform: meters, shared, idle, contract, and
+    what the platform keeps (``platform:idle``, ``platform:unallocated``)."""
+    rows = conn.execute(
+        """
+        select case when tenant_id is null then 'platform:' || ledger_item else ledger_item end as item,
+               sum(cost_to_serve), sum(billed), sum(margin)
+        from marts.fct_ledger_monthly where invoice_month = %s
+        group by 1
+        order by (case when tenant_id is null then 'platform:' || ledger_item else ledger_item end)
+                     in ('shared', 'idle', 'contract', 'platform:idle', 'platform:unallocated'),
+                 array_position(array['shared', 'idle', 'contract', 'platform:idle', 'platform:unallocated'],
+                                case when tenant_id is null then 'platform:' || ledger_item else ledger_item end),
+                 1
+        """, (month,)).fetchall()
+    return tuple(ItemRow(*row) for row in rows)
+
+
+def read_trend(conn: psycopg.Connection, month: dt.date, months: int = TREND_MONTHS) -> tuple[TrendPoint, ...]:
+    """The platform's two ledgers and margin for the ``months`` months ending with ``month``
+    (months without a ledger are left out)."""
+    rows = conn.execute(
+        """
+        select invoice_month, cost_to_serve, billed, margin from marts.fct_ledger_rollup_monthly
+        where level = 'platform' and invoice_month > %s and invoice_month <= %s
+        order by invoice_month
+        """, (_add_months(month, -months), month)).fetchall()
+    return tuple(TrendPoint(*row) for row in rows)
+
+
+_MOVERS = """
+with months as (
+    select level,
+           case level when 'tenant' then tenant_id
+                      else concat_ws(' / ', organisation, business_unit, team) end as key,
+           tenant_id,
+           sum(billed) filter (where invoice_month = %(month)s) as billed,
+           sum(billed) filter (where invoice_month = %(before)s) as billed_before,
+           sum(cost_to_serve) filter (where invoice_month = %(month)s) as cost_to_serve,
+           sum(cost_to_serve) filter (where invoice_month = %(before)s) as cost_before
+    from marts.fct_ledger_rollup_monthly
+    where invoice_month in (%(month)s, %(before)s) and level in ('tenant', 'team')
+      and organisation <> %(platform)s
+    group by 1, 2, 3
+),
+ranked as (
+    select *, row_number() over (
+        partition by level
+        order by abs(coalesce(billed, 0) - coalesce(billed_before, 0)) desc, key) as rank
+    from months
+)
+select r.level, r.key, coalesce(t.tenant_name, ''),
+       coalesce(r.billed_before, 0), coalesce(r.billed, 0), coalesce(r.cost_before, 0), coalesce(r.cost_to_serve, 0)
+from ranked as r
+left join marts.dim_tenants as t on t.tenant_id = r.tenant_id
+where r.rank <= %(limit)s
+  and coalesce(r.billed, 0) <> coalesce(r.billed_before, 0)
+order by r.level = 'team', r.rank
+"""
+
+
+def read_movers(conn: psycopg.Connection, month: dt.date, limit: int = MOVERS) -> tuple[Mover, ...]:
+    """The ``limit`` tenants and the ``limit`` teams whose price billed changed most (in
+    absolute terms) from the previous month, with their cost to serve then and now."""
+    rows = conn.execute(_MOVERS, {"month": month, "before": _add_months(month, -1), "limit": limit,
+                                  "platform": PLATFORM}).fetchall()
+    return tuple(Mover(level, key, f"{key} {name}".strip() if level == "tenant" else key, *amounts)
+                 for level, key, name, *amounts in rows)
+
+
+def read_budgets(conn: psycopg.Connection, month: dt.date) -> Block:
+    """Budgets and their state for the month (part of the insights: ``insights.budget_status``)."""
+    if not _exists(conn, "insights.budget_status"):
+        return Block(note="No budgets configured (config/budgets.yml).")
+    return Block(note="Budget status is not available in this report yet.")
+
+
+def read_forecast(conn: psycopg.Connection, month: dt.date) -> Block:
+    """The month in progress' month-end forecast (``insights.forecasts``), summed over the
+    tenants per ledger, at the latest ``as_of``."""
+    if not _exists(conn, "insights.forecasts"):
+        return Block(note="Forecasts are not available.")
+    return Block(note="Forecasts are not available in this report yet.")
+
+
+def gather(period: str, settings: Settings | None = None) -> FinanceReport:
+    """Read every block of the report from the warehouse, in one snapshot (a repeatable-read transaction)."""
+    month = _month(period)
+    with warehouse.connect(settings) as conn:
+        conn.execute("set transaction isolation level repeatable read")
+        currency = read_currency(conn, month)
+        return FinanceReport(
+            period=period,
+            currency=currency,
+            usage_through=read_usage_through(conn, month),
+            hierarchy=read_hierarchy(conn, month),
+            items=read_items(conn, month),
+            trend=read_trend(conn, month),
+            movers=read_movers(conn, month),
+            budgets=read_budgets(conn, month),
+            forecast=read_forecast(conn, month),
+        )
+
+
+# --------------------------------------------------------------------------- the charts
+
+
+def trend_frame(trend: Sequence[TrendPoint]) -> pd.DataFrame:
+    """:func:`charts.ledger_trend`'s input (floats for drawing only)."""
+    return pd.DataFrame(
+        [{"month": pd.Timestamp(p.month), "ledger": ledger, "amount": float(amount)}
+         for p in trend for ledger, amount in (("Cost to serve", p.cost_to_serve), ("Billed", p.billed),
+                                              ("Margin", p.margin))],
+        columns=["month", "ledger", "amount"])
+
+
+def organisations_frame(hierarchy: Sequence[LedgerRow]) -> pd.DataFrame:
+    """:func:`charts.ledgers_by_group`'s input: both ledgers per organisation."""
+    return pd.DataFrame(
+        [{"group": row.name, "ledger": ledger, "amount": float(amount)}
+         for row in hierarchy if row.level == "organisation"
+         for ledger, amount in (("Cost to serve", row.cost_to_serve), ("Billed", row.billed))],
+        columns=["group", "ledger", "amount"])
+
+
+def movers_frame(movers: Sequence[Mover]) -> pd.DataFrame:
+    """:func:`charts.top_movers`'s input: the tenants' change of the price billed."""
+    return pd.DataFrame([{"scope": m.label, "change": float(m.billed_change)} for m in movers if m.level == "tenant"],
+                        columns=["scope", "change"])
+
+
+@functools.cache
+def _register_fonts(fonts_dir: str) -> None:
+    vl_convert.register_font_directory(fonts_dir)
+
+
+_FORBIDDEN_ELEMENTS = {"image", "foreignObject", "script", "use", "a", "style"}
+
+
+def chart_svg(chart: Any, *, fonts_dir: Path | str) -> markupsafe.Markup:
+    """``chart`` as inline SVG markup: vl-convert with the shipped fonts and no URL allowed,
+    then checked to be well-formed and self-contained (no image, link, script or style)."""
+    _register_fonts(str(Path(fonts_dir).resolve()))
+    svg = vl_convert.vegalite_to_svg(charts.for_print(chart).to_dict(), allowed_base_urls=[])
+    try:
+        root = ET.fromstring(svg)
+    except ET.ParseError as exc:
+        raise FinanceReportError(f"finance report: a chart's SVG is not well-formed ({exc})") from None
+    for element in root.iter():
+        tag = element.tag.rsplit("}", 1)[-1]
+        hrefs = [name for name in element.attrib if name.rsplit("}", 1)[-1] == "href"]
+        if tag in _FORBIDDEN_ELEMENTS or hrefs:
+            raise FinanceReportError(f"finance report: a chart's SVG holds <{tag}> with a reference outside itself")
+    return markupsafe.Markup(svg)  # noqa: S704 - vl-convert's output, parsed and checked above
+
+
+# --------------------------------------------------------------------------- the page
+
+
+@functools.cache
+def _environment(templates_dir: str) -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(templates_dir), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def _percent(value: Decimal | None) -> str:
+    return "—" if value is None else f"{value:,.2f} %"
+
+
+def _instant(value: dt.datetime | None) -> str:
+    return f"{value.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC" if value else "no usage recorded"
+
+
+def report_context(report: FinanceReport, *, fonts_dir: Path | str) -> dict[str, Any]:
+    """What the template sees: every figure already formatted (the template does no arithmetic)."""
+    month = _month(report.period)
+    currency = report.currency
+    total = report.platform
+    previous = next((p for p in report.trend if p.month == _add_months(month, -1)), None)
+    return {
+        "title": f"Finance report — {MONTHS[month.month - 1]} {month.year}",
+        "period": report.period,
+        "currency": currency,
+        "usage_through": f"usage through {_instant(report.usage_through)}",
+        "created": (report.usage_through or month_window(report.period)[1]).date().isoformat(),
+        "headline": [
+            ("Cost to serve", format_money(total.cost_to_serve, currency)),
+            ("Billed", format_money(total.billed, currency)),
+            ("Margin", format_money(total.margin, currency)),
+            ("Margin on billed", _percent(total.margin_percent)),
+        ],
+        "previous": (f"{MONTHS[previous.month.month - 1]} {previous.month.year}: cost to serve "
+                     f"{format_money(previous.cost_to_serve, currency)}, billed {format_money(previous.billed, currency)},"
+                     f" margin {format_money(previous.margin, currency)}") if previous else "",
+        "hierarchy": [
+            {"level": row.level, "name": row.name, "cost": format_cents(row.cost_to_serve),
+             "shared": format_cents(row.shared), "idle": format_cents(row.idle), "billed": format_cents(row.billed),
+             "margin": format_cents(row.margin), "margin_percent": _percent(row.margin_percent)}
+            for row in report.hierarchy
+        ],
+        "items": [
+            {"label": item.label, "item": item.item, "cost": format_cents(item.cost_to_serve),
+             "billed": format_cents(item.billed), "margin": format_cents(item.margin)}
+            for item in report.items
+        ],
+        "items_total": {"cost": format_cents(total.cost_to_serve), "billed": format_cents(total.billed),
+                        "margin": format_cents(total.margin)},
+        "trend": [
+            {"month": f"{MONTHS[p.month.month - 1][:3]} {p.month.year}", "cost": format_cents(p.cost_to_serve),
+             "billed": format_cents(p.billed), "margin": format_cents(p.margin)}
+            for p in report.trend
+        ],
+        "trend_chart": chart_svg(charts.ledger_trend(trend_frame(report.trend)), fonts_dir=fonts_dir),
+        "organisations_chart": chart_svg(charts.ledgers_by_group(organisations_frame(report.hierarchy)),
+                                         fonts_dir=fonts_dir),
+        "movers": {
+            level: [{"label": m.label, "billed_before": format_cents(m.billed_before), "billed": format_cents(m.billed),
+                     "billed_change": _signed(m.billed_change), "cost_change": _signed(m.cost_change)}
+                    for m in report.movers if m.level == level]
+            for level in ("tenant", "team")
+        },
+        "movers_chart": (chart_svg(charts.top_movers(movers_frame(report.movers)), fonts_dir=fonts_dir)
+                         if any(m.level == "tenant" for m in report.movers) else ""),
+        "previous_month": f"{MONTHS[_add_months(month, -1).month - 1]} {_add_months(month, -1).year}",
+        "budgets": report.budgets,
+        "forecast": report.forecast,
+    }
+
+
+def _signed(amount: Decimal) -> str:
+    return ("+" if amount > 0 else "") + format_cents(amount)
+
+
+def render_html(report: FinanceReport, *, reports_dir: Path | str | None = None) -> str:
+    reports_dir = Path(reports_dir or get_settings().reports_dir).resolve()
+    template = _environment(str(reports_dir / "templates")).get_template(TEMPLATE)
+    return template.render(report_context(report, fonts_dir=reports_dir / "fonts"))
+
+
+def render_pdf(report: FinanceReport, *, reports_dir: Path | str | None = None) -> bytes:
+    """The report as PDF bytes: reads only the template, its CSS and the fonts."""
+    reports_dir = Path(reports_dir or get_settings().reports_dir).resolve()
+    html = render_html(report, reports_dir=reports_dir)
+    return html_to_pdf(html, reports_dir=reports_dir, base_url=reports_dir / "templates" / TEMPLATE)
+
+
+# --------------------------------------------------------------------------- the file
+
+
+@dataclasses.dataclass(frozen=True)
+class Written:
+    path: str
+    sha256: str
+    pages: int
+    usage_through: dt.datetime | None
+    read_seconds: float
+    render_seconds: float
+
+    def summary(self) -> str:
+        return (f"wrote {self.path}: finance report, {self.pages} pages, {_instant_text(self.usage_through)}"
+                f" (read {self.read_seconds:.2f} s, rendered {self.render_seconds:.2f} s)")
+
+
+def _instant_text(value: dt.datetime | None) -> str:
+    return f"usage through {_instant(value)}"
+
+
+def report_path(period: str, settings: Settings | None = None) -> str:
+    settings = settings or get_settings()
+    return f"{settings.reports_out.rstrip('/')}/{period}/{FILE_NAME}"
+
+
+def write_report(period: str, settings: Settings | None = None, *, out: str | None = None) -> Written:
+    """Read the marts (refusing marts that are not current), render, and put the PDF in
+    place atomically at ``out`` (default ``<reports_out>/<YYYY-MM>/finance-report.pdf``)."""
+    settings = settings or get_settings()
+    freshness.require_current_marts(period, settings)
+    t0 = time.perf_counter()
+    report = gather(period, settings)
+    t1 = time.perf_counter()
+    pdf = render_pdf(report, reports_dir=settings.reports_dir)
+    t2 = time.perf_counter()
+    target = out or report_path(period, settings)
+    fs, path = fsspec.core.url_to_fs(target)
+    folder, name = path.rsplit("/", 1)
+    fs.makedirs(folder, exist_ok=True)
+    temp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+    try:
+        fs.pipe_file(temp, pdf)
+        fs.mv(temp, path)
+    finally:
+        if fs.exists(temp):
+            fs.rm(temp)
+    pages = len(pypdf.PdfReader(io.BytesIO(pdf)).pages)
+    return Written(target, hashlib.sha256(pdf).hexdigest(), pages, report.usage_through, t1 - t0, t2 - t1)

@@ -1,0 +1,279 @@
+"""The finance report: rendered from a real warehouse, read back, and every figure checked against the marts.
+
+Two months of 2035 (far from the months other modules bill), usage of a dozen tenants across
+the three organisations with a different growth per tenant, loaded set-based into raw and
+built by the real dbt transform. The expected figures are read from the marts here, with
+this module's own SQL and Python sums, independently of the report's queries.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import re
+from collections import defaultdict
+from decimal import Decimal
+from pathlib import Path
+
+import pypdf
+import pytest
+
+from chargeback.cli import main
+from chargeback.engine import transform
+from chargeback.insights import finance_report
+from chargeback.platform import warehouse
+from chargeback.platform.money import format_money
+from chargeback.platform.periods import month_window
+
+pytestmark = pytest.mark.warehouse
+
+TENANTS = [f"t{n:03d}" for n in range(1, 13)]
+PERIOD, BEFORE = "2035-05", "2035-04"
+HOURS = 48
+MARTS = "+fct_ledger_rollup_monthly +fct_usage_hourly"
+"""What the report reads and what it is built from (models of other features are not needed here)."""
+MONEY = re.compile(r"(?<![\w.,+-])[+-]?\d{1,3}(?:,\d{3})*\.\d{2}(?![\w.])")
+
+
+def load(period: str, growth: dict[str, Decimal]) -> None:
+    """The first HOURS hours of every configured meter for TENANTS, each tenant's usage × its growth."""
+    start, _ = month_window(period)
+    end = start + dt.timedelta(hours=HOURS)
+    with warehouse.connect() as conn:
+        conn.execute(
+            """
+            insert into raw.usage_snapshots (snapshot_id, tenant_id, meter, value, unit, hour_start, emitted_at,
+                                             kind, source_file, source_line, load_id)
+            select format('fr-%%s-%%s-%%s', t.tenant_id, m.meter, to_char(h, 'YYYYMMDDHH24')),
+                   t.tenant_id, m.meter,
+                   round((case when m.kind = 'gauge' then 400 else 9.5 end) * t.growth, 3),
+                   m.unit, h, h + interval '5 minutes', m.kind, 'test_finance_report.py', 1, 0
+            from unnest(%(tenants)s::text[], %(growth)s::numeric[]) as t (tenant_id, growth)
+            cross join config.meters as m
+            cross join generate_series(%(start)s::timestamptz, %(end)s::timestamptz - interval '1 hour',
+                                       interval '1 hour') as h
+            on conflict (tenant_id, snapshot_id) do nothing
+            """,
+            {"tenants": list(growth), "growth": list(growth.values()), "start": start, "end": end},
+        )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DBT_INDIRECT_SELECTION", "cautious")  # only the tests of the models built
+        transform.build(start, end, select=MARTS)
+
+
+@pytest.fixture(scope="module")
+def written(test_warehouse, tmp_path_factory):
+    load(BEFORE, {t: Decimal(1) + Decimal((i * 7) % 5) / 4 for i, t in enumerate(TENANTS)})
+    load(PERIOD, {t: Decimal(1) + Decimal(i) * Decimal("0.37") for i, t in enumerate(TENANTS)})
+    out = tmp_path_factory.mktemp("finance") / "finance-report.pdf"
+    return finance_report.write_report(PERIOD, out=str(out))
+
+
+@pytest.fixture(scope="module")
+def pdf(written) -> pypdf.PdfReader:
+    return pypdf.PdfReader(Path(written.path))
+
+
+@pytest.fixture(scope="module")
+def text(pdf) -> str:
+    return " ".join(" ".join(page.extract_text() for page in pdf.pages).split())
+
+
+def rows(sql: str, *params) -> list[tuple]:
+    with warehouse.connect() as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def cents(amount: Decimal) -> str:
+    return f"{amount:,.2f}"
+
+
+def percent(value: Decimal | None) -> str:
+    return "—" if value is None else f"{value:,.2f} %"
+
+
+# --------------------------------------------------------------------------- the marts, read here
+
+
+def expected_hierarchy(month: dt.date) -> list[tuple[str, str, ...]]:
+    """(level, name, cost, shared, idle, billed, margin, margin %) as the marts give them."""
+    shared: dict[tuple, Decimal] = defaultdict(Decimal)
+    idle: dict[tuple, Decimal] = defaultdict(Decimal)
+    for org, bu, team, item, cost in rows(
+            "select coalesce(organisation, '(platform)'), coalesce(business_unit, '(platform)'),"
+            " coalesce(team, '(platform)'), ledger_item, cost_to_serve from marts.fct_ledger_monthly"
+            " where invoice_month = %s", month):
+        for key in ((), (org,), (org, bu), (org, bu, team)):
+            if item == "shared":
+                shared[key] += cost
+            if item == "idle":
+                idle[key] += cost
+    out = []
+    for level, org, bu, team, cost, billed, margin, pct in rows(
+            "select level, organisation, business_unit, team, cost_to_serve, billed, margin, margin_percent"
+            " from marts.fct_ledger_rollup_monthly where invoice_month = %s and level <> 'tenant'", month):
+        key = tuple(v for v in (org, bu, team) if v is not None)
+        name = {"platform": "All organisations", "organisation": org, "business_unit": bu, "team": team}[level]
+        out.append((level, name, cents(cost), cents(shared[key]), cents(idle[key]), cents(billed), cents(margin),
+                    percent(pct)))
+    return out
+
+
+def expected_items(month: dt.date) -> list[tuple[str, str, str, str]]:
+    sums: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0)] * 3)
+    for tenant, item, cost, billed, margin in rows(
+            "select tenant_id, ledger_item, cost_to_serve, billed, margin from marts.fct_ledger_monthly"
+            " where invoice_month = %s", month):
+        key = item if tenant else f"platform:{item}"
+        for i, v in enumerate((cost, billed, margin)):
+            sums[key][i] += v
+    return [(finance_report.ITEM_LABELS.get(k, f"Usage of {k}"), *map(cents, v)) for k, v in sums.items()]
+
+
+def expected_movers(month: dt.date, before: dt.date) -> list[tuple[str, ...]]:
+    now: dict[tuple, tuple] = {}
+    then: dict[tuple, tuple] = {}
+    for m, level, org, bu, team, tenant, cost, billed in rows(
+            "select invoice_month, level, organisation, business_unit, team, tenant_id, cost_to_serve, billed"
+            " from marts.fct_ledger_rollup_monthly where invoice_month in (%s, %s)"
+            " and level in ('tenant', 'team') and organisation <> '(platform)'", month, before):
+        key = (level, tenant if level == "tenant" else f"{org} / {bu} / {team}")
+        (now if m == month else then)[key] = (cost, billed)
+    out = []
+    for level in ("tenant", "team"):
+        keys = {k for k in (*now, *then) if k[0] == level}
+        changes = []
+        for k in keys:
+            cost, billed = now.get(k, (Decimal(0), Decimal(0)))
+            cost0, billed0 = then.get(k, (Decimal(0), Decimal(0)))
+            if billed != billed0:
+                changes.append((-abs(billed - billed0), k[1], billed0, billed, billed - billed0, cost - cost0))
+        for _, key, billed0, billed, change, cost_change in sorted(changes)[: finance_report.MOVERS]:
+            out.append((key, cents(billed0), cents(billed), ("+" if change > 0 else "") + cents(change),
+                        ("+" if cost_change > 0 else "") + cents(cost_change)))
+    return out
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def test_every_row_of_both_ledgers_is_printed_as_the_marts_have_it(text):
+    month = dt.date(2035, 5, 1)
+    hierarchy = expected_hierarchy(month)
+    assert {level for level, *_ in hierarchy} == {"platform", "organisation", "business_unit", "team"}
+    shown = 0
+    for level, name, *figures in hierarchy:
+        if name == "(platform)" and level in ("business_unit", "team"):
+            continue  # the platform's own cost: shown once, at its organisation row
+        line = " ".join([name, *figures])
+        assert line in text, f"{level} row not printed as the marts have it: {line!r}"
+        shown += 1
+    assert shown >= 1 + 3 + 6  # the platform, three organisations (and the platform's own), several units
+    for label, *figures in expected_items(month):
+        assert " ".join([label, *figures]) in text
+
+
+def test_headline_trend_and_movers_equal_the_marts(text):
+    month, before = dt.date(2035, 5, 1), dt.date(2035, 4, 1)
+    trend = rows("select invoice_month, cost_to_serve, billed, margin, currency from marts.fct_ledger_rollup_monthly"
+                 " where level = 'platform' and invoice_month in (%s, %s) order by 1", before, month)
+    assert len(trend) == 2
+    for m, cost, billed, margin, _ in trend:
+        assert f"{m:%b %Y} {cents(cost)} {cents(billed)} {cents(margin)}" in text
+    _, cost, billed, margin, currency = trend[-1]
+    for label, amount in (("Cost to serve", cost), ("Billed", billed), ("Margin", margin)):
+        assert f"{label} {format_money(amount, currency)}" in text
+    movers = expected_movers(month, before)
+    assert len(movers) == 2 * finance_report.MOVERS
+    for key, *figures in movers:
+        assert re.search(re.escape(key) + r"( [^\d+-][^ ]*)* " + re.escape(" ".join(figures)), text), (key, figures)
+
+
+def test_every_figure_printed_is_a_figure_of_the_marts(text):
+    """The converse: no amount in the text that the marts do not give (to the cent)."""
+    month, before = dt.date(2035, 5, 1), dt.date(2035, 4, 1)
+    allowed = set()
+    for row in expected_hierarchy(month):
+        allowed.update(row[2:])
+    for row in expected_items(month):
+        allowed.update(row[1:])
+    for row in expected_movers(month, before):
+        allowed.update(row[1:])
+    for cost, billed, margin in rows("select cost_to_serve, billed, margin from marts.fct_ledger_rollup_monthly"
+                                     " where level = 'platform' and invoice_month in (%s, %s)", month, before):
+        allowed.update(map(cents, (cost, billed, margin)))
+    allowed = {a.removesuffix(" %") for a in allowed}
+    printed = MONEY.findall(text)
+    assert len(printed) > 100
+    assert set(printed) <= allowed, sorted(set(printed) - allowed)
+
+
+def test_the_freshness_line_is_on_every_page(pdf, text, written):
+    (hour,) = rows("select max(hour_start) + interval '1 hour' from marts.fct_usage_hourly"
+                   " where hour_start >= %s and hour_start < %s", *month_window(PERIOD))[0]
+    line = f"usage through {hour.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC"
+    assert line == "usage through 2035-05-03 00:00 UTC"
+    assert written.usage_through == hour
+    for number, page in enumerate(pdf.pages, 1):
+        page_text = " ".join(page.extract_text().split())
+        assert line in page_text, f"page {number}"
+        assert f"Page {number} of {len(pdf.pages)}" in page_text
+
+
+def _streams(pdf: pypdf.PdfReader):
+    """Every content stream of the document with its resources' XObjects, recursively."""
+    seen = set()
+
+    def walk(resources):
+        for xobject in (resources or {}).get("/XObject", {}).values():
+            obj = xobject.get_object()
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            yield obj
+            yield from walk(obj.get("/Resources"))
+
+    for page in pdf.pages:
+        yield from walk(page.get("/Resources"))
+
+
+def test_charts_are_vectors_in_the_shipped_font(pdf, text):
+    xobjects = list(_streams(pdf))
+    assert not [x for x in xobjects if x.get("/Subtype") == "/Image"], "a chart was embedded as a raster"
+    page_streams = [page.get_contents().get_data() for page in pdf.pages]
+    forms = [x.get_data() for x in xobjects if x.get("/Subtype") == "/Form"]
+    # the trend's line is a path of many segments; its points are circles (Bézier curves)
+    path_ops = sum(len(re.findall(rb"[\d.]+ [\d.]+ l\n", s)) for s in page_streams + forms)
+    curve_ops = sum(len(re.findall(rb" c\n", s)) for s in page_streams + forms)
+    assert path_ops > 20 and curve_ops > 8, (path_ops, curve_ops)
+    fonts = {str(font.get_object()["/BaseFont"]).split("+", 1)[-1]
+             for page in pdf.pages for font in page["/Resources"].get("/Font", {}).values()}
+    fonts |= {str(font.get_object()["/BaseFont"]).split("+", 1)[-1]
+              for x in xobjects for font in (x.get("/Resources") or {}).get("/Font", {}).values()}
+    assert fonts <= {"DejaVu-Sans", "DejaVu-Sans-Bold"}, fonts
+    # the charts' text is text in the PDF (legend, month axis), not outlines
+    assert "Cost to serve Billed Margin" in text or "Cost to serve" in text
+    assert "Apr 35" in text and "May 35" in text
+
+
+def test_no_budgets_or_forecasts_say_so(text):
+    assert "No budgets configured" in text
+    assert "Forecasts are not available" in text
+
+
+def test_cli_writes_the_report_beside_the_invoices(written, capsys, settings):
+    assert main(["report", "finance", "--month", PERIOD]) == 0
+    out = capsys.readouterr().out
+    path = finance_report.report_path(PERIOD)
+    assert path == f"{settings.reports_out.rstrip('/')}/2035-05/finance-report.pdf"
+    assert out.startswith(f"wrote {path}: finance report, ") and "usage through 2035-05-03 00:00 UTC" in out
+    data = Path(path).read_bytes()
+    assert data.startswith(b"%PDF") and len(pypdf.PdfReader(io.BytesIO(data)).pages) == written.pages
+    print(f"\nfinance report: {written.pages} pages, read {written.read_seconds:.2f} s, "
+          f"rendered {written.render_seconds:.2f} s")
+
+
+def test_a_month_without_a_ledger_is_refused_in_one_line(capsys):
+    assert main(["report", "finance", "--month", "2035-09"]) == 1
+    err = capsys.readouterr().err
+    assert "finance report of 2035-09: marts.fct_ledger_rollup_monthly has no ledger for the month" in err
