@@ -215,6 +215,14 @@ def cmd_budgets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report_finance(args: argparse.Namespace) -> int:
+    """The finance report PDF of a month (docs/INSIGHTS.md, "The finance report")."""
+    from chargeback.insights import finance_report
+
+    print(finance_report.write_report(args.month, out=args.out).summary())
+    return 0
+
+
 def cmd_usage(args: argparse.Namespace) -> int:
     """A month's usage per tenant and meter as Chargeback knew it at --as-of (default: now)."""
     from chargeback.ingest import restatement
@@ -369,6 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--by", metavar="NAME", help="who decides the override")
     sp.add_argument("--workers", type=int, default=2)
     sp.set_defaults(func=cmd_close)
+
+    sp = sub.add_parser("report", help="write a report of a month")
+    kinds = sp.add_subparsers(dest="report_kind", required=True)
+    sp = kinds.add_parser("finance", help="the finance report PDF: both ledgers by organisation, business unit "
+                          "and team, margin, idle and shared cost, 12-month trend, top movers, budgets "
+                          "(docs/INSIGHTS.md)")
+    sp.add_argument("--month", required=True, help="YYYY-MM")
+    sp.add_argument("--out", help="PDF path or URL (default: <reports_out>/<YYYY-MM>/finance-report.pdf)")
+    sp.set_defaults(func=cmd_report_finance)
 
     sp = sub.add_parser("summary", help="print the finance summary of a month")
     sp.add_argument("--period", required=True, help="YYYY-MM")
