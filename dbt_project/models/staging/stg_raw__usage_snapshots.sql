@@ -22,7 +22,9 @@ renamed as (
         load_id::bigint as load_id,
         loaded_at::timestamptz as loaded_at,
         landed_hour::timestamptz as landed_hour,
-        learned_at::timestamptz as learned_at
+        learned_at::timestamptz as learned_at,
+        source::text as source,
+        labels::jsonb as labels
 
     from source
 

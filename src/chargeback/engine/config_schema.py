@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from chargeback.ingest.layout import DATE_FOLDER
+from chargeback.ingest.layout import DATE_FOLDER, MAX_LABEL_KEY_CHARS, MAX_LABELS, MAX_SOURCE_CHARS, NO_SOURCE
 
 
 class ConfigError(ValueError):
@@ -58,6 +58,23 @@ class TenantTerms(_Model):
     monthly_commitment: Decimal = Field(default=Decimal(0), ge=0, decimal_places=2)
     overage_uplift_percent: Decimal = Field(default=Decimal(0), ge=0)
     retention_days: int = Field(default=30, gt=0)
+    source_retention_days: dict[str, int] = {}
+    """Sources kept for another retention class than ``retention_days`` (docs/COST_ENGINE.md):
+    their stored GB-months are priced at that class, the rest of the tenant's at the default."""
+
+    @field_validator("source_retention_days")
+    @classmethod
+    def _sources(cls, value: dict[str, int]) -> dict[str, int]:
+        for source, days in value.items():
+            if not source.strip() or len(source) > MAX_SOURCE_CHARS:
+                raise ValueError(f"source {source!r}: 1 to {MAX_SOURCE_CHARS} characters, as a snapshot's source")
+            if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in source) or (
+                    source.startswith("(") and source.endswith(")")):
+                raise ValueError(f"source {source!r}: no control characters, and not a name in parentheses"
+                                 f" ({NO_SOURCE} is usage without a source; its class is retention_days)")
+            if isinstance(days, bool) or days <= 0:
+                raise ValueError(f"source {source!r}: retention days must be a positive whole number, not {days}")
+        return value
 
     @model_validator(mode="after")
     def _monthly(self) -> TenantTerms:
@@ -315,11 +332,32 @@ class PriceBook(_Model):
     prices: dict[str, Price]
 
 
+class Attribution(_Model):
+    """``config/attribution.yml``: which snapshot label keys count (showback aggregates them);
+    other keys are kept raw with the snapshot but not aggregated, so cardinality stays bounded."""
+
+    label_keys: list[str] = Field(default=[], max_length=MAX_LABELS)
+
+    @field_validator("label_keys")
+    @classmethod
+    def _keys(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            if not key or len(key) > MAX_LABEL_KEY_CHARS:
+                raise ValueError(f"label key {key!r}: 1 to {MAX_LABEL_KEY_CHARS} characters, as a snapshot's label key")
+            if key != key.strip() or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in key):
+                raise ValueError(f"label key {key!r}: no control characters, no leading or trailing spaces")
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise ValueError(f"label key(s) listed twice: {', '.join(repeated)}")
+        return keys
+
+
 class Configuration(_Model):
     meters: list[Meter]
     tenants: list[Tenant]
     cost_pools: list[CostPool]
     price_books: list[PriceBook]
+    attribution: Attribution = Attribution()
 
     @property
     def meter_names(self) -> set[str]:

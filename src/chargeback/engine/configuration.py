@@ -14,7 +14,16 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from chargeback.engine.config_schema import ConfigError, Configuration, CostPool, Meter, PriceBook, Tenant, TenantTerms
+from chargeback.engine.config_schema import (
+    Attribution,
+    ConfigError,
+    Configuration,
+    CostPool,
+    Meter,
+    PriceBook,
+    Tenant,
+    TenantTerms,
+)
 from chargeback.platform import warehouse
 from chargeback.platform.settings import Settings, get_settings
 
@@ -24,6 +33,8 @@ _FILES = {
     "cost_pools": "cost_pools.yml",
     "price_books": "price_books.yml",
 }
+ATTRIBUTION_FILE = "attribution.yml"
+"""Optional: without it no label key is aggregated (docs/SNAPSHOTS.md)."""
 
 
 def read(config_dir: Path | None = None) -> Configuration:
@@ -53,11 +64,33 @@ def read(config_dir: Path | None = None) -> Configuration:
             except ValidationError as exc:
                 problems.append(_describe_entry(exc, path, section, i, entry))
         data[section] = parsed
+    attribution = _read_attribution(config_dir / ATTRIBUTION_FILE, problems)
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(problems))
-    cfg = Configuration(**data)
+    cfg = Configuration(**data, attribution=attribution)
     _check_references(cfg, config_dir)
     return cfg
+
+
+def _read_attribution(path: Path, problems: list[str]) -> Attribution:
+    """``attribution.yml`` (optional: absent, no label key is aggregated); problems appended."""
+    if not path.exists():
+        return Attribution()
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        problems.append(f"{path}: not valid YAML: {exc}")
+        return Attribution()
+    if not isinstance(doc, dict):
+        problems.append(f"{path}: expected a mapping with `label_keys`")
+        return Attribution()
+    try:
+        return Attribution.model_validate(doc)
+    except ValidationError as exc:
+        for err in exc.errors():
+            field = "".join(f"[{p + 1}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+            problems.append(f"{path}: field {field or '(file)'}: {err['msg'].removeprefix('Value error, ')}")
+        return Attribution()
 
 
 def _describe_entry(exc: ValidationError, path: Path, section: str, index: int, entry: object) -> str:
@@ -128,6 +161,13 @@ def _check_references(cfg: Configuration, config_dir: Path) -> None:
                             f"has no {meter} retention tier of {terms.retention_days} days or more, "
                             f"which tenant {t.tenant_id} keeps its logs for"
                         )
+                    for source, days in terms.source_retention_days.items():
+                        if price.retention_tier_for(days) is None:
+                            problems.append(
+                                f"{tenants_file}: tenant {t.tenant_id}, terms from {terms.valid_from},"
+                                f" source_retention_days.{source}: {days} days, but price book"
+                                f" {version.price_book} (from {version.valid_from}) has no {meter} retention"
+                                f" tier of {days} days or more")
 
     pools: dict[str, list[CostPool]] = {}
     for p in cfg.cost_pools:
@@ -248,6 +288,14 @@ def apply(cfg: Configuration, settings: Settings | None = None) -> None:
             ],
         )
         cur.executemany(
+            "insert into config.tenant_source_retention (tenant_id, valid_from, source, retention_days)"
+            " values (%s, %s, %s, %s)",
+            [(t.tenant_id, x.valid_from, source, days)
+             for t in cfg.tenants for x in t.terms for source, days in x.source_retention_days.items()],
+        )
+        cur.executemany("insert into config.label_keys (label_key) values (%s)",
+                        [(key,) for key in cfg.attribution.label_keys])
+        cur.executemany(
             "insert into config.cost_pools (pool, valid_from, valid_to, description, monthly_cost, currency,"
             " capacity_meter, capacity_per_hour, idle_policy) values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
             [
@@ -361,6 +409,9 @@ _FROZEN = {
          "select tenant_id, valid_from, least(coalesce(valid_to, 'infinity'), %(until)s), discount_percent,"
          " monthly_commitment, overage_uplift_percent, retention_days"
          " from config.tenant_terms where valid_from < %(until)s"),
+        ("terms of tenant {} (from {})",
+         "select tenant_id, valid_from, source, retention_days"
+         " from config.tenant_source_retention where valid_from < %(until)s"),
     ),
 }
 
@@ -409,6 +460,7 @@ def _refuse_changes_to_finalized_months(before: dict, after: dict, until: dt.dat
 _TABLES = (
     "config.tenants",
     "config.tenant_terms",
+    "config.tenant_source_retention",
     "config.meters",
     "config.cost_pools",
     "config.allocation_rules",
@@ -416,6 +468,7 @@ _TABLES = (
     "config.allocation_fixed_shares",
     "config.prices",
     "config.price_tiers",
+    "config.label_keys",
 )
 
 

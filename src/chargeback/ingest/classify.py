@@ -12,11 +12,90 @@ import functools
 
 import psycopg
 
-from chargeback.ingest.layout import SNAPSHOT_FIELDS
+from chargeback.ingest.layout import (
+    MAX_LABEL_KEY_CHARS,
+    MAX_LABEL_VALUE_CHARS,
+    MAX_LABELS,
+    MAX_SOURCE_CHARS,
+    NO_SOURCE,
+    SNAPSHOT_FIELDS,
+)
 from chargeback.ingest.readers import CsvHeader, FileOutcome
 
 _TEXT_FIELDS = ("snapshot_id", "tenant_id", "meter", "unit", "kind")
 _ISO_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)? *([Zz]|[+-]\d{2}(:?\d{2})?)?$"
+
+# Attribution (docs/SNAPSHOTS.md): control characters (C0, DEL, C1) are refused in a source,
+# a label key or value; names in parentheses are Chargeback's own ('(none)', '(shared)').
+_CONTROL = r"[\u0001-\u001f\u007f-\u009f]"
+_BEFORE_CONTROL = r"^[^\u0001-\u001f\u007f-\u009f]*"
+_RESERVED = r"^\(.*\)$"
+# A JSON text holding an escaped NUL (\u0000, not \\u0000): valid JSON, but no PostgreSQL text can hold it.
+_ESCAPED_NUL = r"(^|[^\\])(\\\\)*\\u0000"
+# CSV labels: key=value pairs separated by ';' (a trailing ';' allowed); a backslash makes the
+# next character literal (\; \= \\); a key ends at the first unescaped '='.
+_LABEL_KEY, _LABEL_VALUE = r"(?:[^\\;=]|\\.)*", r"(?:[^\\;]|\\.)*"
+_LABELS_SYNTAX = rf"^{_LABEL_KEY}={_LABEL_VALUE}(?:;{_LABEL_KEY}={_LABEL_VALUE})*;?$"
+_LABEL_PAIR = rf"({_LABEL_KEY})=({_LABEL_VALUE})(?:;|$)"
+_UNESCAPE = r"regexp_replace({}, '\\(.)', '\1', 'g')"
+
+
+def _control_at(expr: str) -> str:
+    """SQL: ``control character 0x07 at column 5`` of the text ``expr`` (which holds one)."""
+    return (f"'control character 0x' || lpad(to_hex(ascii(substring({expr} from '{_CONTROL}'))), 2, '0')"
+            f" || ' at column ' || (length(substring({expr} from '{_BEFORE_CONTROL}')) + 1)")
+
+
+def _shown(expr: str, limit: int) -> str:
+    """SQL: ``expr`` in quotes for a reason (as written: no E'' escapes), cut at ``limit``
+    characters, control characters as '?'."""
+    return (f"('''' || regexp_replace(left({expr}, {limit}), '{_CONTROL}', '?', 'g')"
+            f" || case when length({expr}) > {limit} then '…' else '' end || '''')")
+
+
+_KEY, _VALUE = _shown("e.key", 40), "(e.value #>> '{}')"
+_LABEL_PROBLEMS = f"""
+    select count(*) as n_labels,
+           (array_agg(problem order by key collate "C") filter (where problem is not null))[1] as problem
+    from (
+        select e.key, case
+            when e.key = '' then 'labels: an empty key'
+            when length(e.key) > {MAX_LABEL_KEY_CHARS} then 'labels: key ' || {_KEY}
+                || ' is ' || length(e.key) || ' characters long, more than {MAX_LABEL_KEY_CHARS}'
+            when e.key ~ '{_CONTROL}' then 'labels: key ' || {_KEY} || ' holds a ' || {_control_at('e.key')}
+            when e.key <> btrim(e.key) then 'labels: key ' || {_KEY} || ' has leading or trailing spaces'
+            when jsonb_typeof(e.value) <> 'string' then 'labels: the value of ' || {_KEY} || ' is a JSON '
+                || jsonb_typeof(e.value) || '; labels are a flat object of text values'
+            when {_VALUE} = '' then 'labels: the value of ' || {_KEY} || ' is empty (leave the key out)'
+            when length({_VALUE}) > {MAX_LABEL_VALUE_CHARS} then 'labels: the value of ' || {_KEY}
+                || ' is ' || length({_VALUE}) || ' characters long, more than {MAX_LABEL_VALUE_CHARS}'
+            when {_VALUE} ~ '{_CONTROL}' then 'labels: the value of ' || {_KEY} || ' holds a '
+                || {_control_at(_VALUE)}
+            when {_VALUE} ~ '{_RESERVED}' then 'labels: the value of ' || {_KEY} || ', '
+                || {_shown(_VALUE, 40)} || ', is reserved: values in parentheses are Chargeback''s own'
+        end as problem
+        from jsonb_each(case when jsonb_typeof(f.labels) = 'object' then f.labels end) as e
+    ) as keyed
+"""
+
+
+# A CSV row's labels cell (``labels_cell``) as a JSON object, or why it cannot be read.
+_CSV_LABELS = f"""
+    select case when btrim(labels_cell) <> '' and labels_cell !~ '{_LABELS_SYNTAX}'
+                    then 'labels: not key=value pairs separated by '';'': ' || {_shown('labels_cell', 60)}
+                when bool_or(copies > 1) then 'labels: key ' || {_shown('min(key) filter (where copies > 1)', 40)}
+                    || ' appears more than once'
+           end as labels_problem,
+           jsonb_object_agg(key, value) as parsed_labels
+    from (
+        select key, value, count(*) over (partition by key) as copies
+        from (
+            select {_UNESCAPE.format('m[1]')} as key, to_jsonb({_UNESCAPE.format('m[2]')}) as value
+            from regexp_matches(case when labels_cell ~ '{_LABELS_SYNTAX}' then labels_cell end, '{_LABEL_PAIR}', 'g')
+                as m
+        ) as pairs
+    ) as counted
+"""
 
 
 def _classify_sql(fields_cte: str) -> str:
@@ -36,7 +115,8 @@ def _classify_sql(fields_cte: str) -> str:
     )
     return f"""
 insert into parsed (file_seq, source_file, source_line, landed_hour, learned_at, raw_record,
-                    snapshot_id, tenant_id, meter, value, unit, hour_start, emitted_at, kind, reason)
+                    snapshot_id, tenant_id, meter, value, unit, hour_start, emitted_at, kind, source, labels,
+                    reason)
 with fields as (
 {fields_cte}
 ), typed as (
@@ -46,8 +126,10 @@ with fields as (
            case when f.hour ~ '{_ISO_TIMESTAMP}' and raw.is_timestamptz(f.hour)
                 then f.hour::timestamptz end as ts_hour,
            case when f.emitted_at ~ '{_ISO_TIMESTAMP}' and raw.is_timestamptz(f.emitted_at)
-                then f.emitted_at::timestamptz end as ts_emitted
+                then f.emitted_at::timestamptz end as ts_emitted,
+           lb.n_labels, lb.problem as label_problem
     from fields as f
+    cross join lateral ({_LABEL_PROBLEMS}) as lb
     offset 0  -- evaluate the casts once per row: keep the planner from copying them into every use
 ), classified as (
     select t.*,
@@ -93,6 +175,21 @@ with fields as (
                      || ' is before the first version of price book ' || quote_literal(te.price_book)
                      || coalesce(' (valid from ' || pb.first_from || ')', ' (it has no version)')
                      || ': no price is in force then'
+            when t.t_source in ('object', 'array') then 'source: expected text, got a JSON ' || t.t_source
+            when btrim(t.source) = '' then 'source: empty (leave the field out for usage without a source)'
+            when length(t.source) > {MAX_SOURCE_CHARS}
+                then 'source: ' || length(t.source) || ' characters long, more than {MAX_SOURCE_CHARS}: '
+                     || {_shown('t.source', 40)}
+            when t.source ~ '{_CONTROL}' then 'source: ' || {_shown('t.source', 40)} || ' holds a '
+                || {_control_at('t.source')}
+            when t.source ~ '{_RESERVED}'
+                then 'source: ' || {_shown('t.source', 40)} || ' is reserved: names in parentheses are Chargeback''s'
+                     || ' own ({NO_SOURCE} is usage without a source)'
+            when t.labels_problem is not null then t.labels_problem
+            when jsonb_typeof(t.labels) not in ('object', 'null')
+                then 'labels: expected a flat JSON object of text values, got a JSON ' || jsonb_typeof(t.labels)
+            when t.n_labels > {MAX_LABELS} then 'labels: ' || t.n_labels || ' keys, more than {MAX_LABELS}'
+            when t.label_problem is not null then t.label_problem
         end as reason
     from typed as t
     left join config.tenants as te on te.tenant_id = t.tenant_id
@@ -104,7 +201,8 @@ with fields as (
 select %(file_seq)s, %(file)s, line, %(landed_hour)s, %(learned_at)s,
        case when reason is not null then raw_record end,
        case when coalesce(t_snapshot_id, 'string') in ('string', 'number') then snapshot_id end,
-       tenant_id, meter, n_value, unit, ts_hour, ts_emitted, kind, reason
+       tenant_id, meter, n_value, unit, ts_hour, ts_emitted, kind, coalesce(source, '{NO_SOURCE}'),
+       case when jsonb_typeof(labels) = 'object' then labels else '{{}}'::jsonb end, reason
 from classified
 """
 
@@ -113,15 +211,19 @@ _TEXT_OF = ", ".join(f"j ->> '{f}' as {f}, jsonb_typeof(j -> '{f}') as t_{f}" fo
 CLASSIFY_JSONL = _classify_sql(f"""
     select line, coalesce(split_part(marked, chr(2), 2), doc) as raw_record,
            case when marked is not null then split_part(marked, chr(2), 1)
+                when escaped_nul then 'record: an escaped NUL character (\\u0000), which no text can hold'
                 when j is null then 'record: not valid JSON'
                 when jsonb_typeof(j) <> 'object' then 'record: not a JSON object but a JSON ' || jsonb_typeof(j)
            end as doc_problem,
-           {_TEXT_OF}
+           {_TEXT_OF},
+           j ->> 'source' as source, jsonb_typeof(j -> 'source') as t_source,
+           j -> 'labels' as labels, null::text as labels_problem
     from (
-        select line::integer as line, doc,
+        select line::integer as line, doc, escaped_nul,
                case when left(doc, 1) = chr(1) then substr(doc, 2) end as marked,
-               case when left(doc, 1) <> chr(1) and raw.is_json(doc) then doc::jsonb end as j
-        from landed_jsonl
+               case when left(doc, 1) <> chr(1) and not escaped_nul and raw.is_json(doc) then doc::jsonb end as j
+        from (select *, strpos(doc, '\\u0000') > 0 and doc ~ '{_ESCAPED_NUL}' as escaped_nul
+              from landed_jsonl) as landed
         where btrim(coalesce(doc, '')) <> ''
         offset 0  -- parse each line once, not once per field
     ) as docs
@@ -141,16 +243,38 @@ def classify_csv(header: CsvHeader) -> str:
         f"case when marked is null then c{pos} end as {name}, null::text as t_{name}"
         for name, pos in zip(SNAPSHOT_FIELDS, header.positions, strict=True)
     )
+    source_at, labels_at = header.optional
+    source = f"case when marked is null then nullif(c{source_at}, '') end" if source_at else "null::text"
+    labels = f"case when marked is null then c{labels_at} end" if labels_at else "null::text"
     return _classify_sql(f"""
     select line::integer + 1 as line,
            coalesce(split_part(marked, chr(2), 2), raw, concat_ws(',', {cells})) as raw_record,
            coalesce(split_part(marked, chr(2), 1), problem) as doc_problem,
-           {fields}
+           {fields},
+           source, null::text as t_source,
+           case when labels_cell is null or btrim(labels_cell) = '' or lp.labels_problem is not null then null
+                else coalesce(lp.parsed_labels, '{{}}'::jsonb) end as labels,
+           lp.labels_problem
     from (
-        select landed_csv.*, case when left(c1, 1) = chr(1) then substr(c1, 2) end as marked
-        from landed_csv
+        select landed.*, {source} as source, {labels} as labels_cell
+        from (
+            select landed_csv.*, case when left(c1, 1) = chr(1) then substr(c1, 2) end as marked
+            from landed_csv
+        ) as landed
     ) as landed
+    cross join lateral ({_CSV_LABELS}) as lp
 """)
+
+def difference(first: str, this: str) -> str:
+    """SQL: how two copies of a snapshot differ, for the reason: ``value 1 there, 4 here`` (the
+    value, unless only the source or the labels differ)."""
+    return (f"case when {first}.value is distinct from {this}.value"
+            f" or ({first}.source, {first}.labels) is not distinct from ({this}.source, {this}.labels)"
+            f" then 'value ' || {first}.value || ' there, ' || {this}.value || ' here'"
+            f" when {first}.source is distinct from {this}.source then 'source ' || quote_literal({first}.source)"
+            f" || ' there, ' || quote_literal({this}.source) || ' here'"
+            f" else 'labels ' || {first}.labels::text || ' there, ' || {this}.labels::text || ' here' end")
+
 
 # A published row ``u`` that came from a landed hour outside the load's window [start, end):
 # rows of the window's own hours are about to be replaced, so they do not count.
@@ -159,7 +283,7 @@ PUBLISHED_OUTSIDE_WINDOW = """not (coalesce(u.landed_hour, date_trunc('hour', u.
 
 # Load-level pass over every file's clean rows: later copies of a snapshot are duplicates
 # when identical to its first copy (by file, then line), quarantined when they differ.
-DEDUPE_WITHIN_LOAD = """
+DEDUPE_WITHIN_LOAD = f"""
 with repeated as (
     select tenant_id, snapshot_id from parsed where reason is null group by tenant_id, snapshot_id
     having count(*) > 1
@@ -169,10 +293,9 @@ with repeated as (
     where reason is null and (tenant_id, snapshot_id) in (select tenant_id, snapshot_id from repeated)
     window w as (partition by tenant_id, snapshot_id order by file_seq, source_line)
 ), compared as (
-    select r.pid, f.source_file, f.source_line, f.value as first_value,
-           (p.tenant_id, p.meter, p.value, p.unit, p.hour_start, p.kind)
-           = (f.tenant_id, f.meter, f.value, f.unit, f.hour_start, f.kind) as same,
-           p.value as this_value
+    select r.pid, f.source_file, f.source_line, {difference('f', 'p')} as difference,
+           (p.tenant_id, p.meter, p.value, p.unit, p.hour_start, p.kind, p.source, p.labels)
+           = (f.tenant_id, f.meter, f.value, f.unit, f.hour_start, f.kind, f.source, f.labels) as same
     from ranked as r
     join parsed as p on p.pid = r.pid
     join parsed as f on f.pid = r.first_pid
@@ -182,7 +305,7 @@ update parsed as p
 set duplicate = c.same,
     reason = case when not c.same then
         'snapshot_id: ' || quote_literal(p.snapshot_id) || ' repeats ' || c.source_file || ':' || c.source_line
-        || ' with different content (value ' || c.first_value || ' there, ' || c.this_value || ' here)'
+        || ' with different content (' || c.difference || ')'
     end
 from compared as c
 where p.pid = c.pid
@@ -191,9 +314,9 @@ where p.pid = c.pid
 # window (rows of the window's own hours are about to be replaced, so they do not count).
 DEDUPE_AGAINST_PUBLISHED = f"""
 with compared as (
-    select p.pid, u.source_file, u.source_line, u.value as first_value, p.value as this_value,
-           (p.tenant_id, p.meter, p.value, p.unit, p.hour_start, p.kind)
-           = (u.tenant_id, u.meter, u.value, u.unit, u.hour_start, u.kind) as same
+    select p.pid, u.source_file, u.source_line, {difference('u', 'p')} as difference,
+           (p.tenant_id, p.meter, p.value, p.unit, p.hour_start, p.kind, p.source, p.labels)
+           = (u.tenant_id, u.meter, u.value, u.unit, u.hour_start, u.kind, u.source, u.labels) as same
     from parsed as p
     join raw.usage_snapshots as u on u.tenant_id = p.tenant_id and u.snapshot_id = p.snapshot_id
     where p.reason is null and not p.duplicate
@@ -203,8 +326,7 @@ update parsed as p
 set duplicate = c.same,
     reason = case when not c.same then
         'snapshot_id: ' || quote_literal(p.snapshot_id) || ' already published from ' || c.source_file || ':'
-        || c.source_line || ' with different content (value ' || c.first_value || ' there, '
-        || c.this_value || ' here)'
+        || c.source_line || ' with different content (' || c.difference || ')'
     end
 from compared as c
 where p.pid = c.pid

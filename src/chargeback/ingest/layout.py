@@ -23,6 +23,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 SNAPSHOT_FIELDS = ("snapshot_id", "tenant_id", "meter", "value", "unit", "hour", "emitted_at", "kind")
+ATTRIBUTION_FIELDS = ("source", "labels")
+"""Optional fields (docs/SNAPSHOTS.md): who inside the tenant produced the usage. Absent: source
+``(none)``, no labels."""
+NO_SOURCE = "(none)"
+MAX_SOURCE_CHARS = 256
+MAX_LABELS = 16
+MAX_LABEL_KEY_CHARS = 64
+MAX_LABEL_VALUE_CHARS = 256
+"""The attribution limits: a longer source, key or value, or more labels, is quarantined."""
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
 COMPRESSIONS = {".gz": "gzip"}
 DATE_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}$")

@@ -165,7 +165,7 @@ def _stage_files(conn: psycopg.Connection, load_id: int, start: dt.datetime, end
             pid bigint generated always as identity, file_seq integer, source_file text, source_line integer,
             landed_hour timestamptz, learned_at timestamptz, raw_record text,
             snapshot_id text, tenant_id text, meter text, value numeric, unit text,
-            hour_start timestamptz, emitted_at timestamptz, kind text,
+            hour_start timestamptz, emitted_at timestamptz, kind text, source text, labels jsonb,
             reason text, duplicate boolean not null default false
         ) on commit drop
         """
@@ -215,9 +215,10 @@ def _stage_files(conn: psycopg.Connection, load_id: int, start: dt.datetime, end
     conn.execute(
         """
         insert into raw.usage_staging (load_id, snapshot_id, tenant_id, meter, value, unit, hour_start,
-                                       emitted_at, kind, source_file, source_line, landed_hour, learned_at)
+                                       emitted_at, kind, source_file, source_line, landed_hour, learned_at,
+                                       source, labels)
         select %s, snapshot_id, tenant_id, meter, value, unit, hour_start,
-               emitted_at, kind, source_file, source_line, landed_hour, learned_at
+               emitted_at, kind, source_file, source_line, landed_hour, learned_at, source, labels
         from parsed where reason is null and not duplicate
         """,
         (load_id,),
@@ -353,16 +354,17 @@ def _settle_against_published(conn: psycopg.Connection, load_id: int, start: dt.
             using raw.usage_snapshots as u
             where s.load_id = %(load_id)s and u.tenant_id = s.tenant_id and u.snapshot_id = s.snapshot_id
               and (""" + classify.PUBLISHED_OUTSIDE_WINDOW + " or " + _kept_by_hold("u") + """)
-            returning s.*, u.source_file as first_file, u.source_line as first_line, u.value as first_value,
-                      (s.tenant_id, s.meter, s.value, s.unit, s.hour_start, s.kind)
-                      = (u.tenant_id, u.meter, u.value, u.unit, u.hour_start, u.kind) as same
+            returning s.*, u.source_file as first_file, u.source_line as first_line,
+                      """ + classify.difference("u", "s") + """ as difference,
+                      (s.tenant_id, s.meter, s.value, s.unit, s.hour_start, s.kind, s.source, s.labels)
+                      is not distinct from
+                      (u.tenant_id, u.meter, u.value, u.unit, u.hour_start, u.kind, u.source, u.labels) as same
         ), quarantined as (
             insert into raw.usage_quarantine (load_id, source_file, source_line, landed_hour, field, reason,
                                               snapshot_id)
             select %(load_id)s, source_file, source_line, landed_hour, 'snapshot_id',
                    'snapshot_id: ' || quote_literal(snapshot_id) || ' already published from ' || first_file
-                   || ':' || first_line || ' with different content (value ' || first_value || ' there, '
-                   || value || ' here)', snapshot_id
+                   || ':' || first_line || ' with different content (' || difference || ')', snapshot_id
             from moved where not same
         )
         select source_file, count(*) filter (where same), count(*) filter (where not same)
@@ -441,11 +443,12 @@ def _insert_staged(conn: psycopg.Connection, load_id: int) -> int:
         """
         insert into raw.usage_snapshots (snapshot_id, tenant_id, meter, value, unit, hour_start,
                                          emitted_at, kind, source_file, source_line, load_id,
-                                         landed_hour, learned_at)
+                                         landed_hour, learned_at, source, labels)
         select s.snapshot_id, s.tenant_id, s.meter, s.value, s.unit, s.hour_start,
                s.emitted_at, s.kind, s.source_file, s.source_line, s.load_id,
                coalesce(s.landed_hour, date_trunc('hour', s.hour_start, 'UTC')),
-               coalesce(least(r.learned_at, s.learned_at), now())
+               coalesce(least(r.learned_at, s.learned_at), now()),
+               coalesce(s.source, '(none)'), coalesce(s.labels, '{}')
         from raw.usage_staging as s
         left join replaced_snapshots as r on r.tenant_id = s.tenant_id and r.snapshot_id = s.snapshot_id
         where s.load_id = %s

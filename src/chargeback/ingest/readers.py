@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from chargeback.ingest.layout import SNAPSHOT_FIELDS
+from chargeback.ingest.layout import ATTRIBUTION_FIELDS, SNAPSHOT_FIELDS
 from chargeback.ingest.sources import SnapshotFile
 from chargeback.platform import events
 
@@ -57,6 +57,8 @@ class CsvHeader:
     positions: tuple[int, ...]
     """Position of each of ``SNAPSHOT_FIELDS``, in that order."""
     ignored: tuple[str, ...] = ()
+    optional: tuple[int | None, ...] = (None,) * len(ATTRIBUTION_FIELDS)
+    """Position of each of ``ATTRIBUTION_FIELDS`` (``source``, ``labels``), ``None`` when absent."""
 
     @property
     def width(self) -> int:
@@ -294,8 +296,10 @@ def read_csv_header(f: SnapshotFile, stream: _Stream, max_line: int, max_file: i
     missing = [c for c in SNAPSHOT_FIELDS if c not in header]
     if missing:
         return reject(f"header: missing column(s) {', '.join(missing)} (expected {', '.join(SNAPSHOT_FIELDS)})")
+    read = (*SNAPSHOT_FIELDS, *ATTRIBUTION_FIELDS)
     return CsvHeader(tuple(header), tuple(header.index(c) + 1 for c in SNAPSHOT_FIELDS),
-                     tuple(c or f"(column {i + 1})" for i, c in enumerate(header) if c not in SNAPSHOT_FIELDS))
+                     tuple(c or f"(column {i + 1})" for i, c in enumerate(header) if c not in read),
+                     tuple(header.index(c) + 1 if c in header else None for c in ATTRIBUTION_FIELDS))
 
 
 def copy_csv(conn: psycopg.Connection, f: SnapshotFile, max_file: int, max_line: int

@@ -22,6 +22,8 @@ create table if not exists raw.usage_snapshots (
     loaded_at timestamptz not null default now(),
     landed_hour timestamptz,
     learned_at timestamptz not null default now(),
+    source text not null default '(none)',
+    labels jsonb not null default '{}',
     primary key (tenant_id, snapshot_id)
 );
 create index if not exists usage_snapshots_hour_idx on raw.usage_snapshots (hour_start);
@@ -42,7 +44,9 @@ create table if not exists raw.usage_staging (
     source_file text not null,
     source_line integer not null,
     landed_hour timestamptz,
-    learned_at timestamptz
+    learned_at timestamptz,
+    source text,
+    labels jsonb
 );
 create index if not exists usage_staging_load_idx on raw.usage_staging (load_id);
 
@@ -72,6 +76,22 @@ begin
 end
 $$;
 create index if not exists usage_snapshots_landed_hour_idx on raw.usage_snapshots (landed_hour);
+-- Attribution below the tenant (docs/SNAPSHOTS.md): the source that produced a snapshot and its
+-- labels. Warehouses of an earlier release: their rows had neither, i.e. source '(none)', no labels
+-- (a column default fills them without rewriting the table). The key stays (tenant_id, snapshot_id).
+do $$
+begin
+    if not exists (select 1 from information_schema.columns
+                   where table_schema = 'raw' and table_name = 'usage_snapshots' and column_name = 'source') then
+        alter table raw.usage_snapshots add column source text not null default '(none)',
+                                        add column labels jsonb not null default '{}';
+    end if;
+    if not exists (select 1 from information_schema.columns
+                   where table_schema = 'raw' and table_name = 'usage_staging' and column_name = 'source') then
+        alter table raw.usage_staging add column source text, add column labels jsonb;
+    end if;
+end
+$$;
 -- Snapshot ids are unique per tenant (a producer cannot pre-empt another tenant's ids):
 -- warehouses of an earlier release keyed raw.usage_snapshots on snapshot_id alone.
 do $$
@@ -204,6 +224,20 @@ create table if not exists config.tenant_terms (
     overage_uplift_percent numeric(7, 4) not null default 0 check (overage_uplift_percent >= 0),
     retention_days integer not null default 30 check (retention_days > 0),
     primary key (tenant_id, valid_from)
+);
+-- Sources a tenant keeps for another retention class than its terms' retention_days
+-- (config/tenants.yml terms: source_retention_days), effective-dated with the terms.
+create table if not exists config.tenant_source_retention (
+    tenant_id text not null,
+    valid_from date not null,
+    source text not null,
+    retention_days integer not null check (retention_days > 0),
+    primary key (tenant_id, valid_from, source)
+);
+-- The label keys that count (config/attribution.yml): showback aggregates these; other keys are
+-- kept in raw.usage_snapshots.labels but not aggregated, so cardinality stays bounded.
+create table if not exists config.label_keys (
+    label_key text primary key
 );
 -- One row per version of a cost pool (docs/COST_ENGINE.md).
 create table if not exists config.cost_pools (

@@ -1,0 +1,286 @@
+"""Attribution below the tenant (issue 11): a snapshot's optional ``source`` and ``labels``.
+
+Real files through the real loader and gate into PostgreSQL: files without them load as
+before (source ``(none)``, no labels); JSON Lines and CSV carry them (CSV labels as
+``key=value;key=value`` with backslash escapes); a bad source or label is quarantined alone
+with a reason naming the field; the label keys that count are configuration.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from chargeback.engine import configuration
+from chargeback.engine.config_schema import ConfigError
+from chargeback.ingest import load
+from chargeback.ingest.sources import FileSource
+from chargeback.orchestration import steps
+from chargeback.platform import warehouse
+from snapshots import FIELDS, snapshot_row
+
+ROOT = Path(__file__).resolve().parents[1]
+H = dt.datetime(2026, 9, 8, 10, tzinfo=dt.UTC)
+H1 = H + dt.timedelta(hours=1)
+
+
+def snap(snapshot_id: str, **overrides) -> dict:
+    return snapshot_row(snapshot_id, H, **overrides)
+
+
+def jsonl(*rows: dict) -> bytes:
+    return b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+
+
+def csv_cell(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"' if any(c in value for c in ',"\n') else value
+
+
+def csv_text(*rows: dict, header: tuple[str, ...]) -> bytes:
+    lines = [",".join(header)] + [",".join(csv_cell(str(r.get(f, ""))) for f in header) for r in rows]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def land(landing: Path, name: str, data: bytes) -> None:
+    folder = landing / "usage" / f"{H:%Y-%m-%d}" / f"{H:%H}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(data)
+
+
+def publish(landing: Path) -> int:
+    """Stage, gate (the GX suite and the quarantine policy under warn) and publish the hour."""
+    staged = load.stage(FileSource(str(landing)), H, H1)
+    steps.gate(staged.load_id, H, H1)
+    load.publish(staged.load_id)
+    return staged.load_id
+
+
+def published() -> dict[str, tuple[str, dict]]:
+    with warehouse.connect() as conn:
+        return {s: (source, labels) for s, source, labels in conn.execute(
+            "select snapshot_id, source, labels from raw.usage_snapshots order by 1")}
+
+
+def quarantined(load_id: int) -> dict[int, tuple[str, str]]:
+    with warehouse.connect() as conn:
+        return {line: (field, reason) for line, field, reason in conn.execute(
+            "select source_line, field, reason from raw.usage_quarantine where load_id = %s order by 1",
+            (load_id,))}
+
+
+@pytest.fixture
+def warn_policy(monkeypatch):
+    """Bad rows are quarantined and reported; the rest of the file publishes (not held back)."""
+    monkeypatch.setenv("CHARGEBACK_QUARANTINE_POLICY", "warn")
+
+
+# ---- files without source and labels load as before ----------------------------------------
+
+
+@pytest.mark.warehouse
+@pytest.mark.usefixtures("empty_raw")
+def test_files_without_source_or_labels_load_as_source_none_without_labels(landing):
+    land(landing, "old.jsonl", jsonl(snap("s1"), snap("s2", source=None, labels=None)))
+    land(landing, "old.csv", csv_text(snap("s3"), header=FIELDS))
+    land(landing, "empty.csv", csv_text(snap("s4", source="", labels=""), header=(*FIELDS, "source", "labels")))
+
+    load_id = publish(landing)
+
+    assert quarantined(load_id) == {}
+    assert published() == {s: ("(none)", {}) for s in ("s1", "s2", "s3", "s4")}
+
+
+# ---- JSON Lines and CSV carry them ----------------------------------------------------------
+
+
+@pytest.mark.warehouse
+@pytest.mark.usefixtures("empty_raw")
+def test_json_lines_and_csv_carry_source_and_labels_csv_with_its_escapes(landing):
+    land(landing, "new.jsonl", jsonl(
+        snap("j1", source="payments-api", labels={"team": "pay", "env": "prod"}),
+        snap("j2", source="/aws/lambda/checkout", labels={"team": "pay", "x.io/build": "a;b=c"}),
+        snap("j3", source=42, labels={}),
+    ))
+    land(landing, "new.csv", csv_text(
+        snap("c1", source="payments-api", labels="team=pay;env=prod"),
+        snap("c2", source="log group, eu", labels=r"x.io/build=a\;b=c;path=C:\\logs;;"[:-1]),
+        snap("c3", source="dash", labels=r"we\=ird\\key=v;"),
+        header=("labels", *FIELDS, "source"),
+    ))
+
+    load_id = publish(landing)
+
+    assert quarantined(load_id) == {}
+    assert published() == {
+        "j1": ("payments-api", {"team": "pay", "env": "prod"}),
+        "j2": ("/aws/lambda/checkout", {"team": "pay", "x.io/build": "a;b=c"}),
+        "j3": ("42", {}),
+        "c1": ("payments-api", {"team": "pay", "env": "prod"}),
+        "c2": ("log group, eu", {"x.io/build": "a;b=c", "path": "C:\\logs"}),
+        "c3": ("dash", {"we=ird\\key": "v"}),
+    }
+
+
+# ---- bad sources and labels are quarantined with the field named -----------------------------
+
+
+BAD_JSON = [
+    ({"source": ""}, "source", "source: empty (leave the field out for usage without a source)"),
+    ({"source": "   "}, "source", None),
+    ({"source": "x" * 257}, "source", "source: 257 characters long, more than 256: '" + "x" * 40 + "…'"),
+    ({"source": "api\u0007x"}, "source", "source: 'api?x' holds a control character 0x07 at column 4"),
+    ({"source": "(shared)"}, "source",
+     "source: '(shared)' is reserved: names in parentheses are Chargeback's own ((none) is usage without a source)"),
+    ({"source": {"name": "api"}}, "source", "source: expected text, got a JSON object"),
+    ({"labels": ["team", "pay"]}, "labels", "labels: expected a flat JSON object of text values, got a JSON array"),
+    ({"labels": "team=pay"}, "labels", "labels: expected a flat JSON object of text values, got a JSON string"),
+    ({"labels": {"team": {"name": "pay"}}}, "labels",
+     "labels: the value of 'team' is a JSON object; labels are a flat object of text values"),
+    ({"labels": {"team": 7}}, "labels", "labels: the value of 'team' is a JSON number; labels are a flat object"
+                                        " of text values"),
+    ({"labels": {f"k{i:02}": "v" for i in range(17)}}, "labels", "labels: 17 keys, more than 16"),
+    ({"labels": {"k" * 65: "v"}}, "labels",
+     "labels: key '" + "k" * 40 + "…' is 65 characters long, more than 64"),
+    ({"labels": {"team": "p" * 257}}, "labels", "labels: the value of 'team' is 257 characters long, more than 256"),
+    ({"labels": {"team": "pay\nments"}}, "labels",
+     "labels: the value of 'team' holds a control character 0x0a at column 4"),
+    ({"labels": {"te\u0085am": "pay"}}, "labels", "labels: key 'te?am' holds a control character 0x85 at column 3"),
+    ({"labels": {"": "pay"}}, "labels", "labels: an empty key"),
+    ({"labels": {" team": "pay"}}, "labels", "labels: key ' team' has leading or trailing spaces"),
+    ({"labels": {"env": ""}}, "labels", "labels: the value of 'env' is empty (leave the key out)"),
+    ({"labels": {"env": "(none)"}}, "labels",
+     "labels: the value of 'env', '(none)', is reserved: values in parentheses are Chargeback's own"),
+    ({"source": "api", "labels": {"a": "1", "b": {"c": 1}}}, "labels",
+     "labels: the value of 'b' is a JSON object; labels are a flat object of text values"),
+]
+
+
+@pytest.mark.warehouse
+@pytest.mark.usefixtures("empty_raw", "warn_policy")
+def test_a_bad_source_or_label_is_quarantined_alone_with_the_field_and_reason(landing):
+    rows = [snap("good-1", source="api", labels={"team": "pay"})]
+    rows += [snap(f"bad-{i}", **fields) for i, (fields, _, _) in enumerate(BAD_JSON)]
+    rows += [snap("good-2")]
+    land(landing, "bad.jsonl", jsonl(*rows))
+
+    load_id = publish(landing)
+
+    assert set(published()) == {"good-1", "good-2"}
+    got = quarantined(load_id)
+    for i, (_, field, reason) in enumerate(BAD_JSON):
+        line = i + 2
+        assert got[line][0] == field, (line, got[line])
+        if reason is not None:
+            assert got[line][1] == reason
+    assert got[3][1] == "source: empty (leave the field out for usage without a source)"  # blank is empty
+    assert len(got) == len(BAD_JSON)
+
+
+@pytest.mark.warehouse
+@pytest.mark.usefixtures("empty_raw", "warn_policy")
+def test_a_csv_labels_cell_that_is_not_key_value_pairs_is_quarantined(landing):
+    header = (*FIELDS, "source", "labels")
+    land(landing, "bad.csv", csv_text(
+        snap("c1", labels="team"),
+        snap("c2", labels="team=pay;team=ops"),
+        snap("c3", labels="team=pay\\"),
+        snap("c4", labels="team=pay;;env=prod"),
+        snap("c5", labels="team=pay", source="api"),
+        header=header,
+    ))
+
+    load_id = publish(landing)
+
+    assert published() == {"c5": ("api", {"team": "pay"})}
+    assert quarantined(load_id) == {
+        2: ("labels", "labels: not key=value pairs separated by ';': 'team'"),
+        3: ("labels", "labels: key 'team' appears more than once"),
+        4: ("labels", "labels: not key=value pairs separated by ';': 'team=pay\\'"),
+        5: ("labels", "labels: not key=value pairs separated by ';': 'team=pay;;env=prod'"),
+    }
+
+
+@pytest.mark.warehouse
+@pytest.mark.usefixtures("empty_raw", "warn_policy")
+def test_an_escaped_nul_is_quarantined_not_a_failed_load(landing):
+    land(landing, "nul.jsonl", jsonl(snap("s1")) + b'{"snapshot_id": "s2", "source": "a\\u0000b"}\n'
+         + b'{"snapshot_id": "s3", "source": "a\\\\u0000b", "tenant_id": "t001", "meter": "ingested_gb",'
+           b' "value": "1", "unit": "GB", "hour": "2026-09-08T10:00:00Z", "emitted_at": "2026-09-08T10:59:00Z",'
+           b' "kind": "counter"}\n')
+
+    load_id = publish(landing)
+
+    assert published() == {"s1": ("(none)", {}), "s3": ("a\\u0000b", {})}
+    assert quarantined(load_id) == {
+        2: ("record", "record: an escaped NUL character (\\u0000), which no text can hold")}
+
+
+@pytest.mark.warehouse
+@pytest.mark.usefixtures("empty_raw", "warn_policy")
+def test_the_same_snapshot_with_another_source_or_labels_is_not_a_duplicate(landing):
+    land(landing, "a.jsonl", jsonl(
+        snap("s1", source="api", labels={"team": "pay"}),
+        snap("s1", source="api", labels={"team": "pay"}),   # identical: a duplicate
+        snap("s1", source="web", labels={"team": "pay"}),   # another source: quarantined
+        snap("s1", source="api", labels={"team": "ops"}),   # other labels: quarantined
+    ))
+
+    load_id = publish(landing)
+
+    assert published() == {"s1": ("api", {"team": "pay"})}
+    reasons = {line: reason for line, (_, reason) in quarantined(load_id).items()}
+    assert reasons[3].endswith(":1 with different content (source 'api' there, 'web' here)")
+    assert reasons[4].endswith(':1 with different content (labels {"team": "pay"} there, {"team": "ops"} here)')
+    with warehouse.connect() as conn:
+        assert conn.execute("select rows_in, rows_loaded, rows_duplicate, rows_quarantined from pipeline.load_files"
+                            " where load_id = %s", (load_id,)).fetchone() == (4, 1, 1, 2)
+
+
+# ---- configured label keys --------------------------------------------------------------------
+
+
+def _config_copy(tmp_path: Path) -> Path:
+    for name in ("meters.yml", "tenants.yml", "cost_pools.yml", "price_books.yml", "attribution.yml"):
+        (tmp_path / name).write_text((ROOT / "config" / name).read_text())
+    return tmp_path
+
+
+def test_the_label_keys_that_count_are_configuration(tmp_path):
+    config_dir = _config_copy(tmp_path)
+    assert configuration.read(config_dir).attribution.label_keys == ["team", "env", "app", "user"]
+
+    (config_dir / "attribution.yml").unlink()
+    assert configuration.read(config_dir).attribution.label_keys == []  # optional: nothing aggregated
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("label_keys: [team, team]", "field label_keys: label key(s) listed twice: team"),
+    ("label_keys: [' team']", "field label_keys: label key ' team': no control characters, no leading or"
+                              " trailing spaces"),
+    ("label_keys: ['" + "k" * 65 + "']", "field label_keys: label key '" + "k" * 65 + "': 1 to 64 characters"),
+    ("label_keys: [" + ", ".join(f"k{i}" for i in range(17)) + "]",
+     "field label_keys: List should have at most 16 items after validation, not 17"),
+    ("label_key: [team]", "field label_key: Extra inputs are not permitted"),
+])
+def test_a_bad_attribution_file_is_refused_naming_file_and_field(tmp_path, text, problem):
+    config_dir = _config_copy(tmp_path)
+    (config_dir / "attribution.yml").write_text(text + "\n")
+    with pytest.raises(ConfigError) as info:
+        configuration.read(config_dir)
+    assert f"{config_dir / 'attribution.yml'}: {problem}" in str(info.value)
+
+
+@pytest.mark.warehouse
+def test_label_keys_are_applied_to_config_label_keys(tmp_path):
+    config_dir = _config_copy(tmp_path)
+    (config_dir / "attribution.yml").write_text("label_keys: [team, user]\n")
+    try:
+        configuration.load(config_dir)
+        with warehouse.connect() as conn:
+            assert [r[0] for r in conn.execute("select label_key from config.label_keys order by 1")] == [
+                "team", "user"]
+    finally:
+        configuration.load()
