@@ -223,6 +223,37 @@ def cmd_report_finance(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forecast(args: argparse.Namespace) -> int:
+    """Month-end forecasts (docs/INSIGHTS.md, "Forecasts"): compute, store and print them, or
+    replay past months (backtest)."""
+    from chargeback.engine import repricing
+    from chargeback.insights import backtest, forecast
+    from chargeback.platform import warehouse
+    from chargeback.platform.periods import Period, parse_instant
+
+    with warehouse.connect() as conn:
+        if args.forecast_action == "backtest":
+            months = [Period.parse(m).first_day for m in (args.months or "").split(",") if m]
+            if not months:
+                last = conn.execute("select max(invoice_month) from marts.fct_invoices").fetchone()[0]
+                if last is None:
+                    raise ValueError("no invoiced month to replay: give --months YYYY-MM[,YYYY-MM...]")
+                months = [last]
+            print(backtest.render_backtest(backtest.backtest(conn, months)))
+            return 0
+        as_of = parse_instant(args.as_of) if args.as_of else None
+        if args.month:
+            month = Period.parse(args.month).first_day
+        else:
+            through = forecast.usage_through(conn, as_of)
+            if through is None:
+                raise ValueError("no usage in the marts to forecast from")
+            month = forecast.month_of(through - dt.timedelta(hours=1))
+        rows = forecast.forecast_month(conn, month, as_of)
+        print(backtest.render_forecast(rows, repricing.load_catalog(conn)))
+    return 0
+
+
 def cmd_usage(args: argparse.Namespace) -> int:
     """A month's usage per tenant and meter as Chargeback knew it at --as-of (default: now)."""
     from chargeback.ingest import restatement
@@ -386,6 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--month", required=True, help="YYYY-MM")
     sp.add_argument("--out", help="PDF path or URL (default: <reports_out>/<YYYY-MM>/finance-report.pdf)")
     sp.set_defaults(func=cmd_report_finance)
+
+    sp = sub.add_parser("forecast", help="month-end forecasts per tenant (P10/P50/P90 of the billed amount), "
+                        "stored in insights.forecasts; backtest: replay past months (docs/INSIGHTS.md)")
+    sp.add_argument("forecast_action", nargs="?", choices=["backtest"], help="replay past months instead")
+    sp.add_argument("--month", help="YYYY-MM (default: the month of the last usage in the marts)")
+    sp.add_argument("--as-of", help="ISO instant: use only usage of the hours before it (default: all)")
+    sp.add_argument("--months", help="backtest: YYYY-MM[,YYYY-MM...] (default: the last invoiced month)")
+    sp.set_defaults(func=cmd_forecast)
 
     sp = sub.add_parser("summary", help="print the finance summary of a month")
     sp.add_argument("--period", required=True, help="YYYY-MM")
