@@ -199,6 +199,15 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from chargeback.insights import status
+    from chargeback.platform import warehouse
+
+    with warehouse.connect() as conn:
+        print(status.render(status.collect(conn)))
+    return 0
+
+
 def cmd_budgets(args: argparse.Namespace) -> int:
     """Evaluate the budgets of a month and deliver what fires (check), or print their state (list)."""
     from chargeback.insights import budgets
@@ -429,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("summary", help="print the finance summary of a month")
     sp.add_argument("--period", required=True, help="YYYY-MM")
     sp.set_defaults(func=cmd_summary)
+
+    sp = sub.add_parser("status", help="one screen: usage through, marts' last builds, last runs, open "
+                                       "quarantine and holds, drafts waiting for the grace period, budget alerts")
+    sp.set_defaults(func=cmd_status)
 
     sp = sub.add_parser("budgets", help="evaluate budgets and send their alerts once (check), or print their "
                         "state (list) (docs/INSIGHTS.md)")

@@ -9,10 +9,11 @@ Every figure is read from the marts; nothing is recomputed here.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
 
-from chargeback.platform import warehouse
+from chargeback.platform import freshness, warehouse
 from chargeback.platform.money import format_money
 from chargeback.platform.periods import month_window
 from chargeback.platform.settings import Settings
@@ -46,6 +47,8 @@ class MonthSummary:
     """Final invoices of the month (drafts not counted)."""
     drafts: int
     organisations: list[OrganisationLedger]
+    usage_through: dt.datetime | None = None
+    """The instant up to which the marts knew the month's usage (capped at the month's end)."""
 
     @property
     def margin(self) -> Decimal:
@@ -99,10 +102,11 @@ def month_summary(period: str, settings: Settings | None = None) -> MonthSummary
             " from pipeline.invoices where period_start = %s::date and document_type = 'invoice'",
             (month,),
         ).fetchone()
+        through = freshness.usage_through(conn, end)
     return MonthSummary(
         period, tenants, [tuple(r) for r in usage], cost, allocated, idle_redistributed, idle_kept, unallocated,
         list_price, discounts, true_ups, uplifts, billed, currency, invoices, drafts,
-        [OrganisationLedger(*r) for r in organisations],
+        [OrganisationLedger(*r) for r in organisations], through,
     )
 
 
@@ -114,6 +118,7 @@ def render(s: MonthSummary) -> str:
 
     lines = [
         f"Chargeback — {s.period}".center(width, " "),
+        freshness.usage_through_text(s.usage_through).center(width, " ").rstrip(),
         "=" * width,
         f"{'Tenants billed':<40}{s.tenants:>26,}",
         f"{'Invoices issued (final)':<40}{s.invoices:>26,}",

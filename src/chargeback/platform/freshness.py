@@ -13,6 +13,10 @@ build. Two ways they can be stale, both read from the warehouse's own records:
 Either way the month is refused with one line (``chargeback.platform.events.refuse``) naming
 the failed build or the load and the command that fixes it, and :class:`StaleMarts`
 is raised with that line, so no PDF is rendered and no invoice recorded.
+
+How fresh the marts are, for every figure shown: :func:`usage_through` is the instant up to
+which they know usage (the end of the last hour with published usage, as the trend marts
+state on each row), and :func:`usage_through_text` says it in reports.
 """
 
 from __future__ import annotations
@@ -22,6 +26,29 @@ import datetime as dt
 from chargeback.platform import events, warehouse
 from chargeback.platform.periods import month_window
 from chargeback.platform.settings import Settings
+
+
+def usage_through(conn, period_end: dt.datetime | None = None) -> dt.datetime | None:
+    """The instant up to which the marts know usage: the end of the last hour with usage in
+    ``marts.fct_usage_hourly`` (every hour before it that has usage is in the marts), capped
+    at ``period_end`` when given. ``None`` when the marts hold no usage or were never built.
+
+    ``conn`` is an open psycopg connection (``warehouse.connect()``); one indexed read.
+    """
+    if conn.execute("select to_regclass('marts.fct_usage_hourly')").fetchone()[0] is None:
+        return None
+    (through,) = conn.execute(
+        "select max(hour_start) + interval '1 hour' from marts.fct_usage_hourly").fetchone()
+    if through is None:
+        return None
+    return min(through, period_end) if period_end is not None else through
+
+
+def usage_through_text(through: dt.datetime | None) -> str:
+    """``usage through 2026-12-06 12:00 UTC`` (every hour ending by then), or ``no usage known yet``."""
+    if through is None:
+        return "no usage known yet"
+    return f"usage through {through.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC"
 
 
 class StaleMarts(RuntimeError):
