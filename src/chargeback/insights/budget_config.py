@@ -223,8 +223,7 @@ def read(config_dir: Path | None = None, cfg: Configuration | None = None) -> li
             if isinstance(entry, dict) and "valid_from" in entry:
                 ident += f" (from {entry['valid_from']})"
             problems += _describe(exc, path, f"budgets {ident}")
-    if not problems:
-        problems += _check_references(budgets, path, cfg or configuration.read(config_dir), config_dir)
+    problems += _check_references(budgets, path, cfg or configuration.read(config_dir), config_dir)
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(problems))
     return [_effective(b, defaults) for b in budgets]

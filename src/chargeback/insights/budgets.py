@@ -203,15 +203,37 @@ def _forecast(conn: psycopg.Connection, b: Effective, month: Period, tenants: li
 
 # --------------------------------------------------------------------------- evaluating
 
+def _crossing_day(conn: psycopg.Connection, b: Effective, month: Period, tenants: list[str]) -> dt.date | None:
+    """The first day of ``month`` on which the scope's cumulative daily amount reached the budget,
+    from the daily ledger (``int_ledger_daily``) or the showback marts; ``None`` without them."""
+    s = b.scope
+    if b.level in ("organisation", "business_unit", "team", "tenant"):
+        relation, where, params = "marts.int_ledger_daily", "tenant_id = any(%s)", (tenants,)
+    elif b.level == "source":
+        relation, where, params = "marts.fct_showback_sources_daily", "tenant_id = %s and source = %s", (
+            s.tenant, s.source)
+    else:
+        relation, where, params = "marts.fct_showback_labels_daily", "label_key = %s and label_value = %s", (
+            s.label, s.value)
+    if not _exists(conn, relation):
+        return None
+    start, end = month.window
+    row = conn.execute(
+        f"select ledger_day from (select ledger_day, sum(sum({_SHOWBACK_COLUMN[b.ledger]})) over"
+        f" (order by ledger_day) as running from {relation}"
+        f" where ledger_day >= %s and ledger_day < %s and {where} group by ledger_day) as d"
+        " where running >= %s order by ledger_day limit 1",
+        (start.date(), end.date(), *params, b.amount)).fetchone()
+    return row[0] if row else None
+
+
 def breach_date(amount: Decimal, actual: Decimal, p50: Decimal | None, usage_through: dt.datetime,
                 month_end: dt.datetime) -> dt.date | None:
-    """The day the P50 path crosses ``amount``: the path runs from the actual at ``usage_through``
-    to the P50 at the month's end, linearly in time. Already crossed: the day of ``usage_through``'s
-    last hour (the breach is known then); no forecast, or a P50 at or under the budget: ``None``."""
-    last_hour = usage_through - dt.timedelta(hours=1)
-    if actual >= amount:
-        return last_hour.date()
-    if p50 is None or p50 <= amount or usage_through >= month_end:
+    """The day the P50 path is predicted to cross ``amount``: the path runs from the actual at
+    ``usage_through`` to the P50 at the month's end, linearly in time. ``None`` when the actual has
+    crossed it already (the day it did is read from the daily marts: :func:`_crossing_day`), without
+    a forecast, or with a P50 at or under the budget."""
+    if actual >= amount or p50 is None or p50 <= amount or usage_through >= month_end:
         return None
     fraction = (amount - actual) / (p50 - actual)
     seconds = Decimal((month_end - usage_through).total_seconds()) * fraction
@@ -255,7 +277,8 @@ def evaluate(month: str | Period, budgets: list[Effective] | None = None, settin
         contributors = tuple(Contributor(n, round_money(a)) for n, a in top)
         with_usage = set(per) if kind == "tenant" else ({b.scope.tenant} if b.scope.tenant and actual > 0 else set())
         p50, f_state, f_as_of = _forecast(conn, b, month, tenants, with_usage)
-        breach = breach_date(b.amount, actual, p50, through, end)
+        breach = (_crossing_day(conn, b, month, tenants) if actual >= b.amount
+                  else breach_date(b.amount, actual, p50, through, end))
         crossed = _crossed(b, actual, elapsed, p50, through - start)
         kinds = {k for _, k, _ in crossed}
         state = "over" if actual >= b.amount else "at_risk" if kinds & {"forecast", "pace"} or breach else "ok"
@@ -303,6 +326,7 @@ def alert_event(e: Evaluation, fired: list[tuple[str, str, Decimal]]) -> events.
                 else {"too_early": "forecast: too early in the month", "not_available": "forecast: none for this scope"}
                 .get(e.forecast_state, "forecast: none yet"))
     breach = (f"over budget since {e.breach_date}" if e.actual >= b.amount and e.breach_date
+              else "over budget" if e.actual >= b.amount
               else f"predicted to exceed the budget on {e.breach_date}" if e.breach_date else "no breach predicted")
     why = (f"{crossed}: {format_money(e.actual, b.currency)} of {format_money(b.amount, b.currency)}"
            f" ({_pct(e.used_percent)} %) used with {_pct(e.elapsed_percent)} % of the month elapsed; {forecast};"
