@@ -10,6 +10,9 @@ Figures (each line ``{"name", "value", "unit"}``):
   1 day loaded, 1,000 tenants. Goal ≤ 1.3 — an hourly run costs the new hour, not the history.
 - ``P2_transform_vs_scan``: full-month dbt build ÷ one bare ``group by tenant, meter``
   scan of the same usage rows, 1,000 tenants. Goal ≤ 5.
+- ``P8_sources_hourly_ratio``: the hourly run as P1 measures it, with a day loaded, when every
+  tenant's usage comes from 20 sources (log groups and query principals, with labels; 20× the
+  snapshots) ÷ the same without sources, 1,000 tenants, each in a database of its own. Goal ≤ 1.5.
 
 Everything runs in a database of its own (``chargeback_bench``) with a generated
 1,000-tenant configuration, so the demo's warehouse is left alone.
@@ -157,6 +160,41 @@ def bench_incremental_and_transform(work: Path, ids: list[str]) -> None:
     emit("P2_transform_vs_scan", full / scan, "ratio", goal="<= 5")
 
 
+SOURCES_PER_TENANT = 20
+
+
+def bench_sources(work: Path, ids: list[str]) -> None:
+    """P8: one hourly run with 20 sources per tenant ÷ the same without, each after day 1 is
+    loaded into a database of its own (the tenant totals, and so the money, are the same)."""
+    from chargeback.engine import configuration
+    from chargeback.ingest.simulate import simulate
+    from chargeback.ingest.sources import FileSource
+    from chargeback.orchestration import steps
+    from chargeback.platform import warehouse
+
+    day2 = MONTH_START + dt.timedelta(days=1)
+    database = os.environ["CHARGEBACK_DATABASE"]
+    runs: dict[int, float] = {}
+    try:
+        for sources in (0, SOURCES_PER_TENANT):
+            os.environ["CHARGEBACK_DATABASE"] = f"{database}_p8_{sources}"
+            warehouse.drop_database(os.environ["CHARGEBACK_DATABASE"])
+            warehouse.ensure_schema()
+            configuration.load()
+            landing = work / f"landing-p8-{sources}"
+            _note(f"P8: simulating {len(ids)} tenants x 25 hours, {sources} sources per tenant")
+            rows = simulate(str(landing), ids, MONTH_START, day2 + HOUR, sources=sources)
+            source = FileSource(str(landing))
+            steps.run_usage_window(MONTH_START, day2, source)
+            runs[sources] = min(_timed(steps.run_usage_window, day2, day2 + HOUR, source) for _ in range(2))
+            emit(f"P8_hourly_run_{sources}_sources", runs[sources], "s", tenants=len(ids),
+                 rows_per_hour=rows // 25)
+            warehouse.drop_database(os.environ["CHARGEBACK_DATABASE"])
+    finally:
+        os.environ["CHARGEBACK_DATABASE"] = database
+    emit("P8_sources_hourly_ratio", runs[SOURCES_PER_TENANT] / runs[0], "ratio", goal="<= 1.5")
+
+
 def main() -> int:
     from chargeback.platform import warehouse
     from chargeback.platform.settings import get_settings
@@ -175,11 +213,13 @@ def main() -> int:
         from chargeback.engine import configuration
 
         configuration.load()
-        wanted = set(sys.argv[1:]) or {"P1", "P2", "P3"}  # e.g. `python -m chargeback.bench P3`
+        wanted = set(sys.argv[1:]) or {"P1", "P2", "P3", "P8"}  # e.g. `python -m chargeback.bench P3`
         if "P3" in wanted:
             bench_load_vs_copy(work, root / "config")
         if wanted & {"P1", "P2"}:
             bench_incremental_and_transform(work, ids)
+        if "P8" in wanted:
+            bench_sources(work, ids)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

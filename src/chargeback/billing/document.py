@@ -115,6 +115,27 @@ class Invoice:
     """Paragraphs printed above the fine print (an incomplete month's override)."""
     usage_as_of: dt.datetime | None = None
     """A final document's usage as Chargeback knew it at this instant (printed in the footer)."""
+    usage_sources: tuple[SourceShare, ...] = ()
+    """The appendix "where your usage came from" (:mod:`chargeback.billing.appendix`); empty: none.
+    Showback only: never part of the lines or the total."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceShare:
+    """A row of the invoice appendix: one of a meter's top sources in the month, or the rest
+    (``source`` ``None``: "other", ``other_count`` sources) — from ``marts.fct_showback_sources_daily``."""
+
+    meter: str
+    source: str | None
+    usage_quantity: Decimal
+    unit: str
+    usage_share: Decimal
+    """Of the tenant's usage of the meter in the month (0..1)."""
+    amount: Decimal
+    """Its share of the meter's billed amount (largest remainder by usage, not a re-pricing)."""
+    amount_share: Decimal | None
+    """Of the meter's billed amount (0..1); ``None`` when the meter billed nothing."""
+    other_count: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,6 +35,7 @@ import fsspec
 import psycopg
 
 from chargeback.billing import store
+from chargeback.billing.appendix import read_usage_sources
 from chargeback.billing.document import (
     DEFAULT_ISSUER,
     Invoice,
@@ -42,6 +43,7 @@ from chargeback.billing.document import (
     InvoiceLine,
     InvoiceRecord,
     Issuer,
+    SourceShare,
     Tenant,
     check_invoice,
     invoice_number,
@@ -80,7 +82,8 @@ def render_month(period: str, *, workers: int = 2, settings: Settings | None = N
     fs, out_root = fsspec.core.url_to_fs(settings.reports_out)
     reports_dir = str(settings.reports_dir.resolve())
     jobs = assemble(period, headers, lines_by_tenant, tenants, issuer, reports_dir, issue_date=issue_date,
-                     name=lambda tenant_id: f"drafts/{tenant_id}")
+                     name=lambda tenant_id: f"drafts/{tenant_id}",
+                     sources=read_usage_sources(period_start, settings))
 
     with warehouse.connect(settings) as conn:
         store.lock_issuer(conn, issuer)
@@ -142,7 +145,8 @@ def finalize_month(period: str, *, workers: int = 2, settings: Settings | None =
         numbers = {t: invoice_number(issuer, period_start, last_number + n) for n, t in enumerate(tenant_ids, 1)}
         jobs = assemble(period, headers, lines_by_tenant, tenants, issuer, reports_dir, issue_date=issue_date,
                          status="final", numbers=numbers, notes=tuple(notes), usage_as_of=usage_as_of,
-                         name=lambda tenant_id: numbers[tenant_id])
+                         name=lambda tenant_id: numbers[tenant_id],
+                         sources=read_usage_sources(period_start, settings))
         written = render_and_write(jobs, fs, out_dir, workers)
         records = [store.record_of(job, issuer, settings.reports_out, period, written) for job in jobs]
         for job, record in zip(jobs, records, strict=True):
@@ -222,8 +226,10 @@ def verify(period: str | None = None, *, settings: Settings | None = None) -> in
 def assemble(period: str, headers: Sequence[Mapping[str, Any]], lines_by_tenant: Mapping[str, list[InvoiceLine]],
               tenants: Mapping[str, Tenant], issuer: Issuer, reports_dir: str, *, issue_date: dt.date,
               status: str = "draft", numbers: Mapping[str, str] | None = None, notes: tuple[str, ...] = (),
-              usage_as_of: dt.datetime | None = None, name=None) -> list[RenderJob]:
-    """One invoice per header, checked against its lines and tenant (before any process starts)."""
+              usage_as_of: dt.datetime | None = None, name=None,
+              sources: Mapping[str, tuple[SourceShare, ...]] | None = None) -> list[RenderJob]:
+    """One invoice per header, checked against its lines and tenant (before any process starts);
+    ``sources``: the appendix rows per tenant (:mod:`chargeback.billing.appendix`)."""
     month = Period.parse(period)
     period_start, period_end = month.first_day, month.last_day
     jobs: list[RenderJob] = []
@@ -255,6 +261,7 @@ def assemble(period: str, headers: Sequence[Mapping[str, Any]], lines_by_tenant:
             overage_uplift=header["overage_uplift"],
             notes=notes,
             usage_as_of=usage_as_of,
+            usage_sources=(sources or {}).get(tenant_id, ()),
         )
         check_invoice(invoice, lines, tenants[tenant_id])
         jobs.append(RenderJob(invoice, tuple(lines), tenants[tenant_id], reports_dir,

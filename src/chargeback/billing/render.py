@@ -33,6 +33,7 @@ import jinja2
 import weasyprint
 from weasyprint.urls import FatalURLFetchingError, URLFetcher, URLFetcherResponse
 
+from chargeback.billing import appendix
 from chargeback.billing.document import (
     DRAFT_NUMBER,
     Invoice,
@@ -48,6 +49,7 @@ from chargeback.billing.formatting import (
     deduction,
     format_cents,
     format_date,
+    format_quantity,
     printed_quantity,
     printed_unit_price,
     summary_rows,
@@ -176,6 +178,18 @@ def invoice_context(invoice: Invoice, lines: Sequence[InvoiceLine], tenant: Tena
             for line in lines
         ],
         "summary": summary_rows(invoice),
+        "sources": [
+            {
+                "meter": row.meter,
+                "source": row.source if row.source is not None else f"other ({row.other_count} sources)",
+                "other": row.source is None,
+                "usage": f"{format_quantity(row.usage_quantity)} {row.unit}",
+                "usage_share": appendix.percent(row.usage_share),
+                "amount": format_cents(row.amount),
+                "amount_share": appendix.percent(row.amount_share),
+            }
+            for row in invoice.usage_sources
+        ],
     }
 
 

@@ -65,6 +65,9 @@ class Settings:
     platform_start: dt.date | None = None
     """No usage hour before this day is accepted (besides the first price-book version and a
     tenant's ``start_date``, which always bound it)."""
+    invoice_sources_top: int = 5
+    """The invoice appendix "where your usage came from": the top sources per meter it lists
+    (the rest as "other"); printed only for a tenant with more than one source. 0: no appendix."""
 
 
 def _int_env(name: str, default: int) -> int:
@@ -118,6 +121,7 @@ def get_settings() -> Settings:
         max_file_bytes=_int_env("CHARGEBACK_MAX_FILE_BYTES", 1 << 30),
         max_line_bytes=_int_env("CHARGEBACK_MAX_LINE_BYTES", 1 << 16),
         platform_start=_date_env("CHARGEBACK_PLATFORM_START"),
+        invoice_sources_top=_int_env("CHARGEBACK_INVOICE_SOURCES_TOP", 5),
     )
 
 
