@@ -20,6 +20,8 @@ Runs after each month ends (its data interval is the month):
 6. **issue_corrections** — for earlier final months whose marts changed since, a credit or
    debit note that references the original invoice.
 7. **finance_summary** — the month's figures for finance.
+8. **finance_report** — the finance report PDF beside the invoices,
+   `reports/out/<YYYY-MM>/finance-report.pdf` (docs/INSIGHTS.md, "The finance report").
 
 A manual run may name the month with the `period` param (`YYYY-MM`).
 Logic lives in `chargeback.billing.close`; this file only wires tasks. docs/MONTH_CLOSE.md explains it.
@@ -129,6 +131,16 @@ def billing_monthly():
         print(text)
         return text
 
+    @task
+    def finance_report(period: str) -> str:
+        """The finance report PDF beside the invoices: both ledgers by organisation, business unit and team,
+        margin, idle and shared cost, the 12-month trend, top movers, budgets."""
+        from chargeback.insights import finance_report as report
+
+        written = report.write_report(period)
+        print(written.summary())
+        return written.path
+
     period = resolve_period()
     (
         check_marts(period)
@@ -139,6 +151,7 @@ def billing_monthly():
         >> finalize_invoices(period)
         >> issue_corrections(period)
         >> finance_summary(period)
+        >> finance_report(period)
     )
 
 

@@ -97,3 +97,9 @@ def test_hourly_schedule_gives_one_hour_intervals(dagbag):
     interval = timetable.infer_manual_data_interval(run_after=after)
     assert interval.start == dt.datetime(2026, 10, 1, 11, tzinfo=dt.UTC)
     assert interval.end - interval.start == dt.timedelta(hours=1)
+
+
+def test_billing_monthly_writes_the_finance_report_last(dagbag):
+    dag = dagbag.dags["billing_monthly"]
+    assert dag.get_task("finance_report").upstream_task_ids == {"resolve_period", "finance_summary"}
+    assert not dag.get_task("finance_report").downstream_task_ids

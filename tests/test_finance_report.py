@@ -250,15 +250,84 @@ def test_charts_are_vectors_in_the_shipped_font(pdf, text):
              for page in pdf.pages for font in page["/Resources"].get("/Font", {}).values()}
     fonts |= {str(font.get_object()["/BaseFont"]).split("+", 1)[-1]
               for x in xobjects for font in (x.get("/Resources") or {}).get("/Font", {}).values()}
-    assert fonts <= {"DejaVu-Sans", "DejaVu-Sans-Bold"}, fonts
+    # the shipped DejaVu Sans only: under the CSS's family name, and under its own for the charts' text
+    assert "DejaVu-Sans" in fonts and fonts <= {"Chargeback-Sans", "Chargeback-Sans-Bold", "DejaVu-Sans",
+                                                 "DejaVu-Sans-Bold"}, fonts
     # the charts' text is text in the PDF (legend, month axis), not outlines
     assert "Cost to serve Billed Margin" in text or "Cost to serve" in text
     assert "Apr 35" in text and "May 35" in text
 
 
-def test_no_budgets_or_forecasts_say_so(text):
-    assert "No budgets configured" in text
-    assert "Forecasts are not available" in text
+def test_without_budget_states_or_forecasts_the_report_says_why(text):
+    (configured,) = rows("select exists (select from config.budgets where valid_from <= '2035-05-31'"
+                         " and (valid_to is null or valid_to > '2035-05-01'))")[0]
+    if configured:  # another module of the session applied config/budgets.yml
+        assert "Budgets are configured but were not evaluated for 2035-05" in text
+    else:
+        assert "No budgets configured (config/budgets.yml)." in text
+    assert "No forecast of June 2035 yet." in text
+
+
+@pytest.fixture
+def insights_rows(written):
+    """Budget states and forecasts as the budgets and forecasts parts record them, removed afterwards."""
+    with warehouse.connect() as conn:
+        conn.execute(
+            """
+            insert into insights.budget_status (budget_id, month, valid_from, scope_level, scope_key, ledger,
+                budget_amount, currency, state, actual, used_percent, elapsed_percent, forecast_p50,
+                forecast_state, usage_through)
+            values ('fr_globex', '2035-05-01', '2035-01-01', 'organisation', 'Globex', 'billed', 1000.00, 'USD',
+                    'over', 1234.56, 123.46, 100.00, null, 'not_available', '2035-05-03 00:00Z'),
+                   ('fr_risk', '2035-05-01', '2035-01-01', 'team', 'Globex / Cloud / risk', 'cost', 50000.00,
+                    'USD', 'ok', 321.09, 0.64, 100.00, 400.10, 'ok', '2035-05-03 00:00Z')
+            """)
+        conn.execute(
+            """
+            insert into insights.budget_alerts (budget_id, month, threshold, threshold_kind, threshold_value,
+                scope_level, scope_key, ledger, budget_amount, currency, actual, used_percent, elapsed_percent,
+                usage_through, line)
+            values ('fr_globex', '2035-05-01', 'actual 80%', 'actual', 80, 'organisation', 'Globex', 'billed',
+                    1000.00, 'USD', 900.00, 90.00, 50.00, '2035-05-02 00:00Z', 'budget fr_globex: 80%'),
+                   ('fr_globex', '2035-05-01', 'actual 100%', 'actual', 100, 'organisation', 'Globex', 'billed',
+                    1000.00, 'USD', 1234.56, 123.46, 100.00, '2035-05-03 00:00Z', 'budget fr_globex: 100%')
+            """)
+        # two sets of June forecasts: only the latest as_of counts; t003 is too early
+        conn.execute(
+            """
+            insert into insights.forecasts (forecast_month, as_of, tenant_id, meter, ledger, method, history_days,
+                status, amount_p10, amount_p50, amount_p90, actual_to_date, currency)
+            values ('2035-06-01', '2035-06-02 00:00Z', 't001', '(all)', 'billed', 'run_rate', 1, 'ok',
+                    1.00, 2.00, 3.00, 0.50, 'USD'),
+                   ('2035-06-01', '2035-06-03 00:00Z', 't001', '(all)', 'billed', 'run_rate', 2, 'ok',
+                    100.10, 200.20, 300.30, 10.01, 'USD'),
+                   ('2035-06-01', '2035-06-03 00:00Z', 't002', '(all)', 'billed', 'run_rate', 2, 'ok',
+                    1000.01, 2000.02, 3000.03, 100.02, 'USD'),
+                   ('2035-06-01', '2035-06-03 00:00Z', 't002', 'ingested_gb', 'billed', 'run_rate', 2, 'ok',
+                    7.00, 8.00, 9.00, 1.00, 'USD'),
+                   ('2035-06-01', '2035-06-03 00:00Z', 't003', '(all)', 'billed', 'run_rate', 2, 'too_early',
+                    null, null, null, 5.00, 'USD'),
+                   ('2035-06-01', '2035-06-03 00:00Z', 't001', '(all)', 'cost', 'run_rate', 2, 'ok',
+                    50.00, 60.00, 70.00, 5.55, 'USD')
+            """)
+    yield
+    with warehouse.connect(admin=True) as conn:  # alerts are never deleted by the pipeline
+        conn.execute("delete from insights.budget_alerts where budget_id in ('fr_globex', 'fr_risk')")
+        conn.execute("delete from insights.budget_status where budget_id in ('fr_globex', 'fr_risk')")
+        conn.execute("delete from insights.forecasts where forecast_month = '2035-06-01'")
+
+
+def test_budget_states_and_the_forecast_are_printed_as_recorded(insights_rows):
+    report = finance_report.gather(PERIOD)
+    data = finance_report.render_pdf(report)
+    text = " ".join(" ".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(data)).pages).split())
+    assert ("fr_globex organisation Globex billed 1,000.00 USD 1,234.56 USD 123.46 % not available over"
+            " actual 80%, actual 100%") in text
+    assert "fr_risk team Globex / Cloud / risk cost to serve 50,000.00 USD 321.09 USD 0.64 % 400.10 USD ok none" in text
+    # the latest as_of only, meter (all) only, too-early tenants counted apart
+    assert "billed 2 1 110.03 USD 1,100.11 USD 2,200.22 USD 3,300.33 USD" in text
+    assert "cost to serve 1 0 5.55 USD 50.00 USD 60.00 USD 70.00 USD" in text
+    assert "Month-end forecast of June 2035, usage through 2035-06-03 00:00 UTC" in text
 
 
 def test_cli_writes_the_report_beside_the_invoices(written, capsys, settings):
@@ -268,7 +337,7 @@ def test_cli_writes_the_report_beside_the_invoices(written, capsys, settings):
     assert path == f"{settings.reports_out.rstrip('/')}/2035-05/finance-report.pdf"
     assert out.startswith(f"wrote {path}: finance report, ") and "usage through 2035-05-03 00:00 UTC" in out
     data = Path(path).read_bytes()
-    assert data.startswith(b"%PDF") and len(pypdf.PdfReader(io.BytesIO(data)).pages) == written.pages
+    assert "Finance report — May 2035" in pypdf.PdfReader(io.BytesIO(data)).pages[0].extract_text()
     print(f"\nfinance report: {written.pages} pages, read {written.read_seconds:.2f} s, "
           f"rendered {written.render_seconds:.2f} s")
 

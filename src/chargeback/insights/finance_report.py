@@ -323,19 +323,77 @@ def read_movers(conn: psycopg.Connection, month: dt.date, limit: int = MOVERS) -
                  for level, key, name, *amounts in rows)
 
 
+_LEDGERS = {"billed": "billed", "cost": "cost to serve"}
+
+
 def read_budgets(conn: psycopg.Connection, month: dt.date) -> Block:
-    """Budgets and their state for the month (part of the insights: ``insights.budget_status``)."""
+    """Each budget's state for the month as last evaluated (``insights.budget_status``), with
+    the thresholds that fired (``insights.budget_alerts``); or why there is none."""
     if not _exists(conn, "insights.budget_status"):
-        return Block(note="No budgets configured (config/budgets.yml).")
-    return Block(note="Budget status is not available in this report yet.")
+        return Block(note="Budgets are not available in this installation.")
+    rows = conn.execute(
+        """
+        select s.budget_id, s.scope_level, s.scope_key, s.ledger, s.budget_amount, s.currency, s.actual,
+               s.used_percent, s.forecast_p50, s.forecast_state, s.state,
+               coalesce((select string_agg(a.threshold, ', ' order by a.alert_id) from insights.budget_alerts as a
+                         where a.budget_id = s.budget_id and a.month = s.month), '')
+        from insights.budget_status as s where s.month = %s order by s.budget_id
+        """, (month,)).fetchall()
+    if rows:
+        return Block(rows=tuple(
+            {"Budget": budget, "Scope": f"{level.replace('_', ' ')} {key}", "Ledger": _LEDGERS.get(ledger, ledger),
+             "Budget amount": format_money(amount, currency),
+             "Actual": "—" if actual is None else format_money(actual, currency),
+             "Used": _percent(used),
+             "Forecast P50": format_money(p50, currency) if p50 is not None else forecast_state.replace("_", " "),
+             "State": state.replace("_", " "), "Thresholds fired": fired or "none"}
+            for budget, level, key, ledger, amount, currency, actual, used, p50, forecast_state, state, fired in rows))
+    configured = _exists(conn, "config.budgets") and conn.execute(
+        "select exists (select from config.budgets where valid_from <= %s and (valid_to is null or valid_to > %s))",
+        (_add_months(month, 1) - dt.timedelta(days=1), month)).fetchone()[0]
+    if configured:
+        return Block(note=f"Budgets are configured but were not evaluated for {month:%Y-%m} "
+                          f"(chargeback budgets check --month {month:%Y-%m}).")
+    return Block(note="No budgets configured (config/budgets.yml).")
 
 
 def read_forecast(conn: psycopg.Connection, month: dt.date) -> Block:
-    """The month in progress' month-end forecast (``insights.forecasts``), summed over the
-    tenants per ledger, at the latest ``as_of``."""
+    """The month-end forecast of the month after ``month`` (the month in progress at the close),
+    from ``insights.forecasts`` at its latest usage-through instant: each ledger's P10, P50 and
+    P90 summed over the tenants' totals (meter ``(all)``) — a sum of P50s, not the P50 of the sum."""
+    following = _add_months(month, 1)
+    name = f"{MONTHS[following.month - 1]} {following.year}"
     if not _exists(conn, "insights.forecasts"):
-        return Block(note="Forecasts are not available.")
-    return Block(note="Forecasts are not available in this report yet.")
+        return Block(note="Forecasts are not available in this installation.")
+    rows = conn.execute(
+        """
+        with latest as (
+            select max(as_of) as as_of from insights.forecasts where forecast_month = %(month)s
+        )
+        select f.ledger, f.as_of, min(f.currency), count(*) filter (where f.status = 'ok'),
+               count(*) filter (where f.status = 'too_early'),
+               sum(f.actual_to_date) filter (where f.status = 'ok'),
+               sum(f.amount_p10) filter (where f.status = 'ok'), sum(f.amount_p50) filter (where f.status = 'ok'),
+               sum(f.amount_p90) filter (where f.status = 'ok')
+        from insights.forecasts as f
+        join latest on f.as_of = latest.as_of
+        where f.forecast_month = %(month)s and f.meter = '(all)'
+        group by f.ledger, f.as_of
+        order by f.ledger = 'cost', f.ledger
+        """, {"month": following}).fetchall()
+    if not rows:
+        return Block(note=f"No forecast of {name} yet.")
+    as_of = rows[0][1]
+    if not any(ok for _, _, _, ok, *_ in rows):
+        return Block(note=f"Too early to forecast {name} (usage through {_instant(as_of)}).")
+    return Block(
+        rows=tuple({"Ledger": _LEDGERS.get(ledger, ledger), "Tenants forecast": f"{ok}",
+                    "Too early": f"{early}", "To date": format_money(to_date, currency),
+                    "P10": format_money(p10, currency), "P50": format_money(p50, currency),
+                    "P90": format_money(p90, currency)}
+                   for ledger, _, currency, ok, early, to_date, p10, p50, p90 in rows if ok),
+        note=f"Month-end forecast of {name}, usage through {_instant(as_of)}: each ledger's P10, P50 and P90 "
+             "summed over the tenants (a sum of tenants' P50s, not the P50 of the platform).")
 
 
 def gather(period: str, settings: Settings | None = None) -> FinanceReport:
