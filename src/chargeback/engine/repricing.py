@@ -96,8 +96,9 @@ class Catalog:
         return Terms()
 
     def version_on(self, price_book: str, day: dt.date) -> BookVersion | None:
+        """The version of ``price_book`` in force on ``day``, or None."""
         versions = self.books.get(price_book, ())
-        i = bisect.bisect_right([v.valid_from for v in versions], day) - 1
+        i = bisect.bisect_right(versions, day, key=lambda v: v.valid_from) - 1
         if i >= 0 and (versions[i].valid_to is None or day < versions[i].valid_to):
             return versions[i]
         return None
@@ -198,12 +199,15 @@ def price_month(catalog: Catalog, tenant_id: str, month: dt.date, usage: DailyUs
     first = catalog.version_on(tenant.price_book, month)
     lines: list[PricedLine] = []
     currency = first.currency if first else None
+    in_force: dict[dt.date, BookVersion | None] = {}  # per day, for every meter
     for meter in sorted(usage, key=lambda m: m.encode()):  # collate "C", as the invoice numbers lines
         by_version: dict[dt.date, list] = {}
         for day, quantity in usage[meter].items():
-            if day.replace(day=1) != month:
-                raise ValueError(f"{tenant_id} {meter}: usage of {day} is not in the month {month:%Y-%m}")
-            version = catalog.version_on(tenant.price_book, day)
+            if day not in in_force:
+                if day.replace(day=1) != month:
+                    raise ValueError(f"{tenant_id} {meter}: usage of {day} is not in the month {month:%Y-%m}")
+                in_force[day] = catalog.version_on(tenant.price_book, day)
+            version = in_force[day]
             if version is None or meter not in version.prices:
                 raise ValueError(f"{tenant_id} {meter}: no version of price book {tenant.price_book!r}"
                                  f" prices the meter on {day}")

@@ -289,62 +289,101 @@ def _month_end(month: dt.date) -> dt.datetime:
                        tzinfo=dt.UTC) + dt.timedelta(days=1)
 
 
-def compute(conn: psycopg.Connection, month: dt.date, as_of: dt.datetime | None = None, *,
-            catalog: repricing.Catalog | None = None, seed: int = 0) -> list[Forecast]:
-    """Forecasts of ``month`` with the usage known before ``as_of`` (default: the marts' usage
-    through, capped at the month's end), for every tenant with usage or a commitment."""
+@dataclasses.dataclass(frozen=True)
+class History:
+    """What a forecast reads: per tenant × meter the complete days before ``as_of`` (oldest at
+    most :data:`HISTORY_CAP` days back) and the month's days so far (the day begun included)."""
+
+    month: dt.date
+    as_of: dt.datetime
+    days: dict[tuple[str, str], dict[dt.date, float]]
+    """complete days before as_of's day"""
+    first_day: dict[tuple[str, str], dt.date]
+    month_usage: dict[str, dict[str, dict[dt.date, Decimal]]]
+    """tenant -> meter -> day -> quantity, the month's days up to as_of"""
+    tenants: list[str]
+    """tenants with usage, or with a commitment in the month"""
+
+    @property
+    def keys(self) -> list[tuple[str, str]]:
+        return sorted(self.first_day)
+
+
+def _month_start(month: dt.date) -> dt.datetime:
+    return dt.datetime(month.year, month.month, 1, tzinfo=dt.UTC)
+
+
+def read_history(conn: psycopg.Connection, month: dt.date, as_of: dt.datetime | None,
+                 catalog: repricing.Catalog) -> History:
+    """The history of ``month``'s forecast (one query); ``as_of`` defaults to the marts' usage
+    through, and is kept within the month."""
     month = month.replace(day=1)
-    start = dt.datetime(month.year, month.month, 1, tzinfo=dt.UTC)
-    end = _month_end(month)
+    start, end = _month_start(month), _month_end(month)
     if as_of is None:
         as_of = usage_through(conn, end) or start
     as_of = min(max(as_of.astimezone(dt.UTC), start), end)
-    catalog = catalog or repricing.load_catalog(conn)
-    today = as_of.date()  # the UTC day as_of falls in: complete days are before it
-    day_fraction_left = 1.0 - (as_of - dt.datetime.combine(today, dt.time(), dt.UTC)).total_seconds() / 86400
-    elapsed_days = (today - month).days
+    today = as_of.date()
     history_start = today - dt.timedelta(days=HISTORY_CAP)
-    series: dict[tuple[str, str], dict[dt.date, float]] = defaultdict(dict)
-    partial: dict[tuple[str, str], Decimal] = {}
+    days: dict[tuple[str, str], dict[dt.date, float]] = defaultdict(dict)
     month_usage: dict[str, dict[str, dict[dt.date, Decimal]]] = defaultdict(lambda: defaultdict(dict))
     first_day: dict[tuple[str, str], dt.date] = {}
-    for tenant_id, meter, day, quantity, first in conn.execute(
+    for tenant_id, meter, day, quantity in conn.execute(
             """
-            select u.tenant_id, u.meter, (u.hour_start at time zone 'UTC')::date as day, sum(u.quantity),
-                   min(min(u.hour_start)) over (partition by u.tenant_id, u.meter)
-            from marts.fct_usage_hourly as u
-            where u.hour_start >= %s and u.hour_start < %s
-            group by u.tenant_id, u.meter, day
+            select tenant_id, meter, (hour_start at time zone 'UTC')::date as day, sum(quantity)
+            from marts.fct_usage_hourly
+            where hour_start >= %s and hour_start < %s
+            group by tenant_id, meter, day
             """, (dt.datetime.combine(history_start, dt.time(), dt.UTC), as_of)):
         key = (tenant_id, meter)
         if day < today:
-            series[key][day] = float(quantity)
-        else:
-            partial[key] = quantity
+            days[key][day] = float(quantity)
         if day >= month:
             month_usage[tenant_id][meter][day] = quantity
-        first_day[key] = min(first_day.get(key, day), (first.astimezone(dt.UTC)).date())
-    tenants = sorted({t for t, _ in series} | {t for t, _ in partial}
+        first_day[key] = min(first_day.get(key, day), day)
+    tenants = sorted({t for t, _ in first_day}
                      | {t for t in catalog.tenants if catalog.terms_for(t, month).monthly_commitment > 0})
-    keys = sorted(set(series) | set(partial))
-    horizon_days = [today + dt.timedelta(days=h) for h in range((end.date() - today).days)]
+    return History(month, as_of, dict(days), first_day, {t: dict(m) for t, m in month_usage.items()}, tenants)
+
+
+def forecast_history(history: History, catalog: repricing.Catalog, *, seed: int = 0,
+                     ) -> tuple[list[Forecast], dict[tuple[str, str], SeriesPaths]]:
+    """The billed rows of a history, and the simulated paths of each tenant × meter."""
+    month, as_of = history.month, history.as_of
+    today = as_of.date()  # the UTC day as_of falls in: complete days are before it
+    day_fraction_left = 1.0 - (as_of - dt.datetime.combine(today, dt.time(), dt.UTC)).total_seconds() / 86400
+    elapsed_days = (today - month).days
+    horizon_days = [today + dt.timedelta(days=h) for h in range((_month_end(month).date() - today).days)]
     too_early = elapsed_days < TOO_EARLY_DAYS
     computed: dict[tuple[str, str], SeriesPaths] = {}
+    keys = history.keys
     if not too_early and keys:
         histories, weekdays = [], []
+        history_start = today - dt.timedelta(days=HISTORY_CAP)
         for key in keys:
-            days = series.get(key, {})
-            begin = max(first_day[key], history_start)
+            known = history.days.get(key, {})
+            begin = max(history.first_day[key], history_start)
             span = [begin + dt.timedelta(days=k) for k in range((today - begin).days)]
-            histories.append(np.array([days.get(d, 0.0) for d in span]))
+            histories.append(np.array([known.get(d, 0.0) for d in span]))
             weekdays.append(begin.weekday())
-        group_ids = {t: i for i, t in enumerate(tenants)}
+        group_ids = {t: i for i, t in enumerate(history.tenants)}
         sims = simulate_series(histories, weekdays, len(horizon_days), [group_ids[t] for t, _ in keys],
                                seed=seed, first_day_fraction=day_fraction_left)
         computed = dict(zip(keys, sims, strict=True))
-    billed = price_forecasts(catalog, month, as_of, tenants, computed, month_usage, horizon_days,
+    billed = price_forecasts(catalog, month, as_of, history.tenants, computed, history.month_usage, horizon_days,
                              too_early=too_early, elapsed_days=elapsed_days)
-    return billed + _cost(conn, month, as_of, computed, month_usage, too_early)
+    return billed, computed
+
+
+def compute(conn: psycopg.Connection, month: dt.date, as_of: dt.datetime | None = None, *,
+            catalog: repricing.Catalog | None = None, seed: int = 0) -> list[Forecast]:
+    """Forecasts of ``month`` with the usage known before ``as_of`` (default: the marts' usage
+    through, capped at the month's end), for every tenant with usage or a commitment: billed
+    and cost rows."""
+    catalog = catalog or repricing.load_catalog(conn)
+    history = read_history(conn, month, as_of, catalog)
+    billed, computed = forecast_history(history, catalog, seed=seed)
+    too_early = (history.as_of.date() - history.month).days < TOO_EARLY_DAYS
+    return billed + _cost(conn, history.month, history.as_of, computed, history.month_usage, too_early)
 
 
 def _decimal(value: float) -> Decimal:
