@@ -35,7 +35,7 @@ from psycopg.types.json import Jsonb
 
 from chargeback.insights import budget_config
 from chargeback.insights.budget_config import Effective
-from chargeback.platform import events, notify, warehouse
+from chargeback.platform import events, freshness, notify, warehouse
 from chargeback.platform.money import format_money, round_money
 from chargeback.platform.periods import Period
 from chargeback.platform.settings import Settings, get_settings
@@ -91,15 +91,6 @@ class Evaluation:
 
 # --------------------------------------------------------------------------- reading the marts
 
-def _usage_through(conn: psycopg.Connection, month: Period) -> dt.datetime | None:
-    """The end of the last hour of the month with usage in the marts (``None``: no usage yet)."""
-    start, end = month.window
-    row = conn.execute(
-        "select max(hour_start) + interval '1 hour' from marts.fct_usage_hourly"
-        " where hour_start >= %s and hour_start < %s", (start, end)).fetchone()
-    return min(row[0], end) if row and row[0] else None
-
-
 def _exists(conn: psycopg.Connection, relation: str) -> bool:
     return conn.execute("select to_regclass(%s) is not null", (relation,)).fetchone()[0]
 
@@ -113,33 +104,27 @@ def _scope_actuals(conn: psycopg.Connection, b: Effective, month: Period
     """The scope's actual to date as ``{(contributor, currency): amount}``, the kind of contributor
     (``tenant``, ``meter``, ``source``), and the scope's tenants; or a reason it cannot be measured.
 
-    The one place actuals are read: the ledger marts (``fct_ledger_monthly``, drafts for a
-    month in progress) for organisation, business unit, team and tenant; the showback marts
-    (part B, ``fct_showback_sources_daily``/``fct_showback_labels_daily``) for source and label.
+    The one place actuals are read: the daily ledger (``int_ledger_daily``: per tenant and month
+    it adds up exactly to the ledger marts; drafts for a month in progress), or the monthly ledger
+    mart (``fct_ledger_monthly``) where the daily one is not built, for organisation, business unit,
+    team and tenant; the showback marts (``fct_showback_sources_daily``/``fct_showback_labels_daily``)
+    for source and label, and for a tenant's contributors (its sources).
     Returns ``({}, reason, [])`` when the scope is not measurable (yet).
     """
     s = b.scope
-    column = _LEDGER_COLUMN[b.ledger]
     if b.level in ("organisation", "business_unit", "team"):
         tenants = [r[0] for r in conn.execute(
             "select tenant_id from config.tenants where organisation = %s"
             " and (%s::text is null or business_unit = %s) and (%s::text is null or team = %s) order by tenant_id",
             (s.organisation, s.business_unit, s.business_unit, s.team, s.team)).fetchall()]
-        rows = conn.execute(
-            f"select tenant_id, currency, sum({column}) from marts.fct_ledger_monthly"
-            " where invoice_month = %s and tenant_id = any(%s) group by 1, 2",
-            (month.first_day, tenants)).fetchall()
-        return {(t, c): a for t, c, a in rows}, "tenant", tenants
+        return _ledger(conn, b, month, "tenant_id", tenants), "tenant", tenants
     if b.level == "tenant":
         if _exists(conn, "marts.fct_showback_sources_daily"):
             found = _showback(conn, "marts.fct_showback_sources_daily", "source", b, month,
                               "tenant_id = %s", (s.tenant,))
             if found is not None:
                 return found, "source", [s.tenant]
-        rows = conn.execute(
-            f"select ledger_item, currency, sum({column}) from marts.fct_ledger_monthly"
-            " where invoice_month = %s and tenant_id = %s group by 1, 2", (month.first_day, s.tenant)).fetchall()
-        return {(item, c): a for item, c, a in rows}, "meter", [s.tenant]
+        return _ledger(conn, b, month, "meter", [s.tenant]), "meter", [s.tenant]
     relation = "marts.fct_showback_sources_daily" if b.level == "source" else "marts.fct_showback_labels_daily"
     if not _exists(conn, relation):
         return {}, f"not yet measurable: {relation} (showback by {b.level}) is not built", []
@@ -153,6 +138,23 @@ def _scope_actuals(conn: psycopg.Connection, b: Effective, month: Period
     if found is None:
         return {}, f"not yet measurable: {relation} has no day, cost_to_serve or billed_amount column", []
     return found, ("meter" if b.level == "source" else "tenant"), tenants
+
+
+def _ledger(conn: psycopg.Connection, b: Effective, month: Period, by: str, tenants: list[str]
+            ) -> dict[tuple[str, str], Decimal]:
+    """Σ of the budget's ledger over ``month`` for ``tenants``, per ``by`` (``tenant_id`` or ``meter``)
+    and currency: from ``int_ledger_daily``, else ``fct_ledger_monthly`` (meter: its ledger item)."""
+    if _exists(conn, "marts.int_ledger_daily"):
+        start, end = month.window
+        sql = (f"select {by}, currency, sum({_SHOWBACK_COLUMN[b.ledger]}) from marts.int_ledger_daily"
+               " where ledger_day >= %s and ledger_day < %s and tenant_id = any(%s) group by 1, 2")
+        params: tuple = (start.date(), end.date(), tenants)
+    else:
+        key = "ledger_item" if by == "meter" else by
+        sql = (f"select {key}, currency, sum({_LEDGER_COLUMN[b.ledger]}) from marts.fct_ledger_monthly"
+               " where invoice_month = %s and tenant_id = any(%s) group by 1, 2")
+        params = (month.first_day, tenants)
+    return {(str(k), c): a for k, c, a in conn.execute(sql, params).fetchall()}
 
 
 def _showback(conn: psycopg.Connection, relation: str, by: str, b: Effective, month: Period, where: str,
@@ -250,7 +252,8 @@ def evaluate(month: str | Period, budgets: list[Effective] | None = None, settin
         with warehouse.connect(settings) as own:
             return evaluate(month, budgets, settings, own)
     start, end = month.window
-    through = _usage_through(conn, month)
+    through = freshness.usage_through(conn, end)
+    through = through if through is not None and through > start else None
     elapsed = Decimal(0) if through is None else round_money(
         Decimal((through - start).total_seconds()) / Decimal((end - start).total_seconds()) * HUNDRED)
     out = []
@@ -547,9 +550,8 @@ def render_status(month: str | Period, rows: list[dict[str, Any]]) -> str:
 def latest_month(settings: Settings | None = None) -> Period:
     """The month of the last hour of usage in the marts (the current UTC month when there is none)."""
     with warehouse.connect(settings) as conn:
-        row = conn.execute("select max(hour_start) from marts.fct_usage_hourly").fetchone() \
-            if _exists(conn, "marts.fct_usage_hourly") else None
-    instant = row[0] if row and row[0] else dt.datetime.now(dt.UTC)
+        through = freshness.usage_through(conn)
+    instant = through - dt.timedelta(hours=1) if through else dt.datetime.now(dt.UTC)
     return Period(instant.year, instant.month)
 
 
