@@ -191,3 +191,25 @@ def test_the_invoice_appendix_names_the_top_sources_with_the_marts_shares(databa
     (other,) = [line for line in lines if line.startswith(f"scanned_gbother({len(rest)}sources)")]
     assert "".join(percent(sum(r[1] for r in rest) / usage_total).split()) in other
     assert f"{sum(r[2] for r in rest):,.2f}" in other
+
+
+def test_trends_below_the_tenant_add_up_to_the_tenant_series(split):
+    """fct_trends_sources_daily: per day and meter, a tenant's sources add up to its row of
+    fct_trends_daily, and each label key's values to the sum of the tenants."""
+    tenant_rows = {row[:3]: row[3:] for row in query(
+        "select trend_day, tenant_id, meter, cost_to_serve, billed_amount from marts.fct_trends_daily"
+        " where scope_level = 'tenant' and tenant_id <> '(platform)'")}
+    sources = {row[:3]: row[3:] for row in query(
+        "select trend_day, tenant_id, meter, sum(cost_to_serve), sum(billed_amount)"
+        " from marts.fct_trends_sources_daily where scope_level = 'source' group by 1, 2, 3")}
+    assert sources == tenant_rows
+    totals = {row[:2]: row[2:] for row in query(
+        "select trend_day, meter, sum(cost_to_serve), sum(billed_amount) from marts.fct_trends_daily"
+        " where scope_level = 'tenant' and tenant_id <> '(platform)' group by 1, 2")}
+    for key in ("team", "user"):
+        labels = {row[:2]: row[2:] for row in query(
+            "select trend_day, meter, sum(cost_to_serve), sum(billed_amount) from marts.fct_trends_sources_daily"
+            " where scope_level = 'label' and scope_key like %s group by 1, 2", f"{key}=%")}
+        assert labels == totals, key
+    (wow,) = query("select count(*) from marts.fct_trends_sources_daily where usage_wow_delta is not null")[0]
+    assert wow == 0  # two days of history: no same weekday last week yet
