@@ -366,7 +366,8 @@ def check(month: str | Period, settings: Settings | None = None, channels: notif
     fired: list[tuple[str, str, str]] = []
     with warehouse.connect(settings) as conn:
         evaluations = evaluate(month, budgets, settings, conn)
-        conn.execute("delete from insights.budget_status where month = %s", (month.first_day,))
+        conn.execute("delete from insights.budget_status where month = %s and budget_id <> all(%s)",
+                     (month.first_day, [e.budget.budget for e in evaluations]))
         for e in evaluations:
             _record_status(conn, e)
             fired += _fire(conn, e, channels, env)
@@ -380,7 +381,14 @@ def _record_status(conn: psycopg.Connection, e: Evaluation) -> None:
         "insert into insights.budget_status (budget_id, month, valid_from, scope_level, scope_key, ledger,"
         " budget_amount, currency, state, actual, used_percent, elapsed_percent, forecast_p50, forecast_state,"
         " forecast_as_of, breach_date, contributors, usage_through, note)"
-        " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " on conflict (budget_id, month) do update set (valid_from, scope_level, scope_key, ledger, budget_amount,"
+        " currency, state, actual, used_percent, elapsed_percent, forecast_p50, forecast_state, forecast_as_of,"
+        " breach_date, contributors, usage_through, note, evaluated_at) = (excluded.valid_from, excluded.scope_level,"
+        " excluded.scope_key, excluded.ledger, excluded.budget_amount, excluded.currency, excluded.state,"
+        " excluded.actual, excluded.used_percent, excluded.elapsed_percent, excluded.forecast_p50,"
+        " excluded.forecast_state, excluded.forecast_as_of, excluded.breach_date, excluded.contributors,"
+        " excluded.usage_through, excluded.note, now())",
         (b.budget, e.month, b.valid_from, b.level, b.scope.key, b.ledger, b.amount, b.currency, e.state, e.actual,
          e.used_percent, e.elapsed_percent, e.forecast_p50, e.forecast_state, e.forecast_as_of, e.breach_date,
          Jsonb([c.as_json() for c in e.contributors]), e.usage_through, e.note))
