@@ -99,3 +99,17 @@ def test_usage_outside_the_month_or_unpriced_is_refused():
         repricing.price_month(catalog_of(price), "x", dt.date(2026, 11, 1), {"m": {dt.date(2026, 12, 1): D(1)}})
     with pytest.raises(ValueError, match="no version of price book 'b' prices the meter on 2019-01-01"):
         repricing.price_month(catalog_of(price), "x", dt.date(2019, 1, 1), {"m": {dt.date(2019, 1, 1): D(1)}})
+
+
+def test_usage_summed_per_price_version_prices_the_same():
+    old = Price(dt.date(2020, 1, 1), "graduated", (Tier(1, D(0), D(200), D("0.10")), Tier(2, D(200), None, D("0.05"))))
+    new = Price(dt.date(2026, 10, 15), "graduated", (Tier(1, D(0), D(200), D("0.20")),
+                                                      Tier(2, D(200), None, D("0.15"))))
+    books = (repricing.BookVersion("b", dt.date(2020, 1, 1), dt.date(2026, 10, 15), "USD", {"m": old}),
+             repricing.BookVersion("b", dt.date(2026, 10, 15), None, "USD", {"m": new}))
+    catalog = repricing.Catalog({"m": "counter"}, {"b": books}, {"x": repricing.Tenant("x", "b", "O", "BU", "T")}, {})
+    usage = {"m": {dt.date(2026, 10, d): D(d) for d in range(1, 32)}}
+    compact = repricing.by_version(catalog, "x", usage)
+    assert compact == {"m": {dt.date(2026, 10, 1): D(105), dt.date(2026, 10, 15): D(391)}}
+    assert repricing.price_month(catalog, "x", OCTOBER, compact).lines == \
+        repricing.price_month(catalog, "x", OCTOBER, usage).lines

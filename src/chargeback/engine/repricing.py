@@ -230,6 +230,29 @@ def price_month(catalog: Catalog, tenant_id: str, month: dt.date, usage: DailyUs
     return PricedMonth(tenant_id, month, currency or "", tuple(lines))
 
 
+def by_version(catalog: Catalog, tenant_id: str, usage: DailyUsage) -> dict[str, dict[dt.date, Decimal]]:
+    """The same usage with each meter's days summed per price version in force, on the first of
+    those days: priced exactly like ``usage`` (segments are per version), in fewer steps. Days
+    no version prices are kept as they are, for :func:`price_month` to refuse."""
+    tenant = catalog.tenants.get(tenant_id)
+    first: dict[object, dt.date] = {}
+    key_of: dict[dt.date, object] = {}
+    out: dict[str, dict[dt.date, Decimal]] = {}
+    for meter, days in usage.items():
+        sums: dict[dt.date, Decimal] = {}
+        for day in days:
+            if day not in key_of:
+                version = catalog.version_on(tenant.price_book, day) if tenant else None
+                key_of[day] = (day.replace(day=1), version.valid_from) if version else day
+            key = key_of[day]
+            first[key] = min(first.get(key, day), day)
+        for day, quantity in days.items():
+            target = first[key_of[day]]
+            sums[target] = sums.get(target, ZERO) + Decimal(quantity)
+        out[meter] = sums
+    return out
+
+
 def price_months(catalog: Catalog, month: dt.date, usage: Mapping[str, DailyUsage], *,
                  tenant_ids: Iterable[str] | None = None) -> dict[str, PricedMonth]:
     """:func:`price_month` for many tenants of one month (every configured tenant by default,

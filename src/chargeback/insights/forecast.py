@@ -43,6 +43,7 @@ import calendar
 import dataclasses
 import datetime as dt
 import itertools
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
@@ -107,6 +108,7 @@ def simulate_series(histories: Sequence[np.ndarray], first_weekday: Sequence[int
     slope_noise = rng.standard_normal((max(n, 1), PATHS))
     out: list[SeriesPaths | None] = [None] * n
     ets: dict[int, list[int]] = defaultdict(list)
+    trends: dict[int, list[int]] = defaultdict(list)
     for i, raw in enumerate(histories):
         y = np.asarray(raw, dtype=float)[-HISTORY_CAP:]
         history = len(np.asarray(raw))
@@ -117,13 +119,21 @@ def simulate_series(histories: Sequence[np.ndarray], first_weekday: Sequence[int
         elif method == "run_rate":
             out[i] = SeriesPaths(method, history, _run_rate(y, u, level_noise[i]))
         elif method == "robust_trend":
-            weekday0 = (first_weekday[i] + len(np.asarray(raw)) - len(y)) % 7
-            out[i] = SeriesPaths(method, history, _robust_trend(y, weekday0, u, level_noise[i], slope_noise[i]))
+            trends[len(y)].append(i)
         else:
             ets[len(y)].append(i)
+    for length, members in trends.items():
+        paths = _robust_trends(np.stack([np.asarray(histories[i], dtype=float) for i in members]),
+                               np.array([first_weekday[i] for i in members]),
+                               np.stack([draws[groups[i]] for i in members]), level_noise[members],
+                               slope_noise[members])
+        for k, i in enumerate(members):
+            out[i] = SeriesPaths("robust_trend", length, paths[k])
+    group_ids = {g: k for k, g in enumerate(draws)}
+    stacked = np.stack(list(draws.values())) if draws else np.zeros((0, PATHS, horizon))
     for _length, members in ets.items():
         paths = _ets(np.stack([np.asarray(histories[i], dtype=float)[-HISTORY_CAP:] for i in members]),
-                     np.stack([draws[groups[i]] for i in members]))
+                     stacked, np.array([group_ids[groups[i]] for i in members]))
         for k, i in enumerate(members):
             out[i] = SeriesPaths("seasonal_ets", len(np.asarray(histories[i])), paths[k])
     weights = np.ones(horizon)
@@ -149,47 +159,42 @@ def _run_rate(y: np.ndarray, u: np.ndarray, level_noise: np.ndarray) -> np.ndarr
     return level[:, None] + _pick(residuals, u)
 
 
-def theil_sen_at(t: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(intercept at t=0, slope) of a Theil–Sen line: the median pairwise slope, the median intercept."""
-    if y.size < 2:
-        return (float(y.mean()) if y.size else 0.0), 0.0
-    i, j = np.triu_indices(y.size, k=1)
-    slope = float(np.median((y[j] - y[i]) / (t[j] - t[i])))
-    return float(np.median(y - slope * t)), slope
-
-
-def _outliers(residuals: np.ndarray) -> np.ndarray:
-    centre = np.median(residuals)
-    mad = 1.4826 * np.median(np.abs(residuals - centre))
-    if mad == 0:
-        return np.zeros(residuals.size, dtype=bool)
-    return np.abs(residuals - centre) > OUTLIER_Z * mad
-
-
-def _robust_trend(y: np.ndarray, weekday0: int, u: np.ndarray, level_noise: np.ndarray,
-                  slope_noise: np.ndarray) -> np.ndarray:
-    n, horizon = y.size, u.shape[1]
+def _robust_trends(y: np.ndarray, weekday0: np.ndarray, u: np.ndarray, level_noise: np.ndarray,
+                   slope_noise: np.ndarray) -> np.ndarray:
+    """Theil–Sen trends (with weekday effects from 14 days, outliers removed) of every series of
+    one length at once, and their paths: y (N, n), weekday0 (N,), u (N, P, H), noises (N, P)."""
+    count, n = y.shape
+    horizon = u.shape[2]
     t = np.arange(n, dtype=float)
-    weekday = (weekday0 + np.arange(n + horizon)) % 7
-    effects = np.zeros(7)
-    clean = np.ones(n, dtype=bool)
-    for _ in range(2):  # fit, drop outliers, fit again
-        a, b = theil_sen_at(t[clean], y[clean] - effects[weekday[:n]][clean])
-        detrended = y - (a + b * t)
-        if n >= 14:
-            effects = np.array([np.median(detrended[clean & (weekday[:n] == d)])
-                                if np.any(clean & (weekday[:n] == d)) else 0.0 for d in range(7)])
-            effects -= effects.mean()
-        clean = ~_outliers(detrended - effects[weekday[:n]])
-    residuals = (y - (a + b * t) - effects[weekday[:n]])
-    kept = residuals[clean]
-    sd = kept.std(ddof=1) if kept.size > 1 else 0.0
+    weekday = (weekday0[:, None] + np.arange(n + horizon)) % 7
+    past = weekday[:, :n]
+    effects = np.zeros((count, 7))
+    clean = np.ones((count, n), dtype=bool)
+    i, j = np.triu_indices(n, k=1)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: a weekday with no clean day
+        for _ in range(2):  # fit, drop outliers, fit again
+            z = np.where(clean, y - np.take_along_axis(effects, past, axis=1), np.nan)
+            slope = np.nan_to_num(np.nanmedian((z[:, j] - z[:, i]) / (t[j] - t[i]), axis=1))
+            intercept = np.nanmedian(z - slope[:, None] * t, axis=1)
+            detrended = y - (intercept[:, None] + slope[:, None] * t)
+            if n >= 14:
+                effects = np.nan_to_num(np.stack(
+                    [np.nanmedian(np.where(clean & (past == d), detrended, np.nan), axis=1) for d in range(7)], axis=1))
+                effects -= effects.mean(axis=1, keepdims=True)
+            residuals = detrended - np.take_along_axis(effects, past, axis=1)
+            centre = np.median(residuals, axis=1, keepdims=True)
+            mad = 1.4826 * np.median(np.abs(residuals - centre), axis=1, keepdims=True)
+            clean = ~((mad > 0) & (np.abs(residuals - centre) > OUTLIER_Z * mad))
+        sd = np.nan_to_num(np.nanstd(np.where(clean, residuals, np.nan), axis=1, ddof=1))
     future = np.arange(n, n + horizon, dtype=float)
-    centre = t.mean()
-    slope_sd = sd / np.sqrt(((t - centre) ** 2).sum())
-    mean = a + b * future + effects[weekday[n:]]
-    shift = (level_noise * sd / np.sqrt(n))[:, None] + (slope_noise * slope_sd)[:, None] * (future - centre)
-    return mean[None, :] + shift + _pick(residuals, u)
+    middle = t.mean()
+    slope_sd = sd / np.sqrt(((t - middle) ** 2).sum())
+    mean = intercept[:, None] + slope[:, None] * future + np.take_along_axis(effects, weekday[:, n:], axis=1)
+    shift = ((level_noise * (sd / np.sqrt(n))[:, None])[:, :, None]
+             + (slope_noise * slope_sd[:, None])[:, :, None] * (future - middle))
+    picks = np.minimum((u * n).astype(np.intp), n - 1)
+    return mean[:, None, :] + shift + residuals[np.arange(count)[:, None, None], picks]
 
 
 def ets_states(y: np.ndarray, alpha, beta, gamma, phi, level: np.ndarray, trend: np.ndarray,
@@ -219,8 +224,9 @@ def ets_states(y: np.ndarray, alpha, beta, gamma, phi, level: np.ndarray, trend:
     return sse, (np.stack(errors, axis=-1) if keep_errors else None), level, trend, season
 
 
-def _ets(y: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Fit (grid) and simulate every series of one length at once: y (N, T), u (N, PATHS, H)."""
+def _ets(y: np.ndarray, draws: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Fit (grid) and simulate every series of one length at once: y (N, T); each series' draws
+    are ``draws[group[i]]`` (groups x PATHS x H uniforms). Returns the paths (N, PATHS, H)."""
     n, length = y.shape
     level0 = y[:, :SEASON].mean(axis=1)
     trend0 = (y[:, SEASON:2 * SEASON].mean(axis=1) - level0) / SEASON
@@ -234,17 +240,17 @@ def _ets(y: np.ndarray, u: np.ndarray) -> np.ndarray:
     a, b, g, p = (_GRID[best, k] for k in range(4))
     _, errors, level, trend, season = ets_states(y, a, b, g, p, level0, trend0, season0, clip=limit)
     residuals = errors[:, burn:]
-    paths_n, horizon = u.shape[1], u.shape[2]
-    picks = np.minimum((u * residuals.shape[1]).astype(np.intp), residuals.shape[1] - 1)  # (N, P, H)
-    drawn = residuals[np.arange(n)[:, None, None], picks]
+    size = residuals.shape[1]
+    paths_n, horizon = draws.shape[1], draws.shape[2]
+    rows = np.arange(n)[:, None]
     level = np.repeat(level[:, None], paths_n, axis=1)
     trend = np.repeat(trend[:, None], paths_n, axis=1)
     season = [np.repeat(season[k][:, None], paths_n, axis=1) for k in range(SEASON)]
     a, b, g, p, limit = (v[:, None] for v in (a, b, g, p, limit))
-    paths = np.empty(u.shape)
+    paths = np.empty((n, paths_n, horizon))
     for h in range(horizon):
         k = h % SEASON
-        e = drawn[..., h]
+        e = residuals[rows, np.minimum((draws[group, :, h] * size).astype(np.intp), size - 1)]
         paths[..., h] = level + p * trend + season[k] + e
         e = np.clip(e, -limit, limit)
         level = level + p * trend + a * e
@@ -390,6 +396,23 @@ def _decimal(value: float) -> Decimal:
     return Decimal(repr(float(value))).quantize(_QUANTUM)
 
 
+def _summaries(computed: dict[tuple[str, str], SeriesPaths], horizon: int,
+               ) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    """Per series: the P10/P50/P90 of its paths' sums (one quantile call for all series) and the
+    share of each remaining day in the mean path (even shares when the mean is 0)."""
+    if not computed:
+        return {}
+    keys = list(computed)
+    totals = np.stack([computed[k].paths.sum(axis=1) for k in keys])
+    quantiles = np.quantile(totals, QUANTILES, axis=1).T
+    out = {}
+    for key, q in zip(keys, quantiles, strict=True):
+        mean_days = computed[key].paths.mean(axis=0)
+        spread = mean_days / mean_days.sum() if mean_days.sum() > 0 else np.full(horizon, 1 / max(horizon, 1))
+        out[key] = (q, spread)
+    return out
+
+
 def price_forecasts(catalog: repricing.Catalog, month: dt.date, as_of: dt.datetime, tenants: Iterable[str],
                     computed: dict[tuple[str, str], SeriesPaths], month_usage: dict[str, dict[str, dict]],
                     horizon_days: Sequence[dt.date], *, too_early: bool = False, elapsed_days: int = 0,
@@ -402,8 +425,16 @@ def price_forecasts(catalog: repricing.Catalog, month: dt.date, as_of: dt.dateti
     for tenant_id, meter in sorted(computed) if not too_early else sorted(
             (t, m) for t, meters in month_usage.items() for m in meters):
         by_tenant[tenant_id].append(meter)
+    summary = _summaries(computed, len(horizon_days))
+
+    def book_of(tenant_id: str) -> str:
+        tenant = catalog.tenants.get(tenant_id)
+        if tenant is None:
+            raise ValueError(f"tenant {tenant_id!r} is not in config.tenants")
+        return tenant.price_book
+
     for tenant_id in tenants:
-        actual = {m: dict(d) for m, d in month_usage.get(tenant_id, {}).items()}
+        actual = repricing.by_version(catalog, tenant_id, month_usage.get(tenant_id, {}))
         mtd = repricing.price_month(catalog, tenant_id, month, actual) if actual else None
         mtd_meter = mtd.meter_amounts if mtd else {}
         currency = mtd.currency if mtd else None
@@ -415,22 +446,24 @@ def price_forecasts(catalog: repricing.Catalog, month: dt.date, as_of: dt.dateti
             rows.append(Forecast(month, as_of, tenant_id, ALL, "billed", method, history, "too_early", None, None,
                                  mtd.usage_total if mtd else Decimal("0.00"), currency))
             continue
+        # the remaining days grouped by the price version in force: pricing needs only each
+        # version's sum, so each group's usage goes on its first day
+        groups: dict[object, list[int]] = {}
+        for k, day in enumerate(horizon_days):
+            if day.replace(day=1) == month:
+                version = catalog.version_on(book_of(tenant_id), day)
+                groups.setdefault(version.valid_from if version else day, []).append(k)
         scenario_usage: list[dict[str, dict[dt.date, Decimal]]] = [{}, {}, {}]
         usage_q: dict[str, tuple[Decimal, ...]] = {}
         for meter in by_tenant[tenant_id]:
-            sim = computed[tenant_id, meter]
+            q, spread = summary[tenant_id, meter]
             done = sum(actual.get(meter, {}).values(), Decimal(0))
-            totals = sim.paths.sum(axis=1)
-            mean_days = sim.paths.mean(axis=0)
-            q = np.quantile(totals, QUANTILES)
             usage_q[meter] = tuple(done + _decimal(v) for v in q)
             for k, remaining in enumerate(q):
                 days = dict(actual.get(meter, {}))
-                spread = (mean_days / mean_days.sum() if mean_days.sum() > 0
-                          else np.full(len(horizon_days), 1 / max(len(horizon_days), 1)))
-                for day, share in zip(horizon_days, spread, strict=True):
-                    if day.replace(day=1) == month:
-                        days[day] = days.get(day, Decimal(0)) + _decimal(remaining * share)
+                for members in groups.values():
+                    first = horizon_days[members[0]]
+                    days[first] = days.get(first, Decimal(0)) + _decimal(remaining * spread[members].sum())
                 scenario_usage[k][meter] = days
         priced = [repricing.price_month(catalog, tenant_id, month, u) for u in scenario_usage]
         currency = next((p.currency for p in priced if p), currency)
