@@ -10,6 +10,10 @@ Figures (each line ``{"name", "value", "unit"}``):
   1 day loaded, 1,000 tenants. Goal ≤ 1.3 — an hourly run costs the new hour, not the history.
 - ``P2_transform_vs_scan``: full-month dbt build ÷ one bare ``group by tenant, meter``
   scan of the same usage rows, 1,000 tenants. Goal ≤ 5.
+- ``P7_forecast_mape_day14``: month-end forecasts made from day 14, replayed on three simulated
+  months of 30 shipped tenants (their own database): mean absolute percentage error of each
+  tenant's billed P50 against its invoice, for the last two months (fraction; goal ≤ 0.10).
+  ``P7_forecast_band_coverage``: the share of those invoices inside P10–P90 (goal 0.70–0.90).
 - ``P8_sources_hourly_ratio``: the hourly run as P1 measures it, with a day loaded, when every
   tenant's usage comes from 20 sources (log groups and query principals, with labels; 20× the
   snapshots) ÷ the same without sources, 1,000 tenants, each in a database of its own. Goal ≤ 1.5.
@@ -195,6 +199,137 @@ def bench_sources(work: Path, ids: list[str]) -> None:
     emit("P8_sources_hourly_ratio", runs[SOURCES_PER_TENANT] / runs[0], "ratio", goal="<= 1.5")
 
 
+P7_TENANTS = int(os.environ.get("CHARGEBACK_BENCH_P7_TENANTS", "30"))
+P7_START = dt.datetime(2026, 8, 1, tzinfo=dt.UTC)
+P7_MODELS = "+fct_invoices +fct_cost_allocations_hourly fct_cost_pools_hourly fct_usage_hourly dim_tenants dim_meters"
+P7_MONTHS = (dt.date(2026, 9, 1), dt.date(2026, 10, 1))
+
+
+def _simulated_copy_text(seed: int, tenant_id: str, start: dt.datetime, end: dt.datetime) -> str:
+    """One tenant's simulated rows of ``[start, end)`` as COPY text (a worker process makes it)."""
+    from chargeback.ingest import simulate
+
+    prof = simulate.profile(seed, tenant_id)
+    out = []
+    hour = start
+    while hour < end:
+        stamp = hour.isoformat()
+        for row in simulate._hour_rows(seed, tenant_id, prof, hour):
+            out.append(f"{row['snapshot_id']}\t{tenant_id}\t{row['meter']}\t{row['value']}\t{row['unit']}\t{stamp}"
+                       f"\t{row['emitted_at']}\t{row['kind']}\tbench\t1\t0\n")
+        hour += HOUR
+    return "".join(out)
+
+
+def _publish_simulated(ids: list[str], start: dt.datetime, end: dt.datetime, seed: int = 42) -> int:
+    """The simulator's rows of ``[start, end)`` published straight into raw (COPY, no files, no
+    gate), made by one process per CPU: months of history in a minute. The same values the
+    simulator's files carry."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from chargeback.platform import warehouse
+
+    count = 0
+    with (ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool, warehouse.connect() as conn,
+          conn.cursor() as cur, cur.copy(
+            "copy raw.usage_snapshots (snapshot_id, tenant_id, meter, value, unit, hour_start, emitted_at, kind,"
+            " source_file, source_line, load_id) from stdin") as copy):
+        for text in pool.map(_simulated_copy_text, [seed] * len(ids), ids, [start] * len(ids), [end] * len(ids)):
+            copy.write(text)
+            count += text.count("\n")
+    return count
+
+
+def _forecast_at_scale(month: dt.date, tenants: int = 1000) -> None:
+    """``P7_forecast_1000_tenants_seconds``: usage forecast and pricing of 1,000 tenants x 5 meters
+    from day 14 — the P7 tenants' histories (84 days) repeated under new names up to 1,000 — and
+    the one query that reads the history, for the P7 tenants."""
+    import dataclasses
+
+    from chargeback.engine import repricing
+    from chargeback.insights import forecast
+    from chargeback.platform import warehouse
+
+    as_of = dt.datetime.combine(month, dt.time(), dt.UTC) + dt.timedelta(days=14)
+    with warehouse.connect() as conn:
+        catalog = repricing.load_catalog(conn)
+        t0 = time.perf_counter()
+        history = forecast.read_history(conn, month, as_of, catalog)
+        read = time.perf_counter() - t0
+    used = sorted({t for t, _ in history.first_day})
+    names = {f"{used[i % len(used)]}~{i}": used[i % len(used)] for i in range(tenants)}
+    big = dataclasses.replace(
+        history,
+        days={(n, m): history.days[t, m] for n, t in names.items() for (u, m) in history.days if u == t},
+        first_day={(n, m): history.first_day[t, m] for n, t in names.items() for (u, m) in history.first_day
+                   if u == t},
+        month_usage={n: history.month_usage[t] for n, t in names.items()},
+        tenants=sorted(names))
+    scaled = dataclasses.replace(
+        catalog, tenants={n: dataclasses.replace(catalog.tenants[t], tenant_id=n) for n, t in names.items()},
+        terms={n: catalog.terms.get(t, ()) for n, t in names.items()})
+    t0 = time.perf_counter()
+    _rows, paths = forecast.forecast_history(big, scaled)
+    seconds = time.perf_counter() - t0
+    emit("P7_forecast_1000_tenants_seconds", seconds, "s", tenants=tenants, series=len(paths),
+         methods=sorted({p.method for p in paths.values()}), history_read_s=round(read, 3),
+         history_read_tenants=len(used))
+
+
+def bench_forecast(root: Path) -> None:
+    """P7: forecasts replayed on the simulator's history — August to October 2026 of the first 30
+    shipped tenants (their price books, discounts, commitments), so day-14 forecasts of September
+    and October have 44+ days of history (the seasonal method). Tenant-level MAPE of the billed
+    P50 against the invoices, and the share of invoices inside P10–P90, at day 14. Only the
+    models pricing and allocation need are built."""
+    from chargeback.engine import configuration, transform
+    from chargeback.insights import backtest
+    from chargeback.platform import warehouse
+
+    saved = {k: os.environ.get(k) for k in ("CHARGEBACK_DATABASE", "CHARGEBACK_CONFIG_DIR", "DBT_INDIRECT_SELECTION")}
+    os.environ["CHARGEBACK_DATABASE"] = f"{saved['CHARGEBACK_DATABASE']}_p7"
+    os.environ["CHARGEBACK_CONFIG_DIR"] = str(root / "config")
+    os.environ["DBT_INDIRECT_SELECTION"] = "cautious"  # only tests whose models are all built
+    try:
+        warehouse.drop_database(os.environ["CHARGEBACK_DATABASE"])
+        warehouse.ensure_schema()
+        configuration.load()
+        ids = configuration.read().tenant_ids[:P7_TENANTS]
+        end = dt.datetime.combine(P7_MONTHS[-1], dt.time(), dt.UTC) + dt.timedelta(days=31)
+        _note(f"P7: simulating {len(ids)} tenants, {P7_START:%Y-%m-%d} to {end:%Y-%m-%d}")
+        rows = _publish_simulated(ids, P7_START, end)
+        transform.build(None, None, select=P7_MODELS)
+        with warehouse.connect() as conn:
+            t0 = time.perf_counter()
+            scores = backtest.backtest(conn, P7_MONTHS)
+            seconds = (time.perf_counter() - t0) / (len(P7_MONTHS) * len(backtest.DAYS))
+        _note("\n" + backtest.render_backtest(scores))
+        for day in backtest.DAYS:
+            picked = [s for s in scores if s.day == day and s.level == "tenant"]
+            mape = sum(s.mape for s in picked) / len(picked)
+            coverage = sum(s.coverage * s.units for s in picked) / sum(s.units for s in picked)
+            suffix = "" if day == 14 else f"_day{day}"
+            if day == 14:
+                emit("P7_forecast_mape_day14", mape, "fraction", goal="<= 0.10", level="tenant", tenants=len(ids),
+                     months=[f"{m:%Y-%m}" for m in P7_MONTHS], rows=rows)
+                emit("P7_forecast_band_coverage", coverage, "fraction", goal="0.70-0.90", day=14)
+                for level in backtest.LEVELS[1:]:
+                    chosen = [s.mape for s in scores if s.day == day and s.level == level]
+                    emit(f"P7_forecast_mape_day14_{level}", sum(chosen) / len(chosen), "fraction")
+            else:
+                emit(f"P7_forecast_mape{suffix}", mape, "fraction", level="tenant")
+                emit(f"P7_forecast_band_coverage{suffix}", coverage, "fraction")
+        emit("P7_forecast_seconds", seconds, "s", tenants=len(ids), what="one month's forecast, priced, with cost")
+        _forecast_at_scale(P7_MONTHS[-1])
+    finally:
+        warehouse.drop_database(os.environ["CHARGEBACK_DATABASE"])
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def main() -> int:
     from chargeback.platform import warehouse
     from chargeback.platform.settings import get_settings
@@ -213,13 +348,15 @@ def main() -> int:
         from chargeback.engine import configuration
 
         configuration.load()
-        wanted = set(sys.argv[1:]) or {"P1", "P2", "P3", "P8"}  # e.g. `python -m chargeback.bench P3`
+        wanted = set(sys.argv[1:]) or {"P1", "P2", "P3", "P8", "P7"}  # e.g. `python -m chargeback.bench P3`
         if "P3" in wanted:
             bench_load_vs_copy(work, root / "config")
         if wanted & {"P1", "P2"}:
             bench_incremental_and_transform(work, ids)
         if "P8" in wanted:
             bench_sources(work, ids)
+        if "P7" in wanted:
+            bench_forecast(root)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
