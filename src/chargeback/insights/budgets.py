@@ -360,6 +360,7 @@ def check(month: str | Period, settings: Settings | None = None, channels: notif
     settings = settings or get_settings()
     month = Period.parse(month)
     budgets = budget_config.read(settings.config_dir)
+    warehouse.ensure_schema(settings)
     budget_config.apply(budgets, settings)
     channels = channels or notify.Channels.from_env(environ)
     env = os.environ if environ is None else environ
