@@ -22,7 +22,9 @@ the schedule). It:
    failing test fails the task and the run, and dbt tests that span several models run as
    their own tasks once all their models are built.
    Incremental models touch only the lookback's hours (and the months they touch),
-7. **checks** the marts over the lookback: allocated cost reconciles to each pool's cost to the cent.
+7. **checks** the marts over the lookback: allocated cost reconciles to each pool's cost to the cent,
+   then updates the usage marts asset (`chargeback://warehouse/marts/usage`, the lookback as the
+   event's `extra`): the `insights` DAG runs on it (forecasts, budget alerts).
 
 A manual run may pass a wider window (`start`, `end`, ISO-8601 UTC) — that is how backfills
 and the demo cover a month in one run — and a `source` (`files` or `simulator`).
@@ -55,7 +57,7 @@ from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, 
 from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior, TestIndirectSelection
 
 from chargeback.engine.transform import dbt_paths
-from chargeback.orchestration.dag_defaults import default_args, on_dag_failure
+from chargeback.orchestration.dag_defaults import USAGE_MARTS, default_args, on_dag_failure
 
 DBT = dbt_paths()  # paths only: no dbt, no database
 if not DBT.manifest.is_file():
@@ -139,12 +141,14 @@ def usage_hourly():
         start, end = steps.publish_and_widen(load_id, plan)
         return {"start": start.isoformat(), "end": end.isoformat()}
 
-    @task
-    def check_marts(window: dict[str, str]) -> None:
-        """Great Expectations on the marts: money reconciles to the cent."""
+    @task(outlets=[USAGE_MARTS])
+    def check_marts(window: dict[str, str], outlet_events=None) -> None:
+        """Great Expectations on the marts: money reconciles to the cent; then the usage marts
+        asset is updated with the window rebuilt (the insights DAG runs on it)."""
         from chargeback.orchestration import steps
 
         steps.check_marts(*steps.resolve_window(window, None, None))
+        outlet_events[USAGE_MARTS].extra = {"start": window["start"], "end": window["end"]}
 
     transform = DbtTaskGroup(
         group_id="transform",

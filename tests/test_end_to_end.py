@@ -76,3 +76,36 @@ def test_usage_hourly_then_billing_monthly_issue_final_invoices_equal_to_the_mar
         assert "Closed on the authority of pytest: end-to-end test: one day." in " ".join(text.split())
         assert "DRAFT" not in text
         assert format_money(total, "USD").split(" ")[0] in text
+
+
+def test_usage_hourly_updates_the_usage_marts_asset_and_the_insights_dag_forecasts_and_checks_budgets(
+        airflow_home, settings):
+    """Runs after the test above (same module, same warehouse): usage_hourly's check_marts recorded an
+    asset event carrying its window; a manual insights run over that window forecasts the month in
+    progress (one day of history: "too early") and records every budget's state for July."""
+    import json
+    import sqlite3
+
+    from chargeback.orchestration.insights import ASSET_URI
+
+    with sqlite3.connect(airflow_home / "airflow.db") as db:
+        extras = [json.loads(row[0]) for row in db.execute(
+            "select e.extra from asset_event e join asset a on a.id = e.asset_id where a.uri = ?", (ASSET_URI,))]
+    assert {"start": START.isoformat(), "end": END.isoformat()} in extras
+
+    with warehouse.connect() as conn:
+        conn.execute("truncate pipeline.insights_requests")
+    runner.run_dag("insights", {"start": START.isoformat(), "end": END.isoformat()}, quiet=True)
+
+    with warehouse.connect() as conn:
+        pending = conn.execute("select count(*) from pipeline.insights_requests where done_at is null").fetchone()[0]
+        forecasts = conn.execute(
+            "select distinct status from insights.forecasts where forecast_month = date '2026-07-01'").fetchall()
+        forecast_tenants = {r[0] for r in conn.execute(
+            "select tenant_id from insights.forecasts where forecast_month = date '2026-07-01'")}
+        budgets = conn.execute(
+            "select count(*) from insights.budget_status where month = date '2026-07-01'").fetchone()[0]
+    assert pending == 0
+    assert forecasts == [("too_early",)]
+    assert set(TENANTS) <= forecast_tenants
+    assert budgets > 0

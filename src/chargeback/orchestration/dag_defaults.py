@@ -13,7 +13,14 @@ from __future__ import annotations
 import datetime as dt
 import os
 
+from airflow.sdk import Asset
+
+from chargeback.orchestration.insights import ASSET_URI
 from chargeback.platform.notify import FailureNotifier
+
+USAGE_MARTS = Asset(name="usage_marts", uri=ASSET_URI, group="chargeback")
+"""The usage marts as an Airflow asset: usage_hourly's ``check_marts`` updates it (``extra``: the
+window rebuilt), the insights DAG is scheduled on it."""
 
 
 def default_args(retry_delay: dt.timedelta = dt.timedelta(minutes=2)) -> dict:

@@ -817,6 +817,22 @@ create table if not exists insights.budget_status (
 );
 -- ---- end of budgets ----
 
+-- ---- the insights DAG's queue (chargeback.orchestration.insights, docs/INSIGHTS.md "Orchestration") ----
+-- One row per change of the usage marts the insights DAG was told of (an asset event, or a manual
+-- run): the window of usage hours usage_hourly rebuilt. A run takes every request not yet done, so
+-- a run skipped by the once-an-hour rule loses nothing: the next run takes its requests too.
+create table if not exists pipeline.insights_requests (
+    request_id bigserial primary key,
+    window_start timestamptz not null,
+    window_end timestamptz not null,
+    requested_at timestamptz not null default now(),
+    taken_at timestamptz,
+    done_at timestamptz,
+    check (window_start < window_end)
+);
+create index if not exists insights_requests_pending_idx on pipeline.insights_requests (requested_at)
+    where done_at is null;
+
 -- ---- forecasts (chargeback.insights.forecast, docs/INSIGHTS.md "Forecasts") ----
 -- Month-end forecasts per tenant x meter ('(all)': the tenant's priced total with its contract
 -- terms; on the cost ledger also '(shared)') and ledger, one set per usage-through instant
@@ -894,7 +910,8 @@ begin
                    ' raw.usage_quarantine to %I', pipeline_role);
     execute format('grant select, insert, update, delete on all tables in schema config to %I', pipeline_role);
     execute format('grant select, insert, update, delete, truncate on pipeline.load_runs, pipeline.load_files, pipeline.load_holds,'
-                   ' pipeline.transform_runs, pipeline.events, pipeline.validations, pipeline.month_closes to %I',
+                   ' pipeline.transform_runs, pipeline.events, pipeline.validations, pipeline.month_closes,'
+                   ' pipeline.insights_requests to %I',
                    pipeline_role);
     execute format('grant usage on all sequences in schema raw, pipeline to %I', pipeline_role);
     -- budgets: alerts are history (no delete: a replay must not send again); status is replaced

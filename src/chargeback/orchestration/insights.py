@@ -1,0 +1,140 @@
+"""The insights DAG's steps: which usage changed, then forecasts and budgets over it.
+
+usage_hourly's ``check_marts`` task declares :data:`USAGE_MARTS` as its outlet: when the
+marts of a window are rebuilt and reconcile, Airflow records an asset event whose ``extra``
+is that window (the lookback dbt rebuilt, late hours included). The insights DAG is scheduled
+on the asset, so it runs because data changed, not because the clock ticked.
+
+**At most once an hour.** Every event becomes a row of ``pipeline.insights_requests``. A run
+takes every request not yet done, unless another run took requests less than
+``MIN_INTERVAL`` ago: then it records its own and stops, and the next run (the next
+hour's event) takes them too, so a burst of replays or a backfill costs one insights run an
+hour and loses no window. A manual run (``chargeback insights`` or the DAG's ``start``/``end``
+params) is never held back.
+
+**Only what changed.** The window's months are the months the run looks at: the forecast of
+the month in progress (the month of the last complete hour in the marts) when the window
+touches it, and the budgets of every month the window touches (a late file can push a
+closed month over its budget). The trend and showback marts themselves are rebuilt,
+incrementally by day, by usage_hourly's dbt tasks over the same window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterable, Mapping
+
+from chargeback.platform import warehouse
+from chargeback.platform.periods import Period
+from chargeback.platform.settings import Settings
+
+MIN_INTERVAL = dt.timedelta(hours=1)
+ASSET_URI = "chargeback://warehouse/marts/usage"
+"""The usage marts (usage, allocations, ledgers, trends, showback) as one Airflow asset."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The requests a run took: their ids, and the window and months they cover."""
+
+    taken_at: dt.datetime
+    start: dt.datetime
+    end: dt.datetime
+    request_ids: tuple[int, ...]
+
+    @property
+    def months(self) -> list[Period]:
+        """Every UTC month the window touches, in order."""
+        out: list[Period] = []
+        month = Period(self.start.year, self.start.month)
+        while month.window[0] < self.end:
+            out.append(month)
+            month = Period.parse(f"{month.window[1]:%Y-%m}")
+        return out
+
+    def as_dict(self) -> dict:
+        return {"taken_at": self.taken_at.isoformat(), "start": self.start.isoformat(),
+                "end": self.end.isoformat(), "request_ids": list(self.request_ids)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Plan:
+        return cls(dt.datetime.fromisoformat(d["taken_at"]), dt.datetime.fromisoformat(d["start"]),
+                   dt.datetime.fromisoformat(d["end"]), tuple(d["request_ids"]))
+
+
+def windows_of(events: Mapping[object, Iterable[object]] | None) -> list[tuple[dt.datetime, dt.datetime]]:
+    """The ``(start, end)`` windows carried by triggering asset events (``extra``), in order.
+
+    An event without a window (an asset updated by hand in the UI) stands for "something
+    changed": it gives no window, and the run falls back to the month in progress."""
+    out = []
+    for evs in (events or {}).values():
+        for ev in evs:
+            extra = getattr(ev, "extra", None) or {}
+            if extra.get("start") and extra.get("end"):
+                out.append((dt.datetime.fromisoformat(extra["start"]), dt.datetime.fromisoformat(extra["end"])))
+    return sorted(out)
+
+
+def request(windows: Iterable[tuple[dt.datetime, dt.datetime]], *, manual: bool = False,
+            settings: Settings | None = None, now: dt.datetime | None = None) -> Plan | None:
+    """Record ``windows`` as requests and take every pending one, or ``None`` when a run took
+    requests less than :data:`MIN_INTERVAL` ago (``manual`` runs are never held back).
+
+    With no window at all (an event without one), the month in progress is requested."""
+    windows = list(windows)
+    with warehouse.connect(settings) as conn:
+        if not windows:
+            windows = [_month_in_progress(conn)]
+        now = now or conn.execute("select now()").fetchone()[0]
+        # one planner at a time: two runs must not take the same requests
+        conn.execute("select pg_advisory_xact_lock(hashtext('chargeback.insights_requests'))")
+        for start, end in windows:
+            conn.execute("insert into pipeline.insights_requests (window_start, window_end, requested_at)"
+                         " values (%s, %s, %s)", (start, end, now))
+        last = conn.execute("select max(taken_at) from pipeline.insights_requests").fetchone()[0]
+        if not manual and last is not None and now - last < MIN_INTERVAL:
+            return None
+        rows = conn.execute(
+            "update pipeline.insights_requests set taken_at = %s where done_at is null"
+            " returning request_id, window_start, window_end", (now,)).fetchall()
+    return Plan(now, min(r[1] for r in rows), max(r[2] for r in rows), tuple(sorted(r[0] for r in rows)))
+
+
+def done(plan: Plan, settings: Settings | None = None) -> int:
+    """Mark the plan's requests done (a failed run leaves them pending for the next one)."""
+    with warehouse.connect(settings) as conn:
+        return conn.execute("update pipeline.insights_requests set done_at = now()"
+                            " where request_id = any(%s) and done_at is null",
+                            (list(plan.request_ids),)).rowcount
+
+
+def forecast(plan: Plan, settings: Settings | None = None) -> dict[str, int]:
+    """Forecast the month in progress when the plan's window touches it; returns rows per month."""
+    from chargeback.insights import forecast as forecasts
+
+    out: dict[str, int] = {}
+    with warehouse.connect(settings) as conn:
+        through = forecasts.usage_through(conn)
+        if through is None:
+            return out
+        current = forecasts.month_of(through)
+        for month in plan.months:
+            if month.first_day == current:
+                out[str(month)] = len(forecasts.forecast_month(conn, current, through))
+    return out
+
+
+def budgets(plan: Plan, settings: Settings | None = None) -> dict[str, int]:
+    """Evaluate and deliver the budgets of every month the window touches; returns alerts fired."""
+    from chargeback.insights import budgets as budget_checks
+
+    return {str(month): len(budget_checks.check(month, settings).fired) for month in plan.months}
+
+
+def _month_in_progress(conn) -> tuple[dt.datetime, dt.datetime]:
+    last = conn.execute("select max(hour_start) from marts.fct_usage_hourly").fetchone()[0] \
+        if conn.execute("select to_regclass('marts.fct_usage_hourly') is not null").fetchone()[0] else None
+    instant = last or dt.datetime.now(dt.UTC)
+    return Period(instant.year, instant.month).window
