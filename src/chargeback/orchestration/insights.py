@@ -9,8 +9,8 @@ on the asset, so it runs because data changed, not because the clock ticked.
 takes every request not yet done, unless another run took requests less than
 ``MIN_INTERVAL`` ago: then it records its own and stops, and the next run (the next
 hour's event) takes them too, so a burst of replays or a backfill costs one insights run an
-hour and loses no window. A manual run (``chargeback insights`` or the DAG's ``start``/``end``
-params) is never held back.
+hour and loses no window. A manual run (the DAG's ``start``/``end`` params) is never held
+back.
 
 **Only what changed.** The window's months are the months the run looks at: the forecast of
 the month in progress (the month of the last complete hour in the marts) when the window
