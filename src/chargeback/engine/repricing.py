@@ -46,6 +46,8 @@ CONTRACT = None
 
 DailyUsage = Mapping[str, Mapping[dt.date, Decimal]]
 """meter -> UTC day -> the day's usage (a counter's total; a gauge's hourly values summed)."""
+ClassUsage = Mapping[str, Mapping[int, Mapping[dt.date, Decimal]]]
+"""meter -> retention days of sources with a class of their own -> UTC day -> their usage."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,13 +185,16 @@ def load_catalog(conn: psycopg.Connection) -> Catalog:
 
 
 def price_month(catalog: Catalog, tenant_id: str, month: dt.date, usage: DailyUsage, *,
-                terms: Terms | None = None) -> PricedMonth | None:
+                terms: Terms | None = None, classes: ClassUsage | None = None) -> PricedMonth | None:
     """Price one tenant-month of daily usage: its usage lines meter by meter (in the order of
     the invoice), then its contract lines. ``None`` when nothing is owed a line (no usage and no
     commitment), as the warehouse then issues no invoice.
 
     ``terms`` overrides the tenant's configured terms (a what-if); ``usage`` days must lie in
     ``month``. A meter with days but no usage still gets its zero line, as the invoice does.
+    ``classes``: of a meter priced by retention, the part of ``usage`` kept by sources with a
+    retention class of their own (meter -> their days -> day -> quantity); each class in use is
+    a segment of its own (one line per class), the rest at the tenant's default class.
     """
     month = month.replace(day=1)
     tenant = catalog.tenants.get(tenant_id)
@@ -200,23 +205,38 @@ def price_month(catalog: Catalog, tenant_id: str, month: dt.date, usage: DailyUs
     lines: list[PricedLine] = []
     currency = first.currency if first else None
     in_force: dict[dt.date, BookVersion | None] = {}  # per day, for every meter
+
+    def version_of(meter: str, day: dt.date) -> BookVersion:
+        if day not in in_force:
+            if day.replace(day=1) != month:
+                raise ValueError(f"{tenant_id} {meter}: usage of {day} is not in the month {month:%Y-%m}")
+            in_force[day] = catalog.version_on(tenant.price_book, day)
+        version = in_force[day]
+        if version is None or meter not in version.prices:
+            raise ValueError(f"{tenant_id} {meter}: no version of price book {tenant.price_book!r}"
+                             f" prices the meter on {day}")
+        return version
+
     for meter in sorted(usage, key=lambda m: m.encode()):  # collate "C", as the invoice numbers lines
-        by_version: dict[dt.date, list] = {}
+        # (version, retention days of a source class or None for the tenant's default) -> usage
+        parts: dict[tuple[dt.date, int | None], Decimal] = {}
+        versions: dict[dt.date, BookVersion] = {}
         for day, quantity in usage[meter].items():
-            if day not in in_force:
-                if day.replace(day=1) != month:
-                    raise ValueError(f"{tenant_id} {meter}: usage of {day} is not in the month {month:%Y-%m}")
-                in_force[day] = catalog.version_on(tenant.price_book, day)
-            version = in_force[day]
-            if version is None or meter not in version.prices:
-                raise ValueError(f"{tenant_id} {meter}: no version of price book {tenant.price_book!r}"
-                                 f" prices the meter on {day}")
-            entry = by_version.setdefault(version.valid_from, [version, ZERO])
-            entry[1] += Decimal(quantity)
-        if not by_version:
+            version = version_of(meter, day)
+            versions[version.valid_from] = version
+            parts[version.valid_from, None] = parts.get((version.valid_from, None), ZERO) + Decimal(quantity)
+        for days_kept, kept in ((classes or {}).get(meter) or {}).items():
+            for day, quantity in kept.items():
+                version = version_of(meter, day)
+                if version.prices[meter].model != "retention":
+                    continue
+                versions[version.valid_from] = version
+                parts[version.valid_from, days_kept] = parts.get((version.valid_from, days_kept), ZERO) + quantity
+                parts[version.valid_from, None] = parts.get((version.valid_from, None), ZERO) - quantity
+        if not parts:
             continue
-        segments = [Segment(v.prices[meter], q) for _, (v, q) in sorted(by_version.items())]
-        currency = currency or next(iter(by_version.values()))[0].currency
+        segments = _segments(meter, versions, parts, terms.retention_days)
+        currency = currency or next(iter(versions.values())).currency
         divisor = hours_in_month(month) if catalog.meter_kinds.get(meter) == "gauge" else 1
         for line in price_meter_month(segments, divisor=divisor, discount_percent=terms.discount_percent,
                                       retention_days=terms.retention_days):
@@ -228,6 +248,37 @@ def price_month(catalog: Catalog, tenant_id: str, month: dt.date, usage: DailyUs
     if not lines:
         return None
     return PricedMonth(tenant_id, month, currency or "", tuple(lines))
+
+
+def _segments(meter: str, versions: Mapping[dt.date, BookVersion],
+              parts: Mapping[tuple[dt.date, int | None], Decimal], default_days: int) -> list[Segment]:
+    """Segments in version order, and within a version priced by retention in class order: the
+    class of days d is the smallest retention tier of at least d; classes sharing a tier share a
+    segment; a class without usage is left out unless no class of the version has any (then
+    the first shows its zero line)."""
+    if all(days is None for _, days in parts):  # one class per version: as before per-source classes
+        return [Segment(versions[vf].prices[meter], q) for (vf, _), q in sorted(parts.items())]
+    segments = []
+    for vf in sorted(versions):
+        price = versions[vf].prices[meter]
+        if price.model != "retention":
+            segments.append(Segment(price, parts.get((vf, None), ZERO)))
+            continue
+        by_class: dict[int, Decimal] = {}
+        for (v, days), q in parts.items():
+            if v == vf:
+                cls = _retention_class(price, default_days if days is None else days)
+                by_class[cls] = by_class.get(cls, ZERO) + q
+        used = {c: q for c, q in by_class.items() if q != 0} or {min(by_class): ZERO}
+        segments.extend(Segment(price, q, retention_days=c) for c, q in sorted(used.items()))
+    return segments
+
+
+def _retention_class(price: Price, days: int) -> int:
+    classes = [t.retention_days for t in price.tiers if t.retention_days is not None and t.retention_days >= days]
+    if not classes:
+        raise ValueError(f"no retention tier of {days} days or more")
+    return min(classes)
 
 
 def by_version(catalog: Catalog, tenant_id: str, usage: DailyUsage) -> dict[str, dict[dt.date, Decimal]]:
@@ -254,15 +305,37 @@ def by_version(catalog: Catalog, tenant_id: str, usage: DailyUsage) -> dict[str,
 
 
 def price_months(catalog: Catalog, month: dt.date, usage: Mapping[str, DailyUsage], *,
-                 tenant_ids: Iterable[str] | None = None) -> dict[str, PricedMonth]:
+                 tenant_ids: Iterable[str] | None = None,
+                 classes: Mapping[str, ClassUsage] | None = None) -> dict[str, PricedMonth]:
     """:func:`price_month` for many tenants of one month (every configured tenant by default,
-    so a commitment without usage is priced too)."""
+    so a commitment without usage is priced too); ``classes`` per tenant."""
     out = {}
     for tenant_id in (catalog.tenants if tenant_ids is None else tenant_ids):
-        priced = price_month(catalog, tenant_id, month, usage.get(tenant_id, {}))
+        priced = price_month(catalog, tenant_id, month, usage.get(tenant_id, {}),
+                             classes=(classes or {}).get(tenant_id))
         if priced is not None:
             out[tenant_id] = priced
     return out
+
+
+def read_daily_classes(conn: psycopg.Connection, month: dt.date, until: dt.datetime | None = None,
+                       ) -> dict[str, dict[str, dict[int, dict[dt.date, Decimal]]]]:
+    """The month's usage of sources kept for a retention class of their own
+    (``intermediate.int_usage_retention_hourly``) per tenant, meter, their days and UTC day; empty
+    where the model does not exist. One query."""
+    if conn.execute("select to_regclass('intermediate.int_usage_retention_hourly')").fetchone()[0] is None:
+        return {}
+    start = dt.datetime(month.year, month.month, 1, tzinfo=dt.UTC)
+    end = (start + dt.timedelta(days=32)).replace(day=1)
+    if until is not None:
+        end = min(end, until)
+    out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+    for tenant_id, meter, days, day, quantity in conn.execute(
+            "select tenant_id, meter, retention_days, (hour_start at time zone 'UTC')::date as day, sum(quantity)"
+            " from intermediate.int_usage_retention_hourly where hour_start >= %s and hour_start < %s"
+            " group by tenant_id, meter, retention_days, day", (start, end)):
+        out[tenant_id][meter][days][day] = quantity
+    return {t: {m: dict(d) for m, d in meters.items()} for t, meters in out.items()}
 
 
 def read_daily_usage(conn: psycopg.Connection, month: dt.date, until: dt.datetime | None = None,

@@ -309,6 +309,9 @@ class History:
     """tenant -> meter -> day -> quantity, the month's days up to as_of"""
     tenants: list[str]
     """tenants with usage, or with a commitment in the month"""
+    classes: dict = dataclasses.field(default_factory=dict)
+    """the month's usage of sources with a retention class of their own (repricing.ClassUsage
+    per tenant)"""
 
     @property
     def keys(self) -> list[tuple[str, str]]:
@@ -348,7 +351,8 @@ def read_history(conn: psycopg.Connection, month: dt.date, as_of: dt.datetime | 
         first_day[key] = min(first_day.get(key, day), day)
     tenants = sorted({t for t, _ in first_day}
                      | {t for t in catalog.tenants if catalog.terms_for(t, month).monthly_commitment > 0})
-    return History(month, as_of, dict(days), first_day, {t: dict(m) for t, m in month_usage.items()}, tenants)
+    return History(month, as_of, dict(days), first_day, {t: dict(m) for t, m in month_usage.items()}, tenants,
+                   repricing.read_daily_classes(conn, month, as_of))
 
 
 def forecast_history(history: History, catalog: repricing.Catalog, *, seed: int = 0,
@@ -376,7 +380,7 @@ def forecast_history(history: History, catalog: repricing.Catalog, *, seed: int 
                                seed=seed, first_day_fraction=day_fraction_left)
         computed = dict(zip(keys, sims, strict=True))
     billed = price_forecasts(catalog, month, as_of, history.tenants, computed, history.month_usage, horizon_days,
-                             too_early=too_early, elapsed_days=elapsed_days)
+                             too_early=too_early, elapsed_days=elapsed_days, classes=history.classes)
     return billed, computed
 
 
@@ -416,10 +420,12 @@ def _summaries(computed: dict[tuple[str, str], SeriesPaths], horizon: int,
 def price_forecasts(catalog: repricing.Catalog, month: dt.date, as_of: dt.datetime, tenants: Iterable[str],
                     computed: dict[tuple[str, str], SeriesPaths], month_usage: dict[str, dict[str, dict]],
                     horizon_days: Sequence[dt.date], *, too_early: bool = False, elapsed_days: int = 0,
-                    ) -> list[Forecast]:
+                    classes: dict | None = None) -> list[Forecast]:
     """The billed rows: each tenant's month-to-date days (``month_usage``: tenant -> meter -> day ->
     quantity) with the P10, P50 and P90 of its simulated remaining days (``computed``, per tenant
-    and meter) spread over ``horizon_days`` like the mean path, priced through repricing."""
+    and meter) spread over ``horizon_days`` like the mean path, priced through repricing.
+    ``classes`` (per tenant, repricing.ClassUsage): sources kept for a retention class of their
+    own keep their month-to-date share of the meter in the remaining days."""
     rows: list[Forecast] = []
     by_tenant: dict[str, list[str]] = defaultdict(list)
     for tenant_id, meter in sorted(computed) if not too_early else sorted(
@@ -435,7 +441,8 @@ def price_forecasts(catalog: repricing.Catalog, month: dt.date, as_of: dt.dateti
 
     for tenant_id in tenants:
         actual = repricing.by_version(catalog, tenant_id, month_usage.get(tenant_id, {}))
-        mtd = repricing.price_month(catalog, tenant_id, month, actual) if actual else None
+        kept = (classes or {}).get(tenant_id) or {}
+        mtd = repricing.price_month(catalog, tenant_id, month, actual, classes=kept) if actual else None
         mtd_meter = mtd.meter_amounts if mtd else {}
         currency = mtd.currency if mtd else None
         if too_early:
@@ -454,6 +461,7 @@ def price_forecasts(catalog: repricing.Catalog, month: dt.date, as_of: dt.dateti
                 version = catalog.version_on(book_of(tenant_id), day)
                 groups.setdefault(version.valid_from if version else day, []).append(k)
         scenario_usage: list[dict[str, dict[dt.date, Decimal]]] = [{}, {}, {}]
+        scenario_classes: list[dict[str, dict[int, dict[dt.date, Decimal]]]] = [{}, {}, {}]
         usage_q: dict[str, tuple[Decimal, ...]] = {}
         for meter in by_tenant[tenant_id]:
             q, spread = summary[tenant_id, meter]
@@ -461,11 +469,19 @@ def price_forecasts(catalog: repricing.Catalog, month: dt.date, as_of: dt.dateti
             usage_q[meter] = tuple(done + _decimal(v) for v in q)
             for k, remaining in enumerate(q):
                 days = dict(actual.get(meter, {}))
-                for members in groups.values():
-                    first = horizon_days[members[0]]
-                    days[first] = days.get(first, Decimal(0)) + _decimal(remaining * spread[members].sum())
+                future = {horizon_days[members[0]]: _decimal(remaining * spread[members].sum())
+                          for members in groups.values()}
+                for first, amount in future.items():
+                    days[first] = days.get(first, Decimal(0)) + amount
                 scenario_usage[k][meter] = days
-        priced = [repricing.price_month(catalog, tenant_id, month, u) for u in scenario_usage]
+                if kept.get(meter) and done > 0:
+                    scenario_classes[k][meter] = {
+                        retention: {**sources, **{d: sources.get(d, Decimal(0))
+                                                  + (a * sum(sources.values(), Decimal(0)) / done).quantize(_QUANTUM)
+                                                  for d, a in future.items()}}
+                        for retention, sources in kept[meter].items()}
+        priced = [repricing.price_month(catalog, tenant_id, month, u, classes=c)
+                  for u, c in zip(scenario_usage, scenario_classes, strict=True)]
         currency = next((p.currency for p in priced if p), currency)
         methods = {computed[tenant_id, m].method for m in by_tenant[tenant_id]}
         history = max((computed[tenant_id, m].history_days for m in by_tenant[tenant_id]), default=0)
