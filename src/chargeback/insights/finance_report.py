@@ -195,11 +195,10 @@ def read_currency(conn: psycopg.Connection, month: dt.date) -> str:
 
 
 def read_usage_through(conn: psycopg.Connection, month: dt.date) -> dt.datetime | None:
-    """The end of the last hour of the month that holds usage (exclusive): "usage through …"."""
-    start, end = month_window(f"{month:%Y-%m}")
-    value = conn.execute(
-        "select max(hour_start) + interval '1 hour' from marts.fct_usage_hourly"
-        " where hour_start >= %s and hour_start < %s", (start, end)).fetchone()[0]
+    """Up to when the marts know usage, capped at the month's end ("usage through …"): the
+    same instant the trend marts, budgets and ``chargeback status`` state
+    (:func:`chargeback.platform.freshness.usage_through`)."""
+    value = freshness.usage_through(conn, month_window(f"{month:%Y-%m}")[1])
     return value.astimezone(dt.UTC) if value else None
 
 
@@ -272,51 +271,57 @@ def read_items(conn: psycopg.Connection, month: dt.date) -> tuple[ItemRow, ...]:
 
 
 def read_trend(conn: psycopg.Connection, month: dt.date, months: int = TREND_MONTHS) -> tuple[TrendPoint, ...]:
-    """The platform's two ledgers and margin for the ``months`` months ending with ``month``
-    (months without a ledger are left out)."""
+    """The platform's two ledgers and margin for the ``months`` months ending with ``month``,
+    from the trend mart (``fct_trends_monthly``, level platform, meter ``(all)``: per month the
+    same sums as the ledger marts); months without usage are left out."""
     rows = conn.execute(
         """
-        select invoice_month, cost_to_serve, billed, margin from marts.fct_ledger_rollup_monthly
-        where level = 'platform' and invoice_month > %s and invoice_month <= %s
-        order by invoice_month
+        select trend_month, cost_to_serve, billed_amount, margin from marts.fct_trends_monthly
+        where scope_level = 'platform' and meter = '(all)' and trend_month > %s and trend_month <= %s
+        order by trend_month
         """, (_add_months(month, -months), month)).fetchall()
     return tuple(TrendPoint(*row) for row in rows)
 
 
 _MOVERS = """
-with months as (
-    select level,
-           case level when 'tenant' then tenant_id
-                      else concat_ws(' / ', organisation, business_unit, team) end as key,
-           tenant_id,
-           sum(billed) filter (where invoice_month = %(month)s) as billed,
-           sum(billed) filter (where invoice_month = %(before)s) as billed_before,
-           sum(cost_to_serve) filter (where invoice_month = %(month)s) as cost_to_serve,
-           sum(cost_to_serve) filter (where invoice_month = %(before)s) as cost_before
-    from marts.fct_ledger_rollup_monthly
-    where invoice_month in (%(month)s, %(before)s) and level in ('tenant', 'team')
+with scopes as (
+    -- this month's scopes with their month-over-month deltas (a month in progress: over the same days)
+    select scope_level, scope_key, tenant_id,
+           billed_amount - coalesce(billed_mom_delta, billed_amount) as billed_before, billed_amount as billed,
+           cost_to_serve - coalesce(cost_mom_delta, cost_to_serve) as cost_before, cost_to_serve
+    from marts.fct_trends_monthly
+    where trend_month = %(month)s and scope_level in ('tenant', 'team') and meter = '(all)'
       and organisation <> %(platform)s
-    group by 1, 2, 3
+    union all
+    -- the previous month's scopes that have nothing this month
+    select p.scope_level, p.scope_key, p.tenant_id, p.billed_amount, 0, p.cost_to_serve, 0
+    from marts.fct_trends_monthly as p
+    where p.trend_month = %(before)s and p.scope_level in ('tenant', 'team') and p.meter = '(all)'
+      and p.organisation <> %(platform)s
+      and not exists (select from marts.fct_trends_monthly as c
+                      where c.trend_month = %(month)s and c.scope_level = p.scope_level
+                        and c.scope_key = p.scope_key and c.meter = '(all)')
 ),
 ranked as (
     select *, row_number() over (
-        partition by level
-        order by abs(coalesce(billed, 0) - coalesce(billed_before, 0)) desc, key) as rank
-    from months
+        partition by scope_level order by abs(billed - billed_before) desc, scope_key) as rank
+    from scopes
+    where billed <> billed_before
 )
-select r.level, r.key, coalesce(t.tenant_name, ''),
-       coalesce(r.billed_before, 0), coalesce(r.billed, 0), coalesce(r.cost_before, 0), coalesce(r.cost_to_serve, 0)
+select r.scope_level, r.scope_key, coalesce(t.tenant_name, ''), r.billed_before, r.billed, r.cost_before,
+       r.cost_to_serve
 from ranked as r
 left join marts.dim_tenants as t on t.tenant_id = r.tenant_id
 where r.rank <= %(limit)s
-  and coalesce(r.billed, 0) <> coalesce(r.billed_before, 0)
-order by r.level = 'team', r.rank
+order by r.scope_level = 'team', r.rank
 """
 
 
 def read_movers(conn: psycopg.Connection, month: dt.date, limit: int = MOVERS) -> tuple[Mover, ...]:
     """The ``limit`` tenants and the ``limit`` teams whose price billed changed most (in
-    absolute terms) from the previous month, with their cost to serve then and now."""
+    absolute terms) from the previous month, with their cost to serve then and now — the
+    trend mart's month-over-month deltas (``fct_trends_monthly``, meter ``(all)``), and the
+    scopes of the previous month that have nothing this month."""
     rows = conn.execute(_MOVERS, {"month": month, "before": _add_months(month, -1), "limit": limit,
                                   "platform": PLATFORM}).fetchall()
     return tuple(Mover(level, key, f"{key} {name}".strip() if level == "tenant" else key, *amounts)
@@ -455,8 +460,10 @@ def chart_svg(chart: Any, *, fonts_dir: Path | str) -> markupsafe.Markup:
     then checked to be well-formed and self-contained (no image, link, script or style)."""
     _register_fonts(str(Path(fonts_dir).resolve()))
     svg = vl_convert.vegalite_to_svg(charts.for_print(chart).to_dict(), allowed_base_urls=[])
+    if "<!" in svg:  # no DTD, entity or CDATA: nothing for the parser to expand
+        raise FinanceReportError("finance report: a chart's SVG holds a markup declaration")
     try:
-        root = ET.fromstring(svg)
+        root = ET.fromstring(svg)  # noqa: S314 - vl-convert's output, without declarations (checked above)
     except ET.ParseError as exc:
         raise FinanceReportError(f"finance report: a chart's SVG is not well-formed ({exc})") from None
     for element in root.iter():
@@ -494,7 +501,7 @@ def report_context(report: FinanceReport, *, fonts_dir: Path | str) -> dict[str,
         "title": f"Finance report — {MONTHS[month.month - 1]} {month.year}",
         "period": report.period,
         "currency": currency,
-        "usage_through": f"usage through {_instant(report.usage_through)}",
+        "usage_through": freshness.usage_through_text(report.usage_through),
         "created": (report.usage_through or month_window(report.period)[1]).date().isoformat(),
         "headline": [
             ("Cost to serve", format_money(total.cost_to_serve, currency)),
@@ -503,8 +510,9 @@ def report_context(report: FinanceReport, *, fonts_dir: Path | str) -> dict[str,
             ("Margin on billed", _percent(total.margin_percent)),
         ],
         "previous": (f"{MONTHS[previous.month.month - 1]} {previous.month.year}: cost to serve "
-                     f"{format_money(previous.cost_to_serve, currency)}, billed {format_money(previous.billed, currency)},"
-                     f" margin {format_money(previous.margin, currency)}") if previous else "",
+                     f"{format_money(previous.cost_to_serve, currency)}, billed "
+                     f"{format_money(previous.billed, currency)}, margin {format_money(previous.margin, currency)}"
+                     ) if previous else "",
         "hierarchy": [
             {"level": row.level, "name": row.name, "cost": format_cents(row.cost_to_serve),
              "shared": format_cents(row.shared), "idle": format_cents(row.idle), "billed": format_cents(row.billed),
@@ -570,12 +578,9 @@ class Written:
     render_seconds: float
 
     def summary(self) -> str:
-        return (f"wrote {self.path}: finance report, {self.pages} pages, {_instant_text(self.usage_through)}"
+        return (f"wrote {self.path}: finance report, {self.pages} pages, "
+                f"{freshness.usage_through_text(self.usage_through)}"
                 f" (read {self.read_seconds:.2f} s, rendered {self.render_seconds:.2f} s)")
-
-
-def _instant_text(value: dt.datetime | None) -> str:
-    return f"usage through {_instant(value)}"
 
 
 def report_path(period: str, settings: Settings | None = None) -> str:
