@@ -422,7 +422,8 @@ def test_cli_close_and_verify_say_what_they_did(march, capsys):
     assert main(["close", "--period", "2032-03", "--as-of", "2032-05-01T00:00Z", "--workers", "1"]) == 0
     assert capsys.readouterr().out == f"2032-03 is closed: 4 final invoices, {numbers[0]} to {numbers[-1]}\n"
     assert main(["invoices", "verify", "--period", "2032-03"]) == 0  # four invoices and the debit note
-    assert capsys.readouterr().out == "5 issued documents of 2032-03: every PDF matches its sha256\n"
+    assert capsys.readouterr().out == ("5 issued documents of 2032-03: every PDF matches its sha256; 5 embed lines "
+                                       "equal to the warehouse's frozen lines\n")
     assert main(["close", "--period", "2032-03", "--override-incomplete", "outage"]) == 1
     assert "--override-incomplete REASON and --by NAME go together" in capsys.readouterr().err
 

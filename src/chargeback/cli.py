@@ -176,8 +176,11 @@ def cmd_invoices(args: argparse.Namespace) -> int:
 def cmd_invoices_verify(args: argparse.Namespace) -> int:
     from chargeback.billing import invoices
 
-    count = invoices.verify(args.period)
-    print(f"{count} issued documents{' of ' + args.period if args.period else ''}: every PDF matches its sha256")
+    checked = invoices.verify_documents(args.period)
+    print(f"{checked.documents} issued documents{' of ' + args.period if args.period else ''}: every PDF matches "
+          f"its sha256; {checked.with_lines} embed lines equal to the warehouse's frozen lines"
+          + (f"; {len(checked.without_lines)} issued before documents embedded their lines (sha256 only): "
+             f"{', '.join(checked.without_lines)}" if checked.without_lines else ""))
     return 0
 
 
@@ -404,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=2)
     sp.set_defaults(func=cmd_invoices)
     actions = sp.add_subparsers(dest="invoices_action")
-    verify = actions.add_parser("verify", help="re-hash every issued PDF and compare it with the recorded sha256")
+    verify = actions.add_parser("verify", help="re-hash every issued PDF against the recorded sha256 and check its "
+                                "embedded lines against the warehouse's frozen lines")
     verify.add_argument("--period", help="YYYY-MM (default: every period)")
     verify.set_defaults(func=cmd_invoices_verify)
 

@@ -84,6 +84,9 @@ class InvoiceLine:
     """The metered quantity in ``usage_unit`` (``quantity`` is what the unit price applies to:
     packages for a package line); kept on issued lines, corrections compare it."""
     usage_unit: str | None = None
+    price_valid_from: dt.date | None = None
+    """``valid_from`` of the price book version that priced the line (``None`` on contract lines
+    and notes); frozen with the line and embedded in the issued PDF."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,7 @@ The pieces: :mod:`~chargeback.billing.document` (the values and their consistenc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -33,8 +34,9 @@ from typing import Any
 
 import fsspec
 import psycopg
+from psycopg.rows import dict_row
 
-from chargeback.billing import store
+from chargeback.billing import attachment, store
 from chargeback.billing.appendix import read_usage_sources
 from chargeback.billing.document import (
     DEFAULT_ISSUER,
@@ -192,35 +194,99 @@ def months_with_unissued_tenants(close_period: str, *, settings: Settings | None
     return [month for (month,) in rows]
 
 
-def verify(period: str | None = None, *, settings: Settings | None = None) -> int:
-    """Re-hash every final document's PDF (of ``period``, else all) and compare with ``pdf_sha256``.
+@dataclasses.dataclass(frozen=True)
+class Verification:
+    """What :func:`verify_documents` found: every document's PDF matched its sha256."""
 
-    Each missing or changed file is a refusal line naming the document and the file; then
-    :class:`InvoiceError` carries them all. Returns how many documents matched.
+    documents: int
+    """Issued documents checked."""
+    without_lines: tuple[str, ...] = ()
+    """Those issued before documents embedded their lines: checked by sha256 only."""
+
+    @property
+    def with_lines(self) -> int:
+        return self.documents - len(self.without_lines)
+
+
+_VERIFY_SQL = """
+    select i.invoice_number, i.document_type, i.issuer, i.tenant_id, i.period_start, i.period_end, i.issue_date,
+           i.currency, i.total, i.corrects, i.usage_as_of, i.pdf_uri, i.pdf_sha256, l.line_no,
+           {line_columns}
+    from pipeline.invoices as i
+    left join pipeline.invoice_lines as l using (document_id)
+    where i.status = 'final' and (%(period)s::date is null or i.period_start = %(period)s::date)
+    order by i.invoice_number, l.line_no
+"""
+
+
+def verify(period: str | None = None, *, settings: Settings | None = None) -> int:
+    """:func:`verify_documents`; how many issued documents matched."""
+    return verify_documents(period, settings=settings).documents
+
+
+def verify_documents(period: str | None = None, *, settings: Settings | None = None) -> Verification:
+    """Check every final document (of ``period``, else all): its PDF's sha256 against ``pdf_sha256``,
+    and the lines it embeds against its frozen lines in ``pipeline.invoice_lines`` — field by
+    field, summing to the printed total (:func:`chargeback.billing.attachment.compare`).
+
+    One query reads every document and its lines. A PDF without embedded files whose sha256
+    matches was issued before documents embedded their lines: counted in
+    ``without_lines``, not a failure. Each document that fails is a refusal line naming it, the
+    file and each mismatch; then :class:`InvoiceError` carries them all.
     """
     settings = settings or get_settings()
     warehouse.ensure_schema(settings)
-    query = ("select invoice_number, pdf_uri, pdf_sha256 from pipeline.invoices where status = 'final'"
-             + (" and period_start = %s" if period else "") + " order by invoice_number")
-    with warehouse.connect(settings) as conn:
-        rows = conn.execute(query, (Period.parse(period).first_day,) if period else ()).fetchall()
+    line_fields = [f for f in attachment.LINE_FIELDS if f != "line_no"]
+    query = _VERIFY_SQL.format(line_columns=", ".join(f"l.{f}" for f in line_fields))
+    with warehouse.connect(settings) as conn, conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(query, {"period": Period.parse(period).first_day if period else None}).fetchall()
+    documents: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    for row in rows:
+        stored, lines = documents.setdefault(row["invoice_number"], (row, []))
+        if row["line_no"] is not None:
+            lines.append({f: row[f] for f in attachment.LINE_FIELDS})
     problems: list[str] = []
-    for number, uri, expected in rows:
+    without_lines: list[str] = []
+    for number, (stored, lines) in documents.items():
+        uri, expected = stored["pdf_uri"], stored["pdf_sha256"]
         try:
             with fsspec.open(uri, "rb") as f:
-                actual = hashlib.sha256(f.read()).hexdigest()
+                pdf = f.read()
         except FileNotFoundError:
-            why = f"its PDF {uri} is missing"
+            reasons = [f"its PDF {uri} is missing"]
         else:
-            if actual == expected:
-                continue
-            why = f"its PDF {uri} has sha256 {actual}, but {expected} was recorded when it was issued"
-        problems.append(events.refuse(
-            f"issued document {number}", why, "restore the issued file from backup; never re-render a final "
-            "document", where=uri, settings=settings))
+            reasons = []
+            actual = hashlib.sha256(pdf).hexdigest()
+            if actual != expected:
+                reasons.append(f"its PDF {uri} has sha256 {actual}, but {expected} was recorded when it was issued")
+            try:
+                embedded = attachment.read(pdf, number)
+            except InvoiceError as exc:
+                reasons.append(f"its embedded lines cannot be checked: {exc}")
+            else:
+                if embedded is None and not reasons:
+                    without_lines.append(number)
+                elif embedded is None:
+                    reasons.append("it embeds no lines")
+                else:
+                    mismatches = attachment.compare(embedded, stored, lines)
+                    if mismatches:
+                        shown = mismatches[:_SHOWN] + ([f"and {len(mismatches) - _SHOWN} more"]
+                                                       if len(mismatches) > _SHOWN else [])
+                        reasons.append("its embedded lines differ from the warehouse's: " + "; ".join(shown))
+        if reasons:
+            problems.append(events.refuse(
+                f"issued document {number}", "; ".join(reasons),
+                "restore the issued file from backup; never re-render a final document; a frozen line that "
+                "differs from its PDF was changed behind the triggers (docs/MONTH_CLOSE.md, Embedded lines)",
+                where=uri, settings=settings))
     if problems:
         raise InvoiceError("\n".join(problems))
-    return len(rows)
+    return Verification(len(documents), tuple(without_lines))
+
+
+_SHOWN = 10
+"""Mismatches named per document; the rest are counted."""
 
 
 def assemble(period: str, headers: Sequence[Mapping[str, Any]], lines_by_tenant: Mapping[str, list[InvoiceLine]],

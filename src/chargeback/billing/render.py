@@ -27,13 +27,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
+from xml.etree import ElementTree
 
 import fsspec
 import jinja2
+import pydyf
 import weasyprint
 from weasyprint.urls import FatalURLFetchingError, URLFetcher, URLFetcherResponse
 
-from chargeback.billing import appendix
+from chargeback.billing import appendix, attachment
 from chargeback.billing.document import (
     DRAFT_NUMBER,
     Invoice,
@@ -213,12 +215,21 @@ def render_invoice_pdf(invoice: Invoice | Mapping[str, Any], lines: Sequence[Inv
 
     Same inputs give the same bytes with the same WeasyPrint and font subsetter: the PDF's
     creation date and its font subsets' timestamps are the issue date, not the clock.
+    An issued document (status ``final``) is a tagged PDF/A-3b that embeds its lines
+    (:mod:`chargeback.billing.attachment`); a draft is a plain PDF.
     """
     invoice = coerce(Invoice, invoice)
     reports_dir = Path(reports_dir or get_settings().reports_dir).resolve()
     html = render_invoice_html(invoice, lines, tenant, reports_dir=reports_dir)
+    embedded = None
+    if invoice.status == "final":
+        lines = [coerce(InvoiceLine, line) for line in lines]
+        embedded = Embedded(attachment.attachment_name(invoice.invoice_number),
+                            attachment.encode(attachment.payload(invoice, lines, coerce(Tenant, tenant))),
+                            invoice.usage_as_of)
     with _source_date(invoice.issue_date):
-        return html_to_pdf(html, reports_dir=reports_dir, base_url=reports_dir / "templates" / TEMPLATE)
+        return html_to_pdf(html, reports_dir=reports_dir, base_url=reports_dir / "templates" / TEMPLATE,
+                           embedded=embedded)
 
 
 _source_date_lock = threading.Lock()
@@ -245,16 +256,71 @@ def _source_date(day: dt.date) -> Iterator[None]:
                 os.environ["SOURCE_DATE_EPOCH"] = saved
 
 
-def html_to_pdf(html: str, *, reports_dir: Path | str, base_url: Path | str) -> bytes:
-    """Lay out ``html`` with WeasyPrint, loading resources only through :class:`ReportsURLFetcher`."""
+@dataclasses.dataclass(frozen=True)
+class Embedded:
+    """A file an issued document embeds: its name, bytes and date (the usage instant, not the clock)."""
+
+    name: str
+    data: bytes
+    when: dt.datetime
+
+
+PDF_VARIANT = "pdf/a-3b"
+"""Issued documents: PDF/A-3b (archivable, embedded files allowed), tagged (``pdf_tags``) and
+identified as PDF/UA-1 too (:func:`_identify_as_accessible`). WeasyPrint takes one variant;
+its ``pdf/ua-1`` variant is the tags plus that identification, which is what is added here."""
+
+
+def html_to_pdf(html: str, *, reports_dir: Path | str, base_url: Path | str,
+                embedded: Embedded | None = None) -> bytes:
+    """Lay out ``html`` with WeasyPrint, loading resources only through :class:`ReportsURLFetcher`.
+
+    With ``embedded``: a tagged PDF/A-3b carrying that file (AFRelationship ``Data``).
+    """
     fetcher = ReportsURLFetcher(reports_dir)
+    options: dict[str, Any] = {}
+    if embedded is not None:
+        when = embedded.when.astimezone(dt.UTC)
+        options = {
+            "pdf_variant": PDF_VARIANT, "pdf_tags": True, "finisher": _identify_as_accessible,
+            "attachments": [weasyprint.Attachment(
+                string=embedded.data, name=embedded.name, relationship=attachment.RELATIONSHIP,
+                description="The document's lines, totals and price versions as issued "
+                            f"(JSON, schema {attachment.SCHEMA})", created=when, modified=when)],
+        }
     try:
         document = weasyprint.HTML(string=html, base_url=str(base_url), url_fetcher=fetcher)
-        return document.write_pdf(pdf_identifier=True)  # /ID derived from the content: reproducible
+        return document.write_pdf(pdf_identifier=True, **options)  # /ID derived from the content: reproducible
     except URLRefusedError as exc:
         raise InvoiceError(str(exc)) from None
     except FatalURLFetchingError as exc:
         raise InvoiceError(f"{exc}: {exc.__cause__}") from None
+
+
+def _identify_as_accessible(document: weasyprint.Document, pdf: pydyf.PDF) -> None:
+    """WeasyPrint's finisher: declare PDF/UA-1 beside PDF/A-3b in the XMP metadata, ask
+    viewers to show the document's title rather than its file name (PDF/UA-1, 7.1), and list
+    each embedded file once in the catalog's ``/AF``.
+
+    The metadata stream WeasyPrint wrote for PDF/A-3b is rewritten in place with ``pdfuaid:part``
+    added to the description that carries ``pdfaid:part``/``pdfaid:conformance``.
+    """
+    metadata = pdf.objects[int(pdf.catalog["Metadata"].split()[0])]  # b"<number> 0 R"
+    # the XML WeasyPrint just serialised from the document's own metadata, not outside input
+    rdf = ElementTree.fromstring(document.metadata.generate_rdf_metadata("a", 3, "B"))  # noqa: S314
+    identification = rdf.find(f"{{{_RDF}}}Description")
+    identification.set(f"{{{_PDFUAID}}}part", "1")
+    metadata.stream = [b"\n".join((  # the packet as WeasyPrint's DocumentMetadata.include_in_pdf writes it
+        b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?>\n<x:xmpmeta xmlns:x="adobe:ns:meta/">',
+        ElementTree.tostring(rdf, encoding="utf-8", xml_declaration=False),
+        b'</x:xmpmeta>\n<?xpacket end="r"?>'))]
+    pdf.catalog["ViewerPreferences"] = pydyf.Dictionary({"DisplayDocTitle": "true"})
+    # WeasyPrint 70 lists each embedded file twice in /AF (from the name tree and as a Filespec)
+    pdf.catalog["AF"] = pydyf.Array(dict.fromkeys(pdf.catalog["AF"]))
+
+
+_RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
+_PDFUAID = "http://www.aiim.org/pdfua/ns/id/"
 
 
 # --------------------------------------------------------------------------- the month

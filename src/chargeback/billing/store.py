@@ -11,6 +11,7 @@ The pipeline role writes drafts only: the owner's functions ``pipeline.lock_issu
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from chargeback.billing.document import InvoiceError, InvoiceLine, InvoiceRecord, Issuer, Tenant, list_amount_of
+from chargeback.billing.attachment import LINE_FIELDS, frozen_line
+from chargeback.billing.document import InvoiceError, InvoiceLine, InvoiceRecord, Issuer, Tenant
 from chargeback.billing.render import RenderJob
 from chargeback.platform import warehouse
 from chargeback.platform.settings import Settings
@@ -76,7 +78,7 @@ def read_month(period_start: dt.date, settings: Settings) -> tuple[
                     "select tenant_id, line_no, line_type, meter, description, tier,"
                     " pricing_quantity as quantity, pricing_unit as unit, unit_price,"
                     " list_amount, discount_amount, amount, currency, price_book, pricing_model,"
-                    " quantity as usage_quantity, unit as usage_unit"
+                    " quantity as usage_quantity, unit as usage_unit, price_valid_from"
                     " from marts.fct_invoice_lines"
                     " where invoice_month = %s order by tenant_id, line_no",
                     (period_start,),
@@ -146,18 +148,11 @@ def record_final(conn: psycopg.Connection, record: InvoiceRecord, lines: Sequenc
             " corrects, issue_date, currency, total, pdf_uri, pdf_sha256)"
             " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning document_id",
             values).fetchone()
-    with conn.cursor() as cur:
+    with conn.cursor() as cur:  # attachment.frozen_line: the same rows the issued PDF embeds
         cur.executemany(
-            "insert into pipeline.invoice_lines (document_id, line_no, line_type, meter, description, tier,"
-            " quantity, unit, pricing_quantity, pricing_unit, unit_price, list_amount, discount_amount, amount,"
-            " currency, price_book, pricing_model)"
-            " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            [(document_id, line.line_no or n, line.line_type, line.meter, line.description, line.tier,
-              line.quantity if line.usage_quantity is None else line.usage_quantity,
-              line.unit if line.usage_unit is None else line.usage_unit,
-              line.quantity, line.unit, line.unit_price, list_amount_of(line), line.discount_amount, line.amount,
-              line.currency, line.price_book, line.pricing_model)
-             for n, line in enumerate(lines, 1)],
+            f"insert into pipeline.invoice_lines (document_id, {', '.join(LINE_FIELDS)})"
+            f" values (%s{', %s' * len(LINE_FIELDS)})",
+            [(document_id, *(row[f] for f in LINE_FIELDS)) for row in map(frozen_line, lines, itertools.count(1))],
         )
     conn.execute("select pipeline.issue_document(%s, %s, %s)",
                  (document_id, record.invoice_number, record.usage_as_of))
