@@ -488,3 +488,22 @@ budgets:
     [row] = budgets.status("2026-09")
     assert (row["state"], row["forecast_p50"], row["breach_date"], row["fired"]) == (
         "at_risk", D("9100.00"), dt.date(2026, 9, 25), ["forecast:100"])
+
+
+@pytest.mark.warehouse
+def test_a_channel_that_keeps_failing_is_given_up_after_five_attempts_with_one_line(ten_days):
+    _budgets(ten_days, """
+budgets:
+  - {budget: acme-nowhere, scope: {tenant: acme}, amount: "1000.00", currency: USD, valid_from: 2026-01-01,
+     thresholds: {actual: ["100"], pace: null}, recipients: {webhook: nowhere}}
+""")
+    failures = [budgets.check("2026-09", environ={}).failures for _ in range(6)]
+
+    retry = ("budget acme-nowhere 2026-09: could not deliver to webhook:nowhere: CHARGEBACK_ALERT_WEBHOOK_NOWHERE is"
+             " not set (tried again at the next check)")
+    given_up = ("chargeback notice: budget acme-nowhere alert of 2026-09: not delivered after 5 attempts:"
+                " webhook:nowhere: CHARGEBACK_ALERT_WEBHOOK_NOWHERE is not set — fix the channel; the alert's line"
+                " is in pipeline.events and insights.budget_alerts")
+    assert failures == [[retry]] * 4 + [[given_up], []]
+    assert _alerts("acme-nowhere")[0][8:] == (["webhook:nowhere"], 5, False)
+    assert _event_lines("acme-nowhere")[1:] == [given_up]

@@ -455,12 +455,15 @@ def deliver_pending(settings: Settings | None = None, channels: notify.Channels 
     delivered, failures = 0, []
     with warehouse.connect(settings) as conn:
         rows = conn.execute(
-            "select alert_id, budget_id, month, line, channels_pending from insights.budget_alerts"
+            "select alert_id, budget_id, month, line, channels_pending, delivery_attempts from insights.budget_alerts"
             " where delivered_at is null and delivery_attempts < %s order by alert_id for update skip locked",
             (MAX_ATTEMPTS,)).fetchall()
         groups: dict[tuple[str, dt.date, str, tuple[str, ...]], list[int]] = {}
-        for alert_id, budget_id, month, line, pending in rows:
-            groups.setdefault((budget_id, month, line, tuple(pending)), []).append(alert_id)
+        attempts: dict[tuple[str, dt.date, str, tuple[str, ...]], int] = {}
+        for alert_id, budget_id, month, line, pending, tried in rows:
+            key = (budget_id, month, line, tuple(pending))
+            groups.setdefault(key, []).append(alert_id)
+            attempts[key] = max(attempts.get(key, 0), tried + 1)
         recipients = _recipients(conn, {k[0] for k in groups}, {k[1] for k in groups})
         for (budget_id, month, line, pending), ids in groups.items():
             left, errors = [], []
@@ -474,7 +477,13 @@ def deliver_pending(settings: Settings | None = None, channels: notify.Channels 
                 "update insights.budget_alerts set channels_pending = %s, delivery_attempts = delivery_attempts + 1,"
                 " last_error = %s, delivered_at = case when %s then now() end where alert_id = any(%s)",
                 (left, "; ".join(errors) or None, not left, ids))
-            if left:
+            if left and attempts[(budget_id, month, line, pending)] >= MAX_ATTEMPTS:
+                failures.append(events.record(events.Event(
+                    "notice", f"budget {budget_id} alert of {month:%Y-%m}",
+                    f"not delivered after {MAX_ATTEMPTS} attempts: {'; '.join(errors)}",
+                    "fix the channel; the alert's line is in pipeline.events and insights.budget_alerts",
+                    severity="error"), conn=conn, details={"budget": budget_id, "month": f"{month:%Y-%m}"}))
+            elif left:
                 failures.append(f"budget {budget_id} {month:%Y-%m}: could not deliver to {', '.join(errors)}"
                                 " (tried again at the next check)")
                 log.warning("chargeback: %s", failures[-1])
