@@ -226,8 +226,8 @@ def render(s: Status) -> str:
     if s.holds:
         lines.append(f"  held back, waiting for `chargeback quarantine replay`: {len(s.holds)}")
         for hold in s.holds[:3]:
-            lines.append(f"    {hold.holder_kind} {hold.holder} in load {hold.load_id} ({hold.hours} landed hour(s)):"
-                         f" {hold.reason}"[: WIDTH])
+            lines.append(f"    {hold.holder_kind} {hold.holder[:60]} in load {hold.load_id} ({hold.hours} landed"
+                         f" hour(s)): {hold.reason[:120]}")
     else:
         lines.append("  no producer held back")
     lines += ["-" * WIDTH, "Waiting for the grace period"]
