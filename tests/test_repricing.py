@@ -64,6 +64,70 @@ def test_repricing_daily_usage_reproduces_every_invoice_and_meter_amount_to_the_
                                                                                         ["commitment_true_up"])
 
 
+@pytest.fixture(scope="module")
+def october_with_classes(test_warehouse, tmp_path_factory):
+    """October 2026 of t001 and t003 whose stored data comes from two sources, one kept for a
+    retention class of its own (t001: audit-logs 365 days beside its 90; t003: 30 beside its 7)."""
+    import shutil
+
+    import yaml
+
+    from chargeback.engine import configuration
+    from conftest import ROOT
+
+    config_dir = tmp_path_factory.mktemp("repricing-classes-config")
+    shutil.copytree(ROOT / "config", config_dir, dirs_exist_ok=True)
+    doc = yaml.safe_load((config_dir / "tenants.yml").read_text())
+    for tenant in doc["tenants"]:
+        if tenant["tenant_id"] in ("t001", "t003"):
+            for terms in tenant["terms"]:
+                terms["source_retention_days"] = {"audit-logs": 365 if tenant["tenant_id"] == "t001" else 30}
+    (config_dir / "tenants.yml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    with database_of_its_own("repricing_classes"), pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DBT_INDIRECT_SELECTION", "cautious")
+        patch.setenv("CHARGEBACK_CONFIG_DIR", str(config_dir))
+        configuration.load(config_dir)
+        publish_simulated(["t001", "t003"], START, END, seed=29)
+        with warehouse.connect() as conn:  # 40 % of each stored_gb hour (and of ingest) kept by audit-logs
+            conn.execute("""
+                insert into raw.usage_snapshots (snapshot_id, tenant_id, meter, value, unit, hour_start, emitted_at,
+                                                 kind, source_file, source_line, load_id, source)
+                select snapshot_id || '-audit', tenant_id, meter, round(value * 0.4, 6), unit, hour_start,
+                       emitted_at, kind, source_file, source_line, load_id, 'audit-logs'
+                from raw.usage_snapshots where meter in ('stored_gb', 'ingested_gb')""")
+            conn.execute("""
+                update raw.usage_snapshots set value = value - round(value * 0.4, 6), source = 'app'
+                where meter in ('stored_gb', 'ingested_gb') and source <> 'audit-logs'""")
+        transform.build(START, END, select="+fct_invoices dim_tenants dim_meters fct_usage_hourly")
+        yield
+
+
+@pytest.mark.warehouse
+@pytest.mark.skipif("retention_days" not in {f.name for f in dataclasses.fields(Segment)},
+                    reason="per-source retention classes are not priced by this tree's engine.pricing")
+def test_repricing_prices_sources_with_a_retention_class_of_their_own_like_the_invoices(october_with_classes):
+    with warehouse.connect() as conn:
+        catalog = repricing.load_catalog(conn)
+        usage = repricing.read_daily_usage(conn, OCTOBER)
+        classes = repricing.read_daily_classes(conn, OCTOBER)
+        lines = {(t, m, tier): a for t, m, tier, a in conn.execute(
+            "select tenant_id, meter, tier, sum(amount) from marts.fct_invoice_lines"
+            " where invoice_month = %s and meter is not null group by tenant_id, meter, tier", (OCTOBER,))}
+        totals = dict(conn.execute("select tenant_id, total from marts.fct_invoices where invoice_month = %s",
+                                   (OCTOBER,)).fetchall())
+    priced = repricing.price_months(catalog, OCTOBER, usage, classes=classes, tenant_ids=["t001", "t003"])
+    assert set(classes) == {"t001", "t003"}
+    assert {t: p.total for t, p in priced.items()} == {t: totals[t] for t in ("t001", "t003")}
+    ours: dict = {}
+    for t, p in priced.items():
+        for pl in p.lines:
+            ours[t, pl.meter, pl.line.tier] = ours.get((t, pl.meter, pl.line.tier), D(0)) + pl.line.amount
+    assert ours == lines
+    # two stored_gb lines each: the default class and audit-logs' (t001: 90 and 365 days -> tiers 3, 4)
+    assert sorted(k[2] for k in lines if k[:2] == ("t001", "stored_gb")) == [3, 4]
+    assert sorted(k[2] for k in lines if k[:2] == ("t003", "stored_gb")) == [1, 2]
+
+
 def catalog_of(price: Price, kind: str = "counter") -> repricing.Catalog:
     book = repricing.BookVersion("b", dt.date(2020, 1, 1), None, "USD", {"m": price})
     return repricing.Catalog({"m": kind}, {"b": (book,)}, {"x": repricing.Tenant("x", "b", "O", "BU", "T")}, {})
