@@ -311,7 +311,8 @@ def bench_forecast(root: Path) -> None:
             suffix = "" if day == 14 else f"_day{day}"
             if day == 14:
                 emit("P7_forecast_mape_day14", mape, "fraction", goal="<= 0.10", level="tenant", tenants=len(ids),
-                     months=[f"{m:%Y-%m}" for m in P7_MONTHS], rows=rows)
+                     months=[f"{m:%Y-%m}" for m in P7_MONTHS], rows=rows,
+                     at_commitment_left_out=sum(s.pinned for s in picked))
                 emit("P7_forecast_band_coverage", coverage, "fraction", goal="0.70-0.90", day=14)
                 for level in backtest.LEVELS[1:]:
                     chosen = [s.mape for s in scores if s.day == day and s.level == level]
