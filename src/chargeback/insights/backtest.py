@@ -36,6 +36,9 @@ class Score:
     coverage: float | None
     """tenant level only: share of actual totals inside [P10, P90]"""
     methods: dict[str, int]
+    pinned: int = 0
+    """tenant level: tenants left out of MAPE and coverage because their band has no width (a
+    commitment above any usage they could reach: P10 = P90, the commitment, exactly)"""
 
 
 def _scope(level: str, tenant: repricing.Tenant | None, tenant_id: str) -> str:
@@ -66,6 +69,7 @@ def score(month: dt.date, day: int, rows: Sequence[forecast.Forecast], actual: d
           catalog: repricing.Catalog) -> list[Score]:
     """MAPE per level and the tenant band coverage of one replay."""
     by_tenant = {r.tenant_id: r for r in rows}
+    pinned = {t for t, r in by_tenant.items() if r.amount[0] == r.amount[2]}
     methods: dict[str, int] = defaultdict(int)
     for r in rows:
         methods[r.method] += 1
@@ -77,14 +81,15 @@ def score(month: dt.date, day: int, rows: Sequence[forecast.Forecast], actual: d
             key = _scope(level, catalog.tenants.get(tenant_id), tenant_id)
             a_sum[key] += actual.get(tenant_id, Decimal(0))
             f_sum[key] += by_tenant[tenant_id].amount[1] if tenant_id in by_tenant else Decimal(0)
-        errors = [abs(f_sum[k] - a) / a for k, a in a_sum.items() if a > 0]
+        skip = pinned if level == "tenant" else set()
+        errors = [abs(f_sum[k] - a) / a for k, a in a_sum.items() if a > 0 and k not in skip]
         coverage = None
         if level == "tenant":
             inside = [by_tenant[t].amount[0] <= a <= by_tenant[t].amount[2]
-                      for t, a in actual.items() if t in by_tenant]
+                      for t, a in actual.items() if t in by_tenant and t not in pinned]
             coverage = sum(inside) / len(inside) if inside else None
         out.append(Score(month, day, level, float(sum(errors) / len(errors)) if errors else None, len(errors),
-                         coverage, dict(methods)))
+                         coverage, dict(methods), len(pinned) if level == "tenant" else 0))
     return out
 
 
@@ -94,6 +99,8 @@ def render_backtest(scores: Sequence[Score]) -> str:
         mape = "-" if s.mape is None else f"{s.mape:.1%}"
         cov = "" if s.coverage is None else f"{s.coverage:.0%}"
         methods = ", ".join(f"{m} {n}" for m, n in sorted(s.methods.items())) if s.level == "tenant" else ""
+        if s.pinned:
+            methods += f" ({s.pinned} at their commitment, left out)"
         lines.append(f"{s.month:%Y-%m} {s.day:>5} {s.level:<13} {s.units:>5} {mape:>7} {cov:>17}  {methods}")
     for day in sorted({s.day for s in scores}):
         for level in LEVELS:
