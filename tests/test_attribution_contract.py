@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -284,3 +285,153 @@ def test_label_keys_are_applied_to_config_label_keys(tmp_path):
                 "team", "user"]
     finally:
         configuration.load()
+
+
+# ---- retention per source: stored GB-months priced by class ---------------------------------
+
+RETENTION_BOOKS = """
+price_books:
+  - price_book: logs
+    currency: USD
+    valid_from: 2020-01-01
+    prices:
+      ingested_gb: "0.50"
+      scanned_gb: "0.01"
+      query_cpu_seconds: "0.0004"
+      alerts_fired: "0.01"
+      stored_gb:
+        model: retention
+        tiers:
+          - {retention_days: 7, unit_price: "0.02"}
+          - {retention_days: 30, unit_price: "0.03"}
+          - {retention_days: 90, unit_price: "0.05"}
+          - {retention_days: 365, unit_price: "0.08"}
+"""
+RETENTION_TENANTS = """
+tenants:
+  - {tenant_id: r01, name: Rho payments, organisation: Rho, business_unit: Pay, team: core, price_book: logs,
+     terms: [{valid_from: 2026-01-01, discount_percent: "10", retention_days: 30,
+              source_retention_days: {audit: 365, debug: 3, trace: 5}}]}
+  - {tenant_id: r02, name: Rho search, organisation: Rho, business_unit: Search, team: core, price_book: logs,
+     terms: [{valid_from: 2026-01-01, retention_days: 90}]}
+  - {tenant_id: r03, name: Rho archive, organisation: Rho, business_unit: Archive, team: core, price_book: logs,
+     terms: [{valid_from: 2026-01-01, retention_days: 30, source_retention_days: {logs: 90}}]}
+"""
+RETENTION_POOLS = """
+cost_pools:
+  - pool: platform
+    description: The whole platform
+    monthly_cost: "720.00"
+    currency: USD
+    valid_from: 2020-01-01
+    allocation: {method: proportional, driver: stored_gb}
+"""
+NOV, DEC = dt.datetime(2026, 11, 1, tzinfo=dt.UTC), dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+# (tenant, meter, source, GB or GB-hours in one snapshot, day of November)
+RETENTION_USAGE = [
+    ("r01", "ingested_gb", "audit", "100", 2),
+    ("r01", "stored_gb", "app", "7200", 2),
+    ("r01", "stored_gb", "(none)", "3600", 3),
+    ("r01", "stored_gb", "audit", "1800", 4),
+    ("r01", "stored_gb", "debug", "900", 5),
+    ("r01", "stored_gb", "trace", "540", 6),
+    ("r02", "stored_gb", "audit", "720", 2),
+    ("r02", "stored_gb", "debug", "720", 3),
+    ("r03", "stored_gb", "logs", "1440", 2),
+]
+
+
+@pytest.fixture(scope="module")
+def retention_database(test_warehouse, tmp_path_factory):
+    """A database of its own with the price book and tenants above, November 2026 built by dbt
+    (invoices and the FOCUS charges, with their dbt tests: FOCUS sums to the invoice lines)."""
+    import os
+
+    from chargeback.engine import transform
+
+    name = f"{os.environ['CHARGEBACK_DATABASE']}_retention"
+    config_dir = tmp_path_factory.mktemp("retention-config")
+    (config_dir / "meters.yml").write_text((ROOT / "config" / "meters.yml").read_text())
+    (config_dir / "price_books.yml").write_text(RETENTION_BOOKS)
+    (config_dir / "tenants.yml").write_text(RETENTION_TENANTS)
+    (config_dir / "cost_pools.yml").write_text(RETENTION_POOLS)
+    warehouse.drop_database(name)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CHARGEBACK_DATABASE", name)
+        patch.setenv("DBT_INDIRECT_SELECTION", "cautious")
+        warehouse.ensure_schema()
+        configuration.load(config_dir)
+        with warehouse.connect() as conn, conn.cursor() as cur:
+            cur.executemany(
+                "insert into raw.usage_snapshots (snapshot_id, tenant_id, meter, value, unit, hour_start,"
+                " emitted_at, kind, source_file, source_line, load_id, source)"
+                " values (%s, %s, %s, %s, 'GB', %s, %s, %s, 'test_attribution_contract.py', %s, 1, %s)",
+                [(f"r/{i}", tenant, meter, value, NOV.replace(day=day), NOV.replace(day=day),
+                  "gauge" if meter == "stored_gb" else "counter", i, source)
+                 for i, (tenant, meter, source, value, day) in enumerate(RETENTION_USAGE, 1)],
+            )
+        transform.build(NOV, DEC, select="+fct_invoices +fct_focus_charges")
+        yield name
+
+
+@pytest.mark.warehouse
+def test_sources_with_retention_classes_of_their_own_get_one_storage_line_per_class(retention_database):
+    """Hand-computed (November 2026: 720 hours, so GB-hours / 720 = GB-months).
+
+    r01: default class 30 days, 10 % discount; audit keeps 365 days, debug 3 and trace 5
+    (both priced at the 7-day tier, the smallest of at least their days: one class).
+      ingested_gb: 100 GB x 0.50 = 50.00, discount 5.00 -> 45.00 (one line: classes are storage's)
+      stored_gb 7-day:   debug 900 + trace 540 = 1440 GB-h = 2 GB-month x 0.02 = 0.04,
+                         discount 0.004 -> 0.00 -> 0.04
+      stored_gb 30-day:  app 7200 + (none) 3600 = 10800 GB-h = 15 GB-month x 0.03 = 0.45,
+                         discount 0.045 -> 0.05 (half-up) -> 0.40
+      stored_gb 365-day: audit 1800 GB-h = 2.5 GB-month x 0.08 = 0.20, discount 0.02 -> 0.18
+      total 45.00 + 0.04 + 0.40 + 0.18 = 45.62
+      (all at 30 days it would be 19.5 GB-month x 0.03 = 0.585 -> 0.59 less 0.06 = 0.53)
+    r02: no per-source classes (its sources audit and debug are r01's names, not its own):
+      1440 GB-h = 2 GB-month at 90 days x 0.05 = 0.10 -> one line, as before.
+    r03: all of its storage is kept by logs at 90 days: 1440 GB-h = 2 GB-month x 0.05 = 0.10,
+      one line, and no 0 line for its unused 30-day default.
+    """
+    with warehouse.connect() as conn:
+        lines = conn.execute(
+            "select tenant_id, line_no, meter, description, quantity, unit_price, list_amount, discount_amount,"
+            " amount from marts.fct_invoice_lines where invoice_month = '2026-11-01' order by tenant_id, line_no"
+        ).fetchall()
+        totals = dict(conn.execute(
+            "select tenant_id, total from marts.fct_invoices where invoice_month = '2026-11-01'").fetchall())
+        focus = dict(conn.execute(
+            'select "SubAccountId", sum("BilledCost") from marts.fct_focus_charges'
+            """ where "x_ChargeSource" = 'invoice' group by 1""").fetchall())
+    D, kept = Decimal, "Log data retained in storage — {}-day retention"
+    assert lines == [
+        ("r01", 1, "ingested_gb", "Log data ingested", D(100), D("0.50"), D("50.00"), D("5.00"), D("45.00")),
+        ("r01", 2, "stored_gb", kept.format(7), D(2), D("0.02"), D("0.04"), D("0.00"), D("0.04")),
+        ("r01", 3, "stored_gb", kept.format(30), D(15), D("0.03"), D("0.45"), D("0.05"), D("0.40")),
+        ("r01", 4, "stored_gb", kept.format(365), D("2.5"), D("0.08"), D("0.20"), D("0.02"), D("0.18")),
+        ("r02", 1, "stored_gb", kept.format(90), D(2), D("0.05"), D("0.10"), D("0.00"), D("0.10")),
+        ("r03", 1, "stored_gb", kept.format(90), D(2), D("0.05"), D("0.10"), D("0.00"), D("0.10")),
+    ]
+    assert totals == {"r01": D("45.62"), "r02": D("0.10"), "r03": D("0.10")}
+    assert focus == totals  # FOCUS charges sum to the invoices (and the dbt tests assert_focus_* passed)
+
+
+def test_the_reference_pricer_prices_each_retention_class_of_a_month():
+    """The same r01 stored_gb month in Python: one segment per class, in class order."""
+    D = Decimal
+    from chargeback.engine.pricing import Price, Segment, Tier, price_meter_month
+
+    price = Price(dt.date(2020, 1, 1), "retention", tuple(
+        Tier(n, D(0), None, D(p), days) for n, (days, p) in enumerate(
+            [(7, "0.02"), (30, "0.03"), (90, "0.05"), (365, "0.08")], 1)))
+    lines = price_meter_month(
+        [Segment(price, D(1440), retention_days=3), Segment(price, D(10800)), Segment(price, D(1800), 365)],
+        divisor=720, discount_percent=D(10), retention_days=30)
+    assert [(x.tier, x.quantity, x.list_amount, x.discount_amount, x.amount) for x in lines] == [
+        (1, D(2), D("0.04"), D("0.00"), D("0.04")),
+        (2, D(15), D("0.45"), D("0.05"), D("0.40")),
+        (4, D("2.5"), D("0.20"), D("0.02"), D("0.18")),
+    ]
+    # a tenant without per-source classes: one segment at its default, as before
+    assert [x.amount for x in price_meter_month([Segment(price, D(1440))], divisor=720, retention_days=90)] == [
+        D("0.10")]

@@ -229,7 +229,9 @@ final as (
                 price_valid_from,
                 line_type = 'usage',
                 tier,
-                line_type
+                line_type,
+                -- free lines of two retention classes of one version
+                quantity
         )::integer as line_no,
         line_type,
         meter,

@@ -5,7 +5,9 @@ this module prices one tenant's meter-month the same way, with ``Decimal`` only,
 check the SQL against an independent implementation, to the cent.
 
 A meter-month is a list of :class:`Segment`: the month's usage under each price book version
-in force, in version order. Segments count the month's usage cumulatively, so tiers, the free
+in force, in version order (for a meter priced by retention, one segment per retention class
+in use under a version — the sources with a class of their own, the rest at the tenant's
+default — in class order within the version). Segments count the month's usage cumulatively, so tiers, the free
 allowance and packages continue across a mid-month price change. ``usage`` is the sum of the
 hourly values; a gauge's quantity is that sum divided by the hours of the month (``divisor``).
 Quantities are never divided before pricing: bounds, allowances and package sizes are
@@ -64,6 +66,9 @@ class Segment:
 
     price: Price
     usage: Decimal
+    retention_days: int | None = None
+    """Retention pricing: the days of this segment's class (sources kept for a class of their
+    own, ``source_retention_days``); ``None``: the tenant's ``retention_days``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +121,8 @@ def price_meter_month(segments: Sequence[Segment], *, divisor: int = 1, discount
                               Decimal(0), Decimal("0.00"), Decimal("0.00"), Decimal("0.00")))
         if end == start and usage != 0:
             continue  # the allowance covers the whole segment
-        for tier, units, packages in _pieces(price, start, end, month_billable, divisor, retention_days):
+        days = retention_days if segment.retention_days is None else segment.retention_days
+        for tier, units, packages in _pieces(price, start, end, month_billable, divisor, days):
             if price.model == "package":
                 unit_price = price.package_price
                 list_amount = round_money(packages * unit_price)

@@ -17,8 +17,17 @@
        for the units the allowance covers, then its priced lines: per_unit and graduated, one per
        tier touched; volume, the tier of the month's billable total for all
        units; package, the blocks reached minus the blocks already counted
-       (ceil); retention, the tier of the tenant's retention class. A segment
+       (ceil); retention, the tier of the retention class. A segment
        without usage shows one line at quantity 0.
+    4a. Retention per source: a retention-priced meter's usage is split by
+       class — the usage of the sources with a class of their own
+       (int_usage_retention_hourly) at that class, the rest of the tenant's at
+       its default (terms' retention_days) — and each class in use is a segment
+       of its own, so one line per class, summed over its sources. Classes are
+       the price tiers (the smallest of at least the days): two sources whose
+       days fall in the same tier share its line. A tenant without per-source
+       classes has one class, as before. Segments of a month count in version
+       order, then class order.
     5. Tier bounds are printed as a price sheet states them (tier_lower and
        tier_upper stay in billable units, after the allowance), counted from the month's first unit with the
        free allowance included: "5–1,000 GB", "over 100 alerts".
@@ -37,6 +46,51 @@ usage as (
 
     select * from {{ ref('int_usage_hourly') }}
     where {{ window_months('hour_start', 'timestamptz') }}
+
+),
+
+source_classes as (
+
+    select * from {{ ref('int_usage_retention_hourly') }}
+    where {{ window_months('hour_start', 'timestamptz') }}
+
+),
+
+classed_usage as (
+
+    -- the tenant's usage at its default class (retention_days null), less
+    -- what its sources with a class of their own used; plus those sources'
+    -- usage at their class (rows only for tenants with such sources)
+    select
+        tenant_id,
+        meter,
+        hour_start,
+        quantity,
+        null::integer as retention_days
+
+    from usage
+
+    union all
+
+    select
+        tenant_id,
+        meter,
+        hour_start,
+        -quantity as quantity,
+        null::integer as retention_days
+
+    from source_classes
+
+    union all
+
+    select
+        tenant_id,
+        meter,
+        hour_start,
+        quantity,
+        retention_days
+
+    from source_classes
 
 ),
 
@@ -96,11 +150,12 @@ periodic_usage as (
         width_bucket(
             hour_start, (select price_changes.changes from price_changes)
         ) as period,
+        retention_days,
         sum(quantity) as quantity_sum
 
-    from usage
+    from classed_usage
 
-    group by tenant_id, meter, invoice_month, period
+    group by tenant_id, meter, invoice_month, period, retention_days
 
 ),
 
@@ -131,7 +186,14 @@ dated_usage as (
         periods.meter,
         periods.quantity_sum,
         tenant_months.price_book,
-        prices.valid_from as price_valid_from
+        prices.valid_from as price_valid_from,
+        -- retention pricing: the source's days, else the tenant's default
+        case
+            when prices.pricing_model = 'retention'
+                then coalesce(
+                    periods.retention_days, tenant_months.retention_days
+                )
+        end as retention_days
 
     from periods
 
@@ -152,19 +214,107 @@ dated_usage as (
 
 ),
 
+retention_classes as (
+
+    -- the class a retention period is priced at: the smallest retention tier
+    -- of at least its days
+    select
+        kept.price_book,
+        kept.meter,
+        kept.price_valid_from,
+        kept.retention_days,
+        min(price_tiers.retention_days) as retention_class
+
+    from (
+        select distinct
+            price_book,
+            meter,
+            price_valid_from,
+            retention_days
+
+        from dated_usage
+
+        where retention_days is not null
+    ) as kept
+
+    inner join price_tiers
+        on
+            kept.price_book = price_tiers.price_book
+            and kept.meter = price_tiers.meter
+            and kept.price_valid_from = price_tiers.valid_from
+            and kept.retention_days <= price_tiers.retention_days
+
+    group by
+        kept.price_book,
+        kept.meter,
+        kept.price_valid_from,
+        kept.retention_days
+
+),
+
+classed_segments as (
+
+    select
+        dated_usage.invoice_month,
+        dated_usage.tenant_id,
+        dated_usage.meter,
+        dated_usage.price_book,
+        dated_usage.price_valid_from,
+        retention_classes.retention_class,
+        sum(dated_usage.quantity_sum) as usage_sum
+
+    from dated_usage
+
+    left join retention_classes
+        on
+            dated_usage.price_book = retention_classes.price_book
+            and dated_usage.meter = retention_classes.meter
+            and dated_usage.price_valid_from
+            = retention_classes.price_valid_from
+            and dated_usage.retention_days = retention_classes.retention_days
+
+    group by
+        dated_usage.invoice_month,
+        dated_usage.tenant_id,
+        dated_usage.meter,
+        dated_usage.price_book,
+        dated_usage.price_valid_from,
+        retention_classes.retention_class
+
+),
+
 segments as (
 
+    -- a class without usage in a price version where another class has some
+    -- (all of the tenant's stored data kept by sources with classes of their
+    -- own) shows no line; without any usage, the first class shows its line at
+    -- 0, as a tenant with one class does
     select
         invoice_month,
         tenant_id,
         meter,
         price_book,
         price_valid_from,
-        sum(quantity_sum) as usage_sum
+        retention_class,
+        usage_sum
 
-    from dated_usage
+    from (
+        select
+            *,
+            count(*) filter (where usage_sum <> 0) over (
+                partition by
+                    invoice_month, tenant_id, meter, price_valid_from
+            ) as classes_used,
+            row_number() over (
+                partition by
+                    invoice_month, tenant_id, meter, price_valid_from
+                order by retention_class
+            ) as class_no
 
-    group by invoice_month, tenant_id, meter, price_book, price_valid_from
+        from classed_segments
+    ) as counted
+
+    where usage_sum <> 0 or (classes_used = 0 and class_no = 1)
 
 ),
 
@@ -175,14 +325,16 @@ cumulative as (
         coalesce(
             sum(usage_sum) over (
                 partition by invoice_month, tenant_id, meter
-                order by price_valid_from
+                order by price_valid_from, retention_class
                 rows between unbounded preceding and 1 preceding
             ),
             0
         ) as cum_start_sum,
-        count(*) over (
+        -- price versions of the month (classes are not versions)
+        dense_rank() over (
             partition by invoice_month, tenant_id, meter
-        ) as segment_count
+            order by price_valid_from
+        ) as version_no
 
     from segments
 
@@ -196,7 +348,11 @@ measured as (
         cumulative.meter,
         cumulative.price_book,
         cumulative.price_valid_from,
-        cumulative.segment_count,
+        cumulative.retention_class,
+        max(cumulative.version_no) over (
+            partition by
+                cumulative.invoice_month, cumulative.tenant_id, cumulative.meter
+        ) as segment_count,
         cumulative.usage_sum,
         cumulative.cum_start_sum,
         cumulative.cum_start_sum + cumulative.usage_sum as cum_end_sum,
@@ -215,8 +371,7 @@ measured as (
         prices.free_allowance,
         prices.package_size,
         prices.package_price,
-        tenant_months.discount_percent,
-        tenant_months.retention_days
+        tenant_months.discount_percent
 
     from cumulative
 
@@ -275,34 +430,6 @@ month_totals as (
 
 ),
 
-retention_classes as (
-
-    select
-        month_totals.invoice_month,
-        month_totals.tenant_id,
-        month_totals.meter,
-        month_totals.price_valid_from,
-        min(price_tiers.retention_days) as retention_class
-
-    from month_totals
-
-    inner join price_tiers
-        on
-            month_totals.price_book = price_tiers.price_book
-            and month_totals.meter = price_tiers.meter
-            and month_totals.price_valid_from = price_tiers.valid_from
-            and month_totals.retention_days <= price_tiers.retention_days
-
-    where month_totals.pricing_model = 'retention'
-
-    group by
-        month_totals.invoice_month,
-        month_totals.tenant_id,
-        month_totals.meter,
-        month_totals.price_valid_from
-
-),
-
 tiered as (
 
     select
@@ -316,14 +443,6 @@ tiered as (
         price_tiers.unit_price as tier_unit_price
 
     from month_totals
-
-    left join retention_classes
-        on
-            month_totals.invoice_month = retention_classes.invoice_month
-            and month_totals.tenant_id = retention_classes.tenant_id
-            and month_totals.meter = retention_classes.meter
-            and month_totals.price_valid_from
-            = retention_classes.price_valid_from
 
     left join price_tiers
         on
@@ -367,7 +486,7 @@ tiered as (
                 )
                 or (
                     month_totals.pricing_model = 'retention'
-                    and retention_classes.retention_class
+                    and month_totals.retention_class
                     = price_tiers.retention_days
                 )
             )
