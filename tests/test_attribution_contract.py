@@ -435,3 +435,41 @@ def test_the_reference_pricer_prices_each_retention_class_of_a_month():
     # a tenant without per-source classes: one segment at its default, as before
     assert [x.amount for x in price_meter_month([Segment(price, D(1440))], divisor=720, retention_days=90)] == [
         D("0.10")]
+
+
+T001_TERMS = "        retention_days: 90\n  - tenant_id: t002"
+
+
+def _t001_sources(config_dir: Path, sources: str) -> None:
+    """Give t001's terms (from 2024-01-01, 90 days) the ``source_retention_days`` ``sources``."""
+    tenants = config_dir / "tenants.yml"
+    text = tenants.read_text()
+    assert text.count(T001_TERMS) == 1
+    tenants.write_text(text.replace(T001_TERMS, T001_TERMS.replace(
+        "\n", f"\n        source_retention_days: {sources}\n", 1)))
+
+
+@pytest.mark.parametrize(("sources", "problem"), [
+    ("{audit: 400}",
+     "tenants.yml: tenant t001, terms from 2024-01-01, source_retention_days.audit: 400 days, but price book"
+     " enterprise (from 2020-01-01) has no stored_gb retention tier of 400 days or more"),
+    ("{(none): 7}",
+     "field terms[1].source_retention_days: source '(none)': no control characters, and not a name in"
+     " parentheses ((none) is usage without a source; its class is retention_days)"),
+    ("{audit: 0}",
+     "field terms[1].source_retention_days: source 'audit': retention days must be a positive whole number,"
+     " not 0"),
+])
+def test_a_source_retention_class_is_checked_like_the_tenants_own(tmp_path, sources, problem):
+    config_dir = _config_copy(tmp_path)
+    _t001_sources(config_dir, sources)
+    with pytest.raises(ConfigError) as info:
+        configuration.read(config_dir)
+    assert problem in str(info.value)
+
+
+def test_source_retention_days_are_read_with_the_terms(tmp_path):
+    config_dir = _config_copy(tmp_path)
+    _t001_sources(config_dir, "{audit-logs: 365, debug: 7}")
+    (t001,) = [t for t in configuration.read(config_dir).tenants if t.tenant_id == "t001"]
+    assert t001.terms[0].source_retention_days == {"audit-logs": 365, "debug": 7}

@@ -403,11 +403,12 @@ def test_upgrade_backfills_landed_hour_and_learned_at_of_published_rows(settings
         warehouse.ensure_schema(old)  # idempotent
 
         with warehouse.connect(old) as conn:
-            row = conn.execute("select landed_hour, learned_at from raw.usage_snapshots").fetchone()
+            row = conn.execute("select landed_hour, learned_at, source, labels from raw.usage_snapshots").fetchone()
             nullable = conn.execute(
                 "select is_nullable from information_schema.columns where table_schema = 'raw'"
                 " and table_name = 'usage_snapshots' and column_name = 'learned_at'").fetchone()[0]
-        assert row == (dt.datetime(2026, 8, 1, 10, tzinfo=dt.UTC), dt.datetime(2026, 8, 1, 11, 5, tzinfo=dt.UTC))
+        assert row == (dt.datetime(2026, 8, 1, 10, tzinfo=dt.UTC), dt.datetime(2026, 8, 1, 11, 5, tzinfo=dt.UTC),
+                       "(none)", {})  # issue 11: a row without a source or labels
         assert nullable == "NO"
     finally:
         warehouse.drop_database(name, settings)
