@@ -37,15 +37,19 @@ def test_ledger_trend_draws_a_line_per_ledger_by_month(no_io):
     chart = charts.ledger_trend(trend())
     assert isinstance(chart, alt.Chart)
     spec = chart.to_dict()
-    assert spec["mark"]["type"] == "line" and spec["mark"]["point"] is True
+    assert spec["mark"]["type"] == "line"
+    assert spec["mark"]["point"] is True
     enc = spec["encoding"]
-    assert enc["x"]["field"] == "month" and enc["x"]["timeUnit"] == "yearmonth" and enc["x"]["type"] == "ordinal"
+    assert enc["x"]["field"] == "month"
+    assert enc["x"]["timeUnit"] == "yearmonth"
+    assert enc["x"]["type"] == "ordinal"
     assert enc["y"] == {"field": "amount", "type": "quantitative", "title": "Amount", "axis": {"format": "~s"}}
     assert enc["color"]["field"] == "ledger"
     assert enc["color"]["scale"] == {"domain": ["Cost to serve", "Billed", "Margin"],
                                      "range": ["#c05621", "#1f4e79", "#7b8794"]}
     values = spec["datasets"][spec["data"]["name"]]
-    assert len(values) == 9 and {v["ledger"] for v in values} == {"Cost to serve", "Billed", "Margin"}
+    assert len(values) == 9
+    assert {v["ledger"] for v in values} == {"Cost to serve", "Billed", "Margin"}
 
 
 def test_ledgers_by_group_puts_the_two_ledgers_side_by_side(no_io):
@@ -54,8 +58,10 @@ def test_ledgers_by_group_puts_the_two_ledgers_side_by_side(no_io):
     spec = charts.ledgers_by_group(frame).to_dict()
     assert spec["mark"]["type"] == "bar"
     enc = spec["encoding"]
-    assert enc["y"]["field"] == "group" and enc["yOffset"]["field"] == "ledger"
-    assert enc["x"]["field"] == "amount" and enc["x"]["type"] == "quantitative"
+    assert enc["y"]["field"] == "group"
+    assert enc["yOffset"]["field"] == "ledger"
+    assert enc["x"]["field"] == "amount"
+    assert enc["x"]["type"] == "quantitative"
     assert enc["color"]["scale"]["domain"] == ["Cost to serve", "Billed"]
 
 
@@ -66,7 +72,8 @@ def test_top_movers_colours_rises_and_falls(no_io):
     assert enc["y"] == {"field": "scope", "type": "nominal", "title": None, "sort": None}
     assert enc["x"]["field"] == "change"
     assert enc["color"]["condition"]["test"] == "(datum.change > 0)"
-    assert enc["color"]["condition"]["value"] == charts.RISE and enc["color"]["value"] == charts.FALL
+    assert enc["color"]["condition"]["value"] == charts.RISE
+    assert enc["color"]["value"] == charts.FALL
 
 
 def test_for_print_sets_the_shipped_font_and_leaves_the_spec_alone(no_io):
