@@ -82,3 +82,21 @@ def test_for_print_sets_the_shipped_font_and_leaves_the_spec_alone(no_io):
     assert printed["config"]["font"] == "DejaVu Sans" == charts.PRINT_FONT
     assert printed["config"]["view"]["stroke"] is None
     assert "font" not in chart.to_dict().get("config", {})  # the dashboard's chart is unchanged
+
+
+def test_a_chart_that_would_reference_anything_outside_itself_is_refused():
+    """The report inlines a chart's SVG as markup: an image (or link, script, style) is refused
+    before WeasyPrint sees it, and text from the data arrives escaped."""
+    from pathlib import Path
+
+    from chargeback.insights import finance_report
+
+    fonts = Path(__file__).resolve().parents[1] / "reports" / "fonts"
+    image = alt.Chart(pd.DataFrame({"x": [1], "y": [1], "u": ["https://example.invalid/a.png"]})).mark_image(
+        width=10, height=10).encode(x="x:Q", y="y:Q", url="u:N")
+    with pytest.raises(finance_report.FinanceReportError, match="holds <image> with a reference outside itself"):
+        finance_report.chart_svg(image, fonts_dir=fonts)
+    svg = finance_report.chart_svg(charts.top_movers(pd.DataFrame({"scope": ["<script>x</script> & co"],
+                                                                  "change": [1.0]})), fonts_dir=fonts)
+    assert "&lt;script&gt;x&lt;/script&gt; &amp; co" in svg
+    assert "<script>" not in svg
