@@ -171,7 +171,7 @@ def test_the_backtest_replays_a_month_per_level(history, capsys):
     with warehouse.connect() as conn:
         scores = backtest.backtest(conn, [dt.date(2026, 9, 1)], days=(14,))
     assert [s.level for s in scores] == ["tenant", "team", "organisation", "platform"]
-    assert (scores[0].units, scores[-1].units) == (7, 1)
+    assert (scores[0].units, scores[0].pinned, scores[-1].units) == (5, 2, 1)  # t002, t008: at their commitment
     tenant = scores[0]
     assert tenant.methods == {"robust_trend": 6, "contract": 1}
     assert 0 <= tenant.mape < 0.25
