@@ -97,7 +97,10 @@ def test_final_invoice_embeds_its_frozen_lines_to_the_cent(issued):
             "usage_known_at": known_at[record.invoice_number].astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
         assert data["tenant"]["tenant_id"] == tenant_id
         assert data["price_versions"] == [{"price_book": b, "valid_from": v} for t, b, v in versions if t == tenant_id]
-    _, t001 = embedded(issued["t001"].pdf_uri)
+    reader, t001 = embedded(issued["t001"].pdf_uri)
+    text = " ".join(" ".join(page.extract_text() for page in reader.pages).split())
+    assert (f"This PDF/A file embeds its lines, totals and price versions as {issued['t001'].invoice_number}"
+            ".lines.json (JSON, amounts as decimal strings)") in text
     assert t001["price_versions"] == [{"price_book": "enterprise", "valid_from": "2020-01-01"}]
     ingest = [line for line in t001["lines"] if line["meter"] == "ingested_gb"]
     # 2.5 GB an hour, 744 hours: 5 GB free, then the enterprise tiers (0.42, 0.35 USD) less t001's 10%
@@ -133,6 +136,7 @@ def test_drafts_stay_plain_pdfs(issued, settings):
     (draft, *_) = close.render_drafts("2033-06", settings, 1)
     reader = pypdf.PdfReader(io.BytesIO(Path(draft.pdf_uri).read_bytes()))
     assert len(reader.attachments) == 0
+    assert "embeds its lines" not in " ".join(page.extract_text() for page in reader.pages)
     assert "/StructTreeRoot" not in reader.trailer["/Root"]
     assert reader.xmp_metadata is None
 

@@ -150,6 +150,8 @@ def invoice_context(invoice: Invoice, lines: Sequence[InvoiceLine], tenant: Tena
                          f"{MONTHS[invoice.period_start.month - 1]} {invoice.period_start.year}"
                          if invoice.corrects else ""),
             "notes": list(invoice.notes),
+            "attachment": (attachment.attachment_name(invoice.invoice_number)
+                           if status == "final" and invoice.invoice_number else ""),
             "usage_known": (f"usage known at {invoice.usage_as_of.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
                             if invoice.usage_as_of else ""),
             "issue_date": format_date(invoice.issue_date),
