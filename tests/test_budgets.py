@@ -507,3 +507,21 @@ budgets:
     assert failures == [[retry]] * 4 + [[given_up], []]
     assert _alerts("acme-nowhere")[0][8:] == (["webhook:nowhere"], 5, False)
     assert _event_lines("acme-nowhere")[1:] == [given_up]
+
+
+def test_which_thresholds_are_crossed(tmp_path):
+    _config_dir(tmp_path, """
+budgets:
+  - {budget: b, scope: {tenant: acme}, amount: "1000.00", currency: USD, valid_from: 2026-01-01,
+     thresholds: {actual: ["50", "80", "100"], forecast: ["100", "120"], pace: "20"}}
+""")
+    [b] = budget_config.read(tmp_path)
+    days = dt.timedelta(days=10)
+    assert [c[0] for c in budgets._crossed(b, D("800.00"), D("33.33"), D("1200.00"), days)] == [
+        "actual:50", "actual:80", "forecast:100", "pace:20"]  # P50 at 120 %: not above it
+    assert [c[0] for c in budgets._crossed(b, D("799.99"), D("60.00"), D("1200.01"), days)] == [
+        "actual:50", "forecast:100", "forecast:120"]  # 79.999 % used - 60 % elapsed: not over 20 points
+    assert [c[0] for c in budgets._crossed(b, D("600.00"), D("2.90"), None, dt.timedelta(hours=71))] == [
+        "actual:50"]  # no forecast; the pace rule waits for 72 hours
+    assert [c[0] for c in budgets._crossed(b, D("1000.00"), D("100"), None, dt.timedelta(days=30))] == [
+        "actual:50", "actual:80", "actual:100"]

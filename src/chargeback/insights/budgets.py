@@ -282,7 +282,7 @@ def evaluate(month: str | Period, budgets: list[Effective] | None = None, settin
         p50, f_state, f_as_of = _forecast(conn, b, month, tenants, with_usage)
         breach = (_crossing_day(conn, b, month, tenants) if actual >= b.amount
                   else breach_date(b.amount, actual, p50, through, end))
-        crossed = _crossed(b, actual, elapsed, p50, through - start)
+        crossed = _crossed(b, actual, elapsed, p50 if through < end else None, through - start)
         kinds = {k for _, k, _ in crossed}
         state = "over" if actual >= b.amount else "at_risk" if kinds & {"forecast", "pace"} or breach else "ok"
         note = None if f_state == "ok" else {
@@ -296,6 +296,8 @@ def evaluate(month: str | Period, budgets: list[Effective] | None = None, settin
 
 def _crossed(b: Effective, actual: Decimal, elapsed: Decimal, p50: Decimal | None,
              since_start: dt.timedelta) -> tuple[tuple[str, str, Decimal], ...]:
+    """The thresholds ``b`` has crossed; ``p50`` ``None`` when there is no forecast, or the month
+    is complete (its actual is final: a forecast of it would only repeat the actual thresholds)."""
     crossed = [(f"actual:{_pct(t)}", "actual", t) for t in b.actual if actual >= b.amount * t / HUNDRED]
     if p50 is not None:
         crossed += [(f"forecast:{_pct(t)}", "forecast", t) for t in b.forecast if p50 > b.amount * t / HUNDRED]
