@@ -66,6 +66,11 @@ QUANTILES = (0.10, 0.50, 0.90)
 ALL = "(all)"
 SHARED = "(shared)"
 OUTLIER_Z = 3.5
+TREND_INFLATE = 2.0
+"""The run rate's and the trend's level and slope uncertainty, widened: their textbook errors
+assume independent days, and days of a week are not. 2.0 brings the counters' P10–P90 to hold
+68–88 % of the actual remaining-day sums in backtests on the simulator (14 and 20 days of
+history, 30 tenants); without it, 49–65 %."""
 _GRID = np.array(list(itertools.product((0.05, 0.15, 0.3, 0.5), (0.02, 0.1, 0.25), (0.05, 0.2, 0.4),
                                         (0.85, 0.95))))
 """ETS parameter sets: alpha, beta* (trend = alpha x beta*), gamma, phi."""
@@ -155,7 +160,7 @@ def _run_rate(y: np.ndarray, u: np.ndarray, level_noise: np.ndarray) -> np.ndarr
     mean = y.mean()
     residuals = y - mean
     sd = residuals.std(ddof=1) if y.size > 1 else 0.0
-    level = mean + level_noise * sd / np.sqrt(y.size)
+    level = mean + TREND_INFLATE * level_noise * sd / np.sqrt(y.size)
     return level[:, None] + _pick(residuals, u)
 
 
@@ -175,7 +180,8 @@ def _robust_trends(y: np.ndarray, weekday0: np.ndarray, u: np.ndarray, level_noi
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: a weekday with no clean day
         for _ in range(2):  # fit, drop outliers, fit again
             z = np.where(clean, y - np.take_along_axis(effects, past, axis=1), np.nan)
-            slope = np.nan_to_num(np.nanmedian((z[:, j] - z[:, i]) / (t[j] - t[i]), axis=1))
+            pairwise = (z[:, j] - z[:, i]) / (t[j] - t[i])
+            slope = np.nan_to_num(np.nanmedian(pairwise, axis=1))
             intercept = np.nanmedian(z - slope[:, None] * t, axis=1)
             detrended = y - (intercept[:, None] + slope[:, None] * t)
             if n >= 14:
@@ -187,11 +193,21 @@ def _robust_trends(y: np.ndarray, weekday0: np.ndarray, u: np.ndarray, level_noi
             mad = 1.4826 * np.median(np.abs(residuals - centre), axis=1, keepdims=True)
             clean = ~((mad > 0) & (np.abs(residuals - centre) > OUTLIER_Z * mad))
         sd = np.nan_to_num(np.nanstd(np.where(clean, residuals, np.nan), axis=1, ddof=1))
+    # the fit used 2 (line) + 6 (weekday effects) of the n days: in-sample errors understate the
+    # errors of new days by about sqrt(n / (n - parameters)), the more so the shorter the history
+    inflate = np.sqrt(n / max(n - 2 - (6 if n >= 14 else 0), 1))
+    sd, residuals = sd * inflate, residuals * inflate
     future = np.arange(n, n + horizon, dtype=float)
     middle = t.mean()
-    slope_sd = sd / np.sqrt(((t - middle) ** 2).sum())
+    # the slope's standard error from the spread of the pairwise slopes (Sen's interval at one
+    # standard deviation: ranks (N -/+ sqrt(n(n-1)(2n+5)/18)) / 2 of the N sorted slopes)
+    half = np.sqrt(n * (n - 1) * (2 * n + 5) / 18) / (2 * len(i))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanquantile(pairwise, [max(0.5 - half, 0.0), min(0.5 + half, 1.0)], axis=1)
+    slope_sd = np.nan_to_num((high - low) / 2)
     mean = intercept[:, None] + slope[:, None] * future + np.take_along_axis(effects, weekday[:, n:], axis=1)
-    shift = ((level_noise * (sd / np.sqrt(n))[:, None])[:, :, None]
+    shift = TREND_INFLATE * ((level_noise * (sd / np.sqrt(n))[:, None])[:, :, None]
              + (slope_noise * slope_sd[:, None])[:, :, None] * (future - middle))
     picks = np.minimum((u * n).astype(np.intp), n - 1)
     return mean[:, None, :] + shift + residuals[np.arange(count)[:, None, None], picks]
