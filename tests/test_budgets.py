@@ -313,12 +313,16 @@ budgets:
   - {budget: initech, scope: {tenant: initech}, ledger: cost, amount: "100.00", currency: USD,
      valid_from: 2026-01-01}
   - {budget: later, scope: {tenant: acme}, amount: "1.00", currency: USD, valid_from: 2026-10-01}
+  - {budget: initech-unattributed, scope: {tenant: initech, source: (none)}, ledger: cost, amount: "500.00",
+     currency: USD, valid_from: 2026-01-01}
 """)
     evaluations = {e.budget.budget: e for e in budgets.evaluate("2026-09", budget_config.read(ten_days))}
 
-    assert sorted(evaluations) == ["acme", "initech", "umbrella-billed", "umbrella-cost"]  # 'later' not in force
+    assert sorted(evaluations) == ["acme", "initech", "initech-unattributed", "umbrella-billed",
+                                   "umbrella-cost"]  # 'later' is not in force in September
     for e in evaluations.values():
-        assert (e.usage_through, e.elapsed_percent, e.forecast_state) == (THROUGH, D("33.33"), "missing")
+        assert (e.usage_through, e.elapsed_percent) == (THROUGH, D("33.33"))
+        assert e.forecast_state == ("not_available" if e.budget.level == "source" else "missing")
     umbrella = evaluations["umbrella-billed"]
     assert (umbrella.actual, umbrella.used_percent, umbrella.state) == (D("5000.00"), D("50.00"), "ok")
     assert umbrella.contributors == (budgets.Contributor("globex", D("3000.00")),
@@ -337,6 +341,14 @@ budgets:
     assert initech.contributors == (budgets.Contributor("(none)", D("564.00")),
                                     budgets.Contributor("(shared)", D("343.20")))
     assert [c[0] for c in initech.crossed] == ["actual:50", "actual:80", "actual:100", "pace:20"]
+    # a source: the tenant's showback by source (usage without a source is '(none)'), its meters the contributors;
+    # 56.40 a day, so its cumulative cost reaches 500.00 on the ninth
+    unattributed = evaluations["initech-unattributed"]
+    assert (unattributed.actual, unattributed.state, unattributed.breach_date) == (
+        D("564.00"), "over", dt.date(2026, 9, 9))
+    assert unattributed.contributors == (budgets.Contributor("ingested_gb", D("180.00")),
+                                         budgets.Contributor("scanned_gb", D("156.00")),
+                                         budgets.Contributor("stored_gb", D("120.00")))  # query_cpu_seconds 108.00
 
 
 @pytest.mark.warehouse
