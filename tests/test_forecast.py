@@ -157,6 +157,12 @@ def test_a_forecast_from_history_is_stored_priced_and_banded(history, capsys):
                for r in cost.values())
     assert {m for _, m in cost} >= {"(all)", "ingested_gb"}
 
+    with warehouse.connect() as conn:  # one set a day is kept: a later one the same day replaces it
+        forecast.forecast_month(conn, OCTOBER, as_of + dt.timedelta(hours=5))
+        kept = conn.execute("select distinct as_of from insights.forecasts where forecast_month = %s"
+                            " and as_of >= %s order by as_of", (OCTOBER, as_of)).fetchall()
+    assert kept == [(as_of + dt.timedelta(hours=5),)]
+
     assert main(["forecast", "--month", "2026-10", "--as-of", "2026-10-15T00:00:00Z"]) == 0
     out = capsys.readouterr().out
     assert "usage through 2026-10-15 00:00 UTC" in out

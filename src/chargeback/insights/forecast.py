@@ -605,8 +605,12 @@ _COLUMNS = ("forecast_month", "as_of", "tenant_id", "meter", "ledger", "method",
 
 
 def store(conn: psycopg.Connection, rows: Iterable[Forecast], month: dt.date, as_of: dt.datetime) -> int:
-    """Replace the forecasts of ``month`` at ``as_of`` with ``rows`` (COPY)."""
-    conn.execute("delete from insights.forecasts where forecast_month = %s and as_of = %s", (month, as_of))
+    """Replace the forecasts of ``month`` at ``as_of`` with ``rows`` (COPY). Earlier forecasts of
+    the month made the same UTC day are dropped: one set per day is kept (the day's last), so an
+    hourly schedule keeps a month's history of forecasts, not 24 a day."""
+    day = dt.datetime.combine(as_of.astimezone(dt.UTC).date(), dt.time(), dt.UTC)
+    conn.execute("delete from insights.forecasts where forecast_month = %s"
+                 " and (as_of = %s or (as_of >= %s and as_of < %s))", (month, as_of, day, as_of))
     count = 0
     with conn.cursor() as cur, cur.copy(f"copy insights.forecasts ({', '.join(_COLUMNS)}) from stdin") as copy:
         for r in rows:
