@@ -112,16 +112,20 @@ def render_backtest(scores: Sequence[Score]) -> str:
 
 
 def render_forecast(rows: Sequence[forecast.Forecast], catalog: repricing.Catalog) -> str:
-    """Per tenant the billed P10/P50/P90 with its method, then totals per team, organisation and
-    the platform (sums of the tenants' quantiles: a sum of P50s is not the P50 of the sum)."""
+    """Per tenant the billed P10/P50/P90 with its method (and the P50 of the cost to serve), then
+    totals per team, organisation and the platform (sums of the tenants' quantiles: a sum of P50s
+    is not the P50 of the sum)."""
     billed = [r for r in rows if r.ledger == "billed" and r.meter == forecast.ALL]
     if not billed:
         return "no forecasts"
     as_of = billed[0].as_of
     month = billed[0].forecast_month
     head = f"Forecast of {month:%Y-%m}, usage through {as_of:%Y-%m-%d %H:%M} UTC (billed, incl. contract terms)"
+    cost = {r.tenant_id: r.amount[1] for r in rows
+            if r.ledger == "cost" and r.meter == forecast.ALL and r.status == "ok" and r.amount}
     lines = [head, "=" * len(head),
-             f"{'tenant':<10} {'method':<14} {'hist':>4} {'to date':>14} {'P10':>14} {'P50':>14} {'P90':>14}"]
+             f"{'tenant':<10} {'method':<14} {'hist':>4} {'to date':>14} {'P10':>14} {'P50':>14} {'P90':>14}"
+             f" {'cost P50':>14}"]
     totals: dict[tuple[str, str], list[Decimal]] = defaultdict(lambda: [Decimal(0)] * 4)
     currency = next((r.currency for r in billed if r.currency), "USD")
     for r in sorted(billed, key=lambda r: r.tenant_id):
@@ -131,8 +135,9 @@ def render_forecast(rows: Sequence[forecast.Forecast], catalog: repricing.Catalo
                          f" {'—':>14} {'—':>14} {'—':>14}")
             continue
         p = [format_money(a, currency).split()[0] for a in r.amount]
+        serve = format_money(cost[r.tenant_id], currency).split()[0] if r.tenant_id in cost else "—"
         lines.append(f"{r.tenant_id:<10} {r.method:<14} {r.history_days:>4} {todate:>14} {p[0]:>14} {p[1]:>14}"
-                     f" {p[2]:>14}")
+                     f" {p[2]:>14} {serve:>14}")
         tenant = catalog.tenants.get(r.tenant_id)
         for level in ("team", "organisation", "platform"):
             key = (level, _scope(level, tenant, r.tenant_id))
