@@ -184,7 +184,7 @@ budgets:
                            crossed=(("actual:100", "actual", D(100)),))
     line = budgets.alert_event(e, list(e.crossed)).bounded_line(budgets.LINE_PART_LIMIT)
     assert line.startswith("chargeback notice: budget src (source acme / app, billed) at 2026-09, usage through"
-                           " 2026-09-11T00:00Z: actual reached 100 % of the budget: 120.00 USD of 100.00 USD (120 %)"
+                           " 2026-09-11T00:00Z: reached 100 % of the budget: 120.00 USD of 100.00 USD (120 %)"
                            " used with 33.33 % of the month elapsed; forecast: none yet; over budget — biggest items:"
                            " log\\x1b[31m\\u202e <!channel> <https://evil.example|fix> xxx")
     assert line.endswith("|fix> xxx… 120.00 USD (chargeback budgets list --month 2026-09)")  # the name cut at 60
@@ -383,8 +383,8 @@ budgets:
     assert _event_lines("umbrella-once") == [line]
     assert line == (
         "chargeback notice: budget umbrella-once (organisation Umbrella, billed) at 2026-09, usage through"
-        " 2026-09-11T00:00Z: actual reached 50 % of the budget; actual reached 80 % of the budget: 5,000.00 USD of"
-        " 6,000.00 USD (83.33 %) used with 33.33 % of the month elapsed; forecast: none yet; no breach predicted"
+        " 2026-09-11T00:00Z: reached 50 and 80 % of the budget: 5,000.00 USD of 6,000.00 USD (83.33 %) used with"
+        " 33.33 % of the month elapsed; forecast: none yet; no breach predicted"
         " — biggest tenants: globex 3,000.00 USD, initech 2,000.00 USD (chargeback budgets list --month 2026-09)")
     assert _alerts("umbrella-once") == [
         ("umbrella-once", "actual:50", D("5000.00"), D("83.33"), D("33.33"), None, None, THROUGH, [], 1, True),
@@ -459,7 +459,7 @@ budgets:
     states = {e.budget.budget: (e.state, e.used_percent) for e in outcome.evaluations}
     assert states == {"globex-pace": ("at_risk", D("60.00")), "globex-no-pace": ("ok", D("50.00")),
                       "globex-pace-10": ("at_risk", D("50.00"))}
-    assert "spending ahead of the month's pace by more than 20 points: 3,000.00 USD of 5,000.00 USD (60 %) used" \
+    assert "ahead of the month's pace by more than 20 points: 3,000.00 USD of 5,000.00 USD (60 %) used" \
         " with 33.33 % of the month elapsed" in outcome.fired[0][2]
 
 

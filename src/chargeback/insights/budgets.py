@@ -314,8 +314,19 @@ def _pct(value: Decimal) -> str:
 
 # --------------------------------------------------------------------------- the alert line
 
-_KIND_TEXT = {"actual": "actual reached {} % of the budget", "forecast": "forecast (P50) above {} % of the budget",
-              "pace": "spending ahead of the month's pace by more than {} points"}
+_KIND_TEXT = {"actual": "reached {} % of the budget", "forecast": "forecast (P50) above {} % of the budget",
+              "pace": "ahead of the month's pace by more than {} points"}
+
+
+def _crossed_text(fired: list[tuple[str, str, Decimal]]) -> str:
+    """``reached 50 and 80 % of the budget; ahead of the month's pace by more than 20 points``."""
+    parts = []
+    for kind in ("actual", "forecast", "pace"):
+        values = [_pct(v) for _, k, v in fired if k == kind]
+        if values:
+            joined = values[0] if len(values) == 1 else f"{', '.join(values[:-1])} and {values[-1]}"
+            parts.append(_KIND_TEXT[kind].format(joined))
+    return "; ".join(parts)
 _LEVEL_TEXT = {"organisation": "organisation", "business_unit": "business unit", "team": "team",
                "tenant": "tenant", "source": "source", "label": "label"}
 
@@ -325,7 +336,7 @@ def alert_event(e: Evaluation, fired: list[tuple[str, str, Decimal]]) -> events.
     b = e.budget
     ledger = "billed" if b.ledger == "billed" else "cost to serve"
     what = f"budget {b.budget} ({_LEVEL_TEXT[b.level]} {b.scope.key}, {ledger})"
-    crossed = "; ".join(_KIND_TEXT[k].format(_pct(v)) for _, k, v in fired)
+    crossed = _crossed_text(fired)
     forecast = (f"forecast P50 {format_money(e.forecast_p50, b.currency)}"
                 f" ({_pct(round_money(e.forecast_p50 / b.amount * HUNDRED))} %)" if e.forecast_p50 is not None
                 else {"too_early": "forecast: too early in the month", "not_available": "forecast: none for this scope"}
