@@ -144,11 +144,13 @@ class SimulatorSource(FileSource):
 
     name = "simulator"
 
-    def __init__(self, landing: str, tenant_ids: list[str], seed: int = 42):
+    def __init__(self, landing: str, tenant_ids: list[str], seed: int = 42, sources: int = 0):
         super().__init__(landing)
         self.tenant_ids = tenant_ids
         self.seed = seed
+        self.sources = sources
+        """Sources per tenant (:func:`chargeback.ingest.simulate.simulate`); 0: tenant totals only."""
 
     def files(self, start: dt.datetime, end: dt.datetime) -> list[SnapshotFile]:
-        simulate(self.landing, self.tenant_ids, start, end, seed=self.seed)
+        simulate(self.landing, self.tenant_ids, start, end, seed=self.seed, sources=self.sources)
         return super().files(start, end)
