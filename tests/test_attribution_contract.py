@@ -221,6 +221,19 @@ def test_an_escaped_nul_is_quarantined_not_a_failed_load(landing):
 
 @pytest.mark.warehouse
 @pytest.mark.usefixtures("empty_raw", "warn_policy")
+def test_labels_written_with_an_escaped_key_are_checked_too(landing):
+    """A file is classified without the label checks only when no line can hold labels."""
+    row = json.dumps(snap("s2")).removesuffix("}") + ', "\\u006cabels": {"": "x"}}'
+    land(landing, "escaped.jsonl", jsonl(snap("s1")) + row.encode() + b"\n")
+
+    load_id = publish(landing)
+
+    assert published() == {"s1": ("(none)", {})}
+    assert quarantined(load_id) == {2: ("labels", "labels: an empty key")}
+
+
+@pytest.mark.warehouse
+@pytest.mark.usefixtures("empty_raw", "warn_policy")
 def test_the_same_snapshot_with_another_source_or_labels_is_not_a_duplicate(landing):
     land(landing, "a.jsonl", jsonl(
         snap("s1", source="api", labels={"team": "pay"}),

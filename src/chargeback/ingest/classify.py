@@ -54,11 +54,10 @@ def _shown(expr: str, limit: int) -> str:
 
 
 _KEY, _VALUE = _shown("e.key", 40), "(e.value #>> '{}')"
-_LABEL_PROBLEMS = f"""
-    select count(*) as n_labels,
-           (array_agg(problem order by key collate "C") filter (where problem is not null))[1] as problem
+_LABEL_CHECKS = f"""
+    select labels, count(*) as n_labels, min(problem collate "C") as problem
     from (
-        select e.key, case
+        select p.labels, case
             when e.key = '' then 'labels: an empty key'
             when length(e.key) > {MAX_LABEL_KEY_CHARS} then 'labels: key ' || {_KEY}
                 || ' is ' || length(e.key) || ' characters long, more than {MAX_LABEL_KEY_CHARS}'
@@ -74,8 +73,10 @@ _LABEL_PROBLEMS = f"""
             when {_VALUE} ~ '{_RESERVED}' then 'labels: the value of ' || {_KEY} || ', '
                 || {_shown(_VALUE, 40)} || ', is reserved: values in parentheses are Chargeback''s own'
         end as problem
-        from jsonb_each(case when jsonb_typeof(f.labels) = 'object' then f.labels end) as e
+        from (select distinct labels from fields where jsonb_typeof(labels) = 'object') as p
+        cross join lateral jsonb_each(p.labels) as e
     ) as keyed
+    group by labels
 """
 
 
@@ -98,14 +99,22 @@ _CSV_LABELS = f"""
 """
 
 
-def _classify_sql(fields_cte: str) -> str:
+def _classify_sql(fields_cte: str, *, labels: bool = True) -> str:
     """One statement that classifies every row of one landed file into ``parsed``.
 
     ``fields_cte`` yields per row: ``line, raw_record, doc_problem`` and each snapshot field
     as text plus its JSON type (``t_<field>``; null for CSV). The first problem found, in
     the order below, is the row's ``reason`` (``field: why``); no problem: a clean row.
     Casts are guarded by ``raw.is_numeric``/``raw.is_timestamptz`` so nothing raises.
+    ``labels``: the file may hold labels (checked once per distinct labels object); without,
+    the statement skips the check and the materialization it needs.
     """
+    label_checks = f"""), label_checks as (
+    -- each distinct labels object of the file checked once (their number is small: the
+    -- label values' combinations), then found again by each row with a hash join
+{_LABEL_CHECKS}""" if labels else ""
+    label_join = "left join label_checks as lb on f.labels = lb.labels" if labels else (
+        "cross join (select null::bigint as n_labels, null::text as problem) as lb")
     missing = "\n".join(
         f"            when nullif(btrim(t.{f}), '') is null then '{f}: missing'" for f in SNAPSHOT_FIELDS
     )
@@ -119,6 +128,7 @@ insert into parsed (file_seq, source_file, source_line, landed_hour, learned_at,
                     reason)
 with fields as (
 {fields_cte}
+{label_checks}
 ), typed as (
     select f.*,
            case when raw.is_numeric(f.value) and coalesce(f.t_value, 'string') in ('string', 'number')
@@ -129,7 +139,7 @@ with fields as (
                 then f.emitted_at::timestamptz end as ts_emitted,
            lb.n_labels, lb.problem as label_problem
     from fields as f
-    cross join lateral ({_LABEL_PROBLEMS}) as lb
+    {label_join}
     offset 0  -- evaluate the casts once per row: keep the planner from copying them into every use
 ), classified as (
     select t.*,
@@ -180,11 +190,12 @@ with fields as (
             when length(t.source) > {MAX_SOURCE_CHARS}
                 then 'source: ' || length(t.source) || ' characters long, more than {MAX_SOURCE_CHARS}: '
                      || {_shown('t.source', 40)}
-            when t.source ~ '{_CONTROL}' then 'source: ' || {_shown('t.source', 40)} || ' holds a '
-                || {_control_at('t.source')}
-            when t.source ~ '{_RESERVED}'
-                then 'source: ' || {_shown('t.source', 40)} || ' is reserved: names in parentheses are Chargeback''s'
-                     || ' own ({NO_SOURCE} is usage without a source)'
+            when t.source ~ '{_CONTROL}|{_RESERVED}' then case  -- one regular expression for a good source
+                when t.source ~ '{_CONTROL}' then 'source: ' || {_shown('t.source', 40)} || ' holds a '
+                    || {_control_at('t.source')}
+                else 'source: ' || {_shown('t.source', 40)} || ' is reserved: names in parentheses are'
+                     || ' Chargeback''s own ({NO_SOURCE} is usage without a source)'
+            end
             when t.labels_problem is not null then t.labels_problem
             when jsonb_typeof(t.labels) not in ('object', 'null')
                 then 'labels: expected a flat JSON object of text values, got a JSON ' || jsonb_typeof(t.labels)
@@ -208,7 +219,7 @@ from classified
 
 
 _TEXT_OF = ", ".join(f"j ->> '{f}' as {f}, jsonb_typeof(j -> '{f}') as t_{f}" for f in SNAPSHOT_FIELDS)
-CLASSIFY_JSONL = _classify_sql(f"""
+_JSONL_FIELDS = f"""
     select line, coalesce(split_part(marked, chr(2), 2), doc) as raw_record,
            case when marked is not null then split_part(marked, chr(2), 1)
                 when escaped_nul then 'record: an escaped NUL character (\\u0000), which no text can hold'
@@ -228,7 +239,14 @@ CLASSIFY_JSONL = _classify_sql(f"""
         offset 0  -- parse each line once, not once per field
     ) as docs
     offset 0
-""")
+"""
+CLASSIFY_JSONL = _classify_sql(_JSONL_FIELDS)
+CLASSIFY_JSONL_WITHOUT_LABELS = _classify_sql(_JSONL_FIELDS, labels=False)
+JSONL_MAY_HOLD_LABELS = (r"select exists (select from landed_jsonl"
+                         r" where strpos(doc, 'labels') > 0 or strpos(doc, '\u') > 0)")
+"""Whether a landed JSON Lines file may hold labels: a line naming ``labels``, or with a
+``\\u`` escape (a key may be written escaped). Most files of producers without labels do not,
+and classify with :data:`CLASSIFY_JSONL_WITHOUT_LABELS`."""
 
 
 @functools.lru_cache(maxsize=64)
@@ -263,7 +281,7 @@ def classify_csv(header: CsvHeader) -> str:
         ) as landed
     ) as landed
     cross join lateral ({_CSV_LABELS}) as lp
-""")
+""", labels=labels_at is not None)
 
 def difference(first: str, this: str) -> str:
     """SQL: how two copies of a snapshot differ, for the reason: ``value 1 there, 4 here`` (the
