@@ -34,6 +34,11 @@ pytestmark = pytest.mark.warehouse
 D = Decimal
 MAY = dt.date(2033, 5, 1)
 NUMERIC = attachment.SCALES.keys()
+# a document as every document was before issue 11 (and as drafts still are): a plain PDF
+LEGACY_TENANT = Tenant("t003", "Initech", "Initech", "Ops", "ops", "standard")
+LEGACY_LINE = InvoiceLine("ingested_gb", "Log data ingested", D("10"), "GB", D("0.45"), D("4.50"), "USD", "standard")
+LEGACY = Invoice(None, "t003", dt.date(2033, 4, 1), dt.date(2033, 4, 30), dt.date(2033, 5, 4), "USD", D("4.50"),
+                 "standard")
 
 
 @pytest.fixture(scope="module")
@@ -131,14 +136,13 @@ def test_issued_pdf_declares_pdfa3b_is_tagged_and_marks_its_attachment_as_data(i
     assert spec["/EF"]["/F"].get_object()["/Subtype"] == "/application/json"  # written /application#2fjson
 
 
-def test_drafts_stay_plain_pdfs(issued, settings):
-    load_month("2033-06", tag="att", hours=24)
-    (draft, *_) = close.render_drafts("2033-06", settings, 1)
-    reader = pypdf.PdfReader(io.BytesIO(Path(draft.pdf_uri).read_bytes()))
+def test_drafts_stay_plain_pdfs():
+    """A draft (no number, nothing frozen, not for payment) is laid out as before: no attachment, no tags."""
+    reader = pypdf.PdfReader(io.BytesIO(render.render_invoice_pdf(LEGACY, [LEGACY_LINE], LEGACY_TENANT)))
     assert len(reader.attachments) == 0
-    assert "embeds its lines" not in " ".join(page.extract_text() for page in reader.pages)
     assert "/StructTreeRoot" not in reader.trailer["/Root"]
     assert reader.xmp_metadata is None
+    assert "embeds its lines" not in " ".join(page.extract_text() for page in reader.pages)
 
 
 # --------------------------------------------------------------------------- verify
@@ -210,10 +214,7 @@ def test_a_tampered_attachment_fails_verify_even_with_its_sha256_recorded_again(
 
 def test_a_document_issued_before_embedded_lines_is_reported_not_failed(issued, settings, capsys):
     """A final document whose PDF (sha256 intact) embeds no file: checked by sha256 only, and said so."""
-    tenant = Tenant("t003", "Initech", "Initech", "Ops", "ops", "standard")
-    line = InvoiceLine("ingested_gb", "Log data ingested", D("10"), "GB", D("0.45"), D("4.50"), "USD", "standard")
-    pdf = render.render_invoice_pdf(Invoice(None, "t003", dt.date(2033, 4, 1), dt.date(2033, 4, 30),
-                                            dt.date(2033, 5, 4), "USD", D("4.50"), "standard"), [line], tenant)
+    pdf = render.render_invoice_pdf(LEGACY, [LEGACY_LINE], LEGACY_TENANT)  # laid out as before: no attachment
     uri = Path(settings.reports_out) / "2033-04" / "LEGACY-1.pdf"
     uri.parent.mkdir(parents=True, exist_ok=True)
     uri.write_bytes(pdf)
