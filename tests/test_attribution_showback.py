@@ -154,43 +154,83 @@ def _pdf_text(path) -> str:
 
 
 def test_the_invoice_appendix_names_the_top_sources_with_the_marts_shares(databases, monkeypatch, tmp_path):
-    """Drafts rendered to real PDFs and read back: the split tenants' appendix lists, per meter,
-    the top five sources by usage and "other", with the marts' shares of usage and amount; the
-    tenant-total warehouse prints none."""
-    from chargeback.billing import invoices
-    from chargeback.billing.appendix import percent
+    """Drafts rendered to real PDFs and read back: each split tenant's appendix lists, per meter,
+    the top five sources by the month's usage and "other"; each meter's invoiced amount (the sum
+    of its lines) is split over the sources by their usage in the month with the largest
+    remainder, recomputed here from the marts, so the printed amounts add up to it exactly and
+    each source's share of the amount is its share of the usage to the cent. The tenant-total
+    warehouse prints none."""
+    import re
 
-    texts = {}
+    from chargeback.billing import invoices
+    from chargeback.billing.appendix import other_label, percent
+    from chargeback.billing.formatting import format_quantity
+
+    texts, records = {}, {}
     for name, database in databases.items():
         monkeypatch.setenv("CHARGEBACK_DATABASE", database)
         monkeypatch.setenv("CHARGEBACK_REPORTS_OUT", str(tmp_path / name))
-        records = invoices.render_month("2026-10", workers=1, issue_date=dt.date(2026, 11, 4))
-        record = min(records, key=lambda r: r.tenant_id)
-        texts[name] = _pdf_text(record.pdf_uri)
-        if name == "split":
-            tenant = record.tenant_id
-            rows = query(
-                "select source, coalesce(sum(usage_quantity), 0), sum(billed_amount)"
-                " from marts.fct_showback_sources_daily where tenant_id = %s and ledger_month = '2026-10-01'"
-                " and meter = 'scanned_gb' group by source order by 2 desc, 3 desc, source", tenant)
-    assert "where your usage came from" not in texts["plain"].lower()
-    text = texts["split"]
-    assert "where your usage came from" in text.lower()
-    usage_total = sum(r[1] for r in rows)
-    amount_total = sum(r[2] for r in rows)
-    (billed,) = query("select sum(amount) from marts.fct_invoice_lines where tenant_id = %s"
-                      " and invoice_month = '2026-10-01' and meter = 'scanned_gb'", tenant)[0]
-    assert amount_total == billed  # the sources' amounts add up to the meter's lines
-    lines = ["".join(line.split()) for line in text.splitlines()]  # a long source name may wrap
-    for source, usage, amount in rows[:5]:
-        (line,) = [line for line in lines if line.startswith(f"scanned_gb{source}")]
-        assert "".join(percent(usage / usage_total).split()) in line
-        assert "".join(percent(amount / amount_total).split()) in line
-        assert f"{amount:,.2f}" in line
-    rest = rows[5:]
-    (other,) = [line for line in lines if line.startswith(f"scanned_gbother({len(rest)}sources)")]
-    assert "".join(percent(sum(r[1] for r in rest) / usage_total).split()) in other
-    assert f"{sum(r[2] for r in rest):,.2f}" in other
+        records[name] = invoices.render_month("2026-10", workers=1, issue_date=dt.date(2026, 11, 4))
+        texts[name] = {r.tenant_id: _pdf_text(r.pdf_uri) for r in records[name]}
+    assert records["plain"]
+    assert not any("where your usage came from" in text.lower() for text in texts["plain"].values())
+
+    monkeypatch.setenv("CHARGEBACK_DATABASE", databases["split"])
+    hours = Decimal(31 * 24)
+    billed = defaultdict(lambda: Decimal(0))
+    for tenant, meter, amount in query("select tenant_id, meter, amount from marts.fct_invoice_lines"
+                                       " where invoice_month = '2026-10-01' and meter is not null"):
+        billed[tenant, meter] += amount
+    usage = defaultdict(dict)
+    kinds = {}
+    for tenant, meter, source, quantity, kind in query(
+            "select tenant_id, meter, source, sum(quantity), min(kind) from intermediate.int_usage_sources_daily"
+            " where usage_day >= '2026-10-01' and usage_day < '2026-11-01' group by 1, 2, 3"):
+        usage[tenant, meter][source] = quantity
+        kinds[tenant, meter] = kind
+    meters = sorted(set(billed) | set(usage))
+    assert {t for t, _ in meters} == set(texts["split"])
+    checked = 0
+    for tenant, text in texts["split"].items():
+        assert "where your usage came from" in text.lower()
+        lines = ["".join(line.split()) for line in text.splitlines()]  # a long source name may wrap
+        for meter in sorted(m for t, m in meters if t == tenant):
+            amount, weights = billed[tenant, meter], usage[tenant, meter] or {"(none)": Decimal(0)}
+            total = sum(weights.values())
+            split = _largest_remainder(amount, weights if total else {s: Decimal(1) for s in weights})
+            assert sum(split.values()) == amount
+            for source, weight in weights.items() if total else ():  # shares of amount follow usage, to the cent
+                assert abs(split[source] - amount * weight / total) < Decimal("0.01")
+            ranked = sorted(weights, key=lambda s: (-weights[s], -split[s], s.encode()))
+            named = [s for s in ranked if weights[s] or split[s]][:5]
+            rest = [s for s in ranked if s not in named]
+            rows = [line for line in lines if line.startswith(meter) and "%" in line]
+            printed = []
+            for source in named:
+                quantity = weights[source]
+                if kinds.get((tenant, meter)) == "gauge":  # printed in unit-months
+                    quantity = round(quantity / hours, 12)
+                (line,) = [line for line in rows if line.startswith(f"{meter}{source}{format_quantity(quantity)}")]
+                assert "".join(percent(weights[source] / total if total else Decimal(0)).split()) in line
+                assert "".join(percent(split[source] / amount if amount else None).split()) in line
+                printed.append(line)
+            others = [line for line in rows if line.startswith(f"{meter}other(")]
+            if any(weights[s] or split[s] for s in rest):
+                (other,) = others
+                assert other.startswith(f"{meter}{''.join(other_label(len(rest)).split())}")
+                assert "".join(percent(sum(weights[s] for s in rest) / total).split()) in other
+                printed.append(other)
+            else:
+                assert not others
+            amounts = [Decimal(re.search(r"%(-?[\d,]*\d\.\d{2})(?:\d+\.\d%|—)$", line)[1].replace(",", ""))
+                       for line in printed]
+            expected = [split[s] for s in named] + ([sum(split[s] for s in rest)] if len(printed) > len(named) else [])
+            assert amounts == expected
+            assert sum(amounts) == amount  # the printed amounts add up to the meter's lines exactly
+            checked += 1
+    assert checked >= len(texts["split"]) * 3
+    assert other_label(1) == "other (1 source)"
+    assert other_label(2) == "other (2 sources)"
 
 
 def test_trends_below_the_tenant_add_up_to_the_tenant_series(split):

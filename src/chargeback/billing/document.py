@@ -126,7 +126,8 @@ class Invoice:
 @dataclasses.dataclass(frozen=True)
 class SourceShare:
     """A row of the invoice appendix: one of a meter's top sources in the month, or the rest
-    (``source`` ``None``: "other", ``other_count`` sources) — from ``marts.fct_showback_sources_daily``."""
+    (``source`` ``None``: "other", ``other_count`` sources) — from the month's usage per source
+    and the invoice's lines (:mod:`chargeback.billing.appendix`)."""
 
     meter: str
     source: str | None
@@ -135,7 +136,8 @@ class SourceShare:
     usage_share: Decimal
     """Of the tenant's usage of the meter in the month (0..1)."""
     amount: Decimal
-    """Its share of the meter's billed amount (largest remainder by usage, not a re-pricing)."""
+    """Its share of the meter's billed amount in the month (largest remainder to the cent by the
+    month's usage, not a re-pricing); a meter's amounts add up to its lines."""
     amount_share: Decimal | None
     """Of the meter's billed amount (0..1); ``None`` when the meter billed nothing."""
     other_count: int = 0

@@ -85,7 +85,7 @@ def render_month(period: str, *, workers: int = 2, settings: Settings | None = N
     reports_dir = str(settings.reports_dir.resolve())
     jobs = assemble(period, headers, lines_by_tenant, tenants, issuer, reports_dir, issue_date=issue_date,
                      name=lambda tenant_id: f"drafts/{tenant_id}",
-                     sources=read_usage_sources(period_start, settings))
+                     sources=read_usage_sources(period_start, settings, lines_by_tenant))
 
     with warehouse.connect(settings) as conn:
         store.lock_issuer(conn, issuer)
@@ -148,7 +148,7 @@ def finalize_month(period: str, *, workers: int = 2, settings: Settings | None =
         jobs = assemble(period, headers, lines_by_tenant, tenants, issuer, reports_dir, issue_date=issue_date,
                          status="final", numbers=numbers, notes=tuple(notes), usage_as_of=usage_as_of,
                          name=lambda tenant_id: numbers[tenant_id],
-                         sources=read_usage_sources(period_start, settings))
+                         sources=read_usage_sources(period_start, settings, lines_by_tenant))
         written = render_and_write(jobs, fs, out_dir, workers)
         records = [store.record_of(job, issuer, settings.reports_out, period, written) for job in jobs]
         for job, record in zip(jobs, records, strict=True):

@@ -185,7 +185,7 @@ def invoice_context(invoice: Invoice, lines: Sequence[InvoiceLine], tenant: Tena
         "sources": [
             {
                 "meter": row.meter,
-                "source": row.source if row.source is not None else f"other ({row.other_count} sources)",
+                "source": row.source if row.source is not None else appendix.other_label(row.other_count),
                 "other": row.source is None,
                 "usage": f"{format_quantity(row.usage_quantity)} {row.unit}",
                 "usage_share": appendix.percent(row.usage_share),
