@@ -41,7 +41,7 @@ demo: install ## simulate a month for 50 tenants and run both DAGs through Airfl
 TEST_WORKERS ?= 2
 
 test: install focus-validator ## the whole suite: pure logic, warehouse, Airflow runs, FOCUS validator
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-unit: install ## pure-logic tests only, in seconds: no PostgreSQL is started or reached
 	$(VENV)/bin/pytest -p no:xdist -m "not warehouse and not airflow and not focus_validator"

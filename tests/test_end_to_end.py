@@ -14,6 +14,7 @@ from chargeback.ingest.simulate import simulate
 from chargeback.orchestration import runner
 from chargeback.platform import warehouse
 from chargeback.platform.money import format_money
+from conftest import database_of_its_own
 
 pytestmark = pytest.mark.airflow
 
@@ -26,8 +27,10 @@ INVOICED = {*TENANTS, "t008"}
 
 @pytest.fixture(scope="module")
 def airflow_home(test_warehouse, tmp_path_factory):
+    """An Airflow home, and a database of the module's own: the insights DAG forecasts the month of
+    the marts' last hour, which must be this module's July, not a later month another module loaded."""
     home = tmp_path_factory.mktemp("airflow_home")
-    with pytest.MonkeyPatch.context() as patch:
+    with database_of_its_own("e2e"), pytest.MonkeyPatch.context() as patch:
         patch.setenv("AIRFLOW_HOME", str(home))
         patch.setenv("CHARGEBACK_RETRY_DELAY_SECONDS", "1")
         yield home

@@ -287,6 +287,17 @@ def test_usage_list_cost_is_the_exact_product_and_rounds_to_the_invoice_list_amo
         assert D(row["ListCost"]).quantize(D("0.01"), rounding="ROUND_HALF_UP") == D(row["x_InvoiceListAmount"])
 
 
+def _blank_pdf() -> bytes:
+    import io
+
+    from pypdf import PdfWriter
+
+    writer, out = PdfWriter(), io.BytesIO()
+    writer.add_blank_page(width=595, height=842)
+    writer.write(out)
+    return out.getvalue()
+
+
 @pytest.mark.warehouse
 def test_export_names_the_platform_and_uses_issued_invoice_numbers(may, tmp_path):
     from chargeback.platform import warehouse
@@ -296,7 +307,7 @@ def test_export_names_the_platform_and_uses_issued_invoice_numbers(may, tmp_path
     assert {r["InvoiceId"] for r in rows if r["SubAccountId"] == "t002"} == {f"{PERIOD}/t002"}  # provisional
     # an issued (final) invoice of t002: final documents are immutable, so it stays; an issuer of
     # its own keeps it out of the real issuer's gapless sequence, a real file keeps `verify` true
-    pdf = b"%PDF-1.7 issued invoice CB-2031-999999\n"
+    pdf = _blank_pdf()  # a real PDF without embedded lines: verify reports it as issued before them
     with fsspec.open("memory://focus-test/CB-2031-999999.pdf", "wb") as fh:
         fh.write(pdf)
     with warehouse.connect(admin=True) as conn:  # a final row: only the owner writes one directly

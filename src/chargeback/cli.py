@@ -47,6 +47,14 @@ def _window(args: argparse.Namespace) -> tuple[dt.datetime, dt.datetime]:
     raise ValueError("give a window: --month YYYY-MM, or --start and --end (ISO-8601 UTC)")
 
 
+DEMO_SOURCES = 6
+"""Sources per tenant in ``chargeback demo``: enough for a long tail on the invoices' appendix."""
+
+
+def _hours(start: dt.datetime, end: dt.datetime) -> int:
+    return max(0, int((end - start).total_seconds() // 3600))
+
+
 def _last_closed_month(now: dt.datetime | None = None) -> str:
     """The latest month whose grace period has ended by ``now``: the demo can issue its invoices."""
     from chargeback.billing.close import grace_period_end
@@ -211,6 +219,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report_finance(args: argparse.Namespace) -> int:
+    """The finance report PDF of a month (docs/INSIGHTS.md, "The finance report")."""
+    from chargeback.insights import finance_report
+
+    print(finance_report.write_report(args.month, out=args.out).summary())
+    return 0
+
+
 def cmd_budgets(args: argparse.Namespace) -> int:
     """Evaluate the budgets of a month and deliver what fires (check), or print their state (list)."""
     from chargeback.insights import budgets
@@ -224,14 +240,6 @@ def cmd_budgets(args: argparse.Namespace) -> int:
         for failure in outcome.failures:
             print(f"chargeback budgets: {failure}", file=sys.stderr)
     print(budgets.render_status(month, budgets.status(month)))
-    return 0
-
-
-def cmd_report_finance(args: argparse.Namespace) -> int:
-    """The finance report PDF of a month (docs/INSIGHTS.md, "The finance report")."""
-    from chargeback.insights import finance_report
-
-    print(finance_report.write_report(args.month, out=args.out).summary())
     return 0
 
 
@@ -308,17 +316,26 @@ def cmd_export_focus(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Simulate a month, run usage_hourly over it and billing_monthly for it, through Airflow."""
+    """Simulate three months and the month to date, run usage_hourly over them, billing_monthly for the
+    last closed month and insights for the month in progress, all through Airflow."""
     from chargeback.billing import summary
     from chargeback.engine import configuration, transform
     from chargeback.ingest.simulate import simulate
+    from chargeback.insights import budgets
     from chargeback.orchestration import runner, steps
     from chargeback.platform import warehouse
     from chargeback.platform.settings import get_settings
 
     settings = get_settings()
     period = args.period or _last_closed_month()
-    start, end = steps.month_window(period)
+    month_start, month_end = steps.month_window(period)
+    # history for the seasonal forecast (>= 90 days at the month in progress): the two months before
+    # the billed one; usage up to the last complete hour (or the billed month's end, if later)
+    start = (month_start - dt.timedelta(days=1)).replace(day=1)
+    start = (start - dt.timedelta(days=1)).replace(day=1)
+    end = max(month_end, dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0))
+    if args.through:
+        end = steps.parse_instant(args.through)
     t0 = time.monotonic()
 
     def say(msg: str) -> None:
@@ -334,19 +351,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
         say("dbt: full refresh of the marts an earlier run built (raw usage is kept)")
         transform.build(full_refresh=True)
     ids = configuration.read().tenant_ids[: args.tenants]
-    hours = int((end - start).total_seconds() // 3600)
-    rows = simulate(settings.landing, ids, start, end, seed=args.seed,
-                    progress=_progress("simulating hours", hours))
-    say(f"simulated {rows:,} snapshots: {len(ids)} tenants x {hours} hours -> {settings.landing}")
-    say("Airflow: usage_hourly over the month (extract, stage, GX gate, publish, dbt models, mart checks)")
+    # the history at tenant grain (what forecasts need), the billed month and the month to date with
+    # sources and labels (what the showback marts and the invoices' appendix show): same tenant totals
+    rows = simulate(settings.landing, ids, start, month_start, seed=args.seed,
+                    progress=_progress("simulating history hours", _hours(start, month_start)))
+    rows += simulate(settings.landing, ids, month_start, end, seed=args.seed, sources=args.sources,
+                     progress=_progress("simulating hours with sources", _hours(month_start, end)))
+    say(f"simulated {rows:,} snapshots: {len(ids)} tenants, {_hours(start, end)} hours from {start:%Y-%m-%d} "
+        f"to {end:%Y-%m-%d %H:00} UTC ({args.sources} sources each from {month_start:%Y-%m-%d}) -> {settings.landing}")
+    say("Airflow: usage_hourly over them (extract, stage, GX gate, publish, dbt models, mart checks)")
     runner.run_dag("usage_hourly", {"start": start.isoformat(), "end": end.isoformat(), "source": "files"},
-                        quiet=not args.verbose)
-    say("Airflow: billing_monthly for the month (mart checks, drafts, completeness, final invoices, corrections)")
+                   quiet=not args.verbose)
+    say("Airflow: insights over them (forecast of the month in progress, budgets and their alerts)")
+    runner.run_dag("insights", {"start": start.isoformat(), "end": end.isoformat()}, quiet=not args.verbose)
+    say(f"Airflow: billing_monthly for {period} (mart checks, drafts, completeness, final invoices, "
+        "corrections, finance report)")
     runner.run_dag("billing_monthly", {"period": period}, quiet=not args.verbose)
-    say(f"invoices: {settings.reports_out.rstrip('/')}/{period}/")
+    out = settings.reports_out.rstrip("/")
+    say(f"invoices: {out}/{period}/")
     print()
     print(summary.render(summary.month_summary(period)))
     print()
+    current = budgets.latest_month(settings)
+    for month in dict.fromkeys([period, str(current)]):  # the billed month's budgets, then this month's
+        print(f"Budgets — {month}")
+        print(budgets.render_status(month, budgets.status(month, settings)))
+        print()
+    say(f"finance report: {out}/{period}/finance-report.pdf")
+    say(f"forecast of {current}: chargeback forecast --month {current}; budgets: chargeback budgets list "
+        f"--month {current}; pipeline: chargeback status")
     say("done")
     return 0
 
@@ -472,9 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run the FinOps focus-validator on the files (make focus-validator)")
     sp.set_defaults(func=cmd_export_focus)
 
-    sp = sub.add_parser("demo", help="simulate a month and run both DAGs through Airflow")
+    sp = sub.add_parser("demo", help="simulate three months and the month to date, run the DAGs through Airflow")
     sp.add_argument("--tenants", type=int, default=50)
-    sp.add_argument("--period", help="YYYY-MM (default: the last closed month)")
+    sp.add_argument("--period", help="the month to bill, YYYY-MM (default: the last closed month)")
+    sp.add_argument("--through", help="simulate usage up to this instant (default: the last complete hour)")
+    sp.add_argument("--sources", type=int, default=DEMO_SOURCES,
+                    help=f"log groups and query principals per tenant (default {DEMO_SOURCES}; 0: none)")
     sp.add_argument("--seed", type=int, default=42)
     sp.set_defaults(func=cmd_demo)
     return p
