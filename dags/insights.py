@@ -6,12 +6,13 @@ marts (`chargeback://warehouse/marts/usage`) as its outlet, with the window its 
 rebuilt as the event's `extra`; this DAG runs when that asset changes. It:
 
 1. **plan** — records each event's window in `pipeline.insights_requests` and takes every
-   request not yet done; if another run took requests less than an hour ago it stops here
+   request not yet done; if another run took requests in the same UTC clock hour it stops here
    (the requests wait for the next run: **at most one run an hour**, nothing lost),
 2. **forecast** — the month in progress, if the window touches it: month-end P10/P50/P90
    per tenant × meter, priced through the pricing engine, into `insights.forecasts`,
 3. **budgets** — every month the window touches: budget states, thresholds fired once per
-   budget × threshold × month and delivered through the notifier,
+   budget × threshold × month and delivered through the notifier; it runs even when the
+   forecast failed (thresholds on the actual do not need one; the run still fails and notifies),
 4. **done** — marks the requests done (a failed run leaves them for the next).
 
 The trend and showback marts are rebuilt, by day, in usage_hourly's dbt tasks over the same
@@ -46,7 +47,7 @@ from chargeback.orchestration.dag_defaults import USAGE_MARTS, default_args, on_
 def insights():
     @task.short_circuit
     def plan(params=None, triggering_asset_events=None) -> dict | None:
-        """Record the changed windows; take every pending one unless a run took some in the last hour."""
+        """Record the changed windows; take every pending one unless a run took some this clock hour."""
         from chargeback.orchestration import insights as steps
         from chargeback.platform.periods import resolve_window
 
@@ -63,7 +64,7 @@ def insights():
 
         return steps.forecast(steps.Plan.from_dict(plan))
 
-    @task
+    @task(trigger_rule="all_done")
     def budgets(plan: dict) -> dict[str, int]:
         """Budget states of the window's months; thresholds fire once and are delivered."""
         from chargeback.orchestration import insights as steps

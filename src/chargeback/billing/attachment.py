@@ -170,11 +170,9 @@ def encode(data: Mapping[str, Any]) -> bytes:
 
 def embedded_files(pdf: bytes) -> dict[str, bytes]:
     """The files embedded in a PDF, by name (pypdf; the first of a name)."""
-    try:
-        import pypdf
-        from pypdf.errors import PdfReadError
-    except ImportError as exc:  # a test dependency today; see docs/MONTH_CLOSE.md
-        raise InvoiceError("reading the embedded lines needs pypdf (pip install 'pypdf>=5')") from exc
+    import pypdf
+    from pypdf.errors import PdfReadError
+
     try:
         reader = pypdf.PdfReader(io.BytesIO(pdf))
         return {name: contents[0] for name, contents in reader.attachments.items() if contents}

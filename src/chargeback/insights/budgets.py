@@ -27,6 +27,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -469,8 +470,7 @@ def deliver_pending(settings: Settings | None = None, channels: notify.Channels 
     with warehouse.connect(settings) as conn:
         rows = conn.execute(
             "select alert_id, budget_id, month, line, channels_pending, delivery_attempts from insights.budget_alerts"
-            " where delivered_at is null and delivery_attempts < %s order by alert_id for update skip locked",
-            (MAX_ATTEMPTS,)).fetchall()
+            " where delivered_at is null and delivery_attempts < %s order by alert_id", (MAX_ATTEMPTS,)).fetchall()
         groups: dict[tuple[str, dt.date, str, tuple[str, ...]], list[int]] = {}
         attempts: dict[tuple[str, dt.date, str, tuple[str, ...]], int] = {}
         for alert_id, budget_id, month, line, pending, tried in rows:
@@ -478,31 +478,51 @@ def deliver_pending(settings: Settings | None = None, channels: notify.Channels 
             groups.setdefault(key, []).append(alert_id)
             attempts[key] = max(attempts.get(key, 0), tried + 1)
         recipients = _recipients(conn, {k[0] for k in groups}, {k[1] for k in groups})
+        conn.commit()
+        # one transaction per message: its rows are locked while it is sent and its outcome is committed
+        # at once, so a later failure (or a killed worker) never makes an earlier message go out again
         for (budget_id, month, line, pending), ids in groups.items():
-            left, errors = [], []
-            for channel in pending:
-                try:
-                    _send(channel, line, channels, recipients.get((budget_id, month)), env)
-                except Exception as exc:  # noqa: BLE001 - kept on the row, tried again next time
-                    left.append(channel)
-                    errors.append(f"{channel}: {' '.join(str(exc).split()) or type(exc).__name__}")
-            conn.execute(
-                "update insights.budget_alerts set channels_pending = %s, delivery_attempts = delivery_attempts + 1,"
-                " last_error = %s, delivered_at = case when %s then now() end where alert_id = any(%s)",
-                (left, "; ".join(errors) or None, not left, ids))
-            if left and attempts[(budget_id, month, line, pending)] >= MAX_ATTEMPTS:
-                failures.append(events.record(events.Event(
-                    "notice", f"budget {budget_id} alert of {month:%Y-%m}",
-                    f"not delivered after {MAX_ATTEMPTS} attempts: {'; '.join(errors)}",
-                    "fix the channel; the alert's line is in pipeline.events and insights.budget_alerts",
-                    severity="error"), conn=conn, details={"budget": budget_id, "month": f"{month:%Y-%m}"}))
-            elif left:
-                failures.append(f"budget {budget_id} {month:%Y-%m}: could not deliver to {', '.join(errors)}"
-                                " (tried again at the next check)")
-                log.warning("chargeback: %s", failures[-1])
-            else:
-                delivered += 1
+            with conn.transaction():
+                locked = conn.execute(
+                    "select alert_id from insights.budget_alerts where alert_id = any(%s) and delivered_at is null"
+                    " and channels_pending = %s for update skip locked", (ids, list(pending))).fetchall()
+                if len(locked) != len(ids):
+                    continue  # another check is sending it, or sent it since
+                left, errors = [], []
+                for channel in pending:
+                    try:
+                        _send(channel, line, channels, recipients.get((budget_id, month)), env)
+                    except Exception as exc:  # noqa: BLE001 - kept on the row, tried again next time
+                        left.append(channel)
+                        errors.append(f"{channel}: {_error_text(exc)}")
+                conn.execute(
+                    "update insights.budget_alerts set channels_pending = %s,"
+                    " delivery_attempts = delivery_attempts + 1, last_error = %s,"
+                    " delivered_at = case when %s then now() end where alert_id = any(%s)",
+                    (left, "; ".join(errors) or None, not left, ids))
+                if left and attempts[(budget_id, month, line, pending)] >= MAX_ATTEMPTS:
+                    failures.append(events.record(events.Event(
+                        "notice", f"budget {budget_id} alert of {month:%Y-%m}",
+                        f"not delivered after {MAX_ATTEMPTS} attempts: {'; '.join(errors)}",
+                        "fix the channel; the alert's line is in pipeline.events and insights.budget_alerts",
+                        severity="error"), conn=conn, details={"budget": budget_id, "month": f"{month:%Y-%m}"}))
+                elif left:
+                    failures.append(f"budget {budget_id} {month:%Y-%m}: could not deliver to {', '.join(errors)}"
+                                    " (tried again at the next check)")
+                    log.warning("chargeback: %s", failures[-1])
+                else:
+                    delivered += 1
     return delivered, failures
+
+
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://\S+|\b[\w.-]+\.[a-z]{2,}/\S*")
+
+
+def _error_text(exc: BaseException) -> str:
+    """Why a channel failed, for the alert row and the events line, with any URL left out: a webhook's
+    URL is a secret (it is in the environment, not in budgets.yml), and the row is readable by BI."""
+    text = _URL.sub("<url>", " ".join(str(exc).split()))
+    return text or type(exc).__name__
 
 
 def _recipients(conn: psycopg.Connection, budget_ids: set[str], months: set[dt.date]

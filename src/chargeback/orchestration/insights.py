@@ -6,9 +6,10 @@ is that window (the lookback dbt rebuilt, late hours included). The insights DAG
 on the asset, so it runs because data changed, not because the clock ticked.
 
 **At most once an hour.** Every event becomes a row of ``pipeline.insights_requests``. A run
-takes every request not yet done, unless another run took requests less than
-``MIN_INTERVAL`` ago: then it records its own and stops, and the next run (the next
-hour's event) takes them too, so a burst of replays or a backfill costs one insights run an
+takes every request not yet done, unless another run took requests in the same UTC clock
+hour: then it records its own and stops, and the next run (the next hour's event) takes them
+too (a clock hour, not "60 minutes since": hourly events a minute early must not skip every
+other hour), so a burst of replays or a backfill costs one insights run an
 hour and loses no window. A manual run (the DAG's ``start``/``end`` params) is never held
 back.
 
@@ -29,7 +30,6 @@ from chargeback.platform import warehouse
 from chargeback.platform.periods import Period
 from chargeback.platform.settings import Settings
 
-MIN_INTERVAL = dt.timedelta(hours=1)
 ASSET_URI = "chargeback://warehouse/marts/usage"
 """The usage marts (usage, allocations, ledgers, trends, showback) as one Airflow asset."""
 
@@ -80,7 +80,7 @@ def windows_of(events: Mapping[object, Iterable[object]] | None) -> list[tuple[d
 def request(windows: Iterable[tuple[dt.datetime, dt.datetime]], *, manual: bool = False,
             settings: Settings | None = None, now: dt.datetime | None = None) -> Plan | None:
     """Record ``windows`` as requests and take every pending one, or ``None`` when a run took
-    requests less than :data:`MIN_INTERVAL` ago (``manual`` runs are never held back).
+    requests in the same UTC clock hour (``manual`` runs are never held back).
 
     With no window at all (an event without one), the month in progress is requested."""
     windows = list(windows)
@@ -94,7 +94,7 @@ def request(windows: Iterable[tuple[dt.datetime, dt.datetime]], *, manual: bool 
             conn.execute("insert into pipeline.insights_requests (window_start, window_end, requested_at)"
                          " values (%s, %s, %s)", (start, end, now))
         last = conn.execute("select max(taken_at) from pipeline.insights_requests").fetchone()[0]
-        if not manual and last is not None and now - last < MIN_INTERVAL:
+        if not manual and last is not None and _clock_hour(now) <= _clock_hour(last):
             return None
         rows = conn.execute(
             "update pipeline.insights_requests set taken_at = %s where done_at is null"
@@ -131,6 +131,10 @@ def budgets(plan: Plan, settings: Settings | None = None) -> dict[str, int]:
     from chargeback.insights import budgets as budget_checks
 
     return {str(month): len(budget_checks.check(month, settings).fired) for month in plan.months}
+
+
+def _clock_hour(instant: dt.datetime) -> dt.datetime:
+    return instant.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def _month_in_progress(conn) -> tuple[dt.datetime, dt.datetime]:
