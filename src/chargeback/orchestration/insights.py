@@ -26,7 +26,7 @@ import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Mapping
 
-from chargeback.platform import warehouse
+from chargeback.platform import freshness, warehouse
 from chargeback.platform.periods import Period
 from chargeback.platform.settings import Settings
 
@@ -138,7 +138,7 @@ def _clock_hour(instant: dt.datetime) -> dt.datetime:
 
 
 def _month_in_progress(conn) -> tuple[dt.datetime, dt.datetime]:
-    last = conn.execute("select max(hour_start) from marts.fct_usage_hourly").fetchone()[0] \
-        if conn.execute("select to_regclass('marts.fct_usage_hourly') is not null").fetchone()[0] else None
-    instant = last or dt.datetime.now(dt.UTC)
+    """The month of the last hour the marts know (this UTC month when they know none)."""
+    through = freshness.usage_through(conn)
+    instant = through - dt.timedelta(hours=1) if through else dt.datetime.now(dt.UTC)
     return Period(instant.year, instant.month).window
