@@ -14,13 +14,16 @@ Runs after each month ends (its data interval is the month):
    refuses the close with the missing hours listed, unless the run gives the
    `override_incomplete` param (a reason) and `override_by` (who decides). The override is
    recorded in `pipeline.month_closes` and printed on every invoice.
-5. **finalize_invoices** — re-rendered from the current marts, numbered (gapless per issuer)
+5. **refresh_insights** — the month's insight marts (daily ledger, showback below the tenant,
+   trends) rebuilt with their tests, so the invoices' "where your usage came from" appendix and
+   the finance report read the marts as they are now, whatever the insights DAG last saw.
+6. **finalize_invoices** — re-rendered from the current marts, numbered (gapless per issuer)
    and made final in one transaction, PDFs in `reports/out/<YYYY-MM>/<number>.pdf`.
    Final invoices never change (the database refuses it).
-6. **issue_corrections** — for earlier final months whose marts changed since, a credit or
+7. **issue_corrections** — for earlier final months whose marts changed since, a credit or
    debit note that references the original invoice.
-7. **finance_summary** — the month's figures for finance.
-8. **finance_report** — the finance report PDF beside the invoices,
+8. **finance_summary** — the month's figures for finance.
+9. **finance_report** — the finance report PDF beside the invoices,
    `reports/out/<YYYY-MM>/finance-report.pdf` (docs/INSIGHTS.md, "The finance report").
 
 A manual run may name the month with the `period` param (`YYYY-MM`).
@@ -108,6 +111,13 @@ def billing_monthly():
             raise AirflowFailException(str(exc)) from exc
 
     @task
+    def refresh_insights(period: str) -> None:
+        """dbt build of the insight marts over the month: the appendix and the finance report read them."""
+        from chargeback.orchestration import steps
+
+        steps.refresh_insights(*steps.month_window(period))
+
+    @task
     def finalize_invoices(period: str, params=None) -> int:
         """Final PDFs from the current marts; numbers, frozen lines and status in one transaction."""
         from chargeback.billing import close
@@ -148,6 +158,7 @@ def billing_monthly():
         >> grace_period_end(period)
         >> wait_for_grace_period
         >> check_completeness(period)
+        >> refresh_insights(period)
         >> finalize_invoices(period)
         >> issue_corrections(period)
         >> finance_summary(period)

@@ -8,15 +8,18 @@ rebuilt as the event's `extra`; this DAG runs when that asset changes. It:
 1. **plan** — records each event's window in `pipeline.insights_requests` and takes every
    request not yet done; if another run took requests in the same UTC clock hour it stops here
    (the requests wait for the next run: **at most one run an hour**, nothing lost),
-2. **forecast** — the month in progress, if the window touches it: month-end P10/P50/P90
+2. **refresh** — the insight marts (dbt tag `insights`: daily usage and ledger, showback per
+   source and label value, trends) rebuilt over the requests' window with their tests, in one
+   dbt build (usage_hourly builds the cost chain only),
+3. **forecast** — the month in progress, if the window touches it: month-end P10/P50/P90
    per tenant × meter, priced through the pricing engine, into `insights.forecasts`,
-3. **budgets** — every month the window touches: budget states, thresholds fired once per
+4. **budgets** — every month the window touches: budget states, thresholds fired once per
    budget × threshold × month and delivered through the notifier; it runs even when the
    forecast failed (thresholds on the actual do not need one; the run still fails and notifies),
-4. **done** — marks the requests done (a failed run leaves them for the next).
+   but not on marts the refresh failed to rebuild (it refuses, naming the build),
+5. **done** — marks the requests done (a failed run leaves them for the next).
 
-The trend and showback marts are rebuilt, by day, in usage_hourly's dbt tasks over the same
-window. A manual run may pass `start`/`end` (ISO-8601 UTC) to recompute a window at once.
+A manual run may pass `start`/`end` (ISO-8601 UTC) to recompute a window at once.
 Logic lives in `chargeback.orchestration.insights`; this file only wires tasks.
 docs/INSIGHTS.md explains forecasts and budgets.
 """
@@ -58,6 +61,13 @@ def insights():
         return plan.as_dict() if plan else None
 
     @task
+    def refresh(plan: dict) -> None:
+        """dbt build of the insight marts (tag `insights`) over the requests' window."""
+        from chargeback.orchestration import insights as steps
+
+        steps.refresh(steps.Plan.from_dict(plan))
+
+    @task
     def forecast(plan: dict) -> dict[str, int]:
         """Month-end forecasts of the month in progress, priced, into insights.forecasts."""
         from chargeback.orchestration import insights as steps
@@ -79,7 +89,7 @@ def insights():
         return steps.done(steps.Plan.from_dict(plan))
 
     taken = plan()
-    forecast(taken) >> budgets(taken) >> done(taken)
+    refresh(taken) >> forecast(taken) >> budgets(taken) >> done(taken)
 
 
 insights()

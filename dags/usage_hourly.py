@@ -21,7 +21,10 @@ the schedule). It:
    model, then its data tests (dbt's unit tests prove code, not data: CI runs them); a
    failing test fails the task and the run, and dbt tests that span several models run as
    their own tasks once all their models are built.
-   Incremental models touch only the lookback's hours (and the months they touch),
+   Incremental models touch only the lookback's hours (and the months they touch).
+   The insight marts (dbt tag `insights`: trends, daily ledger, showback below the tenant)
+   are not built here: the insights DAG rebuilds them after this run, in one dbt build,
+   at most once an hour,
 7. **checks** the marts over the lookback: allocated cost reconciles to each pool's cost to the cent,
    then updates the usage marts asset (`chargeback://warehouse/marts/usage`, the lookback as the
    event's `extra`): the `insights` DAG runs on it (forecasts, budget alerts).
@@ -56,8 +59,9 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior, TestIndirectSelection
 
-from chargeback.engine.transform import dbt_paths
+from chargeback.engine.transform import INSIGHTS, dbt_paths
 from chargeback.orchestration.dag_defaults import USAGE_MARTS, default_args, on_dag_failure
+from chargeback.orchestration.dbt_tasks import drop_excluded_tests
 
 DBT = dbt_paths()  # paths only: no dbt, no database
 if not DBT.manifest.is_file():
@@ -173,6 +177,7 @@ def usage_hourly():
             test_behavior=TestBehavior.BUILD,
             should_detach_multiple_parents_tests=True,
             emit_datasets=False,
+            exclude=[INSIGHTS],  # the insights DAG builds them (docs/INSIGHTS.md)
             # the ephemeral pricing models get dbt tasks too (with docs and retries like every
             # task); with unit tests left to CI they build nothing of their own
             ephemeral_models_as_empty_operator=False,
@@ -183,6 +188,9 @@ def usage_hourly():
                       " and the model's description in `dbt_project/models/`).",
         },
     )
+
+    # cosmos puts back the tests spanning an insight mart and a ledger mart: drop them here too
+    drop_excluded_tests(transform, DBT.manifest, "insights")
 
     plan = plan_window(resolve_window())
     load_id = extract_and_stage(plan)

@@ -83,6 +83,31 @@ def test_usage_hourly_wiring_reads_like_the_pipeline(dagbag):
         assert t.task_id in check.get_flat_relative_ids(upstream=True), f"{t.task_id} -> check_marts"
 
 
+def test_the_insight_marts_are_built_by_the_insights_dag_and_the_month_close_not_every_hour(dagbag):
+    import json
+
+    from chargeback.engine.transform import manifest_path
+
+    nodes = json.loads(manifest_path().read_text())["nodes"].values()
+    tagged = {n["name"] for n in nodes if "insights" in n["tags"]}
+    # the daily ledger, showback, trends and the tests spanning them
+    assert {"int_ledger_daily", "fct_trends_daily", "fct_showback_sources_daily",
+            "assert_trends_add_up_to_ledger_marts", "assert_showback_adds_up_to_ledger_daily"} <= tagged
+    hourly = {t.task_id.removeprefix("transform.").removesuffix("_model_build").removesuffix("_test")
+              for t in dagbag.dags["usage_hourly"].tasks if t.task_id.startswith("transform.")}
+    assert hourly and not hourly & tagged, hourly & tagged
+    # nothing the cost chain builds reads an insight mart
+    by_name = {n["name"]: n for n in nodes if n["resource_type"] == "model"}
+    for name in hourly & set(by_name):
+        parents = {p.rsplit(".", 1)[-1] for p in by_name[name]["depends_on"]["nodes"]}
+        assert not parents & tagged, f"{name} reads {parents & tagged}"
+    insights = dagbag.dags["insights"]
+    assert insights.get_task("refresh").downstream_task_ids == {"forecast"}
+    billing = dagbag.dags["billing_monthly"]
+    assert billing.get_task("refresh_insights").upstream_task_ids == {"resolve_period", "check_completeness"}
+    assert "finalize_invoices" in billing.get_task("refresh_insights").downstream_task_ids
+
+
 def test_hourly_schedule_gives_one_hour_intervals(dagbag):
     import datetime as dt
 

@@ -35,6 +35,11 @@ from chargeback.platform.settings import Settings, get_settings
 _dbt_lock = threading.Lock()
 log = logging.getLogger(__name__)
 
+INSIGHTS = "tag:insights"
+"""The insight marts (daily usage and ledger, showback below the tenant, trends) and their
+tests: rebuilt by the insights DAG and at month close, not by the hourly cost chain
+(docs/INSIGHTS.md, "When the insight marts are built"). Nothing billing computes reads them."""
+
 _FAILED = {"error", "fail", "runtime error"}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # dbt's own header line ("Database Error in model x (path)") says nothing new.
@@ -80,6 +85,7 @@ def build(
     window_end: datetime | None = None,
     *,
     select: str | None = None,
+    exclude: str | None = None,
     full_refresh: bool = False,
     unit_tests: bool = False,
 ) -> TransformResult:
@@ -109,6 +115,9 @@ def build(
         args += ["--exclude-resource-type", "unit_test"]
     if select:
         args += ["--select", select]
+    if exclude:
+        args += ["--exclude", exclude]
+    selection = _selection(select, exclude)
     if full_refresh:
         args.append("--full-refresh")
     started = time.monotonic()
@@ -116,7 +125,7 @@ def build(
         try:
             outcome = _invoke(args, settings)
         except Exception as exc:
-            _record_run(settings, window, select, began, (f"dbt build could not run: {_one_line(str(exc))}",))
+            _record_run(settings, window, selection, began, (f"dbt build could not run: {_one_line(str(exc))}",))
             raise
         results = outcome.result.results if outcome.result else ()
         nodes = tuple(_node_result(r) for r in results)
@@ -125,15 +134,22 @@ def build(
             failed = [_with_snapshot(n, r, settings) for n, r in zip(nodes, results, strict=True)
                       if n.status in _FAILED]
             error = _error("dbt build", outcome, nodes, failed)
-            _record_run(settings, window, select, began, error.failures)
+            _record_run(settings, window, selection, began, error.failures)
             raise error
-        _record_run(settings, window, select, began, ())
+        _record_run(settings, window, selection, began, ())
     return TransformResult(
         window_start=window[0] if window else None,
         window_end=window[1] if window else None,
         seconds=round(time.monotonic() - started, 3),
         nodes=nodes,
     )
+
+
+def _selection(select: str | None, exclude: str | None) -> str | None:
+    """How ``pipeline.transform_runs.selection`` records a build's nodes (``None``: all of them)."""
+    if not exclude:
+        return select
+    return f"{select} --exclude {exclude}" if select else f"--exclude {exclude}"
 
 
 def parse(environ: Mapping[str, str] | None = None) -> Path:

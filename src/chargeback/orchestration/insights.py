@@ -16,8 +16,8 @@ back.
 **Only what changed.** The window's months are the months the run looks at: the forecast of
 the month in progress (the month of the last complete hour in the marts) when the window
 touches it, and the budgets of every month the window touches (a late file can push a
-closed month over its budget). The trend and showback marts themselves are rebuilt,
-incrementally by day, by usage_hourly's dbt tasks over the same window.
+closed month over its budget). The insight marts (dbt tag ``insights``) are rebuilt over the
+window first (:func:`refresh`), in one dbt build: usage_hourly builds the cost chain only.
 """
 
 from __future__ import annotations
@@ -110,6 +110,13 @@ def done(plan: Plan, settings: Settings | None = None) -> int:
                             (list(plan.request_ids),)).rowcount
 
 
+def refresh(plan: Plan, settings: Settings | None = None) -> None:
+    """Rebuild the insight marts over the plan's window (one dbt build, with their tests)."""
+    from chargeback.orchestration import steps
+
+    steps.refresh_insights(plan.start, plan.end, settings)
+
+
 def forecast(plan: Plan, settings: Settings | None = None) -> dict[str, int]:
     """Forecast the month in progress when the plan's window touches it; returns rows per month."""
     from chargeback.insights import forecast as forecasts
@@ -130,7 +137,30 @@ def budgets(plan: Plan, settings: Settings | None = None) -> dict[str, int]:
     """Evaluate and deliver the budgets of every month the window touches; returns alerts fired."""
     from chargeback.insights import budgets as budget_checks
 
+    _require_refreshed(plan, settings)
     return {str(month): len(budget_checks.check(month, settings).fired) for month in plan.months}
+
+
+class InsightsNotRefreshed(RuntimeError):
+    """The run's refresh of the insight marts did not succeed: budgets would read stale actuals."""
+
+
+def _require_refreshed(plan: Plan, settings: Settings | None) -> None:
+    """Refuse when no build of the insight marts covering the plan's window succeeded since the
+    plan was taken (the budgets task runs after a failed forecast, not after a failed refresh)."""
+    from chargeback.engine.transform import INSIGHTS
+
+    with warehouse.connect(settings) as conn:
+        row = conn.execute(
+            "select transform_id, status, failures from pipeline.transform_runs"
+            " where selection = %s and started_at >= %s"
+            "   and (window_start is null or (window_start <= %s and window_end >= %s))"
+            " order by transform_id desc limit 1", (INSIGHTS, plan.taken_at, plan.start, plan.end)).fetchone()
+    if row is None or row[1] != "succeeded":
+        why = f"transform run {row[0]} failed: {(row[2] or ['see the dbt log'])[0]}" if row else "it did not run"
+        raise InsightsNotRefreshed(
+            f"budgets of [{plan.start.isoformat()}, {plan.end.isoformat()}) not evaluated: the insight marts"
+            f" were not rebuilt for this run ({why}); fix it and run the insights DAG again")
 
 
 def _clock_hour(instant: dt.datetime) -> dt.datetime:

@@ -107,10 +107,21 @@ def publish_and_widen(load_id: int, plan: restatement.Plan | dict, settings: Set
 
 
 def transform(start: dt.datetime | None, end: dt.datetime | None, settings: Settings | None = None,
-              *, full_refresh: bool = False) -> None:
+              *, full_refresh: bool = False, insights: bool = True) -> None:
+    """dbt over a window (or everything): every model, or with ``insights=False`` the cost
+    chain only, as usage_hourly builds it (the insight marts follow in :func:`refresh_insights`)."""
     from chargeback.engine import transform as dbt
 
-    dbt.build(start, end, full_refresh=full_refresh)
+    dbt.build(start, end, full_refresh=full_refresh, exclude=None if insights else dbt.INSIGHTS)
+
+
+def refresh_insights(start: dt.datetime, end: dt.datetime, settings: Settings | None = None) -> None:
+    """Rebuild the insight marts (trends, daily ledger, showback below the tenant) over a window,
+    with their tests: the insights DAG after usage_hourly, billing_monthly before the invoices."""
+    from chargeback.engine import transform as dbt
+
+    result = dbt.build(start, end, select=dbt.INSIGHTS)
+    log.info("insight marts rebuilt over [%s, %s) in %.1f s", start.isoformat(), end.isoformat(), result.seconds)
 
 
 def check_marts(start: dt.datetime | None, end: dt.datetime | None, settings: Settings | None = None) -> None:
@@ -131,8 +142,9 @@ def load_window(start: dt.datetime, end: dt.datetime, source: UsageSource,
 
 
 def run_usage_window(start: dt.datetime, end: dt.datetime, source: UsageSource,
-                     settings: Settings | None = None, *, restate: bool = True) -> int:
-    """The whole hourly chain for one window, in-process — what ``usage_hourly`` runs.
+                     settings: Settings | None = None, *, restate: bool = True, insights: bool = True) -> int:
+    """The whole hourly chain for one window, in-process — what ``usage_hourly`` runs, then
+    (with ``insights``) the insight marts' refresh the insights DAG runs after it.
 
     With ``restate`` (an hourly run), the load window first grows back to the earliest
     restated past hour (:func:`plan_window`); dbt and the checks then run over the
@@ -143,8 +155,10 @@ def run_usage_window(start: dt.datetime, end: dt.datetime, source: UsageSource,
     load_id = extract_and_stage(plan.load_start, plan.load_end, source, settings)
     gate(load_id, plan.load_start, plan.load_end, settings)
     dbt_start, dbt_end = publish_and_widen(load_id, plan, settings)
-    transform(dbt_start, dbt_end, settings)
+    transform(dbt_start, dbt_end, settings, insights=False)
     check_marts(dbt_start, dbt_end, settings)
+    if insights:
+        refresh_insights(dbt_start, dbt_end, settings)
     return load_id
 
 

@@ -77,11 +77,13 @@ limit 1
 """
 
 # A published load of hours of the month that no successful build begun after it
-# finished covers (its hours within the month, or everything).
+# finished covers (its hours within the month, or everything). A build of the insight
+# marts alone (selection 'tag:insights') does not count: it builds no billing mart.
 _UNBUILT_LOAD = """
 select l.load_id, l.window_start, l.window_end, l.finished_at,
        (select max(s.finished_at) from pipeline.transform_runs as s
         where s.status = 'succeeded'
+          and s.selection is distinct from 'tag:insights'
           and (s.window_start is null
                or (s.window_start < %(end)s and s.window_end > %(start)s))) as last_build
 from pipeline.load_runs as l
@@ -90,6 +92,7 @@ where l.status = 'published'
   and not exists (
       select from pipeline.transform_runs as s
       where s.status = 'succeeded'
+        and s.selection is distinct from 'tag:insights'
         and s.started_at >= l.finished_at
         and (s.window_start is null
              or (s.window_start <= greatest(l.window_start, %(start)s)
