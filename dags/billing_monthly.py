@@ -6,7 +6,8 @@ Runs after each month ends (its data interval is the month):
 1. **check_marts** — every allocation rule had driver data and the month's marts reconcile
    (and are current) to the cent.
 2. **render_drafts** — one PDF per tenant, marked DRAFT and unnumbered, in
-   `reports/out/<YYYY-MM>/drafts/`.
+   `reports/out/<YYYY-MM>/drafts/`, while the grace period runs (a month past it, e.g. a
+   backfill, goes straight to its final invoices: drafts would be replaced in seconds).
 3. **wait_for_grace_period** — a reschedule-mode sensor holds no worker slot until the
    month's grace period (`CHARGEBACK_GRACE_PERIOD_DAYS`, default 3 days after month end)
    is over; a past month passes at once. Late usage loaded meanwhile restates the marts.
@@ -15,8 +16,9 @@ Runs after each month ends (its data interval is the month):
    `override_incomplete` param (a reason) and `override_by` (who decides). The override is
    recorded in `pipeline.month_closes` and printed on every invoice.
 5. **refresh_insights** — the month's insight marts (daily ledger, showback below the tenant,
-   trends) rebuilt with their tests, so the invoices' "where your usage came from" appendix and
-   the finance report read the marts as they are now, whatever the insights DAG last saw.
+   trends) rebuilt with their tests when they miss a change of the month, so the invoices'
+   "where your usage came from" appendix and the finance report read the marts as they are
+   now, whatever the insights DAG last saw.
 6. **finalize_invoices** — re-rendered from the current marts, numbered (gapless per issuer)
    and made final in one transaction, PDFs in `reports/out/<YYYY-MM>/<number>.pdf`.
    Final invoices never change (the database refuses it).
@@ -76,7 +78,8 @@ def billing_monthly():
         """One DRAFT PDF per tenant, unnumbered, rendered in parallel processes, recorded with its sha256."""
         from chargeback.billing import close
 
-        if close.is_final(period):
+        if close.is_final(period) or close.grace_period_over(period):
+            print(f"{period}: {'final already' if close.is_final(period) else 'grace period over'}: no drafts")
             return 0
         return len(close.render_drafts(period))
 
@@ -115,7 +118,7 @@ def billing_monthly():
         """dbt build of the insight marts over the month: the appendix and the finance report read them."""
         from chargeback.orchestration import steps
 
-        steps.refresh_insights(*steps.month_window(period))
+        steps.refresh_insights(*steps.month_window(period), if_behind=True)
 
     @task
     def finalize_invoices(period: str, params=None) -> int:

@@ -6,6 +6,7 @@ import datetime as dt
 import types
 
 import pytest
+from conftest import database_of_its_own
 
 from chargeback.orchestration import insights
 from chargeback.platform import warehouse
@@ -70,3 +71,42 @@ def test_an_event_without_a_window_requests_the_month_of_the_last_usage_hour(tes
     plan = insights.request([], manual=True)
     instant = last or dt.datetime.now(dt.UTC)
     assert (plan.start, plan.end) == Period(instant.year, instant.month).window
+
+
+@pytest.mark.warehouse
+def test_the_month_close_rebuilds_the_insight_marts_only_when_they_miss_a_change(test_warehouse):
+    from chargeback.engine.transform import INSIGHTS
+    from chargeback.platform import freshness
+
+    month = (dt.datetime(2031, 3, 1, tzinfo=dt.UTC), dt.datetime(2031, 4, 1, tzinfo=dt.UTC))
+    h = dt.datetime(2031, 3, 10, 5, tzinfo=dt.UTC)
+    clock = iter(dt.datetime(2031, 4, 2, tzinfo=dt.UTC) + n * dt.timedelta(minutes=1) for n in range(100))
+
+    def build(selection: str | None, start: dt.datetime | None, end: dt.datetime | None, status="succeeded"):
+        began = next(clock)
+        with warehouse.connect() as conn:
+            conn.execute("insert into pipeline.transform_runs (window_start, window_end, selection, status, started_at,"
+                         " finished_at, invoked_by) values (%s, %s, %s, %s, %s, %s, 'test')",
+                         (start, end, selection, status, began, next(clock)))
+
+    def current() -> bool:
+        return freshness.insight_marts_current(*month, INSIGHTS)
+
+    with database_of_its_own("insights_fresh"):  # no other module's dbt runs
+        build("int_cost_allocations_hourly", h, h + HOUR)  # an hourly cosmos task
+        assert not current()
+        build(INSIGHTS, h - HOUR, h + 2 * HOUR)  # the insights DAG's refresh after it, over a wider window
+        assert current()
+        build(INSIGHTS, h + HOUR, h + 2 * HOUR, status="failed")  # the last refresh failed
+        assert not current()
+        build(None, *month)  # `chargeback transform --month`: everything, the insight marts included
+        assert current()
+        build("--exclude tag:insights", h + HOUR, h + 2 * HOUR)  # the cost chain, in-process
+        assert not current()
+        build("fct_invoices", h + 3 * HOUR, h + 4 * HOUR)
+        build(INSIGHTS, h, h + 2 * HOUR)  # covers the first change, not the second
+        assert not current()
+        # a change in another month is not this month's business
+        build("fct_invoices", dt.datetime(2031, 5, 1, tzinfo=dt.UTC), dt.datetime(2031, 5, 1, 1, tzinfo=dt.UTC))
+        build(INSIGHTS, h + 3 * HOUR, h + 4 * HOUR)
+        assert current()

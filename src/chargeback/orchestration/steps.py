@@ -115,13 +115,23 @@ def transform(start: dt.datetime | None, end: dt.datetime | None, settings: Sett
     dbt.build(start, end, full_refresh=full_refresh, exclude=None if insights else dbt.INSIGHTS)
 
 
-def refresh_insights(start: dt.datetime, end: dt.datetime, settings: Settings | None = None) -> None:
+def refresh_insights(start: dt.datetime, end: dt.datetime, settings: Settings | None = None, *,
+                     if_behind: bool = False) -> bool:
     """Rebuild the insight marts (trends, daily ledger, showback below the tenant) over a window,
-    with their tests: the insights DAG after usage_hourly, billing_monthly before the invoices."""
-    from chargeback.engine import transform as dbt
+    with their tests: the insights DAG after usage_hourly, billing_monthly before the invoices.
 
+    With ``if_behind`` (the month close), only when they miss a change of the window
+    (:func:`chargeback.platform.freshness.insight_marts_current`). Returns whether dbt ran."""
+    from chargeback.engine import transform as dbt
+    from chargeback.platform import freshness
+
+    window = f"[{start.isoformat()}, {end.isoformat()})"
+    if if_behind and freshness.insight_marts_current(start, end, dbt.INSIGHTS, settings):
+        log.info("insight marts already hold every change of %s: not rebuilt", window)
+        return False
     result = dbt.build(start, end, select=dbt.INSIGHTS)
-    log.info("insight marts rebuilt over [%s, %s) in %.1f s", start.isoformat(), end.isoformat(), result.seconds)
+    log.info("insight marts rebuilt over %s in %.1f s", window, result.seconds)
+    return True
 
 
 def check_marts(start: dt.datetime | None, end: dt.datetime | None, settings: Settings | None = None) -> None:

@@ -103,6 +103,44 @@ limit 1
 """
 
 
+# The insight marts (dbt tag insights) miss a change of [start, end) when a successful build of
+# part of the project touching it has no successful build of the insight marts (or of everything:
+# selection null) begun after it ended over a window containing its hours there, or when the
+# last build of them touching it failed.
+_INSIGHTS_BEHIND = """
+select exists (
+    select from pipeline.transform_runs as b
+    where b.status = 'succeeded'
+      and b.selection <> %(insights)s
+      and (b.window_start is null or (b.window_start < %(end)s and b.window_end > %(start)s))
+      and not exists (
+          select from pipeline.transform_runs as i
+          where i.status = 'succeeded' and (i.selection = %(insights)s or i.selection is null)
+            and i.started_at >= b.finished_at
+            and (i.window_start is null
+                 or (i.window_start <= greatest(coalesce(b.window_start, %(start)s), %(start)s)
+                     and i.window_end >= least(coalesce(b.window_end, %(end)s), %(end)s)))
+      )
+) or coalesce((
+    select i.status = 'failed' from pipeline.transform_runs as i
+    where (i.selection = %(insights)s or i.selection is null)
+      and (i.window_start is null or (i.window_start < %(end)s and i.window_end > %(start)s))
+    order by i.transform_id desc limit 1
+), false)
+"""
+
+
+def insight_marts_current(start: dt.datetime, end: dt.datetime, selection: str,
+                          settings: Settings | None = None) -> bool:
+    """Whether the insight marts (the build ``selection``, e.g. ``tag:insights``) hold every
+    change of ``[start, end)``: each successful build of the cost chain touching it was followed by
+    a successful build of the insight marts covering its hours there, and their last build there
+    did not fail. The month close skips its own rebuild of them when they do."""
+    with warehouse.connect(settings) as conn:
+        behind = conn.execute(_INSIGHTS_BEHIND, {"start": start, "end": end, "insights": selection}).fetchone()[0]
+    return not behind
+
+
 def require_current_marts(period: str, settings: Settings | None = None) -> None:
     """Refuse (one line, then :class:`StaleMarts`) when ``period``'s marts are not current."""
     start, end = month_window(period)
