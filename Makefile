@@ -46,9 +46,10 @@ test: install focus-validator ## the whole suite: pure logic, warehouse, Airflow
 test-unit: install ## pure-logic tests only, in seconds: no PostgreSQL is started or reached
 	$(VENV)/bin/pytest -p no:xdist -m "not warehouse and not airflow and not focus_validator"
 
-test-external-pg: install ## the warehouse tests again, on the server $$WAREHOUSE_DSN names
+# Airflow-driven tests run the same SQL as the warehouse tests, through DAG runs: once is enough
+test-external-pg: install ## the warehouse tests again (not the Airflow runs), on the server $$WAREHOUSE_DSN names
 	@test -n "$$WAREHOUSE_DSN" || { echo "set WAREHOUSE_DSN, e.g. postgresql://postgres@127.0.0.1:5432/postgres"; exit 2; }
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile -m warehouse
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile -m "warehouse and not airflow"
 
 bench: install ## performance figures as JSON lines
 	CHARGEBACK_ENV=dev $(PY) -m chargeback.bench

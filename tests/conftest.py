@@ -83,10 +83,16 @@ def test_warehouse(session_env, dbt_manifest, tmp_path_factory) -> str:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A marked test asks for the warehouse before any of its fixtures, so that module
-    fixtures building data run against the session's database, never a default one."""
+    fixtures building data run against the session's database, never a default one.
+
+    Modules holding real Airflow runs (the longest, a minute or two each) are collected first,
+    so pytest-xdist (``--dist loadfile`` hands out modules in this order) starts them early
+    instead of leaving one worker alone with one of them at the end of the run."""
     for item in items:
         if _needs_warehouse(item) and "test_warehouse" not in item.fixturenames:
             item.fixturenames.insert(0, "test_warehouse")
+    with_airflow = {item.path for item in items if item.get_closest_marker("airflow")}
+    items.sort(key=lambda item: item.path not in with_airflow)  # stable: file order otherwise
 
 
 def _needs_warehouse(item: pytest.Item) -> bool:

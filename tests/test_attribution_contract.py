@@ -133,6 +133,11 @@ BAD_JSON = [
     ({"source": "   "}, "source", None),
     ({"source": "x" * 257}, "source", "source: 257 characters long, more than 256: '" + "x" * 40 + "…'"),
     ({"source": "api\u0007x"}, "source", "source: 'api?x' holds a control character 0x07 at column 4"),
+    # a right-to-left override makes 'payments-gol' read as 'payments-log' on an invoice
+    ({"source": "payments-\u202egol"}, "source",
+     "source: 'payments-?gol' holds an invisible character U+202E at column 10"),
+    ({"labels": {"team": "pay\u200bments"}}, "labels",
+     "labels: the value of 'team' holds an invisible character U+200B at column 4"),
     ({"source": "(shared)"}, "source",
      "source: '(shared)' is reserved: names in parentheses are Chargeback's own ((none) is usage without a source)"),
     ({"source": {"name": "api"}}, "source", "source: expected text, got a JSON object"),

@@ -537,3 +537,21 @@ budgets:
         "actual:50"]  # no forecast; the pace rule waits for 72 hours
     assert [c[0] for c in budgets._crossed(b, D("1000.00"), D("100"), None, dt.timedelta(days=30))] == [
         "actual:50", "actual:80", "actual:100"]
+
+
+@pytest.mark.warehouse
+def test_a_cost_budget_counts_the_days_with_usage_not_pool_cost_spread_over_the_rest_of_the_month(ten_days):
+    """A build without a window spreads pool cost over hours after the last known one; a cost budget
+    on 10 September must not count the days nobody has used yet."""
+    _budgets(ten_days, """
+budgets:
+  - {budget: umbrella-cost, scope: {organisation: Umbrella}, ledger: cost, amount: "10000.00", currency: USD,
+     valid_from: 2026-01-01}
+""")
+    transform.build()  # everything, no window: the marts hold September's cost for every hour
+    with warehouse.connect() as conn:
+        whole = conn.execute("select sum(cost_to_serve) from marts.int_ledger_daily where tenant_id in"
+                             " ('globex', 'initech') and ledger_day >= '2026-09-01'").fetchone()[0]
+    (cost,) = budgets.evaluate("2026-09", budget_config.read(ten_days))
+    assert whole > D("2000")  # cost of days after the tenth is in the marts …
+    assert (cost.usage_through, cost.actual) == (THROUGH, D("1958.40"))  # … the budget counts ten days of it

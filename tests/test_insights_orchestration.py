@@ -6,11 +6,11 @@ import datetime as dt
 import types
 
 import pytest
-from conftest import database_of_its_own
 
 from chargeback.orchestration import insights
 from chargeback.platform import warehouse
 from chargeback.platform.periods import Period
+from conftest import database_of_its_own
 
 T0 = dt.datetime(2026, 11, 30, 22, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)

@@ -15,7 +15,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from chargeback.ingest.layout import DATE_FOLDER, MAX_LABEL_KEY_CHARS, MAX_LABELS, MAX_SOURCE_CHARS, NO_SOURCE
+from chargeback.ingest.layout import (
+    DATE_FOLDER,
+    MAX_LABEL_KEY_CHARS,
+    MAX_LABELS,
+    MAX_SOURCE_CHARS,
+    NO_SOURCE,
+    unprintable,
+)
 
 
 class ConfigError(ValueError):
@@ -68,7 +75,7 @@ class TenantTerms(_Model):
         for source, days in value.items():
             if not source.strip() or len(source) > MAX_SOURCE_CHARS:
                 raise ValueError(f"source {source!r}: 1 to {MAX_SOURCE_CHARS} characters, as a snapshot's source")
-            if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in source) or (
+            if unprintable(source) or (
                     source.startswith("(") and source.endswith(")")):
                 raise ValueError(f"source {source!r}: no control characters, and not a name in parentheses"
                                  f" ({NO_SOURCE} is usage without a source; its class is retention_days)")
@@ -344,7 +351,7 @@ class Attribution(_Model):
         for key in keys:
             if not key or len(key) > MAX_LABEL_KEY_CHARS:
                 raise ValueError(f"label key {key!r}: 1 to {MAX_LABEL_KEY_CHARS} characters, as a snapshot's label key")
-            if key != key.strip() or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in key):
+            if key != key.strip() or unprintable(key):
                 raise ValueError(f"label key {key!r}: no control characters, no leading or trailing spaces")
         repeated = sorted({k for k in keys if keys.count(k) > 1})
         if repeated:

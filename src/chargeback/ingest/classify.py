@@ -19,16 +19,17 @@ from chargeback.ingest.layout import (
     MAX_SOURCE_CHARS,
     NO_SOURCE,
     SNAPSHOT_FIELDS,
+    UNPRINTABLE_CLASS,
 )
 from chargeback.ingest.readers import CsvHeader, FileOutcome
 
 _TEXT_FIELDS = ("snapshot_id", "tenant_id", "meter", "unit", "kind")
 _ISO_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)? *([Zz]|[+-]\d{2}(:?\d{2})?)?$"
 
-# Attribution (docs/SNAPSHOTS.md): control characters (C0, DEL, C1) are refused in a source,
-# a label key or value; names in parentheses are Chargeback's own ('(none)', '(shared)').
-_CONTROL = r"[\u0001-\u001f\u007f-\u009f]"
-_BEFORE_CONTROL = r"^[^\u0001-\u001f\u007f-\u009f]*"
+# Attribution (docs/SNAPSHOTS.md): control and invisible formatting characters are refused in
+# a source, a label key or value; names in parentheses are Chargeback's own ('(none)', '(shared)').
+_CONTROL = UNPRINTABLE_CLASS
+_BEFORE_CONTROL = "^[^" + UNPRINTABLE_CLASS[1:] + "*"
 _RESERVED = r"^\(.*\)$"
 # A JSON text holding an escaped NUL (\u0000, not \\u0000): valid JSON, but no PostgreSQL text can hold it.
 _ESCAPED_NUL = r"(^|[^\\])(\\\\)*\\u0000"
@@ -41,8 +42,11 @@ _UNESCAPE = r"regexp_replace({}, '\\(.)', '\1', 'g')"
 
 
 def _control_at(expr: str) -> str:
-    """SQL: ``control character 0x07 at column 5`` of the text ``expr`` (which holds one)."""
-    return (f"'control character 0x' || lpad(to_hex(ascii(substring({expr} from '{_CONTROL}'))), 2, '0')"
+    """SQL: ``a control character 0x07 at column 5`` (C0, DEL, C1) or ``an invisible character
+    U+202E at column 5`` of the text ``expr`` (which holds one)."""
+    code = f"ascii(substring({expr} from '{_CONTROL}'))"
+    return (f"case when {code} < 256 then 'a control character 0x' || lpad(to_hex({code}), 2, '0')"
+            f" else 'an invisible character U+' || upper(lpad(to_hex({code}), 4, '0')) end"
             f" || ' at column ' || (length(substring({expr} from '{_BEFORE_CONTROL}')) + 1)")
 
 
@@ -61,14 +65,14 @@ _LABEL_CHECKS = f"""
             when e.key = '' then 'labels: an empty key'
             when length(e.key) > {MAX_LABEL_KEY_CHARS} then 'labels: key ' || {_KEY}
                 || ' is ' || length(e.key) || ' characters long, more than {MAX_LABEL_KEY_CHARS}'
-            when e.key ~ '{_CONTROL}' then 'labels: key ' || {_KEY} || ' holds a ' || {_control_at('e.key')}
+            when e.key ~ '{_CONTROL}' then 'labels: key ' || {_KEY} || ' holds ' || {_control_at('e.key')}
             when e.key <> btrim(e.key) then 'labels: key ' || {_KEY} || ' has leading or trailing spaces'
             when jsonb_typeof(e.value) <> 'string' then 'labels: the value of ' || {_KEY} || ' is a JSON '
                 || jsonb_typeof(e.value) || '; labels are a flat object of text values'
             when {_VALUE} = '' then 'labels: the value of ' || {_KEY} || ' is empty (leave the key out)'
             when length({_VALUE}) > {MAX_LABEL_VALUE_CHARS} then 'labels: the value of ' || {_KEY}
                 || ' is ' || length({_VALUE}) || ' characters long, more than {MAX_LABEL_VALUE_CHARS}'
-            when {_VALUE} ~ '{_CONTROL}' then 'labels: the value of ' || {_KEY} || ' holds a '
+            when {_VALUE} ~ '{_CONTROL}' then 'labels: the value of ' || {_KEY} || ' holds '
                 || {_control_at(_VALUE)}
             when {_VALUE} ~ '{_RESERVED}' then 'labels: the value of ' || {_KEY} || ', '
                 || {_shown(_VALUE, 40)} || ', is reserved: values in parentheses are Chargeback''s own'
@@ -191,7 +195,7 @@ with fields as (
                 then 'source: ' || length(t.source) || ' characters long, more than {MAX_SOURCE_CHARS}: '
                      || {_shown('t.source', 40)}
             when t.source ~ '{_CONTROL}|{_RESERVED}' then case  -- one regular expression for a good source
-                when t.source ~ '{_CONTROL}' then 'source: ' || {_shown('t.source', 40)} || ' holds a '
+                when t.source ~ '{_CONTROL}' then 'source: ' || {_shown('t.source', 40)} || ' holds '
                     || {_control_at('t.source')}
                 else 'source: ' || {_shown('t.source', 40)} || ' is reserved: names in parentheses are'
                      || ' Chargeback''s own ({NO_SOURCE} is usage without a source)'

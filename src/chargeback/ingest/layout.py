@@ -32,6 +32,21 @@ MAX_LABELS = 16
 MAX_LABEL_KEY_CHARS = 64
 MAX_LABEL_VALUE_CHARS = 256
 """The attribution limits: a longer source, key or value, or more labels, is quarantined."""
+
+# Refused in a source, a label key or value: control characters (C0, DEL, C1) and the invisible
+# formatting ones that make a name read as another on an invoice or a screen (zero-width
+# characters, bidirectional embeddings, overrides and isolates, word joiners, the BOM).
+UNPRINTABLE_RANGES = ((0x01, 0x1F), (0x7F, 0x9F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x2064),
+                      (0x2066, 0x2069), (0xFEFF, 0xFEFF))
+UNPRINTABLE_CLASS = "[" + "".join(f"\\u{a:04x}-\\u{b:04x}" for a, b in UNPRINTABLE_RANGES) + "]"
+"""The ranges as a regular-expression class (Python and PostgreSQL alike read ``\\uXXXX``)."""
+
+
+def unprintable(text: str) -> bool:
+    """Whether ``text`` holds a character of :data:`UNPRINTABLE_RANGES`."""
+    return any(a <= ord(c) <= b for c in text for a, b in UNPRINTABLE_RANGES)
+
+
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
 COMPRESSIONS = {".gz": "gzip"}
 DATE_FOLDER = re.compile(r"^\d{4}-\d{2}-\d{2}$")

@@ -100,7 +100,7 @@ _LEDGER_COLUMN = {"billed": "billed", "cost": "cost_to_serve"}
 _SHOWBACK_COLUMN = {"billed": "billed_amount", "cost": "cost_to_serve"}
 
 
-def _scope_actuals(conn: psycopg.Connection, b: Effective, month: Period
+def _scope_actuals(conn: psycopg.Connection, b: Effective, month: Period, through: dt.datetime
                    ) -> tuple[dict[tuple[str, str], Decimal], str | None, list[str]]:
     """The scope's actual to date as ``{(contributor, currency): amount}``, the kind of contributor
     (``tenant``, ``meter``, ``source``), and the scope's tenants; or a reason it cannot be measured.
@@ -110,30 +110,33 @@ def _scope_actuals(conn: psycopg.Connection, b: Effective, month: Period
     mart (``fct_ledger_monthly``) where the daily one is not built, for organisation, business unit,
     team and tenant; the showback marts (``fct_showback_sources_daily``/``fct_showback_labels_daily``)
     for source and label, and for a tenant's contributors (its sources).
+    Days after the one holding the last known hour (``through``) do not count: a build over a whole
+    month spreads fixed pool cost over hours still to come, and nobody has used them yet.
     Returns ``({}, reason, [])`` when the scope is not measurable (yet).
     """
     s = b.scope
+    days = _known_days(month, through)
     if b.level in ("organisation", "business_unit", "team"):
         tenants = [r[0] for r in conn.execute(
             "select tenant_id from config.tenants where organisation = %s"
             " and (%s::text is null or business_unit = %s) and (%s::text is null or team = %s) order by tenant_id",
             (s.organisation, s.business_unit, s.business_unit, s.team, s.team)).fetchall()]
-        return _ledger(conn, b, month, "tenant_id", tenants), "tenant", tenants
+        return _ledger(conn, b, month, days, "tenant_id", tenants), "tenant", tenants
     if b.level == "tenant":
         if _exists(conn, "marts.fct_showback_sources_daily"):
-            found = _showback(conn, "marts.fct_showback_sources_daily", "source", b, month,
+            found = _showback(conn, "marts.fct_showback_sources_daily", "source", b, days,
                               "tenant_id = %s", (s.tenant,))
             if found is not None:
                 return found, "source", [s.tenant]
-        return _ledger(conn, b, month, "meter", [s.tenant]), "meter", [s.tenant]
+        return _ledger(conn, b, month, days, "meter", [s.tenant]), "meter", [s.tenant]
     relation = "marts.fct_showback_sources_daily" if b.level == "source" else "marts.fct_showback_labels_daily"
     if not _exists(conn, relation):
         return {}, f"not yet measurable: {relation} (showback by {b.level}) is not built", []
     if b.level == "source":
-        found = _showback(conn, relation, "meter", b, month, "tenant_id = %s and source = %s", (s.tenant, s.source))
+        found = _showback(conn, relation, "meter", b, days, "tenant_id = %s and source = %s", (s.tenant, s.source))
         tenants = [s.tenant]
     else:
-        found = _showback(conn, relation, "tenant_id", b, month, "label_key = %s and label_value = %s",
+        found = _showback(conn, relation, "tenant_id", b, days, "label_key = %s and label_value = %s",
                           (s.label, s.value))
         tenants = []
     if found is None:
@@ -141,15 +144,21 @@ def _scope_actuals(conn: psycopg.Connection, b: Effective, month: Period
     return found, ("meter" if b.level == "source" else "tenant"), tenants
 
 
-def _ledger(conn: psycopg.Connection, b: Effective, month: Period, by: str, tenants: list[str]
-            ) -> dict[tuple[str, str], Decimal]:
-    """Σ of the budget's ledger over ``month`` for ``tenants``, per ``by`` (``tenant_id`` or ``meter``)
-    and currency: from ``int_ledger_daily``, else ``fct_ledger_monthly`` (meter: its ledger item)."""
+def _known_days(month: Period, through: dt.datetime) -> tuple[dt.date, dt.date]:
+    """``[first day, day after the one holding the last known hour)`` of ``month``."""
+    start, end = month.window
+    last_hour = min(through, end) - dt.timedelta(hours=1)
+    return start.date(), last_hour.astimezone(dt.UTC).date() + dt.timedelta(days=1)
+
+
+def _ledger(conn: psycopg.Connection, b: Effective, month: Period, days: tuple[dt.date, dt.date], by: str,
+            tenants: list[str]) -> dict[tuple[str, str], Decimal]:
+    """Σ of the budget's ledger over ``days`` of ``month`` for ``tenants``, per ``by`` (``tenant_id`` or
+    ``meter``) and currency: from ``int_ledger_daily``, else ``fct_ledger_monthly`` (meter: its ledger item)."""
     if _exists(conn, "marts.int_ledger_daily"):
-        start, end = month.window
         sql = (f"select {by}, currency, sum({_SHOWBACK_COLUMN[b.ledger]}) from marts.int_ledger_daily"
                " where ledger_day >= %s and ledger_day < %s and tenant_id = any(%s) group by 1, 2")
-        params: tuple = (start.date(), end.date(), tenants)
+        params: tuple = (*days, tenants)
     else:
         key = "ledger_item" if by == "meter" else by
         sql = (f"select {key}, currency, sum({_LEDGER_COLUMN[b.ledger]}) from marts.fct_ledger_monthly"
@@ -158,9 +167,9 @@ def _ledger(conn: psycopg.Connection, b: Effective, month: Period, by: str, tena
     return {(str(k), c): a for k, c, a in conn.execute(sql, params).fetchall()}
 
 
-def _showback(conn: psycopg.Connection, relation: str, by: str, b: Effective, month: Period, where: str,
-              params: tuple) -> dict[tuple[str, str], Decimal] | None:
-    """Σ of a showback mart's ledger column over the month, per ``by`` and currency (``None``: the
+def _showback(conn: psycopg.Connection, relation: str, by: str, b: Effective, days: tuple[dt.date, dt.date],
+              where: str, params: tuple) -> dict[tuple[str, str], Decimal] | None:
+    """Σ of a showback mart's ledger column over ``days``, per ``by`` and currency (``None``: the
     mart lacks the columns this reads)."""
     schema, table = relation.split(".")
     columns = {r[0] for r in conn.execute(
@@ -170,11 +179,10 @@ def _showback(conn: psycopg.Connection, relation: str, by: str, b: Effective, mo
     amount = _SHOWBACK_COLUMN[b.ledger]
     if day is None or amount not in columns or by not in columns or "currency" not in columns:
         return None
-    start, end = month.window
     rows = conn.execute(
         f"select {by}, currency, sum({amount}) from {relation}"
         f" where {day} >= %s and {day} < %s and {where} group by 1, 2",
-        (start.date(), end.date(), *params)).fetchall()
+        (*days, *params)).fetchall()
     return {(str(k), c): a for k, c, a in rows}
 
 
@@ -206,7 +214,8 @@ def _forecast(conn: psycopg.Connection, b: Effective, month: Period, tenants: li
 
 # --------------------------------------------------------------------------- evaluating
 
-def _crossing_day(conn: psycopg.Connection, b: Effective, month: Period, tenants: list[str]) -> dt.date | None:
+def _crossing_day(conn: psycopg.Connection, b: Effective, month: Period, through: dt.datetime,
+                  tenants: list[str]) -> dt.date | None:
     """The first day of ``month`` on which the scope's cumulative daily amount reached the budget,
     from the daily ledger (``int_ledger_daily``) or the showback marts; ``None`` without them."""
     s = b.scope
@@ -220,13 +229,12 @@ def _crossing_day(conn: psycopg.Connection, b: Effective, month: Period, tenants
             s.label, s.value)
     if not _exists(conn, relation):
         return None
-    start, end = month.window
     row = conn.execute(
         f"select ledger_day from (select ledger_day, sum(sum({_SHOWBACK_COLUMN[b.ledger]})) over"
         f" (order by ledger_day) as running from {relation}"
         f" where ledger_day >= %s and ledger_day < %s and {where} group by ledger_day) as d"
         " where running >= %s order by ledger_day limit 1",
-        (start.date(), end.date(), *params, b.amount)).fetchone()
+        (*_known_days(month, through), *params, b.amount)).fetchone()
     return row[0] if row else None
 
 
@@ -262,7 +270,7 @@ def evaluate(month: str | Period, budgets: list[Effective] | None = None, settin
         if through is None:
             out.append(Evaluation(b, month.first_day, "no_data", None, note=f"no usage of {month} in the marts yet"))
             continue
-        amounts, kind, tenants = _scope_actuals(conn, b, month)
+        amounts, kind, tenants = _scope_actuals(conn, b, month, through)
         if kind not in ("tenant", "meter", "source"):
             out.append(Evaluation(b, month.first_day, "not_measurable", through, elapsed_percent=elapsed, note=kind,
                                   forecast_state="not_available"))
@@ -281,7 +289,7 @@ def evaluate(month: str | Period, budgets: list[Effective] | None = None, settin
         contributors = tuple(Contributor(n, round_money(a)) for n, a in top)
         with_usage = set(per) if kind == "tenant" else ({b.scope.tenant} if b.scope.tenant and actual > 0 else set())
         p50, f_state, f_as_of = _forecast(conn, b, month, tenants, with_usage)
-        breach = (_crossing_day(conn, b, month, tenants) if actual >= b.amount
+        breach = (_crossing_day(conn, b, month, through, tenants) if actual >= b.amount
                   else breach_date(b.amount, actual, p50, through, end))
         crossed = _crossed(b, actual, elapsed, p50 if through < end else None, through - start)
         kinds = {k for _, k, _ in crossed}
