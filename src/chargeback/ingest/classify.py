@@ -269,22 +269,29 @@ def classify_csv(header: CsvHeader) -> str:
     source = f"case when marked is null then nullif(c{source_at}, '') end" if source_at else "null::text"
     labels = f"case when marked is null then c{labels_at} end" if labels_at else "null::text"
     return _classify_sql(f"""
-    select line::integer + 1 as line,
-           coalesce(split_part(marked, chr(2), 2), raw, concat_ws(',', {cells})) as raw_record,
-           coalesce(split_part(marked, chr(2), 1), problem) as doc_problem,
-           {fields},
-           source, null::text as t_source,
-           case when labels_cell is null or btrim(labels_cell) = '' or lp.labels_problem is not null then null
-                else coalesce(lp.parsed_labels, '{{}}'::jsonb) end as labels,
-           lp.labels_problem
-    from (
+    with landed as (
         select landed.*, {source} as source, {labels} as labels_cell
         from (
             select landed_csv.*, case when left(c1, 1) = chr(1) then substr(c1, 2) end as marked
             from landed_csv
         ) as landed
-    ) as landed
-    cross join lateral ({_CSV_LABELS}) as lp
+    ), cells as (
+        -- each distinct labels cell of the file parsed once (their number is small: the label
+        -- values' combinations), then found again by each row with a hash join
+        select d.labels_cell, lp.labels_problem, lp.parsed_labels
+        from (select distinct labels_cell from landed where btrim(labels_cell) <> '') as d
+        cross join lateral ({_CSV_LABELS}) as lp
+    )
+    select line::integer + 1 as line,
+           coalesce(split_part(marked, chr(2), 2), raw, concat_ws(',', {cells})) as raw_record,
+           coalesce(split_part(marked, chr(2), 1), problem) as doc_problem,
+           {fields},
+           source, null::text as t_source,
+           case when lp.labels_cell is null or lp.labels_problem is not null then null
+                else coalesce(lp.parsed_labels, '{{}}'::jsonb) end as labels,
+           lp.labels_problem
+    from landed
+    left join cells as lp on lp.labels_cell = landed.labels_cell
 """, labels=labels_at is not None)
 
 def difference(first: str, this: str) -> str:

@@ -317,9 +317,9 @@ def publish(load_id: int, settings: Settings | None = None) -> PublishResult:
         deleted = _delete_landed_hours(conn, load_id, start, end)
         loaded = _insert_staged(conn, load_id)
         usage_start, usage_end = _changed_usage_hours(conn, load_id)
-        conn.execute("delete from raw.usage_staging where load_id = %s", (load_id,))
+        _release_staging(conn, load_id)
         _resolve_quarantine(conn, load_id, start, end, published=True)
-        if loaded > 10_000:  # a backfill: keep the planner's statistics true for dbt's reads
+        if _changes_statistics(conn, loaded):  # a backfill: keep the planner's statistics true for dbt's reads
             conn.execute("select raw.analyze_usage(%s)", ("usage_snapshots",))  # as the owner
         conn.execute(
             "update pipeline.load_runs set status = 'published', rows_loaded = %s, finished_at = now()"
@@ -327,6 +327,35 @@ def publish(load_id: int, settings: Settings | None = None) -> PublishResult:
             (loaded, load_id),
         )
     return PublishResult(load_id, deleted, loaded, usage_start, usage_end)
+
+
+def _changes_statistics(conn: psycopg.Connection, loaded: int) -> bool:
+    """Whether ``loaded`` new rows change ``raw.usage_snapshots`` enough to analyze it now: more
+    than 10,000 and more than a tenth of what the planner believes it holds (a backfill, a first
+    load). An ordinary hour of a large installation (90,000 rows of sources every hour) is left
+    to autovacuum: analyzing millions of rows every hour would cost more than the hour's load."""
+    if loaded <= 10_000:
+        return False
+    believed = conn.execute("select reltuples from pg_class where oid = 'raw.usage_snapshots'::regclass").fetchone()[0]
+    return believed < 0 or loaded > 0.1 * believed
+
+
+def _release_staging(conn: psycopg.Connection, load_id: int) -> None:
+    """Remove the published load's rows from staging; when no other load's rows are left (no
+    load staged meanwhile, no rejected load kept for inspection), truncate it instead.
+
+    A delete leaves the rows behind as dead tuples until autovacuum passes: after a backfill
+    (hundreds of thousands of rows), every query the next hour's gate runs on its few thousand
+    staged rows would scan them all. The table lock is taken without waiting, in a savepoint:
+    when another load is using staging, the delete alone is done."""
+    conn.execute("delete from raw.usage_staging where load_id = %s", (load_id,))
+    try:
+        with conn.transaction():
+            conn.execute("lock table raw.usage_staging in access exclusive mode nowait")
+            if not conn.execute("select exists (select from raw.usage_staging)").fetchone()[0]:
+                conn.execute("truncate raw.usage_staging")
+    except psycopg.errors.LockNotAvailable:
+        log.info("staging is in use by another load: its published rows deleted, not truncated")
 
 
 def lock_window(conn: psycopg.Connection) -> None:
