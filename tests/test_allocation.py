@@ -66,6 +66,15 @@ def test_leftover_cents_go_to_the_largest_remainders():
     }
 
 
+def test_a_credit_is_split_as_its_positive_amount_negated():
+    # a discount line of -0.10: the same cents to the same keys as 0.10, all negative, adding up
+    assert largest_remainder(D("-0.10"), {"t1": D(1), "t2": D(2), "t3": D(4)}) == {
+        "t1": D("-0.01"),
+        "t2": D("-0.03"),
+        "t3": D("-0.06"),
+    }
+
+
 def test_tied_remainders_go_to_the_lower_key_compared_byte_by_byte():
     # 33.33... each: the cent goes to the first key in byte order, whatever the input order
     assert largest_remainder(D("100.00"), {"t3": D(5), "t1": D(5), "t2": D(5)}) == {
@@ -158,8 +167,8 @@ weights = st.one_of(
 
 @st.composite
 def splits(draw) -> tuple[Decimal, dict[str, Decimal]]:
-    """An amount in cents and a tenant set with weights, at least one of them > 0."""
-    amount = D(draw(st.one_of(st.integers(0, 100), st.integers(0, 10**11)))).scaleb(-2)
+    """An amount in cents (a credit too) and a tenant set with weights, at least one of them > 0."""
+    amount = D(draw(st.one_of(st.integers(-100, 100), st.integers(-10**11, 10**11)))).scaleb(-2)
     tenants = draw(st.dictionaries(keys, weights, min_size=1, max_size=12))
     if not any(tenants.values()):
         tenants[draw(st.sampled_from(sorted(tenants)))] = draw(weights.filter(bool))

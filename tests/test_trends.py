@@ -273,6 +273,18 @@ def test_an_hourly_run_rebuilds_the_month_to_date(hourly_run):
     assert after == before
 
 
+def test_month_over_month_of_a_partial_day_takes_the_same_share_of_that_day_a_month_before(hourly_run):
+    # usage through 6 October 01:00: five days and one hour, against five days and 1/24 of 6 September
+    (cost, delta, days), = query(
+        "select cost_to_serve, cost_mom_delta, days_elapsed from marts.fct_trends_monthly"
+        " where trend_month = %s and scope_level = 'platform' and meter = '(all)'", OCTOBER)
+    daily = dict(query("select trend_day, cost_to_serve from marts.fct_trends_daily"
+                       " where scope_level = 'platform' and meter = '(all)' and trend_day < %s", OCTOBER))
+    previous = sum(daily[dt.date(2026, 9, d)] for d in range(1, 6)) + daily[dt.date(2026, 9, 6)] / 24
+    assert days == 6
+    assert delta == (cost - previous).quantize(D("0.01"), ROUND_HALF_UP)
+
+
 def test_the_finance_summary_says_how_fresh_it_is(hourly_run):
     october = summary.month_summary("2026-10")
     september = summary.month_summary("2026-09")

@@ -12,15 +12,19 @@
     numeric never round, so no remainder is misranked. A null total_weight
     gives null (the caller decides what an empty partition means). Returns
     numeric(18, 2); a window-function expression, so use it in a select list.
+
+    A negative amount (a credit, a discount line) is split as its absolute value
+    and the parts negated: the same cents go to the same rows as for the
+    positive amount, and the parts still add up exactly. Weights are >= 0.
 -#}
 {% macro largest_remainder(
     amount, weight, total_weight, partition_by, order_by
 ) -%}
     {%- set numerator -%}
-        (({{ amount }}) * 100 * ({{ weight }}))
+        (abs({{ amount }}) * 100 * ({{ weight }}))
     {%- endset -%}
     (
-        (
+        sign({{ amount }}) * (
             div({{ numerator }}, {{ total_weight }})
             + case
                 when row_number() over (
@@ -28,7 +32,7 @@
                     order by
                         mod({{ numerator }}, {{ total_weight }}) desc,
                         {{ order_by }}
-                ) <= ({{ amount }}) * 100 - sum(
+                ) <= abs({{ amount }}) * 100 - sum(
                     div({{ numerator }}, {{ total_weight }})
                 ) over (partition by {{ partition_by }})
                     then 1

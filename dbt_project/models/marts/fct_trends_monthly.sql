@@ -3,10 +3,13 @@
     fct_trends_daily summed per calendar month (so every level the daily mart
     has is here too, and a month in progress is its month to date).
 
-    Month-over-month deltas compare like with like: a month with days_elapsed
-    days of usage known (partial days count whole) against the first
-    days_elapsed days of the previous month; a complete month against the
-    whole previous month. Unit costs as in fct_trends_daily, over the month.
+    Month-over-month deltas compare like with like: a month in progress,
+    known through usage_through (days_elapsed days, the last one perhaps in
+    part), against the same stretch of the previous month: its first
+    days_elapsed - 1 days and the share of the next day that has elapsed
+    (last_day_fraction: usage through 18:00 compares with 0.75 of that day);
+    a complete month against the whole previous month. Unit costs as in
+    fct_trends_daily, over the month.
 
     Windowed by month; the run reads the window's months of daily rows and
     the month before them.
@@ -54,7 +57,7 @@ months as (
 
 ),
 
-elapsed as (
+counted as (
 
     select
         *,
@@ -69,6 +72,26 @@ elapsed as (
         )::integer as days_elapsed
 
     from months
+
+),
+
+elapsed as (
+
+    select
+        *,
+        case
+            when is_complete then 1
+            else least(
+                1,
+                extract(
+                    epoch from usage_through
+                    - (trend_month + days_elapsed - 1)::timestamp
+                    at time zone 'UTC'
+                ) / 86400
+            )
+        end as last_day_fraction
+
+    from counted
 
 ),
 
@@ -115,9 +138,9 @@ previous_month as (
         daily.scope_key,
         daily.meter,
         daily.currency,
-        sum(daily.usage_quantity) as usage_quantity,
-        sum(daily.cost_to_serve) as cost_to_serve,
-        sum(daily.billed_amount) as billed_amount
+        sum(daily.usage_quantity * day_weight.weight) as usage_quantity,
+        sum(daily.cost_to_serve * day_weight.weight) as cost_to_serve,
+        sum(daily.billed_amount * day_weight.weight) as billed_amount
 
     from elapsed
 
@@ -129,6 +152,19 @@ previous_month as (
                 (elapsed.trend_month - interval '1 month')::date
                 + elapsed.days_elapsed
             )
+
+    -- the day matching the month in progress' partial last day counts in part
+    cross join lateral (
+        select
+            case
+                when
+                    daily.trend_day
+                    = (elapsed.trend_month - interval '1 month')::date
+                    + elapsed.days_elapsed - 1
+                    then elapsed.last_day_fraction
+                else 1
+            end as weight
+    ) as day_weight
 
     group by
         elapsed.trend_month,

@@ -22,7 +22,8 @@ _EXACT = Context(prec=200, traps=[Inexact, InvalidOperation])
 
 
 def largest_remainder(amount: Decimal, weights: Mapping[K, Decimal]) -> dict[K, Decimal]:
-    """Split ``amount`` (whole cents) over ``weights`` (>= 0, summing to > 0) in whole cents.
+    """Split ``amount`` (whole cents, negative for a credit) over ``weights`` (>= 0, summing to > 0)
+    in whole cents.
 
     ``largest_remainder(Decimal("0.10"), {"a": 1, "b": 2, "c": 4})`` is
     ``{"a": 0.01, "b": 0.03, "c": 0.06}``: exact shares 1.43 / 2.86 / 5.71 cents, floors
@@ -30,6 +31,8 @@ def largest_remainder(amount: Decimal, weights: Mapping[K, Decimal]) -> dict[K, 
     """
     if isinstance(amount, float) or any(isinstance(w, float) for w in weights.values()):
         raise TypeError("money and weights must not be floats; pass Decimal")
+    if amount < 0:  # a credit: the positive amount's split, negated (the same cents to the same keys)
+        return {key: -part for key, part in largest_remainder(-amount, weights).items()}
     with localcontext(_EXACT):
         cents = Decimal(amount) * CENTS
         if cents != cents.to_integral_value():

@@ -52,6 +52,7 @@ import numpy as np
 import psycopg
 
 from chargeback.engine import repricing
+from chargeback.platform import freshness
 from chargeback.platform.money import round_money
 
 RUN_RATE_BELOW = 8
@@ -297,9 +298,7 @@ class Forecast:
 
 def usage_through(conn: psycopg.Connection, before: dt.datetime | None = None) -> dt.datetime | None:
     """The end of the last hour with usage in the marts (before ``before``, when given)."""
-    row = conn.execute("select max(hour_start) from marts.fct_usage_hourly"
-                       + (" where hour_start < %s" if before else ""), (before,) if before else ()).fetchone()
-    return row[0] + dt.timedelta(hours=1) if row and row[0] else None
+    return freshness.usage_through(conn, before, within=True)
 
 
 def month_of(instant: dt.datetime) -> dt.date:

@@ -28,17 +28,21 @@ from chargeback.platform.periods import month_window
 from chargeback.platform.settings import Settings
 
 
-def usage_through(conn, period_end: dt.datetime | None = None) -> dt.datetime | None:
+def usage_through(conn, period_end: dt.datetime | None = None, *, within: bool = False) -> dt.datetime | None:
     """The instant up to which the marts know usage: the end of the last hour with usage in
     ``marts.fct_usage_hourly`` (every hour before it that has usage is in the marts), capped
     at ``period_end`` when given. ``None`` when the marts hold no usage or were never built.
 
+    ``within``: the end of the last hour with usage *before* ``period_end`` instead (what a
+    forecast of a past month starts from: the month's own last usage, not its end).
     ``conn`` is an open psycopg connection (``warehouse.connect()``); one indexed read.
     """
     if conn.execute("select to_regclass('marts.fct_usage_hourly')").fetchone()[0] is None:
         return None
+    bounded = within and period_end is not None
     (through,) = conn.execute(
-        "select max(hour_start) + interval '1 hour' from marts.fct_usage_hourly").fetchone()
+        "select max(hour_start) + interval '1 hour' from marts.fct_usage_hourly"
+        + (" where hour_start < %s" if bounded else ""), (period_end,) if bounded else ()).fetchone()
     if through is None:
         return None
     return min(through, period_end) if period_end is not None else through
