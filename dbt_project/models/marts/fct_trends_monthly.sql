@@ -129,8 +129,9 @@ current_month as (
 
 ),
 
--- the previous month over the same days
-previous_month as (
+-- the previous month over the same stretch: the day matching the month in
+-- progress' partial last day counts in part
+previous_days as (
 
     select
         elapsed.trend_month,
@@ -138,9 +139,17 @@ previous_month as (
         daily.scope_key,
         daily.meter,
         daily.currency,
-        sum(daily.usage_quantity * day_weight.weight) as usage_quantity,
-        sum(daily.cost_to_serve * day_weight.weight) as cost_to_serve,
-        sum(daily.billed_amount * day_weight.weight) as billed_amount
+        daily.usage_quantity,
+        daily.cost_to_serve,
+        daily.billed_amount,
+        case
+            when
+                daily.trend_day
+                = (elapsed.trend_month - interval '1 month')::date
+                + elapsed.days_elapsed - 1
+                then elapsed.last_day_fraction
+            else 1
+        end as weight
 
     from elapsed
 
@@ -153,25 +162,28 @@ previous_month as (
                 + elapsed.days_elapsed
             )
 
-    -- the day matching the month in progress' partial last day counts in part
-    cross join lateral (
-        select
-            case
-                when
-                    daily.trend_day
-                    = (elapsed.trend_month - interval '1 month')::date
-                    + elapsed.days_elapsed - 1
-                    then elapsed.last_day_fraction
-                else 1
-            end as weight
-    ) as day_weight
+),
+
+previous_month as (
+
+    select
+        trend_month,
+        scope_level,
+        scope_key,
+        meter,
+        currency,
+        sum(usage_quantity * weight) as usage_quantity,
+        sum(cost_to_serve * weight) as cost_to_serve,
+        sum(billed_amount * weight) as billed_amount
+
+    from previous_days
 
     group by
-        elapsed.trend_month,
-        daily.scope_level,
-        daily.scope_key,
-        daily.meter,
-        daily.currency
+        trend_month,
+        scope_level,
+        scope_key,
+        meter,
+        currency
 
 ),
 
