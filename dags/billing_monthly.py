@@ -5,27 +5,28 @@ Runs after each month ends (its data interval is the month):
 
 1. **check_marts** — every allocation rule had driver data and the month's marts reconcile
    (and are current) to the cent.
-2. **render_drafts** — one PDF per tenant, marked DRAFT and unnumbered, in
+2. **refresh_insights_for_drafts** — as step 6, for the drafts.
+3. **render_drafts** — one PDF per tenant, marked DRAFT and unnumbered, in
    `reports/out/<YYYY-MM>/drafts/`, while the grace period runs (a month past it, e.g. a
    backfill, goes straight to its final invoices: drafts would be replaced in seconds).
-3. **wait_for_grace_period** — a reschedule-mode sensor holds no worker slot until the
+4. **wait_for_grace_period** — a reschedule-mode sensor holds no worker slot until the
    month's grace period (`CHARGEBACK_GRACE_PERIOD_DAYS`, default 3 days after month end)
    is over; a past month passes at once. Late usage loaded meanwhile restates the marts.
-4. **check_completeness** — every hour of the month holds usage of every meter; a gap
+5. **check_completeness** — every hour of the month holds usage of every meter; a gap
    refuses the close with the missing hours listed, unless the run gives the
    `override_incomplete` param (a reason) and `override_by` (who decides). The override is
    recorded in `pipeline.month_closes` and printed on every invoice.
-5. **refresh_insights** — the month's insight marts (daily ledger, showback below the tenant,
+6. **refresh_insights** — the month's insight marts (daily ledger, showback below the tenant,
    trends) rebuilt with their tests when they miss a change of the month, so the invoices'
    "where your usage came from" appendix and the finance report read the marts as they are
    now, whatever the insights DAG last saw.
-6. **finalize_invoices** — re-rendered from the current marts, numbered (gapless per issuer)
+7. **finalize_invoices** — re-rendered from the current marts, numbered (gapless per issuer)
    and made final in one transaction, PDFs in `reports/out/<YYYY-MM>/<number>.pdf`.
    Final invoices never change (the database refuses it).
-7. **issue_corrections** — for earlier final months whose marts changed since, a credit or
+8. **issue_corrections** — for earlier final months whose marts changed since, a credit or
    debit note that references the original invoice.
-8. **finance_summary** — the month's figures for finance.
-9. **finance_report** — the finance report PDF beside the invoices,
+9. **finance_summary** — the month's figures for finance.
+10. **finance_report** — the finance report PDF beside the invoices,
    `reports/out/<YYYY-MM>/finance-report.pdf` (docs/INSIGHTS.md, "The finance report").
 
 A manual run may name the month with the `period` param (`YYYY-MM`).
@@ -115,10 +116,13 @@ def billing_monthly():
 
     @task
     def refresh_insights(period: str) -> None:
-        """dbt build of the insight marts over the month: the appendix and the finance report read them."""
+        """dbt build of the insight marts over the month when they miss a change of it: the invoices'
+        appendix and the finance report read them."""
+        from chargeback.billing import close
         from chargeback.orchestration import steps
 
-        steps.refresh_insights(*steps.month_window(period), if_behind=True)
+        if not close.is_final(period):
+            steps.refresh_insights(*steps.month_window(period), if_behind=True)
 
     @task
     def finalize_invoices(period: str, params=None) -> int:
@@ -157,6 +161,7 @@ def billing_monthly():
     period = resolve_period()
     (
         check_marts(period)
+        >> refresh_insights.override(task_id="refresh_insights_for_drafts")(period)
         >> render_drafts(period)
         >> grace_period_end(period)
         >> wait_for_grace_period

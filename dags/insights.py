@@ -12,7 +12,8 @@ rebuilt as the event's `extra`; this DAG runs when that asset changes. It:
    source and label value, trends) rebuilt over the requests' window with their tests, in one
    dbt build (usage_hourly builds the cost chain only),
 3. **forecast** — the month in progress, if the window touches it: month-end P10/P50/P90
-   per tenant × meter, priced through the pricing engine, into `insights.forecasts`,
+   per tenant × meter, priced through the pricing engine, into `insights.forecasts`; it reads
+   the cost chain's marts only, so it runs when the refresh failed,
 4. **budgets** — every month the window touches: budget states, thresholds fired once per
    budget × threshold × month and delivered through the notifier; it runs even when the
    forecast failed (thresholds on the actual do not need one; the run still fails and notifies),
@@ -67,7 +68,7 @@ def insights():
 
         steps.refresh(steps.Plan.from_dict(plan))
 
-    @task
+    @task(trigger_rule="all_done")
     def forecast(plan: dict) -> dict[str, int]:
         """Month-end forecasts of the month in progress, priced, into insights.forecasts."""
         from chargeback.orchestration import insights as steps
@@ -77,9 +78,14 @@ def insights():
     @task(trigger_rule="all_done")
     def budgets(plan: dict) -> dict[str, int]:
         """Budget states of the window's months; thresholds fire once and are delivered."""
+        from airflow.sdk.exceptions import AirflowFailException
+
         from chargeback.orchestration import insights as steps
 
-        return steps.budgets(steps.Plan.from_dict(plan))
+        try:
+            return steps.budgets(steps.Plan.from_dict(plan))
+        except steps.InsightsNotRefreshed as exc:  # a refusal: retrying cannot change it
+            raise AirflowFailException(str(exc)) from None
 
     @task
     def done(plan: dict) -> int:

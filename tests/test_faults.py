@@ -126,6 +126,10 @@ def test_dbt_runs_chargeback_did_not_start_are_recorded_too(settings, monkeypatc
     assert len(runs[0][4]) == 1
     assert runs[0][4][0].startswith("model stg_config__meters: ")
     assert runs[0][5] == "dbt"
+    # cosmos forwards usage_hourly's exclusion of the insight marts: it is part of what the run built
+    assert transform._invoke([*args[:3], "--exclude", "tag:insights", *args[3:]], settings).success
+    assert _rows("select selection from pipeline.transform_runs order by transform_id desc limit 1") == [
+        ("stg_config__meters --exclude tag:insights",)]
 
 
 # --------------------------------------------------------------------------- configuration change mid-month

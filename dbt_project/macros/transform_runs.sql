@@ -18,10 +18,19 @@
                 ~ (result.message or result.status) | string
             ) -%}
         {%- endfor -%}
-        {%- set select = invocation_args_dict.get('select') or [] -%}
-        {%- set selection = (
-            select if select is string else select | join(' ')
-        ) -%}
+        {#- what the run built, as chargeback.engine.transform records it:
+            the select, then --exclude and --selector when given -#}
+        {%- set parts = [] -%}
+        {%- for flag, key in [('', 'select'), ('--exclude ', 'exclude'),
+                              ('--selector ', 'selector')] -%}
+            {%- set value = invocation_args_dict.get(key) -%}
+            {%- if value -%}
+                {%- do parts.append(flag ~ (
+                    value if value is string else value | join(' ')
+                )) -%}
+            {%- endif -%}
+        {%- endfor -%}
+        {%- set selection = parts | join(' ') -%}
         insert into pipeline.transform_runs (
             window_start, window_end, selection, status, started_at,
             failures, invoked_by

@@ -32,7 +32,7 @@ def largest_remainder(amount: Decimal, weights: Mapping[K, Decimal]) -> dict[K, 
     if isinstance(amount, float) or any(isinstance(w, float) for w in weights.values()):
         raise TypeError("money and weights must not be floats; pass Decimal")
     if amount < 0:  # a credit: the positive amount's split, negated (the same cents to the same keys)
-        return {key: -part for key, part in largest_remainder(-amount, weights).items()}
+        return {key: -part if part else part for key, part in largest_remainder(-amount, weights).items()}
     with localcontext(_EXACT):
         cents = Decimal(amount) * CENTS
         if cents != cents.to_integral_value():

@@ -317,7 +317,7 @@ def publish(load_id: int, settings: Settings | None = None) -> PublishResult:
         deleted = _delete_landed_hours(conn, load_id, start, end)
         loaded = _insert_staged(conn, load_id)
         usage_start, usage_end = _changed_usage_hours(conn, load_id)
-        _release_staging(conn, load_id)
+        conn.execute("delete from raw.usage_staging where load_id = %s", (load_id,))
         _resolve_quarantine(conn, load_id, start, end, published=True)
         if _changes_statistics(conn, loaded):  # a backfill: keep the planner's statistics true for dbt's reads
             conn.execute("select raw.analyze_usage(%s)", ("usage_snapshots",))  # as the owner
@@ -326,6 +326,7 @@ def publish(load_id: int, settings: Settings | None = None) -> PublishResult:
             " where load_id = %s",
             (loaded, load_id),
         )
+    _truncate_staging_if_empty(settings)
     return PublishResult(load_id, deleted, loaded, usage_start, usage_end)
 
 
@@ -340,22 +341,21 @@ def _changes_statistics(conn: psycopg.Connection, loaded: int) -> bool:
     return believed < 0 or loaded > 0.1 * believed
 
 
-def _release_staging(conn: psycopg.Connection, load_id: int) -> None:
-    """Remove the published load's rows from staging; when no other load's rows are left (no
-    load staged meanwhile, no rejected load kept for inspection), truncate it instead.
+def _truncate_staging_if_empty(settings: Settings | None) -> None:
+    """After a publish has committed: truncate staging when no load's rows are left in it (none
+    staged meanwhile, no rejected load kept for inspection).
 
     A delete leaves the rows behind as dead tuples until autovacuum passes: after a backfill
     (hundreds of thousands of rows), every query the next hour's gate runs on its few thousand
-    staged rows would scan them all. The table lock is taken without waiting, in a savepoint:
-    when another load is using staging, the delete alone is done."""
-    conn.execute("delete from raw.usage_staging where load_id = %s", (load_id,))
+    staged rows would scan them all. A short transaction of its own, the lock taken without
+    waiting: when another load (or autovacuum) is using staging, nothing is done."""
     try:
-        with conn.transaction():
+        with warehouse.connect(settings) as conn:
             conn.execute("lock table raw.usage_staging in access exclusive mode nowait")
             if not conn.execute("select exists (select from raw.usage_staging)").fetchone()[0]:
                 conn.execute("truncate raw.usage_staging")
     except psycopg.errors.LockNotAvailable:
-        log.info("staging is in use by another load: its published rows deleted, not truncated")
+        log.info("staging is in use: the published rows are deleted, the table not truncated")
 
 
 def lock_window(conn: psycopg.Connection) -> None:

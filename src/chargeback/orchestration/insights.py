@@ -146,15 +146,15 @@ class InsightsNotRefreshed(RuntimeError):
 
 
 def _require_refreshed(plan: Plan, settings: Settings | None) -> None:
-    """Refuse when no build of the insight marts covering the plan's window succeeded since the
-    plan was taken (the budgets task runs after a failed forecast, not after a failed refresh)."""
+    """Refuse when this run's build of the insight marts (over the plan's window, begun after the
+    plan was taken) did not succeed: the budgets task runs after a failed forecast, not after a
+    failed refresh. Another build (the month close's) does not count either way."""
     from chargeback.engine.transform import INSIGHTS
 
     with warehouse.connect(settings) as conn:
         row = conn.execute(
             "select transform_id, status, failures from pipeline.transform_runs"
-            " where selection = %s and started_at >= %s"
-            "   and (window_start is null or (window_start <= %s and window_end >= %s))"
+            " where selection = %s and started_at >= %s and window_start = %s and window_end = %s"
             " order by transform_id desc limit 1", (INSIGHTS, plan.taken_at, plan.start, plan.end)).fetchone()
     if row is None or row[1] != "succeeded":
         why = f"transform run {row[0]} failed: {(row[2] or ['see the dbt log'])[0]}" if row else "it did not run"

@@ -399,6 +399,10 @@ create table if not exists pipeline.transform_runs (
     check ((window_start is null) = (window_end is null))
 );
 create index if not exists transform_runs_window_idx on pipeline.transform_runs (window_start, window_end);
+-- builds of the insight marts (or of everything), by start: freshness.insight_marts_current
+-- looks for the first one after each build of the cost chain
+create index if not exists transform_runs_insights_idx on pipeline.transform_runs (started_at)
+    where selection = 'tag:insights' or selection is null;
 -- ---- end pipeline.transform_runs ----------------------------------------------------
 
 -- What the user must know, one line each (chargeback.events): refusals, rejected files,
