@@ -954,7 +954,13 @@ $$;
 do $$
 begin
     if not exists (select 1 from pg_roles where rolname = 'chargeback_bi') then
-        create role chargeback_bi nologin;
+        begin
+            create role chargeback_bi nologin;
+        exception when duplicate_object or unique_violation then
+            -- roles are the cluster's: ensure_schema of another database (its advisory lock
+            -- is per database) created it meanwhile
+            null;
+        end;
     end if;
     grant usage on schema marts to chargeback_bi;
     grant select on all tables in schema marts to chargeback_bi;
