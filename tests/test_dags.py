@@ -104,9 +104,11 @@ def test_the_insight_marts_are_built_by_the_insights_dag_and_the_month_close_not
         assert not parents & tagged, f"{name} reads {parents & tagged}"
     insights = dagbag.dags["insights"]
     assert insights.get_task("refresh").downstream_task_ids == {"forecast"}
+    assert insights.get_task("forecast").trigger_rule == "all_done"  # it reads the cost chain only
     billing = dagbag.dags["billing_monthly"]
     assert billing.get_task("refresh_insights").upstream_task_ids == {"resolve_period", "check_completeness"}
     assert "finalize_invoices" in billing.get_task("refresh_insights").downstream_task_ids
+    assert "render_drafts" in billing.get_task("refresh_insights_for_drafts").downstream_task_ids
 
 
 def test_hourly_schedule_gives_one_hour_intervals(dagbag):
