@@ -118,11 +118,9 @@ def billing_monthly():
     def refresh_insights(period: str) -> None:
         """dbt build of the insight marts over the month when they miss a change of it: the invoices'
         appendix and the finance report read them."""
-        from chargeback.billing import close
         from chargeback.orchestration import steps
 
-        if not close.is_final(period):
-            steps.refresh_insights(*steps.month_window(period), if_behind=True)
+        steps.refresh_insights_for_close(period)
 
     @task
     def finalize_invoices(period: str, params=None) -> int:

@@ -90,7 +90,7 @@ def test_the_month_close_rebuilds_the_insight_marts_only_when_they_miss_a_change
                          (start, end, selection, status, began, next(clock)))
 
     def current() -> bool:
-        return freshness.insight_marts_current(*month, INSIGHTS)
+        return freshness.insight_marts_current(*month)
 
     with database_of_its_own("insights_fresh"):  # no other module's dbt runs
         build("int_cost_allocations_hourly", h, h + HOUR)  # an hourly cosmos task

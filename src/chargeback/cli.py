@@ -197,10 +197,9 @@ def cmd_close(args: argparse.Namespace) -> int:
 
     if bool(args.override_incomplete) != bool(args.by):
         raise ValueError("--override-incomplete REASON and --by NAME go together")
-    if not close.is_final(args.period):  # the invoices' appendix reads the insight marts
-        from chargeback.orchestration import steps
+    from chargeback.orchestration import steps
 
-        steps.refresh_insights(*steps.month_window(args.period), if_behind=True)
+    steps.refresh_insights_for_close(args.period)  # the invoices' appendix reads the insight marts
     result = close.close_month(args.period, as_of=args.as_of, override_reason=args.override_incomplete,
                                override_by=args.by, workers=args.workers)
     print(result.summary())

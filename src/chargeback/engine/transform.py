@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from chargeback.platform import warehouse
+from chargeback.platform import freshness, warehouse
 from chargeback.platform.periods import parse_instant
 from chargeback.platform.settings import Settings, get_settings
 
@@ -35,7 +35,7 @@ from chargeback.platform.settings import Settings, get_settings
 _dbt_lock = threading.Lock()
 log = logging.getLogger(__name__)
 
-INSIGHTS = "tag:insights"
+INSIGHTS = freshness.INSIGHT_MARTS
 """The insight marts (daily usage and ledger, showback below the tenant, trends) and their
 tests: rebuilt by the insights DAG and at month close, not by the hourly cost chain
 (docs/INSIGHTS.md, "When the insight marts are built"). Nothing billing computes reads them."""

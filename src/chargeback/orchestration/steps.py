@@ -126,12 +126,23 @@ def refresh_insights(start: dt.datetime, end: dt.datetime, settings: Settings | 
     from chargeback.platform import freshness
 
     window = f"[{start.isoformat()}, {end.isoformat()})"
-    if if_behind and freshness.insight_marts_current(start, end, dbt.INSIGHTS, settings):
+    if if_behind and freshness.insight_marts_current(start, end, settings):
         log.info("insight marts already hold every change of %s: not rebuilt", window)
         return False
     result = dbt.build(start, end, select=dbt.INSIGHTS)
     log.info("insight marts rebuilt over %s in %.1f s", window, result.seconds)
     return True
+
+
+def refresh_insights_for_close(period: str, settings: Settings | None = None) -> bool:
+    """Before a month's drafts or finals (billing_monthly, ``chargeback close``): its insight marts
+    rebuilt when they miss a change of it (the invoices' appendix reads them); not for a month
+    already final, whose invoices never change. Returns whether dbt ran."""
+    from chargeback.billing import close
+
+    if close.is_final(period, settings):
+        return False
+    return refresh_insights(*month_window(period), settings, if_behind=True)
 
 
 def check_marts(start: dt.datetime | None, end: dt.datetime | None, settings: Settings | None = None) -> None:

@@ -27,6 +27,10 @@ from chargeback.platform import events, warehouse
 from chargeback.platform.periods import month_window
 from chargeback.platform.settings import Settings
 
+INSIGHT_MARTS = "tag:insights"
+"""How ``pipeline.transform_runs.selection`` records a build of the insight marts alone (dbt tag
+``insights``; ``chargeback.engine.transform.INSIGHTS``): it builds no billing mart."""
+
 
 def usage_through(conn, period_end: dt.datetime | None = None, *, within: bool = False) -> dt.datetime | None:
     """The instant up to which the marts know usage: the end of the last hour with usage in
@@ -67,7 +71,7 @@ _UNREPAIRED_FAILURE = """
 select f.transform_id, f.window_start, f.window_end, f.selection, f.finished_at, f.failures
 from pipeline.transform_runs as f
 where f.status = 'failed'
-  and f.selection is distinct from 'tag:insights'
+  and f.selection is distinct from %(insights)s
   and (f.window_start is null or (f.window_start < %(end)s and f.window_end > %(start)s))
   and not exists (
       select from pipeline.transform_runs as s
@@ -85,12 +89,12 @@ limit 1
 
 # A published load of hours of the month that no successful build begun after it
 # finished covers (its hours within the month, or everything). A build of the insight
-# marts alone (selection 'tag:insights') does not count: it builds no billing mart.
+# marts alone (selection INSIGHT_MARTS) does not count: it builds no billing mart.
 _UNBUILT_LOAD = """
 select l.load_id, l.window_start, l.window_end, l.finished_at,
        (select max(s.finished_at) from pipeline.transform_runs as s
         where s.status = 'succeeded'
-          and s.selection is distinct from 'tag:insights'
+          and s.selection is distinct from %(insights)s
           and (s.window_start is null
                or (s.window_start < %(end)s and s.window_end > %(start)s))) as last_build
 from pipeline.load_runs as l
@@ -99,7 +103,7 @@ where l.status = 'published'
   and not exists (
       select from pipeline.transform_runs as s
       where s.status = 'succeeded'
-        and s.selection is distinct from 'tag:insights'
+        and s.selection is distinct from %(insights)s
         and s.started_at >= l.finished_at
         and (s.window_start is null
              or (s.window_start <= greatest(l.window_start, %(start)s)
@@ -137,21 +141,20 @@ select exists (
 """
 
 
-def insight_marts_current(start: dt.datetime, end: dt.datetime, selection: str,
-                          settings: Settings | None = None) -> bool:
-    """Whether the insight marts (the build ``selection``, e.g. ``tag:insights``) hold every
+def insight_marts_current(start: dt.datetime, end: dt.datetime, settings: Settings | None = None) -> bool:
+    """Whether the insight marts (builds recorded as :data:`INSIGHT_MARTS`) hold every
     change of ``[start, end)``: each successful build of the cost chain touching it was followed by
     a successful build of the insight marts covering its hours there, and their last build there
     did not fail. The month close skips its own rebuild of them when they do."""
     with warehouse.connect(settings) as conn:
-        behind = conn.execute(_INSIGHTS_BEHIND, {"start": start, "end": end, "insights": selection}).fetchone()[0]
+        behind = conn.execute(_INSIGHTS_BEHIND, {"start": start, "end": end, "insights": INSIGHT_MARTS}).fetchone()[0]
     return not behind
 
 
 def require_current_marts(period: str, settings: Settings | None = None) -> None:
     """Refuse (one line, then :class:`StaleMarts`) when ``period``'s marts are not current."""
     start, end = month_window(period)
-    params = {"start": start, "end": end}
+    params = {"start": start, "end": end, "insights": INSIGHT_MARTS}
     with warehouse.connect(settings) as conn:
         failure = conn.execute(_UNREPAIRED_FAILURE, params).fetchone()
         unbuilt = None if failure else conn.execute(_UNBUILT_LOAD, params).fetchone()
