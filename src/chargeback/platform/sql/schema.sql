@@ -340,6 +340,19 @@ begin
     end if;
 end
 $$;
+-- Publish order (chargeback.ingest.load.publish): each publish numbers itself under the publish
+-- lock (published_seq); a staged load remembers the newest publish its duplicate check saw
+-- (checked_through_seq), so its own publish knows whether another one landed since.
+create sequence if not exists pipeline.publish_seq;
+do $$
+begin
+    if not exists (select 1 from information_schema.columns
+                   where table_schema = 'pipeline' and table_name = 'load_runs' and column_name = 'published_seq') then
+        alter table pipeline.load_runs add column published_seq bigint, add column checked_through_seq bigint;
+    end if;
+end
+$$;
+create index if not exists load_runs_published_seq_idx on pipeline.load_runs (published_seq);
 -- One row per landed file a load run read. Per file (and summed, per run):
 -- rows_in = rows_loaded + rows_duplicate + rows_quarantined. first_seen_at: the first time
 -- any load saw this file URL, i.e. when Chargeback learned of it (carried over from earlier rows).
