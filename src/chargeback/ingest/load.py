@@ -115,9 +115,7 @@ def stage(
         raise
     rows_in, loaded, duplicates, quarantined, rejected = (int(v) for v in totals)
     with warehouse.connect(settings) as conn:
-        # Fresh statistics, or the gate's queries plan the bulk load as if it were empty; its
-        # scans and joins need a row count, not fine histograms: a small sample.
-        conn.execute("set local default_statistics_target = 10")
+        # Fresh statistics, or the gate's queries plan the bulk load as if it were empty.
         conn.execute("select raw.analyze_usage(%s)", ("usage_staging",))  # as the owner
     report_quarantine(load_id, settings)
     return StageResult(load_id, start, end, len(files), loaded, rows_in, duplicates, quarantined, rejected)
@@ -201,10 +199,7 @@ def _stage_files(conn: psycopg.Connection, load_id: int, start: dt.datetime, end
         )
         if progress:
             progress(seq, len(files))
-    # The planner must know whether to probe raw.usage_snapshots by index: a row count and a
-    # rough idea of the values are enough, so a small sample (3,000 rows, not 30,000).
-    conn.execute("set local default_statistics_target = 10")
-    conn.execute("analyze parsed")
+    conn.execute("analyze parsed")  # the planner must know whether to probe raw.usage_snapshots by index
     conn.execute(classify.DEDUPE_WITHIN_LOAD)
     # Read before the check, so every publish it may not see is numbered after this one.
     conn.execute(
