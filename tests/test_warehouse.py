@@ -35,3 +35,23 @@ def test_bi_role_reads_the_marts_and_nothing_before_them():
         assert conn.execute("select count(*) from marts.dim_meters").fetchone()[0] == 5
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("select count(*) from raw.usage_snapshots")
+
+
+def test_a_new_embedded_server_starts_with_its_cache_sized_to_the_machine(tmp_path, monkeypatch):
+    """The embedded server is initialised, sized (shared_buffers) and restarted once; found
+    again, it is not restarted. A server named by WAREHOUSE_DSN is its DBA's to size."""
+    from chargeback.platform.settings import get_settings
+
+    monkeypatch.delenv("WAREHOUSE_DSN", raising=False)
+    monkeypatch.setenv("CHARGEBACK_EMBEDDED_DIR", str(tmp_path / "embedded"))
+    settings = get_settings()
+    try:
+        uri = warehouse.server_dsn(settings)
+        with psycopg.connect(uri) as conn:
+            started = conn.execute("select pg_postmaster_start_time()").fetchone()[0]
+            assert conn.execute("select pg_size_bytes(current_setting('shared_buffers'))"
+                                " = pg_size_bytes(%s)", (warehouse._embedded_shared_buffers(),)).fetchone()[0]
+        with psycopg.connect(warehouse.server_dsn(settings)) as conn:
+            assert conn.execute("select pg_postmaster_start_time()").fetchone()[0] == started
+    finally:
+        warehouse.stop_embedded(settings)
