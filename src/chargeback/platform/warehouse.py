@@ -33,6 +33,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from importlib import resources
+from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _dsn_cache: dict[tuple[str | None, str, str | None], str] = {}
 _roles_ready: set[tuple[str, str, str | None]] = set()
+_tuned: set[str] = set()
 
 
 class WarehouseError(RuntimeError):
@@ -86,12 +88,15 @@ def _embedded_shared_buffers() -> str:
     return f"{max(128, min(1024, memory_mb // 8))}MB"
 
 
-def _tune_embedded(uri: str, pgdata, *, restart: bool) -> None:
+def _tune_embedded(uri: str, pgdata: Path, *, restart: bool) -> None:
     """Size the embedded server's cache (:func:`_embedded_shared_buffers`), once.
 
     A server this process has just initialised is restarted at once (nobody else can be
     connected: the others wait on the start lock); an older one that is not yet sized gets the
-    setting for its next start (``chargeback warehouse stop``)."""
+    setting for its next start (``chargeback warehouse stop``). Checked once per process."""
+    if str(pgdata) in _tuned and not restart:
+        return
+    _tuned.add(str(pgdata))
     wanted = _embedded_shared_buffers()
     with psycopg.connect(uri, autocommit=True) as conn:
         if conn.execute("select exists (select from pg_file_settings where name = 'shared_buffers'"
