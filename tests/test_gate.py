@@ -258,6 +258,27 @@ def test_gate_rejects_duplicate_snapshot_ids():
     ) in str(error)
 
 
+def test_gate_rejects_sources_and_labels_beyond_the_attribution_limits():
+    """Rows that reached staging past the loader: each distinct labels object is checked once,
+    and every row holding a bad one is named, not only the first."""
+    load_id = stage([snapshot(n, snapshot_id=f"s-{n}") for n in range(1, 9)])
+    too_many = {f"k{i:02d}": "v" for i in range(17)}
+    labels = {1: {"team": "a"}, 2: {"team": "a"}, 3: {"team": 1}, 4: too_many, 5: ["team"], 6: {"team": 1},
+              7: {"team": "b", "env": "prod"}}
+    with warehouse.connect() as conn:
+        for line, value in labels.items():
+            conn.execute("update raw.usage_staging set source = 'api', labels = %s::jsonb"
+                         " where load_id = %s and source_line = %s", (json.dumps(value), load_id, line))
+        conn.execute("update raw.usage_staging set source = '' where load_id = %s and source_line = 8", (load_id,))
+    with pytest.raises(gate.GateFailed) as info:
+        gate.validate_staged(load_id, START, END)
+    (failure,) = [f for f in info.value.result.failures if "labels" in f]
+    assert ": 5 row(s), e.g. " in failure  # lines 3, 4, 5, 6 and 8
+    assert f"{FILE}:3 source=api labels='{{\"team\": 1}}'" in failure
+    for line in (1, 2, 7):
+        assert f"{FILE}:{line} " not in failure
+
+
 def test_gate_rejects_unit_not_matching_meter():
     error = rejected([snapshot(1), snapshot(4, meter="stored_gb", unit="TB")])
     assert (

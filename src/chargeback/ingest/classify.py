@@ -59,9 +59,9 @@ def _shown(expr: str, limit: int) -> str:
 
 _KEY, _VALUE = _shown("e.key", 40), "(e.value #>> '{}')"
 _LABEL_CHECKS = f"""
-    select labels, count(*) as n_labels, min(problem collate "C") as problem
+    select labels_text, count(*) as n_labels, min(problem collate "C") as problem
     from (
-        select p.labels, case
+        select p.labels_text, case
             when e.key = '' then 'labels: an empty key'
             when length(e.key) > {MAX_LABEL_KEY_CHARS} then 'labels: key ' || {_KEY}
                 || ' is ' || length(e.key) || ' characters long, more than {MAX_LABEL_KEY_CHARS}'
@@ -77,10 +77,10 @@ _LABEL_CHECKS = f"""
             when {_VALUE} ~ '{_RESERVED}' then 'labels: the value of ' || {_KEY} || ', '
                 || {_shown(_VALUE, 40)} || ', is reserved: values in parentheses are Chargeback''s own'
         end as problem
-        from (select distinct labels from fields where jsonb_typeof(labels) = 'object') as p
-        cross join lateral jsonb_each(p.labels) as e
+        from (select distinct labels::text as labels_text from fields where jsonb_typeof(labels) = 'object') as p
+        cross join lateral jsonb_each(p.labels_text::jsonb) as e
     ) as keyed
-    group by labels
+    group by labels_text
 """
 
 
@@ -117,7 +117,7 @@ def _classify_sql(fields_cte: str, *, labels: bool = True) -> str:
     -- each distinct labels object of the file checked once (their number is small: the
     -- label values' combinations), then found again by each row with a hash join
 {_LABEL_CHECKS}""" if labels else ""
-    label_join = "left join label_checks as lb on f.labels = lb.labels" if labels else (
+    label_join = "left join label_checks as lb on f.labels::text = lb.labels_text" if labels else (
         "cross join (select null::bigint as n_labels, null::text as problem) as lb")
     missing = "\n".join(
         f"            when nullif(btrim(t.{f}), '') is null then '{f}: missing'" for f in SNAPSHOT_FIELDS
@@ -133,16 +133,20 @@ insert into parsed (file_seq, source_file, source_line, landed_hour, learned_at,
 with fields as (
 {fields_cte}
 {label_checks}
+), instants as (
+    -- each distinct hour and emitted_at text of the file read once (a file holds few: the
+    -- hours it covers, its producer's emission times), then found again by a hash join
+    select d.t, case when d.t ~ '{_ISO_TIMESTAMP}' and raw.is_timestamptz(d.t) then d.t::timestamptz end as ts
+    from (select hour as t from fields union select emitted_at from fields) as d
 ), typed as (
     select f.*,
            case when raw.is_numeric(f.value) and coalesce(f.t_value, 'string') in ('string', 'number')
                 then f.value::numeric end as n_value,
-           case when f.hour ~ '{_ISO_TIMESTAMP}' and raw.is_timestamptz(f.hour)
-                then f.hour::timestamptz end as ts_hour,
-           case when f.emitted_at ~ '{_ISO_TIMESTAMP}' and raw.is_timestamptz(f.emitted_at)
-                then f.emitted_at::timestamptz end as ts_emitted,
+           ih.ts as ts_hour, ie.ts as ts_emitted,
            lb.n_labels, lb.problem as label_problem
     from fields as f
+    left join instants as ih on ih.t = f.hour
+    left join instants as ie on ie.t = f.emitted_at
     {label_join}
     offset 0  -- evaluate the casts once per row: keep the planner from copying them into every use
 ), classified as (
@@ -354,19 +358,25 @@ PUBLISHED_IN_WINDOW = """
 # window (rows of the window's own hours are about to be replaced, so they do not count).
 # A key has one published row: a key published from the window's hours is published from
 # nowhere else, so only the other keys are looked up in the primary key (a replayed hour
-# then probes nothing).
-DEDUPE_AGAINST_PUBLISHED = f"""
+# then probes nothing). Two statements: the candidates are kept (and analyzed) first, so the
+# planner knows how few there are; in one statement it misjudged the anti-join and joined
+# every staged row to the whole published table before setting the window's keys aside.
+PUBLISHED_CANDIDATES = f"""
+create temp table published_candidates on commit drop as
 with in_window as materialized ({PUBLISHED_IN_WINDOW}
-), candidates as (
-    select p.* from parsed as p
-    where p.reason is null and not p.duplicate
-      and not exists (select from in_window as w where w.tenant_id = p.tenant_id and w.snapshot_id = p.snapshot_id)
-), compared as (
+)
+select p.pid, p.tenant_id, p.snapshot_id from parsed as p
+where p.reason is null and not p.duplicate
+  and not exists (select from in_window as w where w.tenant_id = p.tenant_id and w.snapshot_id = p.snapshot_id)
+"""
+DEDUPE_AGAINST_PUBLISHED = f"""
+with compared as (
     select p.pid, u.source_file, u.source_line, {difference('u', 'p')} as difference,
            (p.tenant_id, p.meter, p.value, p.unit, p.hour_start, p.kind, p.source, p.labels)
            = (u.tenant_id, u.meter, u.value, u.unit, u.hour_start, u.kind, u.source, u.labels) as same
-    from candidates as p
-    join raw.usage_snapshots as u on u.tenant_id = p.tenant_id and u.snapshot_id = p.snapshot_id
+    from published_candidates as c
+    join raw.usage_snapshots as u on u.tenant_id = c.tenant_id and u.snapshot_id = c.snapshot_id
+    join parsed as p on p.pid = c.pid
     where {PUBLISHED_OUTSIDE_WINDOW}
 )
 update parsed as p

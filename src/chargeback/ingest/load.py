@@ -205,7 +205,10 @@ def _stage_files(conn: psycopg.Connection, load_id: int, start: dt.datetime, end
     conn.execute(
         "update pipeline.load_runs set checked_through_seq = (select coalesce(max(published_seq), 0)"
         " from pipeline.load_runs where status = 'published') where load_id = %s", (load_id,))
-    conn.execute(classify.DEDUPE_AGAINST_PUBLISHED, {"start": start, "end": end})
+    window = {"start": start, "end": end}
+    if conn.execute(classify.PUBLISHED_CANDIDATES, window).rowcount:
+        conn.execute("analyze published_candidates")
+        conn.execute(classify.DEDUPE_AGAINST_PUBLISHED, window)
     conn.execute(classify.TENANT_HOUR_BOUND, {"start": start, "end": end})
     conn.execute(
         """

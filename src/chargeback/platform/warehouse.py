@@ -194,11 +194,21 @@ def admin_dsn(settings: Settings | None = None) -> str:
 
 
 def _create_database(base_dsn: str, name: str) -> None:
+    """Create the database with byte-order collation (docs/DECISIONS.md, "Byte-order collation"):
+    every key Chargeback sorts and indexes is an identifier, not prose. PostgreSQL 17 and later get
+    the builtin ``C.UTF-8`` locale (Unicode character classes, code-point order); older servers
+    collate by ``C`` and keep the server's character classes. A database that exists is left as
+    it is."""
     with psycopg.connect(base_dsn, autocommit=True) as conn:
         exists = conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()
         if not exists:
+            if conn.info.server_version >= 170000:
+                locale = sql.SQL("locale_provider builtin builtin_locale 'C.UTF-8'")
+            else:
+                locale = sql.SQL("lc_collate 'C'")
             with contextlib.suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
-                conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+                conn.execute(sql.SQL("create database {} template template0 encoding 'UTF8' {}").format(
+                    sql.Identifier(name), locale))
 
 
 def drop_database(name: str, settings: Settings | None = None) -> None:
