@@ -199,7 +199,9 @@ def _stage_files(conn: psycopg.Connection, load_id: int, start: dt.datetime, end
         )
         if progress:
             progress(seq, len(files))
-    conn.execute("analyze parsed")  # the planner must know whether to probe raw.usage_snapshots by index
+    # The planner must know whether to probe raw.usage_snapshots by index: the columns the load's
+    # checks join, group and filter on (not the raw lines and labels, two thirds of the time).
+    conn.execute("analyze parsed (tenant_id, snapshot_id, meter, hour_start, reason, duplicate, source_file)")
     conn.execute(classify.DEDUPE_WITHIN_LOAD)
     # Read before the check, so every publish it may not see is numbered after this one.
     conn.execute(

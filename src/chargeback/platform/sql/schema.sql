@@ -737,7 +737,8 @@ create or replace function raw.analyze_usage(p_table text) returns void
 language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 begin
     if p_table = 'usage_staging' then
-        analyze raw.usage_staging;
+        -- the columns the gate and publish join, group and filter on: a third of the time of all
+        analyze raw.usage_staging (load_id, tenant_id, snapshot_id, meter, hour_start, landed_hour, source_file);
     elsif p_table = 'usage_snapshots' then
         analyze raw.usage_snapshots;
     else
