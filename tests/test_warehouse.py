@@ -27,6 +27,20 @@ def test_dbt_and_sqlalchemy_reach_the_same_database_as_psycopg():
     assert f"/{params['dbname']}" in warehouse.sqlalchemy_url()
 
 
+def test_the_warehouse_database_sorts_text_by_byte_order():
+    """Identifiers sort by code point ('B' before 'a', 'é' after 'z'), with byte-order
+    comparisons (docs/DECISIONS.md: the databases collate by byte order)."""
+    with warehouse.connect() as conn:
+        collate, provider = conn.execute(
+            "select coalesce(datlocale, datcollate), datlocprovider from pg_database"
+            " where datname = current_database()" if conn.info.server_version >= 170000 else
+            "select datcollate, datlocprovider from pg_database where datname = current_database()").fetchone()
+        ordered = conn.execute("select array_agg(x order by x) from unnest(array['a', 'é', 'B', 'z']) as x")
+        ordered = ordered.fetchone()[0]
+    assert (collate, provider) in {("C.UTF-8", "b"), ("C", "c")}
+    assert ordered == ["B", "a", "z", "é"]
+
+
 def test_bi_role_reads_the_marts_and_nothing_before_them():
     transform.build()
     warehouse.ensure_schema()

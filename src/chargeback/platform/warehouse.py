@@ -194,7 +194,7 @@ def admin_dsn(settings: Settings | None = None) -> str:
 
 
 def _create_database(base_dsn: str, name: str) -> None:
-    """Create the database with byte-order collation (docs/DECISIONS.md, "Byte-order collation"):
+    """Create the database with byte-order collation (docs/DECISIONS.md: "collate by byte order"):
     every key Chargeback sorts and indexes is an identifier, not prose. PostgreSQL 17 and later get
     the builtin ``C.UTF-8`` locale (Unicode character classes, code-point order); older servers
     collate by ``C`` and keep the server's character classes. A database that exists is left as
