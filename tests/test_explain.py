@@ -33,7 +33,7 @@ def test_a_noisy_source_and_a_move_to_a_dearer_class_are_volume_and_mix():
         (DEBUG, D("45.00")), (API_90, D("10.00")), (API_30, D("-6.00"))]
     assert result.sentence("t014's billed amount") == (
         "t014's billed amount rose 27.2 % (+49.00 USD against 180.00 USD expected): volume +45.00,"
-        " rate 0.00, mix +4.00 USD; most of it payments-debug (ingested_gb) +45.00 USD;"
+        " rate 0.00, mix +4.00 USD; largest contributors: payments-debug (ingested_gb) +45.00 USD;"
         " api (stored_gb, 90-day retention) +10.00 USD; api (stored_gb, 30-day retention) -6.00 USD.")
 
 

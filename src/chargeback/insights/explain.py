@@ -100,13 +100,13 @@ class Explanation:
     def sentence(self, subject: str, currency: str = "USD", top: int = 3) -> str:
         """One sentence a finance reader understands, e.g. ``t014's billed amount rose 38.2 %
         (+412.30 USD against 1,079.12 USD expected): volume +371.07, rate +41.23, mix 0.00 USD;
-        most of it payments-debug (ingested_gb) +365.00 USD.``"""
+        largest contributors: payments-debug (ingested_gb) +365.00 USD.``"""
         change = self.change
         direction = "rose" if change > 0 else "fell" if change < 0 else "did not change"
         share = f" {abs(change) / self.expected * 100:.1f} %" if self.expected and change else ""
         parts = ", ".join(f"{name} {_signed(value)}" for name, value in self.effects.items())
         lead = "; ".join(f"{c.component.label()} {_signed(c.change)} {currency}" for c in self.contributors[:top])
-        who = f"; most of it {lead}" if lead else ""
+        who = f"; largest contributors: {lead}" if lead else ""
         return (f"{subject} {direction}{share} ({_signed(change)} {currency} against"
                 f" {format_money(self.expected, currency)} expected): {parts} {currency}{who}.")
 
