@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chargeback.insights.explain import Component, Measure, explain, round_to_total
+from chargeback.engine.allocation import round_to_total
+from chargeback.insights.explain import Component, Measure, explain
 
 D = Decimal
 DEBUG = Component("ingested_gb", "payments-debug")

@@ -11,12 +11,13 @@ largest remainders, ties to the lower key — strings compared byte by byte (UTF
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from decimal import Context, Decimal, Inexact, InvalidOperation, localcontext
+from decimal import ROUND_FLOOR, Context, Decimal, Inexact, InvalidOperation, localcontext
 from typing import TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
 CENTS = 100  # the split is in whole cents: amounts have 2 decimals
+_CENT = Decimal("0.01")
 # exact arithmetic: an amount of 18 digits times a weight of 38 fits easily
 _EXACT = Context(prec=200, traps=[Inexact, InvalidOperation])
 
@@ -54,6 +55,22 @@ def largest_remainder(amount: Decimal, weights: Mapping[K, Decimal]) -> dict[K, 
         ranked = sorted(weights, key=lambda k: (-remainders[k], _key_order(k)))
         extra = set(ranked[:left])
         return {key: (floors[key] + (1 if key in extra else 0)).scaleb(-2) for key in weights}
+
+
+def round_to_total(values: Mapping[K, Decimal], total: Decimal) -> dict[K, Decimal]:
+    """The same rule for parts of either sign: round ``values`` (adding up to ``total`` but for far
+    less than a cent, e.g. the volume, rate and mix effects of a change) to cents adding up to
+    ``total`` exactly: each to the cent below, then the cents left one each to the largest
+    remainders (ties to the earlier key in ``values``)."""
+    if total != total.quantize(_CENT):
+        raise ValueError(f"total {total} is not a whole number of cents")
+    floors = {k: v.quantize(_CENT, rounding=ROUND_FLOOR) for k, v in values.items()}
+    left = int((total - sum(floors.values(), Decimal(0))) / _CENT)
+    if not 0 <= left <= len(values):
+        raise ValueError(f"the values add up to {sum(values.values(), Decimal(0))}, not to {total}")
+    order = list(values)
+    ranked = sorted(order, key=lambda k: (-(values[k] - floors[k]), order.index(k)))
+    return {k: floors[k] + (_CENT if k in ranked[:left] else Decimal(0)) for k in order}
 
 
 def _key_order(key: object) -> object:

@@ -24,18 +24,20 @@ meter to another shows as a volume effect on each. Edge cases, decided so the su
 - an amount without a quantity (a commitment true-up, a fixed fee) changes by contract: rate.
 
 Each effect is rounded to the cent so that the three add up to the change to the cent (the
-largest-remainder rule, as :func:`chargeback.engine.allocation.largest_remainder`, for amounts of
-either sign). The contributors are the components by the size of their own change ``a' − a``.
+largest-remainder rule for amounts of either sign,
+:func:`chargeback.engine.allocation.round_to_total`). The contributors are the components by the
+size of their own change ``a' − a``.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import ROUND_FLOOR, Context, Decimal, localcontext
+from decimal import Context, Decimal, localcontext
 
-from chargeback.platform.money import MINOR_UNIT, format_money
+from chargeback.engine.allocation import round_to_total
+from chargeback.platform.money import format_money
 
 EFFECTS = ("volume", "rate", "mix")
 # enough digits that the unrounded effects add up to the change far below a cent
@@ -177,24 +179,6 @@ def _baseline_rates(before: Mapping[Component, Measure], average: Decimal,
         rates[c] = (m.amount / m.quantity if m.quantity
                     else class_average.get(key, class_rates.get(key, average)))
     return rates
-
-
-K = Hashable
-
-
-def round_to_total(values: Mapping[K, Decimal], total: Decimal) -> dict[K, Decimal]:
-    """Round ``values`` (of either sign, adding up to ``total`` but for far less than a cent) to
-    cents adding up to ``total`` exactly: each to the cent below, then the cents left one each to
-    the largest remainders (ties to the earlier key in ``values``)."""
-    if total != total.quantize(MINOR_UNIT):
-        raise ValueError(f"total {total} is not a whole number of cents")
-    floors = {k: v.quantize(MINOR_UNIT, rounding=ROUND_FLOOR) for k, v in values.items()}
-    left = int((total - sum(floors.values(), _ZERO)) / MINOR_UNIT)
-    if not 0 <= left <= len(values):
-        raise ValueError(f"the values add up to {sum(values.values(), _ZERO)}, not to {total}")
-    order = list(values)
-    ranked = sorted(order, key=lambda k: (-(values[k] - floors[k]), order.index(k)))
-    return {k: floors[k] + (MINOR_UNIT if k in ranked[:left] else _ZERO) for k in order}
 
 
 def _signed(amount: Decimal) -> str:
