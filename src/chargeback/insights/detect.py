@@ -121,7 +121,7 @@ def flag(values: np.ndarray, day: int, tenant_expected: np.ndarray | None = None
     base = np.abs(e.expected if tenant_expected is None else np.asarray(tenant_expected, dtype=float))
     anomalous = ((np.abs(z) >= thresholds.z) & (impact >= float(thresholds.min_amount))
                  & (impact >= thresholds.min_share * base) & (e.history_days >= thresholds.min_history_days))
-    return Expectation(e.expected, spread, z, e.history_days), np.nan_to_num(anomalous, nan=False).astype(bool)
+    return Expectation(e.expected, spread, z, e.history_days), anomalous  # NaN compares False: no data, no flag
 
 
 def may_be_missing_data(actual: float, expected: float, thresholds: Thresholds = Thresholds()) -> bool:
