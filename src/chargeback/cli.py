@@ -246,6 +246,36 @@ def cmd_budgets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_anomalies(args: argparse.Namespace) -> int:
+    """Detect anomalies over complete days (detect), print them (list), or move one along its
+    lifecycle (ack, resolve) — docs/INSIGHTS.md, "Anomalies"."""
+    from chargeback.insights import anomalies
+
+    if args.anomalies_action == "detect":
+        first = dt.date.fromisoformat(args.start) if args.start else None
+        last = dt.date.fromisoformat(args.end) if args.end else first
+        outcome = anomalies.run(first, last)
+        print(f"anomalies: {outcome.findings} day(s) out of line, {len(outcome.raised)} new anomal"
+              f"{'y' if len(outcome.raised) == 1 else 'ies'}, {outcome.extended} day(s) extending one,"
+              f" {outcome.updated} already known; {outcome.delivered} delivered")
+        for failure in outcome.failures:
+            print(f"chargeback anomalies: {failure}", file=sys.stderr)
+        return 0
+    if args.anomalies_action in ("ack", "resolve"):
+        if args.id is None or not args.by or not args.reason:
+            raise ValueError(f"chargeback anomalies {args.anomalies_action} needs an id, --by and --reason")
+        if args.anomalies_action == "ack":
+            if not args.kind:
+                raise ValueError("chargeback anomalies ack needs --as expected|planned|problem")
+            anomalies.acknowledge(args.id, args.kind, args.by, args.reason)
+        else:
+            anomalies.resolve(args.id, args.by, args.reason)
+        print(anomalies.render([r for r in anomalies.listing("all") if r["anomaly_id"] == args.id], "all"))
+        return 0
+    print(anomalies.render(anomalies.listing(args.status, args.tenant), args.status))
+    return 0
+
+
 def cmd_forecast(args: argparse.Namespace) -> int:
     """Month-end forecasts (docs/INSIGHTS.md, "Forecasts"): compute, store and print them, or
     replay past months (backtest)."""
@@ -488,6 +518,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("budgets_action", choices=["check", "list"])
     sp.add_argument("--month", help="YYYY-MM (default: the month of the last usage in the marts)")
     sp.set_defaults(func=cmd_budgets)
+
+    sp = sub.add_parser("anomalies", help="detect anomalies on complete days (detect), print them with their "
+                        "explanation (list), acknowledge or resolve one (docs/INSIGHTS.md)")
+    sp.add_argument("anomalies_action", choices=["detect", "list", "ack", "resolve"])
+    sp.add_argument("id", nargs="?", type=int, help="the anomaly (ack, resolve)")
+    sp.add_argument("--start", help="detect: first UTC day, YYYY-MM-DD (default: the last complete day)")
+    sp.add_argument("--end", help="detect: last UTC day (default: --start)")
+    sp.add_argument("--status", default="open", choices=["open", "acknowledged", "resolved", "all"])
+    sp.add_argument("--tenant", help="list: one tenant's")
+    sp.add_argument("--as", dest="kind", choices=["expected", "planned", "problem"], help="ack: what it is")
+    sp.add_argument("--by", help="ack, resolve: who")
+    sp.add_argument("--reason", help="ack, resolve: why")
+    sp.set_defaults(func=cmd_anomalies)
 
     sp = sub.add_parser("usage", help="a month's usage per tenant and meter, as known at an instant "
                         "(explain a past invoice as it stood on its issue day)")

@@ -113,14 +113,30 @@ def profile(seed: int, tenant_id: str) -> TenantProfile:
     )
 
 
+def _hour_rng(seed: int, tenant_id: str, hour: dt.datetime) -> random.Random:
+    return random.Random(zlib.crc32(f"{seed}:{tenant_id}:{int((hour - _EPOCH).total_seconds() // 3600)}".encode()))
+
+
+def _burst(rng: random.Random) -> float:
+    """An hour's ingest burst: 3 to 10 times the usual in one hour of 250, else 1 (the hour's first draws)."""
+    return rng.uniform(3.0, 10.0) if rng.random() < 0.004 else 1.0
+
+
+def bursts(seed: int, tenant_id: str, start: dt.datetime, end: dt.datetime) -> list[tuple[dt.datetime, float]]:
+    """The hours of ``[start, end)`` in which the tenant's ingest (and so its scans) bursts, with the
+    factor: the simulator's own unplanned spikes, labelled for measuring anomaly detection."""
+    return [(hour, factor) for hour in hours(start, end)
+            if (factor := _burst(_hour_rng(seed, tenant_id, hour))) != 1.0]
+
+
 def _hour_rows(seed: int, tenant_id: str, prof: TenantProfile, hour: dt.datetime) -> list[dict]:
     t = (hour - _EPOCH).total_seconds() / 3600.0
-    rng = random.Random(zlib.crc32(f"{seed}:{tenant_id}:{int(t)}".encode()))
+    rng = _hour_rng(seed, tenant_id, hour)
     local = (hour.hour + prof.utc_offset) % 24
     diurnal = 1.0 + 0.6 * math.sin(2 * math.pi * (local - 9) / 24)
     weekly = 0.55 if (hour + dt.timedelta(hours=prof.utc_offset)).weekday() >= 5 else 1.0
     growth = (1.0 + prof.monthly_growth) ** (t / 730.0)
-    spike = rng.uniform(3.0, 10.0) if rng.random() < 0.004 else 1.0
+    spike = _burst(rng)
     ingest = prof.ingest_gb_per_hour * diurnal * weekly * growth * spike * rng.lognormvariate(0.0, 0.15)
     stored = prof.ingest_gb_per_hour * 24 * prof.retention_days * 0.35 * growth
     scanned = ingest * prof.scan_ratio * 3.0 * rng.lognormvariate(0.0, 0.3)
@@ -244,11 +260,13 @@ def split_exact(value: str, weights: list[int]) -> list[str]:
     return [f"{q // scale}.{q % scale:0{decimals}d}" for q in floors]
 
 
-def _source_rows(seed: int, tenant_id: str, rows: list[dict], sources: TenantSources, hour: dt.datetime) -> list[dict]:
+def _source_rows(seed: int, tenant_id: str, rows: list[dict], sources: TenantSources, hour: dt.datetime,
+                 boost: dict[int, float] | None = None) -> list[dict]:
     """The tenant-hour's rows split per source: per meter, parts that add up to the row's value.
 
     The hour's shares wobble around each source's weight (its own random stream, so the
-    tenant's values are untouched); a gauge (stored) keeps the weights as they are.
+    tenant's values are untouched); a gauge (stored) keeps the weights as they are. ``boost``:
+    log group index -> factor on its ingest and alerts weight (an :class:`Injection`).
     """
     rng = random.Random(zlib.crc32(f"{seed}:{tenant_id}:{hour:%Y-%m-%dT%H}:sources".encode()))
     wobble = {
@@ -260,9 +278,12 @@ def _source_rows(seed: int, tenant_id: str, rows: list[dict], sources: TenantSou
         meter = row["meter"]
         if meter in LOG_GROUP_METERS:
             group = sources.log_groups
-            weights = [s.weight for s in group] if meter == "stored_gb" else wobble["log"]
+            weights = [s.weight for s in group] if meter == "stored_gb" else [
+                int(w * (boost or {}).get(i, 1.0)) for i, w in enumerate(wobble["log"])]
         else:
             group, weights = sources.principals, wobble["query"]
+        if not any(weights):
+            continue  # every producer of the meter is silent
         for source, weight, part in zip(group, weights, split_exact(row["value"], weights), strict=True):
             if not weight:
                 continue  # never queries: no snapshot at all
@@ -270,6 +291,66 @@ def _source_rows(seed: int, tenant_id: str, rows: list[dict], sources: TenantSou
             out.append({**row, "snapshot_id": str(uuid.uuid5(_NAMESPACE, f"{seed}/{key}")), "value": part,
                         "source": source.name, "labels": dict(source.labels)})
     return out
+
+
+INJECTION_KINDS = ("source_spike", "silent_producer")
+
+
+@dataclass(frozen=True)
+class Injection:
+    """An anomaly written into the usage on purpose and labelled, so detection can be measured.
+
+    ``source_spike``: the tenant's log group ``rank`` (1: its biggest) ingests ``factor`` times
+    its usual during ``[start, end)``; ``silent_producer``: log group ``rank`` (0: every one of
+    them — the tenant's shipper is down) sends nothing: no ingest and no alerts (what it stored
+    stays). Without sources, the tenant's ingest is its one log group. The other meters, and the
+    hours outside ``[start, end)``, are untouched.
+    """
+
+    kind: str
+    tenant_id: str
+    start: dt.datetime
+    end: dt.datetime
+    rank: int = 1
+    factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in INJECTION_KINDS:
+            raise ValueError(f"an injection is one of {', '.join(INJECTION_KINDS)}, not {self.kind!r}")
+
+
+def tenant_hour_rows(seed: int, tenant_id: str, prof: TenantProfile, hour: dt.datetime,
+                     sources: TenantSources | None = None, injections: tuple[Injection, ...] = ()) -> list[dict]:
+    """One tenant's snapshots of one hour: per meter, or per source when it has ``sources``, with
+    the ``injections`` active in that hour applied."""
+    rows = _hour_rows(seed, tenant_id, prof, hour)
+    groups = sources.log_groups if sources else ()
+    total = sum(g.weight for g in groups)
+    scale: dict[str, float] = {}
+    boost: dict[int, float] = {}
+    for injection in injections:
+        if injection.tenant_id != tenant_id or not injection.start <= hour < injection.end:
+            continue
+        if injection.kind == "source_spike":
+            share = groups[injection.rank - 1].weight / total if groups else 1.0
+            scale["ingested_gb"] = scale.get("ingested_gb", 1.0) * (1 + (injection.factor - 1) * share)
+            boost[injection.rank - 1] = injection.factor
+        else:
+            silent = range(len(groups)) if injection.rank == 0 else [injection.rank - 1]
+            share = sum(groups[i].weight for i in silent) / total if groups else 1.0
+            for meter in ("ingested_gb", "alerts_fired"):
+                scale[meter] = scale.get(meter, 1.0) * (1 - share)
+            boost.update(dict.fromkeys(silent, 0.0))
+    out = []
+    for row in rows:
+        if row["meter"] in scale:
+            decimals = METERS[row["meter"]][2]
+            value = float(row["value"]) * scale[row["meter"]]
+            if value <= 0 and not groups:
+                continue  # silent: no snapshot at all
+            row = {**row, "value": f"{value:.{decimals}f}"}
+        out.append(row)
+    return _source_rows(seed, tenant_id, out, sources, hour, boost) if sources else out
 
 
 def render(rows: list[dict], fmt: str) -> str:
@@ -297,12 +378,14 @@ def simulate(
     seed: int = 42,
     fmt: str = "mixed",
     sources: int = 0,
+    injections: tuple[Injection, ...] = (),
     progress=None,
 ) -> int:
     """Write one snapshot file per hour of ``[start, end)`` under ``landing``; return the row count.
 
     ``sources``: log groups and query principals per tenant (0: one snapshot per tenant, meter
     and hour, without ``source`` or ``labels``; the per-tenant values are the same either way).
+    ``injections``: labelled anomalies written into the usage (:class:`Injection`).
     Rewrites the hour's file if it exists (same seed, same content), so it is safe to re-run.
     Refused unless ``CHARGEBACK_ENV`` is ``dev`` or ``demo`` (:func:`require_simulation_allowed`).
     """
@@ -314,11 +397,8 @@ def simulate(
     fs, root = fsspec.core.url_to_fs(landing)
     total = 0
     for hour in hours(start, end):
-        if sources:
-            rows = [row for t in tenant_ids
-                    for row in _source_rows(seed, t, _hour_rows(seed, t, profiles[t], hour), below[t], hour)]
-        else:
-            rows = [row for t in tenant_ids for row in _hour_rows(seed, t, profiles[t], hour)]
+        rows = [row for t in tenant_ids
+                for row in tenant_hour_rows(seed, t, profiles[t], hour, below.get(t), injections)]
         file_fmt = fmt if fmt != "mixed" else ("jsonl" if hour.hour % 2 == 0 else "csv")
         folder = hour_folder(root, hour)
         fs.makedirs(folder, exist_ok=True)

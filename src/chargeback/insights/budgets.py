@@ -27,7 +27,6 @@ import dataclasses
 import datetime as dt
 import logging
 import os
-import re
 from decimal import Decimal
 from typing import Any
 
@@ -499,10 +498,10 @@ def deliver_pending(settings: Settings | None = None, channels: notify.Channels 
                 left, errors = [], []
                 for channel in pending:
                     try:
-                        _send(channel, line, channels, recipients.get((budget_id, month)), env)
+                        notify.send_to(channel, line, channels, recipients.get((budget_id, month)), env)
                     except Exception as exc:  # noqa: BLE001 - kept on the row, tried again next time
                         left.append(channel)
-                        errors.append(f"{channel}: {_error_text(exc)}")
+                        errors.append(f"{channel}: {notify.error_text(exc)}")
                 conn.execute(
                     "update insights.budget_alerts set channels_pending = %s,"
                     " delivery_attempts = delivery_attempts + 1, last_error = %s,"
@@ -523,16 +522,6 @@ def deliver_pending(settings: Settings | None = None, channels: notify.Channels 
     return delivered, failures
 
 
-_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://\S+|\b[\w.-]+\.[a-z]{2,}/\S*")
-
-
-def _error_text(exc: BaseException) -> str:
-    """Why a channel failed, for the alert row and the events line, with any URL left out: a webhook's
-    URL is a secret (it is in the environment, not in budgets.yml), and the row is readable by BI."""
-    text = _URL.sub("<url>", " ".join(str(exc).split()))
-    return text or type(exc).__name__
-
-
 def _recipients(conn: psycopg.Connection, budget_ids: set[str], months: set[dt.date]
                 ) -> dict[tuple[str, dt.date], list[str] | None]:
     """Each (budget, month)'s e-mail recipients from the version in force (``None``: the notifier's)."""
@@ -543,24 +532,6 @@ def _recipients(conn: psycopg.Connection, budget_ids: set[str], months: set[dt.d
             (sorted(months), sorted(budget_ids))).fetchall():
         out[(budget_id, month)] = email_to
     return out
-
-
-def _send(channel: str, line: str, channels: notify.Channels, email_to: list[str] | None,
-          env: dict[str, str]) -> None:
-    """One channel, raising on failure (unlike notify.send, which only logs)."""
-    line = events.clean(line, notify.LINE_LIMIT)
-    if channel == "email":
-        to = tuple(email_to) if email_to is not None else channels.smtp_to
-        if not channels.smtp_host or not to:
-            raise RuntimeError("no mail server (CHARGEBACK_SMTP_HOST) or no recipients")
-        notify.send_mail(line, dataclasses.replace(channels, smtp_to=to))
-        return
-    name = channel.removeprefix("webhook:")
-    variable = "CHARGEBACK_ALERT_WEBHOOK" if name == "default" else f"CHARGEBACK_ALERT_WEBHOOK_{name.upper()}"
-    url = channels.webhook if name == "default" else env.get(variable)
-    if not url:
-        raise RuntimeError(f"{variable} is not set")
-    notify.post_webhook(line, url)
 
 
 # --------------------------------------------------------------------------- reading the state

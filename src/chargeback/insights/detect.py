@@ -11,11 +11,14 @@ are proportions of the level, which the logarithm makes sums. For the day ``t`` 
 from the ``WINDOW`` (28) days before it — at least
 ``Thresholds.min_history_days`` (14) of them with data:
 
-1. **weekly season**: each weekday's median distance from the centred 7-day moving median
-   (robust to a spike on one of its days, and blind to growth over the window);
-2. **level and trend**: the seasonally adjusted median of the last 7 days and of the 7 before;
-   the expected value is the recent median carried forward by the weekly change
-   (``level + slope × 4``: the recent median sits 4 days before ``t``), plus ``t``'s weekday;
+1. **weekly season**: each weekday's median distance from the centred 7-day moving median,
+   over the ``SEASON_WINDOW`` (56) days before ``t``: eight of each weekday, so that two bursts
+   on the same weekday a few weeks apart do not move it (blind to growth over the window);
+2. **level and trend**: the seasonally adjusted median of each week of the window; the
+   expected value is the last week's median carried forward by the median week-on-week change
+   (``level + slope × 4``: the recent median sits 4 days before ``t``), plus ``t``'s weekday.
+   The median of three weekly changes ignores one step: after a lasting change (a new price,
+   a retention class) the level follows within half a week and the trend does not overshoot;
 3. **spread**: the day's noise from the week-on-week changes of each weekday (1.4826 × their
    median absolute deviation / √2: a standard deviation a spike cannot inflate, and no fitted
    season to shrink it), times 1.75 for the expected value's own error (calibrated on simulated series); floored at
@@ -40,6 +43,7 @@ from decimal import Decimal
 import numpy as np
 
 WINDOW = 28
+SEASON_WINDOW = 56
 MAD_TO_SIGMA = 1.4826
 PREDICTION = 1.75  # the expected value's own error on top of the day's noise (see expect)
 
@@ -70,30 +74,36 @@ class Expectation:
 
 def expect(values: np.ndarray, day: int) -> Expectation:
     """Expected value, spread and z-score of ``values[:, day]`` (series × days; NaN: no data)
-    from the ``WINDOW`` days before ``day``."""
+    from the ``WINDOW`` days before ``day`` (the season from the ``SEASON_WINDOW`` days before)."""
     values = np.log1p(np.maximum(np.asarray(values, dtype=float), 0))
     start = max(0, day - WINDOW)
     window = values[:, start:day]
     n = window.shape[1]
     history = np.sum(~np.isnan(window), axis=1)
     weekdays = (np.arange(start, day) - day) % 7  # 0: the weekday of ``day``
+    season_start = max(0, day - SEASON_WINDOW)
+    season_window = values[:, season_start:day]
+    m = season_window.shape[1]
+    season_weekdays = (np.arange(season_start, day) - day) % 7
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN slice: a series without data yet
         # the season from the values less their centred 7-day moving median (which no weekly
         # pattern moves), so growth over the window does not leak into it
         season = np.zeros((values.shape[0], 7))
-        if n >= 7:
-            trend = np.nanmedian(np.lib.stride_tricks.sliding_window_view(window, 7, axis=1), axis=2)
-            detrended = window[:, 3:n - 3] - trend
+        if m >= 7:
+            trend = np.nanmedian(np.lib.stride_tricks.sliding_window_view(season_window, 7, axis=1), axis=2)
+            detrended = season_window[:, 3:m - 3] - trend
             for weekday in range(7):
-                cols = weekdays[3:n - 3] == weekday
+                cols = season_weekdays[3:m - 3] == weekday
                 if cols.any():
                     season[:, weekday] = np.nanmedian(detrended[:, cols], axis=1)
             season = np.nan_to_num(season - np.nanmedian(season, axis=1)[:, None])
         adjusted = window - season[:, weekdays]
-        recent = np.nanmedian(adjusted[:, max(0, n - 7):], axis=1)
-        before = np.nanmedian(adjusted[:, max(0, n - 14):max(0, n - 7)], axis=1)
-        slope = np.where(np.isnan(before), 0.0, (recent - before) / 7)
+        weeks = np.stack([np.nanmedian(adjusted[:, max(0, n - 7 * (i + 1)):n - 7 * i], axis=1)
+                          for i in reversed(range(max(1, n // 7)))], axis=1)  # oldest first
+        recent = weeks[:, -1]
+        changes = np.diff(weeks, axis=1)
+        slope = np.nan_to_num(np.nanmedian(changes, axis=1) / 7) if changes.shape[1] else np.zeros(len(recent))
         expected = recent + 4 * slope + season[:, 0]
         # the noise, from week-on-week changes of the same weekday (no fitted season to shrink
         # them): their MAD around their median, as a standard deviation, over √2 (a difference

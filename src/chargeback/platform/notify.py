@@ -30,11 +30,12 @@ import html
 import json
 import logging
 import os
+import re
 import smtplib
 import ssl
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.message import EmailMessage
 from typing import Any
 
@@ -231,6 +232,36 @@ def post_webhook(line: str, url: str) -> None:
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})  # noqa: S310
     with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:  # noqa: S310 - operator-configured
         response.read()
+
+
+def send_to(channel: str, line: str, channels: Channels, email_to: list[str] | None,
+            env: Mapping[str, str]) -> None:
+    """Send ``line`` to one channel — ``email`` (to ``email_to``, else the notifier's recipients) or
+    ``webhook:<name>`` (``default``: ``CHARGEBACK_ALERT_WEBHOOK``, else ``CHARGEBACK_ALERT_WEBHOOK_<NAME>``)
+    — raising on failure (unlike :func:`send`, which only logs): the caller keeps it pending."""
+    line = events.clean(line, LINE_LIMIT)
+    if channel == "email":
+        to = tuple(email_to) if email_to is not None else channels.smtp_to
+        if not channels.smtp_host or not to:
+            raise RuntimeError("no mail server (CHARGEBACK_SMTP_HOST) or no recipients")
+        send_mail(line, replace(channels, smtp_to=to))
+        return
+    name = channel.removeprefix("webhook:")
+    variable = "CHARGEBACK_ALERT_WEBHOOK" if name == "default" else f"CHARGEBACK_ALERT_WEBHOOK_{name.upper()}"
+    url = channels.webhook if name == "default" else env.get(variable)
+    if not url:
+        raise RuntimeError(f"{variable} is not set")
+    post_webhook(line, url)
+
+
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://\S+|\b[\w.-]+\.[a-z]{2,}/\S*")
+
+
+def error_text(exc: BaseException) -> str:
+    """Why a channel failed, for the alert row and the events line, with any URL left out: a webhook's
+    URL is a secret (it is in the environment, not in budgets.yml), and the row is readable by BI."""
+    text = _URL.sub("<url>", " ".join(str(exc).split()))
+    return text or type(exc).__name__
 
 
 def _first_line(error: object) -> str:

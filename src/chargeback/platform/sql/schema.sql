@@ -880,6 +880,72 @@ create table if not exists insights.forecasts (
 );
 -- ---- end of forecasts ----
 
+-- ---- anomalies (chargeback.insights.anomalies, docs/INSIGHTS.md "Anomalies") ----
+-- An episode: consecutive days on which a series (tenant x meter x ledger) was out of line in
+-- the same direction. It is raised once (its first day), explained (volume + rate + mix = change,
+-- to the cent), recorded with its line in pipeline.events, then sent; later days extend it. Its
+-- figures are those of its first day; anomaly_days holds every day's. Acknowledging or resolving
+-- records who and why; no row is ever deleted, so a replay or restatement never raises it again.
+create table if not exists insights.anomalies (
+    anomaly_id bigserial primary key,
+    tenant_id text not null,
+    meter text not null,
+    ledger text not null check (ledger in ('billed', 'cost')),
+    direction text not null check (direction in ('spike', 'drop')),
+    first_day date not null,
+    last_day date not null,
+    currency text not null,
+    expected numeric(18, 2) not null,
+    actual numeric(18, 2) not null,
+    volume numeric(18, 2) not null,
+    rate numeric(18, 2) not null,
+    mix numeric(18, 2) not null,
+    largest_effect text not null check (largest_effect in ('volume', 'rate', 'mix')),
+    z double precision not null,
+    may_be_missing_data boolean not null,
+    contributors jsonb not null default '[]',
+    price_versions jsonb not null default '[]',
+    sentence text not null,
+    usage_through timestamptz not null,
+    detected_at timestamptz not null default now(),
+    status text not null default 'open' check (status in ('open', 'acknowledged', 'resolved')),
+    ack_kind text check (ack_kind in ('expected', 'planned', 'problem')),
+    ack_by text,
+    ack_reason text,
+    ack_at timestamptz,
+    resolved_by text,
+    resolved_reason text,
+    resolved_at timestamptz,
+    line text not null,
+    channels_pending text[] not null default '{}',
+    delivery_attempts integer not null default 0,
+    last_error text,
+    delivered_at timestamptz,
+    check (first_day <= last_day),
+    check (volume + rate + mix = actual - expected),
+    check (status <> 'acknowledged' or (ack_kind is not null and ack_by is not null and ack_reason is not null)),
+    check (status <> 'resolved' or (resolved_by is not null and resolved_at is not null))
+);
+create index if not exists anomalies_series_idx on insights.anomalies (tenant_id, meter, ledger, last_day);
+create index if not exists anomalies_undelivered_idx on insights.anomalies (anomaly_id) where delivered_at is null;
+create table if not exists insights.anomaly_days (
+    anomaly_id bigint not null references insights.anomalies,
+    tenant_id text not null,
+    meter text not null,
+    ledger text not null,
+    anomaly_day date not null,
+    expected numeric(18, 2) not null,
+    actual numeric(18, 2) not null,
+    volume numeric(18, 2) not null,
+    rate numeric(18, 2) not null,
+    mix numeric(18, 2) not null,
+    z double precision not null,
+    detected_at timestamptz not null default now(),
+    primary key (tenant_id, meter, ledger, anomaly_day),
+    check (volume + rate + mix = actual - expected)
+);
+-- ---- end of anomalies ----
+
 -- ---- roles and privileges (docs/WAREHOUSE.md, "Who can do what") ----
 -- This file runs as the owner; everything else connects as the pipeline role, named by
 -- ensure_schema() in the setting chargeback.pipeline_role. One role serves every Chargeback
@@ -940,6 +1006,14 @@ begin
     execute format('grant select, insert, update, delete on insights.budget_status to %I', pipeline_role);
     execute format('grant usage on sequence insights.budget_alerts_alert_id_seq to %I', pipeline_role);
     execute format('grant select, insert, update, delete on insights.forecasts to %I', pipeline_role);
+    -- anomalies: history too (no delete); the lifecycle and delivery columns change
+    execute format('grant select, insert on insights.anomalies, insights.anomaly_days to %I', pipeline_role);
+    execute format('grant update (last_day, status, ack_kind, ack_by, ack_reason, ack_at, resolved_by,'
+                   ' resolved_reason, resolved_at, channels_pending, delivery_attempts, last_error, delivered_at)'
+                   ' on insights.anomalies to %I', pipeline_role);
+    execute format('grant update (expected, actual, volume, rate, mix, z) on insights.anomaly_days to %I',
+                   pipeline_role);
+    execute format('grant usage on sequence insights.anomalies_anomaly_id_seq to %I', pipeline_role);
     -- Invoices: drafts only. No insert of status, number or finalization columns (a row it
     -- inserts is a draft), no update of them, no truncate; lines: insert only (the triggers
     -- refuse a line of a final document); the counter: read only.
@@ -981,6 +1055,7 @@ begin
     grant usage on schema insights to chargeback_bi;
     grant select on insights.budget_alerts, insights.budget_status to chargeback_bi;
     grant select on insights.forecasts to chargeback_bi;
+    grant select on insights.anomalies, insights.anomaly_days to chargeback_bi;
     -- what dbt builds later, as the pipeline role
     execute format('alter default privileges for role %I in schema marts grant select on tables to chargeback_bi',
                    current_setting('chargeback.pipeline_role'));
