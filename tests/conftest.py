@@ -13,12 +13,18 @@ passed around, so subprocesses (dbt, Airflow) see the same warehouse.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import socket
+import threading
 from collections.abc import Iterator
+from email import message_from_bytes, policy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from aiosmtpd.controller import Controller
 
 ROOT = Path(__file__).resolve().parents[1]
 WAREHOUSE_MARKERS = ("warehouse", "airflow")
@@ -153,3 +159,59 @@ def landing(settings) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return path
+
+
+# --------------------------------------------------------------------------- real servers for alerts
+
+class _Mailbox:
+    def __init__(self) -> None:
+        self.messages: list = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        self.messages.append((envelope.rcpt_tos, message_from_bytes(envelope.original_content, policy=policy.default)))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[tuple[_Mailbox, int]]:
+    box = _Mailbox()
+    with socket.socket() as s:  # a free port (aiosmtpd probes the port it is given)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield box, port
+    controller.stop()
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.posts.append((self.path, json.loads(body)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook_server() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    server.posts = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def alert_environ(smtp: tuple[_Mailbox, int] | None = None, webhook: ThreadingHTTPServer | None = None,
+             **extra: str) -> dict[str, str]:
+    env = {"CHARGEBACK_SMTP_TLS": "none", "CHARGEBACK_SMTP_FROM": "chargeback@example.com", **extra}
+    if smtp:
+        env.update(CHARGEBACK_SMTP_HOST="127.0.0.1", CHARGEBACK_SMTP_PORT=str(smtp[1]),
+                   CHARGEBACK_SMTP_TO="finops@example.com")
+    if webhook:
+        env["CHARGEBACK_ALERT_WEBHOOK"] = f"http://127.0.0.1:{webhook.server_address[1]}/default"
+    return env

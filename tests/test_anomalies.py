@@ -17,7 +17,7 @@ from chargeback.engine import repricing, transform
 from chargeback.ingest import simulate
 from chargeback.insights import anomalies, anomaly_config, anomaly_quality
 from chargeback.platform import warehouse
-from conftest import database_of_its_own
+from conftest import alert_environ, database_of_its_own
 from snapshots import publish_simulated
 
 START = dt.datetime(2026, 9, 1, tzinfo=dt.UTC)
@@ -162,3 +162,72 @@ def test_every_finding_has_a_labelled_cause_and_every_injected_one_is_found_with
     assert score.missed == ()
     assert score.wrong_cause == ()
     assert (score.precision, score.recall, score.cause_accuracy) == (1.0, 1.0, 1.0)
+
+
+def _episodes(findings) -> int:
+    """Runs of consecutive days of one series in one direction."""
+    runs, last = 0, {}
+    for f in sorted(findings, key=lambda f: f.day):
+        key = (f.tenant_id, f.meter, f.direction)
+        if last.get(key) != f.day - dt.timedelta(days=1):
+            runs += 1
+        last[key] = f.day
+    return runs
+
+
+@pytest.mark.warehouse
+def test_anomalies_are_raised_once_sent_as_a_daily_digest_and_acknowledged_with_who_and_why(
+        history, smtp_server, webhook_server, capsys):
+    from chargeback.cli import main
+
+    box, _ = smtp_server
+    env = alert_environ(smtp_server, webhook_server)
+    first, last = dt.date(2026, 9, 29), dt.date(2026, 10, 19)
+    config = anomaly_config.AnomalyConfig(anomaly_config.read().thresholds, delivery="digest", digest_hour_utc=8)
+    morning = dt.datetime(2026, 10, 20, 7, tzinfo=dt.UTC)
+
+    # recorded before anything is sent; the digest waits for its hour
+    outcome = anomalies.run(first, last, environ=env, now=morning, config=config)
+    assert (outcome.findings, len(outcome.raised), outcome.delivered) == (len(history), _episodes(history), 0)
+    assert outcome.extended == len(history) - _episodes(history)
+    assert box.messages == []
+    with warehouse.connect() as conn:
+        days = conn.execute("select count(*) from insights.anomaly_days").fetchone()[0]
+        lines = conn.execute("select count(*) from pipeline.events where details ? 'anomaly_id'").fetchone()[0]
+        spike = conn.execute(
+            "select volume, rate, mix, actual - expected, channels_pending from insights.anomalies"
+            " where tenant_id = 't011' and first_day = %s", (SPIKE.start.date(),)).fetchone()
+    assert (days, lines) == (len(history), len(outcome.raised))
+    assert spike[0] + spike[1] + spike[2] == spike[3]
+    assert spike[4] == ["email", "webhook:default"]
+
+    # one message for all of them at the digest hour, and only once that day
+    assert anomalies.deliver_pending(config, environ=env, now=morning.replace(hour=9)) == (len(outcome.raised), [])
+    assert anomalies.deliver_pending(config, environ=env, now=morning.replace(hour=10)) == (0, [])
+    ((to, message),) = box.messages
+    assert to == ["finops@example.com"]
+    assert f"{len(outcome.raised)} new" in message["Subject"]
+    ((_, posted),) = webhook_server.posts
+    assert "t011 ingested_gb 2026-10-08" in posted["text"]
+
+    # a replay (or a restatement) of the same days raises and sends nothing again
+    again = anomalies.run(first, last, environ=env, now=morning.replace(hour=11), config=config)
+    assert (again.raised, again.extended, again.updated) == ([], 0, len(history))
+    assert len(box.messages) == 1
+
+    # acknowledged with who and why, then resolved; a resolved one cannot be acknowledged
+    spike_id = next(r["anomaly_id"] for r in anomalies.listing("open") if r["tenant_id"] == "t011")
+    assert main(["anomalies", "ack", str(spike_id), "--as", "problem", "--by", "dana",
+                 "--reason", "debug logging left on in payments"]) == 0
+    assert "acknowledged (problem by dana: debug logging left on in payments)" in capsys.readouterr().out
+    anomalies.resolve(spike_id, "dana", "debug logging off since 9 October")
+    with pytest.raises(ValueError, match="is resolved"):
+        anomalies.acknowledge(spike_id, "expected", "omar", "too late")
+    assert main(["anomalies", "ack", "999999", "--as", "planned", "--by", "x", "--reason", "y"]) == 1
+    assert main(["anomalies", "list", "--tenant", "t011", "--status", "resolved"]) == 0
+    out = capsys.readouterr().out
+    assert f"#{spike_id}  t011  ingested_gb  2026-10-08  spike  resolved" in out
+    assert "volume +" in out
+    assert "largest contributors" in out
+    anomalies.run(first, last, environ=env, now=morning.replace(hour=12), config=config)
+    assert [r["status"] for r in anomalies.listing("all") if r["anomaly_id"] == spike_id] == ["resolved"]

@@ -11,26 +11,21 @@ without sending the others twice, the pace rule and the forecast threshold.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import shutil
-import socket
-import threading
 from collections.abc import Iterator
 from decimal import Decimal
-from email import message_from_bytes, policy
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psycopg
 import pytest
 import yaml
-from aiosmtpd.controller import Controller
 
 from chargeback.engine import configuration, transform
 from chargeback.engine.config_schema import ConfigError
 from chargeback.insights import budget_config, budgets
 from chargeback.platform import warehouse
+from conftest import alert_environ
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "worked_example"
 START = dt.datetime(2026, 9, 1, tzinfo=dt.UTC)
@@ -191,62 +186,6 @@ budgets:
     assert not any(ord(c) < 32 or c == "\u202e" for c in line)
 
 
-# --------------------------------------------------------------------------- real servers
-
-class _Mailbox:
-    def __init__(self) -> None:
-        self.messages: list = []
-
-    async def handle_DATA(self, server, session, envelope) -> str:
-        self.messages.append((envelope.rcpt_tos, message_from_bytes(envelope.original_content, policy=policy.default)))
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp_server() -> Iterator[tuple[_Mailbox, int]]:
-    box = _Mailbox()
-    with socket.socket() as s:  # a free port (aiosmtpd probes the port it is given)
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    controller = Controller(box, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield box, port
-    controller.stop()
-
-
-class _Receiver(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.posts.append((self.path, json.loads(body)))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def webhook_server() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    server.posts = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def _environ(smtp: tuple[_Mailbox, int] | None = None, webhook: ThreadingHTTPServer | None = None,
-             **extra: str) -> dict[str, str]:
-    env = {"CHARGEBACK_SMTP_TLS": "none", "CHARGEBACK_SMTP_FROM": "chargeback@example.com", **extra}
-    if smtp:
-        env.update(CHARGEBACK_SMTP_HOST="127.0.0.1", CHARGEBACK_SMTP_PORT=str(smtp[1]),
-                   CHARGEBACK_SMTP_TO="finops@example.com")
-    if webhook:
-        env["CHARGEBACK_ALERT_WEBHOOK"] = f"http://127.0.0.1:{webhook.server_address[1]}/default"
-    return env
-
-
 # --------------------------------------------------------------------------- the warehouse
 
 @pytest.fixture(scope="module")
@@ -362,7 +301,7 @@ budgets:
     valid_from: 2026-01-01
     thresholds: {actual: ["50", "80"], pace: null}
 """)
-    env = _environ(smtp_server, webhook_server)
+    env = alert_environ(smtp_server, webhook_server)
 
     first = budgets.check("2026-09", environ=env)
     # three replays: the check run again (a retried task), the usage published and built again and
@@ -422,7 +361,7 @@ budgets:
     thresholds: {actual: ["100"], pace: null}
     recipients: {email: [search-lead@acme.example], webhook: finance}
 """)
-    first = budgets.check("2026-09", environ=_environ(smtp_server))  # CHARGEBACK_ALERT_WEBHOOK_FINANCE unset
+    first = budgets.check("2026-09", environ=alert_environ(smtp_server))  # CHARGEBACK_ALERT_WEBHOOK_FINANCE unset
     assert (first.delivered, first.failures) == (0, [
         "budget acme-retry 2026-09: could not deliver to webhook:finance: CHARGEBACK_ALERT_WEBHOOK_FINANCE is not"
         " set (tried again at the next check)"])
@@ -432,7 +371,7 @@ budgets:
     assert [to for to, _ in box.messages] == [["search-lead@acme.example"]]
 
     url = f"http://127.0.0.1:{webhook_server.server_address[1]}/finance"
-    second = budgets.check("2026-09", environ=_environ(smtp_server, CHARGEBACK_ALERT_WEBHOOK_FINANCE=url))
+    second = budgets.check("2026-09", environ=alert_environ(smtp_server, CHARGEBACK_ALERT_WEBHOOK_FINANCE=url))
     assert (second.fired, second.delivered, second.failures) == ([], 1, [])
     assert [to for to, _ in box.messages] == [["search-lead@acme.example"]]  # not mailed twice
     [(path, posted)] = webhook_server.posts

@@ -1,18 +1,19 @@
-"""Anomalies that explain themselves: detected on what each day added to the bill, explained as
-volume, rate and mix to the cent, raised once, acknowledged and resolved with who and why.
+"""Anomalies that explain themselves: detected on each day's billed amount, explained as volume,
+rate and mix to the cent, raised once, acknowledged and resolved with who and why.
 
-**The series.** For every tenant × meter, what each UTC day *added* to the month's invoice:
-the month's usage lines priced through the pricing engine (:func:`repricing.price_month`) with
-the usage up to and including the day, less the same up to the day before. The days of a month
-add up to its invoice's usage lines exactly (the sum telescopes), and each day is priced under
-the price version, tier and discount in force *that day* — so a price change, a tier reached or
-a move into a dearer retention class shows on the day it happens. (``int_ledger_daily`` splits
-the month's amount by usage instead: every day of a month moves when a tier is reached, so it
-cannot say which day's rate changed.) Contract lines (a commitment's true-up, an overage
-uplift) belong to the month, not to a day: they are not in the series.
+**The series.** For every tenant × meter, each UTC day's billed amount: the day's usage in
+each retention class at the month's average rate of the price version and class in force that
+day (:func:`month_rates`: the month priced by the pricing engine, a month in progress projected
+to its end), each (version, class)'s amount split over its days by the largest-remainder rule —
+so a closed month's days add up to its invoice's usage lines exactly. A new price version, a
+discount or a move into a dearer retention class shows on the day it starts; the free
+allowance, packages and tiers are spread over the month, so that the first days of a month
+(inside the allowance, in the dearest tier) do not look like a spike every month. Contract
+lines (a commitment's true-up, an overage uplift) belong to the month, not to a day: they are
+not in the series.
 
 **Detection** (:mod:`chargeback.insights.detect`): a robust expected value with a weekly season
-and a robust spread over the 28 days before; an anomaly when the z-score passes the threshold
+and a robust spread over the 28 days before (the season over 56); an anomaly when the z-score passes the threshold
 and the impact passes both floors (``config/anomalies.yml``, :mod:`anomaly_config`). Only
 complete days are checked (every hour of the day is before the marts' usage through). A day
 without usage in a series that had some before counts as 0: a silent producer is a drop.
@@ -394,9 +395,10 @@ def complete_days(conn: psycopg.Connection) -> dt.date | None:
 
 def run(first: dt.date | None = None, last: dt.date | None = None, settings: Settings | None = None,
         channels: notify.Channels | None = None, environ: dict[str, str] | None = None,
-        now: dt.datetime | None = None) -> Outcome:
-    """Detect over ``[first, last]`` (default: the last complete day), record, then deliver."""
-    config = anomaly_config.read(settings.config_dir if settings else None)
+        now: dt.datetime | None = None, config: AnomalyConfig | None = None) -> Outcome:
+    """Detect over ``[first, last]`` (default: the last complete day; never a day not yet complete),
+    record, then deliver; ``config`` defaults to ``config/anomalies.yml``."""
+    config = config or anomaly_config.read(settings.config_dir if settings else None)
     channels = channels or notify.Channels.from_env(environ)
     with warehouse.connect(settings) as conn:
         complete = complete_days(conn)
@@ -446,7 +448,7 @@ def record(conn: psycopg.Connection, findings: Iterable[Finding], usage_through:
             extended += 1
         else:
             event = events.Event(
-                "anomaly", f"tenant {f.tenant_id} {f.meter} on {f.day}", f.sentence,
+                "notice", f"anomaly of tenant {f.tenant_id} {f.meter} on {f.day}", f.sentence,
                 "see it with chargeback anomalies list; acknowledge with chargeback anomalies ack ID"
                 " --as expected|planned|problem --by NAME --reason TEXT", severity="warning")
             line = event.bounded_line(LINE_PART_LIMIT)
