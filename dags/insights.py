@@ -1,5 +1,5 @@
 """
-### insights — forecasts and budget alerts, when the usage marts change
+### insights — forecasts, budget alerts and anomalies, when the usage marts change
 
 Scheduled on data, not on the clock: usage_hourly's `check_marts` task declares the usage
 marts (`chargeback://warehouse/marts/usage`) as its outlet, with the window its dbt tasks
@@ -18,7 +18,11 @@ rebuilt as the event's `extra`; this DAG runs when that asset changes. It:
    budget × threshold × month and delivered through the notifier; it runs even when the
    forecast failed (thresholds on the actual do not need one; the run still fails and notifies),
    but not on marts the refresh failed to rebuild (it refuses, naming the build),
-5. **done** — marks the requests done (a failed run leaves them for the next).
+5. **anomalies** — every complete day the window touches: each tenant × meter's billed
+   amount against its expected value; what is out of line is explained (volume, rate, mix),
+   raised once and sent (docs/INSIGHTS.md "Anomalies"); it reads the cost chain's marts and
+   the usage per source, so it runs whatever the forecast and budgets did,
+6. **done** — marks the requests done (a failed run leaves them for the next).
 
 A manual run may pass `start`/`end` (ISO-8601 UTC) to recompute a window at once.
 Logic lives in `chargeback.orchestration.insights`; this file only wires tasks.
@@ -87,6 +91,13 @@ def insights():
         except steps.InsightsNotRefreshed as exc:  # a refusal: retrying cannot change it
             raise AirflowFailException(str(exc)) from None
 
+    @task(trigger_rule="all_done")
+    def anomalies(plan: dict) -> dict[str, int]:
+        """Anomalies of the window's complete days: explained, raised once, delivered."""
+        from chargeback.orchestration import insights as steps
+
+        return steps.anomalies(steps.Plan.from_dict(plan))
+
     @task
     def done(plan: dict) -> int:
         """Mark the run's requests done."""
@@ -95,7 +106,7 @@ def insights():
         return steps.done(steps.Plan.from_dict(plan))
 
     taken = plan()
-    refresh(taken) >> forecast(taken) >> budgets(taken) >> done(taken)
+    refresh(taken) >> forecast(taken) >> budgets(taken) >> anomalies(taken) >> done(taken)
 
 
 insights()

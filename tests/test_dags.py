@@ -105,6 +105,8 @@ def test_the_insight_marts_are_built_by_the_insights_dag_and_the_month_close_not
     insights = dagbag.dags["insights"]
     assert insights.get_task("refresh").downstream_task_ids == {"forecast"}
     assert insights.get_task("forecast").trigger_rule == "all_done"  # it reads the cost chain only
+    assert insights.get_task("budgets").downstream_task_ids == {"anomalies"}
+    assert insights.get_task("anomalies").trigger_rule == "all_done"  # whatever forecast and budgets did
     billing = dagbag.dags["billing_monthly"]
     assert billing.get_task("refresh_insights").upstream_task_ids == {"resolve_period", "check_completeness"}
     assert "finalize_invoices" in billing.get_task("refresh_insights").downstream_task_ids

@@ -17,6 +17,13 @@ Figures (each line ``{"name", "value", "unit"}``):
   months of 30 shipped tenants (their own database): mean absolute percentage error of each
   tenant's billed P50 against its invoice, for the last two months (fraction; goal ≤ 0.10).
   ``P7_forecast_band_coverage``: the share of those invoices inside P10–P90 (goal 0.70–0.90).
+  ``P7_anomaly_recall`` / ``P7_anomaly_precision``: anomaly detection over September and October
+  of the same 30 tenants with 5 sources each, against labelled anomalies (noisy log groups and
+  silent producers written into the usage, a price change and retention moves in the
+  configuration; the simulator's own bursts count as right, not as required): goals ≥ 0.9 and
+  ≥ 0.8. ``P7_anomaly_cause_accuracy``: of the injected anomalies found, the share whose
+  explanation leads with the injected cause (volume, rate or mix). ``P7_anomaly_detection_seconds``.
+  ``P1_anomaly_detection_1000_tenants_seconds``: one day's detection on P1's warehouse.
 - ``P8_sources_hourly_ratio``: the hourly run as P1 measures it, with a day loaded, when every
   tenant's usage comes from 20 sources (log groups and query principals, with labels; 20× the
   snapshots) ÷ the same without sources, 1,000 tenants, each in a database of its own. Goal ≤ 1.5.
@@ -35,6 +42,7 @@ import shutil
 import sys
 import tempfile
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
@@ -131,6 +139,7 @@ def bench_incremental_and_transform(work: Path, ids: list[str]) -> None:
     from chargeback.engine import transform
     from chargeback.ingest.simulate import simulate
     from chargeback.ingest.sources import FileSource
+    from chargeback.insights import anomalies
     from chargeback.orchestration import steps
     from chargeback.platform import warehouse
 
@@ -154,6 +163,11 @@ def bench_incremental_and_transform(work: Path, ids: list[str]) -> None:
     emit("P1_insights_refresh_1_day_loaded", one_day_insights, "s", tenants=len(ids))
     emit("P1_insights_refresh_30_days_loaded", thirty_days_insights, "s", tenants=len(ids))
     emit("P1_insights_refresh_ratio", thirty_days_insights / one_day_insights, "ratio")
+    with warehouse.connect() as conn:
+        t0 = time.perf_counter()
+        anomalies.find(conn, day31.date() - dt.timedelta(days=1), day31.date() - dt.timedelta(days=1))
+        emit("P1_anomaly_detection_1000_tenants_seconds", time.perf_counter() - t0, "s", tenants=len(ids),
+             history_days=30)
 
     steps.run_usage_window(day31, end, source)
     full = min(_timed(transform.build, None, None) for _ in range(2))
@@ -234,38 +248,45 @@ P7_TENANTS = int(os.environ.get("CHARGEBACK_BENCH_P7_TENANTS", "30"))
 P7_START = dt.datetime(2026, 8, 1, tzinfo=dt.UTC)
 P7_MODELS = "+fct_invoices +fct_cost_allocations_hourly fct_cost_pools_hourly fct_usage_hourly dim_tenants dim_meters"
 P7_MONTHS = (dt.date(2026, 9, 1), dt.date(2026, 10, 1))
+P7A_MODELS = "+fct_usage_hourly +int_usage_retention_hourly +int_usage_sources_daily +dim_tenants +dim_meters"
 
 
-def _simulated_copy_text(seed: int, tenant_id: str, start: dt.datetime, end: dt.datetime) -> str:
+def _simulated_copy_text(seed: int, tenant_id: str, start: dt.datetime, end: dt.datetime, sources: int = 0,
+                         injections: tuple = ()) -> str:
     """One tenant's simulated rows of ``[start, end)`` as COPY text (a worker process makes it)."""
     from chargeback.ingest import simulate
 
     prof = simulate.profile(seed, tenant_id)
+    below = simulate.tenant_sources(seed, tenant_id, sources) if sources else None
     out = []
     hour = start
     while hour < end:
         stamp = hour.isoformat()
-        for row in simulate._hour_rows(seed, tenant_id, prof, hour):
+        for row in simulate.tenant_hour_rows(seed, tenant_id, prof, hour, below, injections):
+            labels = json.dumps(row.get("labels", {})).replace("\\", "\\\\")
             out.append(f"{row['snapshot_id']}\t{tenant_id}\t{row['meter']}\t{row['value']}\t{row['unit']}\t{stamp}"
-                       f"\t{row['emitted_at']}\t{row['kind']}\tbench\t1\t0\n")
+                       f"\t{row['emitted_at']}\t{row['kind']}\tbench\t1\t0\t{row.get('source', '(none)')}\t{labels}\n")
         hour += HOUR
     return "".join(out)
 
 
-def _publish_simulated(ids: list[str], start: dt.datetime, end: dt.datetime, seed: int = 42) -> int:
+def _publish_simulated(ids: list[str], start: dt.datetime, end: dt.datetime, seed: int = 42, *, sources: int = 0,
+                       injections: tuple = ()) -> int:
     """The simulator's rows of ``[start, end)`` published straight into raw (COPY, no files, no
     gate), made by one process per CPU: months of history in a minute. The same values the
-    simulator's files carry."""
+    simulator's files carry (``sources`` and ``injections`` as :func:`simulate.simulate` takes them)."""
     from concurrent.futures import ProcessPoolExecutor
 
     from chargeback.platform import warehouse
 
     count = 0
+    n = len(ids)
     with (ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool, warehouse.connect() as conn,
           conn.cursor() as cur, cur.copy(
             "copy raw.usage_snapshots (snapshot_id, tenant_id, meter, value, unit, hour_start, emitted_at, kind,"
-            " source_file, source_line, load_id) from stdin") as copy):
-        for text in pool.map(_simulated_copy_text, [seed] * len(ids), ids, [start] * len(ids), [end] * len(ids)):
+            " source_file, source_line, load_id, source, labels) from stdin") as copy):
+        for text in pool.map(_simulated_copy_text, [seed] * n, ids, [start] * n, [end] * n, [sources] * n,
+                             [injections] * n):
             copy.write(text)
             count += text.count("\n")
     return count
@@ -362,6 +383,146 @@ def bench_forecast(root: Path) -> None:
                 os.environ[key] = value
 
 
+P7A_START = dt.datetime(2026, 7, 1, tzinfo=dt.UTC)
+P7A_END = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+P7A_DETECT = (dt.date(2026, 9, 1), dt.date(2026, 10, 31))
+P7A_SOURCES = 5
+P7A_PRICE_CHANGE = dt.date(2026, 9, 21)  # the enterprise book's ingest prices x 1.5
+P7A_RETENTION_MOVE = dt.date(2026, 10, 1)  # four tenants' log groups: from 30 to 365 days
+
+
+def _anomaly_scenario(root: Path, target: Path, seed: int = 42) -> tuple[list[str], tuple, list]:
+    """The P7 anomaly scenario: the first 30 shipped tenants with 5 sources each; noisy log groups
+    and silent producers written into the usage, a price change and retention moves into the
+    configuration (a copy of the shipped one, in ``target``); returns the tenants, the injections
+    and every label (the simulator's own bursts and the shipped book's price change included)."""
+    import random
+
+    from chargeback.engine import configuration
+    from chargeback.ingest import simulate
+    from chargeback.insights import anomaly_config
+    from chargeback.insights import anomaly_quality as quality
+
+    shutil.copytree(root / "config", target)
+    ids = configuration.read(target).tenant_ids[:P7_TENANTS]
+    tenants = {t["tenant_id"]: t for t in yaml.safe_load((target / "tenants.yml").read_text())["tenants"]}
+    rng = random.Random(seed)  # noqa: S311 - a reproducible scenario, not a secret
+    # the bigger half: an anomaly on a tenant of cents a day is below any floor
+    big = sorted(ids, key=lambda t: -simulate.profile(seed, t).ingest_gb_per_hour)[:len(ids) // 2]
+    days = [P7A_DETECT[0] + dt.timedelta(days=i) for i in range(3, (P7A_DETECT[1] - P7A_DETECT[0]).days)]
+    injections = []
+    taken: set[tuple[str, dt.date]] = set()
+    for kind, count in (("source_spike", 16), ("silent_producer", 8)):
+        for _ in range(count):
+            tenant_id, day = rng.choice(big), rng.choice(days)
+            while any((tenant_id, day + dt.timedelta(days=d)) in taken for d in range(-7, 8)):
+                tenant_id, day = rng.choice(big), rng.choice(days)  # a week apart on one tenant
+            taken.add((tenant_id, day))
+            day = dt.datetime.combine(day, dt.time(), dt.UTC)
+            injections.append(simulate.Injection(kind, tenant_id, day, day + dt.timedelta(days=1),
+                                                 rank=rng.randint(1, 2) if kind == "source_spike" else 0,
+                                                 factor=rng.uniform(4.0, 8.0) if kind == "source_spike" else 1.0))
+    books = yaml.safe_load((target / "price_books.yml").read_text())
+    enterprise = next(b for b in books["price_books"] if b["price_book"] == "enterprise")
+    dearer = yaml.safe_load(yaml.safe_dump(enterprise))
+    enterprise["valid_to"], dearer["valid_from"] = P7A_PRICE_CHANGE, P7A_PRICE_CHANGE
+    for tier in dearer["prices"]["ingested_gb"]["tiers"]:
+        tier["unit_price"] = str(Decimal(tier["unit_price"]) * Decimal("1.5"))
+    books["price_books"].append(dearer)
+    (target / "price_books.yml").write_text(yaml.safe_dump(books, sort_keys=False))
+    # a tenant moving its log groups from 30 to 365 days: stored GB at 0.08 instead of 0.03 a
+    # month. Storage is a small part of a bill (0.03 USD a GB-month against 0.50 a GB ingested):
+    # the four tenants storing the most move, and only a move adding at least twice the floor a
+    # day (the simulator's stored GB: ingest x 24 x its retention x 0.35) must be found
+    floor = anomaly_config.read(target).thresholds.min_amount
+
+    def added(t: str) -> Decimal:
+        p = simulate.profile(seed, t)
+        return Decimal(repr(p.ingest_gb_per_hour * 24 * p.retention_days * 0.35)) * Decimal("0.05") / 30
+
+    moved = sorted((t for t in ids if not tenants[t].get("terms")), key=lambda t: -added(t))[:4]
+    doc = yaml.safe_load((target / "tenants.yml").read_text())
+    for t in doc["tenants"]:
+        if t["tenant_id"] in moved:
+            t["terms"] = [{"valid_from": P7A_RETENTION_MOVE, "retention_days": 365}]
+    (target / "tenants.yml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    on_book = [t for t in ids if tenants[t]["price_book"] == "enterprise"]
+    standard = [t for t in ids if tenants[t]["price_book"] == "standard"]
+    labels = [
+        *quality.injection_labels(injections),
+        # the price change reaches every tenant of the book; only the bigger half must be found
+        *quality.lasting_change([t for t in on_book if t in big], "ingested_gb", P7A_PRICE_CHANGE, "rate",
+                                "price change"),
+        *quality.lasting_change([t for t in on_book if t not in big], "ingested_gb", P7A_PRICE_CHANGE, "rate",
+                                "price change", injected=False),
+        *quality.lasting_change([t for t in moved if added(t) >= 2 * floor], "stored_gb", P7A_RETENTION_MOVE, "mix",
+                                "retention move"),
+        *quality.lasting_change([t for t in moved if added(t) < 2 * floor], "stored_gb", P7A_RETENTION_MOVE, "mix",
+                                "retention move", injected=False),
+        *quality.lasting_change(standard, "ingested_gb", dt.date(2026, 10, 15), "rate", "shipped price change",
+                                injected=False),
+        *quality.burst_labels(seed, ids, P7A_START, P7A_END),
+    ]
+    return ids, tuple(injections), labels
+
+
+def bench_anomalies(root: Path, work: Path) -> None:
+    """P7 anomalies: precision and recall of detection on labelled anomalies over September and
+    October (``anomaly_quality``), with the default thresholds of the shipped ``anomalies.yml``,
+    and the detection's time for one day of 30 tenants (the 1,000-tenant figure is P1's)."""
+    from chargeback.engine import configuration, transform
+    from chargeback.insights import anomalies, anomaly_config
+    from chargeback.insights import anomaly_quality as quality
+    from chargeback.platform import warehouse
+
+    saved = {k: os.environ.get(k) for k in ("CHARGEBACK_DATABASE", "CHARGEBACK_CONFIG_DIR", "DBT_INDIRECT_SELECTION")}
+    config_dir = work / "config-p7a"
+    ids, injections, labels = _anomaly_scenario(root, config_dir)
+    os.environ["CHARGEBACK_DATABASE"] = f"{saved['CHARGEBACK_DATABASE']}_p7a"
+    os.environ["CHARGEBACK_CONFIG_DIR"] = str(config_dir)
+    os.environ["DBT_INDIRECT_SELECTION"] = "cautious"
+    try:
+        warehouse.drop_database(os.environ["CHARGEBACK_DATABASE"])
+        warehouse.ensure_schema()
+        configuration.load()
+        _note(f"P7 anomalies: simulating {len(ids)} tenants x {P7A_SOURCES} sources, {P7A_START:%Y-%m-%d} to"
+              f" {P7A_END:%Y-%m-%d}, {len(injections)} injections")
+        rows = _publish_simulated(ids, P7A_START, P7A_END, sources=P7A_SOURCES, injections=injections)
+        transform.build(None, None, select=P7A_MODELS)
+        config = anomaly_config.read(config_dir)
+        with warehouse.connect() as conn:
+            t0 = time.perf_counter()
+            findings = anomalies.find(conn, *P7A_DETECT, config)
+            seconds = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            anomalies.find(conn, P7A_DETECT[1], P7A_DETECT[1], config)
+            one_day = time.perf_counter() - t0
+        result = quality.score(findings, labels)
+        for f in result.unlabelled:
+            _note(f"P7 anomalies: unlabelled {f.tenant_id} {f.meter} {f.day} z={f.z:+.1f}: {f.sentence}")
+        for label in result.missed:
+            _note(f"P7 anomalies: missed {label}")
+        for label, f in result.wrong_cause:
+            _note(f"P7 anomalies: {label.cause} of {label.tenant_id} led by {f.explanation.largest_effect}:"
+                  f" {f.sentence}")
+        days = (P7A_DETECT[1] - P7A_DETECT[0]).days + 1
+        emit("P7_anomaly_recall", result.recall, "fraction", goal=">= 0.9", injected=result.injected,
+             found=result.found, tenants=len(ids), days=days, rows=rows)
+        emit("P7_anomaly_precision", result.precision, "fraction", goal=">= 0.8", findings=result.findings,
+             unlabelled=len(result.unlabelled))
+        emit("P7_anomaly_cause_accuracy", result.cause_accuracy, "fraction", goal="1.0",
+             wrong=len(result.wrong_cause))
+        emit("P7_anomaly_detection_seconds", seconds, "s", tenants=len(ids), days=days)
+        emit("P7_anomaly_detection_one_day_seconds", one_day, "s", tenants=len(ids))
+    finally:
+        warehouse.drop_database(os.environ["CHARGEBACK_DATABASE"])
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def main() -> int:
     from chargeback.platform import warehouse
     from chargeback.platform.settings import get_settings
@@ -392,6 +553,8 @@ def main() -> int:
             bench_sources(work, ids)
         if "P7" in wanted:
             bench_forecast(root)
+        if wanted & {"P7", "P7A"}:  # P7A: the anomalies alone
+            bench_anomalies(root, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -141,6 +141,17 @@ def budgets(plan: Plan, settings: Settings | None = None) -> dict[str, int]:
     return {str(month): len(budget_checks.check(month, settings).fired) for month in plan.months}
 
 
+def anomalies(plan: Plan, settings: Settings | None = None) -> dict[str, int]:
+    """Detect anomalies on the complete days the plan's window touches (a late file re-checks the
+    days it changed; no day is raised twice) and deliver them; returns what was found."""
+    from chargeback.insights import anomalies as detection
+
+    first = plan.start.astimezone(dt.UTC).date()
+    last = (plan.end.astimezone(dt.UTC) - dt.timedelta(microseconds=1)).date()
+    outcome = detection.run(first, last, settings)
+    return {"findings": outcome.findings, "raised": len(outcome.raised), "delivered": outcome.delivered}
+
+
 class InsightsNotRefreshed(RuntimeError):
     """The run's refresh of the insight marts did not succeed: budgets would read stale actuals."""
 
