@@ -353,8 +353,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     last closed month and insights for the month in progress, all through Airflow."""
     from chargeback.billing import summary
     from chargeback.engine import configuration, transform
-    from chargeback.ingest.simulate import simulate
-    from chargeback.insights import budgets
+    from chargeback.ingest.simulate import demo_injections, simulate
+    from chargeback.insights import anomalies, budgets
     from chargeback.orchestration import runner, steps
     from chargeback.platform import warehouse
     from chargeback.platform.settings import get_settings
@@ -389,13 +389,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rows = simulate(settings.landing, ids, start, month_start, seed=args.seed,
                     progress=_progress("simulating history hours", _hours(start, month_start)))
     rows += simulate(settings.landing, ids, month_start, end, seed=args.seed, sources=args.sources,
+                     injections=demo_injections(ids, month_start, args.seed),
                      progress=_progress("simulating hours with sources", _hours(month_start, end)))
     say(f"simulated {rows:,} snapshots: {len(ids)} tenants, {_hours(start, end)} hours from {start:%Y-%m-%d} "
         f"to {end:%Y-%m-%d %H:00} UTC ({args.sources} sources each from {month_start:%Y-%m-%d}) -> {settings.landing}")
     say("Airflow: usage_hourly over them (extract, stage, GX gate, publish, dbt models, mart checks)")
     runner.run_dag("usage_hourly", {"start": start.isoformat(), "end": end.isoformat(), "source": "files"},
                    quiet=not args.verbose)
-    say("Airflow: insights over them (forecast of the month in progress, budgets and their alerts)")
+    say("Airflow: insights over them (forecast of the month in progress, budgets and their alerts, anomalies)")
     runner.run_dag("insights", {"start": start.isoformat(), "end": end.isoformat()}, quiet=not args.verbose)
     say(f"Airflow: billing_monthly for {period} (mart checks, drafts, completeness, final invoices, "
         "corrections, finance report)")
@@ -410,6 +411,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"Budgets — {month}")
         print(budgets.render_status(month, budgets.status(month, settings)))
         print()
+    found = anomalies.listing("open")
+    print(f"Anomalies — {len(found)} open (chargeback anomalies list explains each); the last three:")
+    print(anomalies.render(found[:3], "open"))
+    print()
     say(f"finance report: {out}/{period}/finance-report.pdf")
     say(f"forecast of {current}: chargeback forecast --month {current}; budgets: chargeback budgets list "
         f"--month {current}; pipeline: chargeback status")

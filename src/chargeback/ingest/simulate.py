@@ -319,6 +319,17 @@ class Injection:
             raise ValueError(f"an injection is one of {', '.join(INJECTION_KINDS)}, not {self.kind!r}")
 
 
+def demo_injections(tenant_ids: list[str], month_start: dt.datetime, seed: int = 42) -> tuple[Injection, ...]:
+    """The demo's two labelled anomalies in its billed month: the biggest tenant's biggest log
+    group ingests five times its usual on the 12th, and the next biggest tenant's log shipper
+    is silent on the 20th (``chargeback anomalies list`` shows and explains both)."""
+    ranked = sorted(tenant_ids, key=lambda t: -profile(seed, t).ingest_gb_per_hour)
+    spike, silent = month_start + dt.timedelta(days=11), month_start + dt.timedelta(days=19)
+    day = dt.timedelta(days=1)
+    return (Injection("source_spike", ranked[0], spike, spike + day, rank=1, factor=5.0),
+            Injection("silent_producer", ranked[1], silent, silent + day, rank=0))
+
+
 def tenant_hour_rows(seed: int, tenant_id: str, prof: TenantProfile, hour: dt.datetime,
                      sources: TenantSources | None = None, injections: tuple[Injection, ...] = ()) -> list[dict]:
     """One tenant's snapshots of one hour: per meter, or per source when it has ``sources``, with
