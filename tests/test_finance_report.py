@@ -270,6 +270,7 @@ def test_without_budget_states_or_forecasts_the_report_says_why(text):
     else:
         assert "No budgets configured (config/budgets.yml)." in text
     assert "No forecast of June 2035 yet." in text
+    assert "No open anomaly began in 2035-05." in text
 
 
 @pytest.fixture
@@ -314,8 +315,23 @@ def insights_rows(written):
                    ('2035-06-01', '2035-06-03 00:00Z', 't001', '(all)', 'cost', 'run_rate', 2, 'ok',
                     50.00, 60.00, 70.00, 5.55, 'USD')
             """)
+        conn.execute(
+            """
+            insert into insights.anomalies (tenant_id, meter, ledger, direction, first_day, last_day, currency,
+                expected, actual, volume, rate, mix, largest_effect, z, may_be_missing_data, sentence, usage_through,
+                line, status, ack_kind, ack_by, ack_reason, resolved_by, resolved_at)
+            values ('t001', 'ingested_gb', 'billed', 'spike', '2035-05-12', '2035-05-13', 'USD', 100.00, 512.34,
+                    400.00, 12.34, 0.00, 'volume', 9.5, false, 't001''s billed ingested_gb on 2035-05-12 rose',
+                    '2035-05-14 00:00Z', 'line', 'acknowledged', 'planned', 'dana', 'load test', null, null),
+                   ('t002', 'stored_gb', 'billed', 'drop', '2035-05-20', '2035-05-20', 'USD', 50.00, 40.00,
+                    -10.00, 0.00, 0.00, 'volume', -4.0, false, 'resolved long ago', '2035-05-21 00:00Z', 'line',
+                    'resolved', null, null, null, 'omar', '2035-05-22 00:00Z')
+            """)
     yield
     with warehouse.connect(admin=True) as conn:  # alerts are never deleted by the pipeline
+        conn.execute("delete from insights.anomaly_days where anomaly_id in (select anomaly_id"
+                     " from insights.anomalies where first_day between '2035-05-01' and '2035-05-31')")
+        conn.execute("delete from insights.anomalies where first_day between '2035-05-01' and '2035-05-31'")
         conn.execute("delete from insights.budget_alerts where budget_id in ('fr_globex', 'fr_risk')")
         conn.execute("delete from insights.budget_status where budget_id in ('fr_globex', 'fr_risk')")
         conn.execute("delete from insights.forecasts where forecast_month = '2035-06-01'")
@@ -332,6 +348,11 @@ def test_budget_states_and_the_forecast_are_printed_as_recorded(insights_rows):
     assert "billed 2 1 110.03 USD 1,100.11 USD 2,200.22 USD 3,300.33 USD" in text
     assert "cost to serve 1 0 5.55 USD 50.00 USD 60.00 USD 70.00 USD" in text
     assert "Month-end forecast of June 2035, usage through 2035-06-03 00:00 UTC" in text
+    # the month's anomalies not resolved, with their effects and sentence
+    row = r"\d+ t001 ingested_gb 12 May to 13 May \+412\.34 \+400\.00 \+12\.34 0\.00 acknowledged \(planned\)"
+    assert re.search(row, text), text
+    assert "t001's billed ingested_gb on 2035-05-12 rose" in text
+    assert "resolved long ago" not in text
 
 
 def test_cli_writes_the_report_beside_the_invoices(written, capsys, settings):

@@ -160,6 +160,7 @@ class FinanceReport:
     movers: tuple[Mover, ...]
     budgets: Block
     forecast: Block
+    anomalies: Block = Block()
 
     @property
     def platform(self) -> LedgerRow:
@@ -362,6 +363,36 @@ def read_budgets(conn: psycopg.Connection, month: dt.date) -> Block:
     return Block(note="No budgets configured (config/budgets.yml).")
 
 
+ANOMALIES = 10
+
+
+def read_anomalies(conn: psycopg.Connection, month: dt.date, limit: int = ANOMALIES) -> Block:
+    """The month's anomalies not resolved (``insights.anomalies``), the largest changes first, each
+    with its volume/rate/mix split and its sentence; or why there is none."""
+    if not _exists(conn, "insights.anomalies"):
+        return Block(note="Anomalies have not been detected yet (chargeback anomalies detect).")
+    end = _add_months(month, 1)
+    rows = conn.execute(
+        """
+        select anomaly_id, tenant_id, meter, first_day, last_day, currency, actual - expected, volume, rate, mix,
+               status, ack_kind, sentence, count(*) over ()
+        from insights.anomalies
+        where first_day >= %s and first_day < %s and status <> 'resolved'
+        order by abs(actual - expected) desc, anomaly_id limit %s
+        """, (month, end, limit)).fetchall()
+    if not rows:
+        return Block(note=f"No open anomaly began in {month:%Y-%m}.")
+    total = rows[0][-1]
+    more = f" The {limit} largest of {total} are shown (chargeback anomalies list)." if total > limit else ""
+    return Block(tuple(
+        {"#": str(anomaly_id), "Tenant": tenant, "Meter": meter,
+         "Days": f"{first:%d %b}" + ("" if first == last else f" to {last:%d %b}"),
+         "Change": _signed(change), "Volume": _signed(volume), "Rate": _signed(rate), "Mix": _signed(mix),
+         "Status": status + (f" ({ack})" if ack else ""), "Explanation": sentence}
+        for anomaly_id, tenant, meter, first, last, _currency, change, volume, rate, mix, status, ack, sentence, _
+        in rows), note=f"In {rows[0][5]}; the effects add up to the change to the cent.{more}")
+
+
 def read_forecast(conn: psycopg.Connection, month: dt.date) -> Block:
     """The month-end forecast of the month after ``month`` (the month in progress at the close),
     from ``insights.forecasts`` at its latest usage-through instant: each ledger's P10, P50 and
@@ -417,6 +448,7 @@ def gather(period: str, settings: Settings | None = None) -> FinanceReport:
             movers=read_movers(conn, month),
             budgets=read_budgets(conn, month),
             forecast=read_forecast(conn, month),
+            anomalies=read_anomalies(conn, month),
         )
 
 
@@ -544,6 +576,7 @@ def report_context(report: FinanceReport, *, fonts_dir: Path | str) -> dict[str,
                          if any(m.level == "tenant" for m in report.movers) else ""),
         "previous_month": f"{MONTHS[_add_months(month, -1).month - 1]} {_add_months(month, -1).year}",
         "budgets": report.budgets,
+        "anomalies": report.anomalies,
         "forecast": report.forecast,
     }
 
