@@ -276,6 +276,33 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_whatif(args: argparse.Namespace) -> int:
+    """The tenant's month re-priced with changes, old and new invoice line by line (docs/INSIGHTS.md)."""
+    from chargeback.insights import whatif
+    from chargeback.platform import warehouse
+
+    with warehouse.connect() as conn:
+        print(whatif.render(whatif.whatif(conn, args.period, args.tenant, args.set or [])))
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    """Recommendations of a month, each priced by re-pricing the month (compute and store), or accept
+    or dismiss one (docs/INSIGHTS.md, "Recommendations")."""
+    from chargeback.insights import recommend
+
+    if args.recommend_action in ("accept", "dismiss"):
+        if args.id is None or not args.by or not args.reason:
+            raise ValueError(f"chargeback recommend {args.recommend_action} needs an id, --by and --reason")
+        recommend.set_status(args.id, f"{args.recommend_action}ed", args.by, args.reason)
+        print(f"recommendation {args.id} {args.recommend_action}ed by {args.by}")
+        return 0
+    if not args.period:
+        raise ValueError("chargeback recommend needs --period YYYY-MM (the month to re-price)")
+    print(recommend.render(recommend.run(args.period, args.tenant), args.period))
+    return 0
+
+
 def cmd_forecast(args: argparse.Namespace) -> int:
     """Month-end forecasts (docs/INSIGHTS.md, "Forecasts"): compute, store and print them, or
     replay past months (backtest)."""
@@ -536,6 +563,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--by", help="ack, resolve: who")
     sp.add_argument("--reason", help="ack, resolve: why")
     sp.set_defaults(func=cmd_anomalies)
+
+    sp = sub.add_parser("whatif", help="re-price a tenant's month with changes; old and new invoice line by line "
+                        "(docs/INSIGHTS.md)")
+    sp.add_argument("--period", required=True, help="YYYY-MM")
+    sp.add_argument("--tenant", required=True)
+    sp.add_argument("--set", action="append", metavar="CHANGE",
+                    help="retention:<source>=<N>d, retention=<N>d, drop:<source>, sample:<source>=<f>,"
+                         " scans:<source>=<f>, commitment=<amount>, price_book=<book> (repeatable)")
+    sp.set_defaults(func=cmd_whatif)
+
+    sp = sub.add_parser("recommend", help="recommendations of a month with their savings (each the month re-priced "
+                        "with the change), or accept/dismiss one (docs/INSIGHTS.md)")
+    sp.add_argument("recommend_action", nargs="?", choices=["accept", "dismiss"])
+    sp.add_argument("id", nargs="?", type=int, help="the recommendation (accept, dismiss)")
+    sp.add_argument("--period", help="YYYY-MM: the month re-priced (the tenants' last full month)")
+    sp.add_argument("--tenant", help="one tenant's")
+    sp.add_argument("--by", help="accept, dismiss: who")
+    sp.add_argument("--reason", help="accept, dismiss: why")
+    sp.set_defaults(func=cmd_recommend)
 
     sp = sub.add_parser("usage", help="a month's usage per tenant and meter, as known at an instant "
                         "(explain a past invoice as it stood on its issue day)")

@@ -29,6 +29,7 @@ refused, in one line, under the default ``production`` (:func:`require_simulatio
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -238,7 +239,31 @@ def tenant_sources(seed: int, tenant_id: str, count: int) -> TenantSources:
             name, labels = unique(f"{kind}:{app}-{stem}"), (("team", team), ("env", "prod"), ("app", app))
         silent = k > 1 and rng.random() < 0.2
         principals.append(Source(name, 0 if silent else zipf(k, q_exponent), labels))
-    return TenantSources(tuple(log_groups), tuple(principals))
+    return TenantSources(tuple(log_groups), _with_reads(seed, tenant_id, tuple(log_groups), principals))
+
+
+DATA_AGES = ("1d", "7d", "30d", "90d")
+"""The ``data_age`` label of a scan: the age of the oldest data it read, in buckets (docs/SNAPSHOTS.md)."""
+
+
+def _with_reads(seed: int, tenant_id: str, log_groups: tuple[Source, ...], principals: list[Source],
+                ) -> tuple[Source, ...]:
+    """Each query principal reads one log group (the big ones most often; about a third of the log
+    groups are never read) at one data age (alert rules the last day, dashboards up to a week,
+    people mostly a week, now and then a month or a quarter): the labels ``log_group`` and
+    ``data_age`` of its scans. A stream of its own, so the sources are the same as without it."""
+    rng = random.Random(f"{seed}:{tenant_id}:reads")
+    readable = [g for g in log_groups if rng.random() < 0.7] or list(log_groups[:1])
+    weights = [g.weight for g in readable]
+    out = []
+    for p in principals:
+        group = rng.choices(readable, weights=weights)[0] if readable else None
+        kind = p.name.split(":", 1)[0]
+        age = ("1d" if kind == "alert" else rng.choice(("1d", "7d")) if kind == "dashboard"
+               else rng.choices(DATA_AGES, weights=(2, 6, 2, 1))[0])
+        reads = (("log_group", group.name), ("data_age", age)) if group else (("data_age", age),)
+        out.append(dataclasses.replace(p, labels=p.labels + reads))
+    return tuple(out)
 
 
 def split_exact(value: str, weights: list[int]) -> list[str]:

@@ -946,6 +946,37 @@ create table if not exists insights.anomaly_days (
 );
 -- ---- end of anomalies ----
 
+-- ---- recommendations (chargeback.insights.recommend, docs/INSIGHTS.md "Recommendations") ----
+-- One row per period, tenant, kind and target (a source, or '(tenant)'): a later run updates the
+-- figures and keeps the status; one that no longer applies is `current = false`. The saving is
+-- the period's invoice re-priced with `change` (chargeback whatif --set), less the invoice.
+create table if not exists insights.recommendations (
+    recommendation_id bigserial primary key,
+    period date not null,
+    tenant_id text not null,
+    kind text not null
+        check (kind in ('retention', 'noisy_source', 'expensive_query', 'commitment', 'price_fit')),
+    target text not null,
+    change text not null,
+    title text not null,
+    evidence text not null,
+    confidence text not null check (confidence in ('high', 'medium', 'low')),
+    currency text not null,
+    invoice_total numeric(18, 2) not null,
+    total_after numeric(18, 2) not null,
+    saving numeric(18, 2) not null,
+    current boolean not null default true,
+    computed_at timestamptz not null default now(),
+    status text not null default 'open' check (status in ('open', 'accepted', 'dismissed')),
+    status_by text,
+    status_reason text,
+    status_at timestamptz,
+    unique (period, tenant_id, kind, target),
+    check (saving = invoice_total - total_after),
+    check (status = 'open' or (status_by is not null and status_reason is not null))
+);
+-- ---- end of recommendations ----
+
 -- ---- roles and privileges (docs/WAREHOUSE.md, "Who can do what") ----
 -- This file runs as the owner; everything else connects as the pipeline role, named by
 -- ensure_schema() in the setting chargeback.pipeline_role. One role serves every Chargeback
@@ -1014,6 +1045,8 @@ begin
     execute format('grant update (expected, actual, volume, rate, mix, z) on insights.anomaly_days to %I',
                    pipeline_role);
     execute format('grant usage on sequence insights.anomalies_anomaly_id_seq to %I', pipeline_role);
+    execute format('grant select, insert, update on insights.recommendations to %I', pipeline_role);
+    execute format('grant usage on sequence insights.recommendations_recommendation_id_seq to %I', pipeline_role);
     -- Invoices: drafts only. No insert of status, number or finalization columns (a row it
     -- inserts is a draft), no update of them, no truncate; lines: insert only (the triggers
     -- refuse a line of a final document); the counter: read only.
@@ -1056,6 +1089,7 @@ begin
     grant select on insights.budget_alerts, insights.budget_status to chargeback_bi;
     grant select on insights.forecasts to chargeback_bi;
     grant select on insights.anomalies, insights.anomaly_days to chargeback_bi;
+    grant select on insights.recommendations to chargeback_bi;
     -- what dbt builds later, as the pipeline role
     execute format('alter default privileges for role %I in schema marts grant select on tables to chargeback_bi',
                    current_setting('chargeback.pipeline_role'));
