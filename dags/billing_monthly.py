@@ -20,13 +20,15 @@ Runs after each month ends (its data interval is the month):
    trends) rebuilt with their tests when they miss a change of the month, so the invoices'
    "where your usage came from" appendix and the finance report read the marts as they are
    now, whatever the insights DAG last saw.
-7. **finalize_invoices** — re-rendered from the current marts, numbered (gapless per issuer)
+7. **recommend** — the month's recommendations, each saving the month re-priced with its
+   change (docs/INSIGHTS.md, "Recommendations"), for the invoices' "ways to pay less".
+8. **finalize_invoices** — re-rendered from the current marts, numbered (gapless per issuer)
    and made final in one transaction, PDFs in `reports/out/<YYYY-MM>/<number>.pdf`.
    Final invoices never change (the database refuses it).
-8. **issue_corrections** — for earlier final months whose marts changed since, a credit or
+9. **issue_corrections** — for earlier final months whose marts changed since, a credit or
    debit note that references the original invoice.
-9. **finance_summary** — the month's figures for finance.
-10. **finance_report** — the finance report PDF beside the invoices,
+10. **finance_summary** — the month's figures for finance.
+11. **finance_report** — the finance report PDF beside the invoices,
    `reports/out/<YYYY-MM>/finance-report.pdf` (docs/INSIGHTS.md, "The finance report").
 
 A manual run may name the month with the `period` param (`YYYY-MM`).
@@ -123,6 +125,14 @@ def billing_monthly():
         steps.refresh_insights_for_close(period)
 
     @task
+    def recommend(period: str) -> int:
+        """The month's recommendations, each saving the month re-priced with its change: the final
+        invoices' "ways to pay less" and the finance report read them."""
+        from chargeback.orchestration import steps
+
+        return steps.recommend_for_close(period)
+
+    @task
     def finalize_invoices(period: str, params=None) -> int:
         """Final PDFs from the current marts; numbers, frozen lines and status in one transaction."""
         from chargeback.billing import close
@@ -165,6 +175,7 @@ def billing_monthly():
         >> wait_for_grace_period
         >> check_completeness(period)
         >> refresh_insights(period)
+        >> recommend(period)
         >> finalize_invoices(period)
         >> issue_corrections(period)
         >> finance_summary(period)

@@ -187,7 +187,7 @@ def smtp_server() -> Iterator[tuple[_Mailbox, int]]:
 class _Receiver(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.posts.append((self.path, json.loads(body)))
+        self.server.posts.append((self.path, self.headers["Content-Type"], json.loads(body)))
         self.send_response(200)
         self.end_headers()
 

@@ -207,7 +207,7 @@ def test_anomalies_are_raised_once_sent_as_a_daily_digest_and_acknowledged_with_
     ((to, message),) = box.messages
     assert to == ["finops@example.com"]
     assert f"{len(outcome.raised)} new" in message["Subject"]
-    ((_, posted),) = webhook_server.posts
+    ((_, _, posted),) = webhook_server.posts
     assert "t011 ingested_gb 2026-10-08" in posted["text"]
 
     # a replay (or a restatement) of the same days raises and sends nothing again

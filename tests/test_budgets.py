@@ -318,7 +318,7 @@ budgets:
     box, _ = smtp_server
     assert [(to, m["Subject"], m.get_content().splitlines()[0]) for to, m in box.messages] == [
         (["finops@example.com"], line[:147] + "...", line)]
-    assert webhook_server.posts == [("/default", {"text": line})]
+    assert webhook_server.posts == [("/default", "application/json", {"text": line})]
     assert _event_lines("umbrella-once") == [line]
     assert line == (
         "chargeback notice: budget umbrella-once (organisation Umbrella, billed) at 2026-09, usage through"
@@ -374,7 +374,7 @@ budgets:
     second = budgets.check("2026-09", environ=alert_environ(smtp_server, CHARGEBACK_ALERT_WEBHOOK_FINANCE=url))
     assert (second.fired, second.delivered, second.failures) == ([], 1, [])
     assert [to for to, _ in box.messages] == [["search-lead@acme.example"]]  # not mailed twice
-    [(path, posted)] = webhook_server.posts
+    [(path, _, posted)] = webhook_server.posts
     assert path == "/finance"
     assert posted["text"].startswith("chargeback notice: budget acme-retry (tenant acme, billed) at 2026-09")
     assert _alerts("acme-retry")[0][8:] == ([], 2, True)

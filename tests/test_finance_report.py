@@ -271,6 +271,7 @@ def test_without_budget_states_or_forecasts_the_report_says_why(text):
         assert "No budgets configured (config/budgets.yml)." in text
     assert "No forecast of June 2035 yet." in text
     assert "No open anomaly began in 2035-05." in text
+    assert "No recommendation for 2035-05 (chargeback recommend --period 2035-05)." in text
 
 
 @pytest.fixture
@@ -327,8 +328,20 @@ def insights_rows(written):
                     -10.00, 0.00, 0.00, 'volume', -4.0, false, 'resolved long ago', '2035-05-21 00:00Z', 'line',
                     'resolved', null, null, null, 'omar', '2035-05-22 00:00Z')
             """)
+        conn.execute(
+            """
+            insert into insights.recommendations (period, tenant_id, kind, target, change, title, evidence,
+                confidence, currency, invoice_total, total_after, saving, status, status_by, status_reason)
+            values ('2035-05-01', 't001', 'retention', '/prod/a', 'retention:/prod/a=7d', 'keep /prod/a 7 days',
+                    'e', 'high', 'USD', 900.00, 687.66, 212.34, 'open', null, null),
+                   ('2035-05-01', 't002', 'price_fit', '(tenant)', 'price_book=enterprise', 'move to enterprise',
+                    'e', 'medium', 'USD', 500.00, 450.00, 50.00, 'accepted', 'dana', 'signed'),
+                   ('2035-05-01', 't003', 'commitment', '(tenant)', 'commitment=0.00', 'lower it', 'e', 'low',
+                    'USD', 100.00, 1.00, 99.00, 'dismissed', 'omar', 'renews in March')
+            """)
     yield
     with warehouse.connect(admin=True) as conn:  # alerts are never deleted by the pipeline
+        conn.execute("delete from insights.recommendations where period = '2035-05-01'")
         conn.execute("delete from insights.anomaly_days where anomaly_id in (select anomaly_id"
                      " from insights.anomalies where first_day between '2035-05-01' and '2035-05-31')")
         conn.execute("delete from insights.anomalies where first_day between '2035-05-01' and '2035-05-31'")
@@ -353,6 +366,10 @@ def test_budget_states_and_the_forecast_are_printed_as_recorded(insights_rows):
     assert re.search(row, text), text
     assert "t001's billed ingested_gb on 2035-05-12 rose" in text
     assert "resolved long ago" not in text
+    # the current recommendations not dismissed, the largest saving first, with their total
+    assert "t001 retention keep /prod/a 7 days 212.34 USD high open t002 price fit move to enterprise 50.00 USD" in text
+    assert "2 recommendations, saving 262.34 USD a month in all" in text
+    assert "lower it" not in text
 
 
 def test_cli_writes_the_report_beside_the_invoices(written, capsys, settings):

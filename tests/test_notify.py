@@ -5,14 +5,12 @@ on localhost, and one real failing Airflow run."""
 from __future__ import annotations
 
 import email
-import json
 import os
 import socket
 import socketserver
 import threading
 from collections.abc import Iterator
 from email import policy
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
@@ -83,28 +81,6 @@ class _SMTPHandler(socketserver.StreamRequestHandler):
 def smtp_server() -> Iterator[socketserver.ThreadingTCPServer]:
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SMTPHandler)
     server.messages = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-class _WebhookHandler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.posts.append((self.path, self.headers["Content-Type"], json.loads(body)))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def webhook_server() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _WebhookHandler)
-    server.posts = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server

@@ -6,12 +6,16 @@ less the same month re-priced with the change — and where the change is one of
 from __future__ import annotations
 
 import datetime as dt
+import io
 import shutil
 from decimal import Decimal
 
+import fsspec
+import pypdf
 import pytest
 import yaml
 
+from chargeback.billing import invoices
 from chargeback.engine import configuration, repricing, transform
 from chargeback.insights import recommend, whatif
 from chargeback.platform import warehouse
@@ -149,3 +153,18 @@ def test_whatif_prints_both_invoices_line_by_line(month, capsys):
 def test_a_change_that_makes_no_sense_is_refused_with_the_reason(text):
     with pytest.raises(whatif.WhatIfError, match="--set"):
         whatif.parse_change(text)
+
+
+@pytest.mark.warehouse
+def test_the_invoice_lists_the_tenants_top_three_ways_to_pay_less(month, settings):
+    with warehouse.connect() as conn:
+        recommend.store(conn, month, PERIOD)
+    records = invoices.render_month(PERIOD, workers=1)
+    t011 = next(r for r in records if r.tenant_id == "t011")
+    with fsspec.open(t011.pdf_uri, "rb") as fh:
+        text = " ".join(" ".join(p.extract_text() for p in pypdf.PdfReader(io.BytesIO(fh.read())).pages).split())
+    top = sorted((r for r in month if r.tenant_id == "t011"), key=lambda r: -r.saving)
+    assert "Ways to pay less" in text
+    for r in top[:3]:
+        assert f"{r.saving:,.2f}" in text, r
+    assert f"{top[3].saving:,.2f}" not in text  # three at most

@@ -70,6 +70,15 @@ def _timed(fn, *args, **kwargs) -> float:
     return time.perf_counter() - t0
 
 
+def _restore(saved: dict[str, str | None]) -> None:
+    """The environment variables as they were before a figure set its own."""
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def _bench_config(base: Path, target: Path, tenants: int) -> list[str]:
     """The shipped configuration with generated tenants added up to ``tenants`` (the shipped
     ones stay: the pools' direct and fixed rules name them)."""
@@ -376,11 +385,7 @@ def bench_forecast(root: Path) -> None:
         _forecast_at_scale(P7_MONTHS[-1])
     finally:
         warehouse.drop_database(os.environ["CHARGEBACK_DATABASE"])
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _restore(saved)
 
 
 P7A_START = dt.datetime(2026, 7, 1, tzinfo=dt.UTC)
@@ -516,11 +521,7 @@ def bench_anomalies(root: Path, work: Path) -> None:
         emit("P7_anomaly_detection_one_day_seconds", one_day, "s", tenants=len(ids))
     finally:
         warehouse.drop_database(os.environ["CHARGEBACK_DATABASE"])
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _restore(saved)
 
 
 def main() -> int:

@@ -200,6 +200,7 @@ def cmd_close(args: argparse.Namespace) -> int:
     from chargeback.orchestration import steps
 
     steps.refresh_insights_for_close(args.period)  # the invoices' appendix reads the insight marts
+    steps.recommend_for_close(args.period)  # and their "ways to pay less"
     result = close.close_month(args.period, as_of=args.as_of, override_reason=args.override_incomplete,
                                override_by=args.by, workers=args.workers)
     print(result.summary())

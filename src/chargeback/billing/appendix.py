@@ -26,7 +26,7 @@ from decimal import Decimal
 
 import psycopg
 
-from chargeback.billing.document import InvoiceLine, SourceShare
+from chargeback.billing.document import InvoiceLine, SourceShare, WayToPayLess
 from chargeback.platform import warehouse
 from chargeback.platform.settings import Settings
 
@@ -146,3 +146,25 @@ def read_usage_sources(month: dt.date, settings: Settings,
             log.warning("intermediate.int_usage_sources_daily is missing: invoices of %s without the sources"
                         " appendix (run the transform)", month)
             return {}
+
+
+PAY_LESS_TOP = 3
+
+
+def read_ways_to_pay_less(month: dt.date, settings: Settings, top: int = PAY_LESS_TOP,
+                          ) -> dict[str, tuple[WayToPayLess, ...]]:
+    """Each tenant's ``top`` current recommendations of ``month`` not dismissed, the largest saving
+    first (``insights.recommendations``, written by ``chargeback recommend`` before the month's
+    invoices are final); none where there are none."""
+    out: dict[str, list[WayToPayLess]] = {}
+    with warehouse.connect(settings) as conn:
+        if conn.execute("select to_regclass('insights.recommendations')").fetchone()[0] is None:
+            return {}
+        for tenant_id, title, evidence, saving, confidence in conn.execute(
+                "select tenant_id, title, evidence, saving, confidence from ("
+                " select *, row_number() over (partition by tenant_id order by saving desc, kind, target) as n"
+                " from insights.recommendations where period = %s and current and status <> 'dismissed') r"
+                " where n <= %s order by tenant_id, n", (month, top)):
+            out.setdefault(tenant_id, []).append(WayToPayLess(title, evidence, saving, confidence))
+    return {t: tuple(v) for t, v in out.items()}
+

@@ -121,6 +121,19 @@ class Invoice:
     usage_sources: tuple[SourceShare, ...] = ()
     """The appendix "where your usage came from" (:mod:`chargeback.billing.appendix`); empty: none.
     Showback only: never part of the lines or the total."""
+    ways_to_pay_less: tuple[WayToPayLess, ...] = ()
+    """The appendix "ways to pay less": the tenant's top recommendations of the month, each with the
+    saving of the month re-priced with its change (``insights.recommendations``); empty: none."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WayToPayLess:
+    """A recommendation on the invoice: what to change, why, and what this month would have cost less."""
+
+    title: str
+    evidence: str
+    saving: Decimal
+    confidence: str
 
 
 @dataclasses.dataclass(frozen=True)

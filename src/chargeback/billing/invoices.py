@@ -37,7 +37,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from chargeback.billing import attachment, store
-from chargeback.billing.appendix import read_usage_sources
+from chargeback.billing.appendix import read_usage_sources, read_ways_to_pay_less
 from chargeback.billing.document import (
     DEFAULT_ISSUER,
     Invoice,
@@ -47,6 +47,7 @@ from chargeback.billing.document import (
     Issuer,
     SourceShare,
     Tenant,
+    WayToPayLess,
     check_invoice,
     invoice_number,
 )
@@ -85,7 +86,8 @@ def render_month(period: str, *, workers: int = 2, settings: Settings | None = N
     reports_dir = str(settings.reports_dir.resolve())
     jobs = assemble(period, headers, lines_by_tenant, tenants, issuer, reports_dir, issue_date=issue_date,
                      name=lambda tenant_id: f"drafts/{tenant_id}",
-                     sources=read_usage_sources(period_start, settings, lines_by_tenant))
+                     sources=read_usage_sources(period_start, settings, lines_by_tenant),
+                     pay_less=read_ways_to_pay_less(period_start, settings))
 
     with warehouse.connect(settings) as conn:
         store.lock_issuer(conn, issuer)
@@ -148,7 +150,8 @@ def finalize_month(period: str, *, workers: int = 2, settings: Settings | None =
         jobs = assemble(period, headers, lines_by_tenant, tenants, issuer, reports_dir, issue_date=issue_date,
                          status="final", numbers=numbers, notes=tuple(notes), usage_as_of=usage_as_of,
                          name=lambda tenant_id: numbers[tenant_id],
-                         sources=read_usage_sources(period_start, settings, lines_by_tenant))
+                         sources=read_usage_sources(period_start, settings, lines_by_tenant),
+                         pay_less=read_ways_to_pay_less(period_start, settings))
         written = render_and_write(jobs, fs, out_dir, workers)
         records = [store.record_of(job, issuer, settings.reports_out, period, written) for job in jobs]
         for job, record in zip(jobs, records, strict=True):
@@ -293,9 +296,10 @@ def assemble(period: str, headers: Sequence[Mapping[str, Any]], lines_by_tenant:
               tenants: Mapping[str, Tenant], issuer: Issuer, reports_dir: str, *, issue_date: dt.date,
               status: str = "draft", numbers: Mapping[str, str] | None = None, notes: tuple[str, ...] = (),
               usage_as_of: dt.datetime | None = None, name=None,
-              sources: Mapping[str, tuple[SourceShare, ...]] | None = None) -> list[RenderJob]:
+              sources: Mapping[str, tuple[SourceShare, ...]] | None = None,
+              pay_less: Mapping[str, tuple[WayToPayLess, ...]] | None = None) -> list[RenderJob]:
     """One invoice per header, checked against its lines and tenant (before any process starts);
-    ``sources``: the appendix rows per tenant (:mod:`chargeback.billing.appendix`)."""
+    ``sources`` and ``pay_less``: the appendices' rows per tenant (:mod:`chargeback.billing.appendix`)."""
     month = Period.parse(period)
     period_start, period_end = month.first_day, month.last_day
     jobs: list[RenderJob] = []
@@ -328,6 +332,7 @@ def assemble(period: str, headers: Sequence[Mapping[str, Any]], lines_by_tenant:
             notes=notes,
             usage_as_of=usage_as_of,
             usage_sources=(sources or {}).get(tenant_id, ()),
+            ways_to_pay_less=(pay_less or {}).get(tenant_id, ()),
         )
         check_invoice(invoice, lines, tenants[tenant_id])
         jobs.append(RenderJob(invoice, tuple(lines), tenants[tenant_id], reports_dir,

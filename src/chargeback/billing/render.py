@@ -194,6 +194,11 @@ def invoice_context(invoice: Invoice, lines: Sequence[InvoiceLine], tenant: Tena
             }
             for row in invoice.usage_sources
         ],
+        "pay_less": [
+            {"title": way.title, "evidence": way.evidence, "saving": format_cents(way.saving),
+             "confidence": way.confidence}
+            for way in invoice.ways_to_pay_less
+        ],
     }
 
 

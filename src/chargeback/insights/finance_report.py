@@ -161,6 +161,7 @@ class FinanceReport:
     budgets: Block
     forecast: Block
     anomalies: Block = Block()
+    recommendations: Block = Block()
 
     @property
     def platform(self) -> LedgerRow:
@@ -393,6 +394,34 @@ def read_anomalies(conn: psycopg.Connection, month: dt.date, limit: int = ANOMAL
         in rows), note=f"In {rows[0][5]}; the effects add up to the change to the cent.{more}")
 
 
+RECOMMENDATIONS = 10
+
+
+def read_recommendations(conn: psycopg.Connection, month: dt.date, limit: int = RECOMMENDATIONS) -> Block:
+    """The month's current recommendations not dismissed (``insights.recommendations``), the largest
+    saving first, with their total; or why there is none."""
+    if not _exists(conn, "insights.recommendations"):
+        return Block(note="No recommendations yet (chargeback recommend --period).")
+    rows = conn.execute(
+        """
+        select tenant_id, kind, title, saving, currency, confidence, status,
+               count(*) over (), sum(saving) over ()
+        from insights.recommendations
+        where period = %s and current and status <> 'dismissed'
+        order by saving desc, tenant_id, kind, target limit %s
+        """, (month, limit)).fetchall()
+    if not rows:
+        return Block(note=f"No recommendation for {month:%Y-%m} (chargeback recommend --period {month:%Y-%m}).")
+    count, total, currency = rows[0][7], rows[0][8], rows[0][4]
+    shown = f" The {limit} largest are shown." if count > limit else ""
+    return Block(tuple(
+        {"Tenant": tenant, "Kind": kind.replace("_", " "), "Change": title,
+         "Saving a month": format_money(saving, cur), "Confidence": confidence, "Status": status}
+        for tenant, kind, title, saving, cur, confidence, status, _, _ in rows),
+        note=f"{count} recommendation{'' if count == 1 else 's'}, saving {format_money(total, currency)} a month in"
+             f" all: each saving is the month re-priced with the change, less its invoice.{shown}")
+
+
 def read_forecast(conn: psycopg.Connection, month: dt.date) -> Block:
     """The month-end forecast of the month after ``month`` (the month in progress at the close),
     from ``insights.forecasts`` at its latest usage-through instant: each ledger's P10, P50 and
@@ -449,6 +478,7 @@ def gather(period: str, settings: Settings | None = None) -> FinanceReport:
             budgets=read_budgets(conn, month),
             forecast=read_forecast(conn, month),
             anomalies=read_anomalies(conn, month),
+            recommendations=read_recommendations(conn, month),
         )
 
 
@@ -577,6 +607,7 @@ def report_context(report: FinanceReport, *, fonts_dir: Path | str) -> dict[str,
         "previous_month": f"{MONTHS[_add_months(month, -1).month - 1]} {_add_months(month, -1).year}",
         "budgets": report.budgets,
         "anomalies": report.anomalies,
+        "recommendations": report.recommendations,
         "forecast": report.forecast,
     }
 

@@ -145,6 +145,17 @@ def refresh_insights_for_close(period: str, settings: Settings | None = None) ->
     return refresh_insights(*month_window(period), settings, if_behind=True)
 
 
+def recommend_for_close(period: str, settings: Settings | None = None) -> int:
+    """Before a month's final invoices: its recommendations priced and stored (the invoices' "ways to
+    pay less" and the finance report read them); not for a month already final. Returns how many."""
+    from chargeback.billing import close
+    from chargeback.insights import recommend
+
+    if close.is_final(period, settings):
+        return 0
+    return len(recommend.run(period, settings=settings))
+
+
 def check_marts(start: dt.datetime | None, end: dt.datetime | None, settings: Settings | None = None) -> None:
     from chargeback.engine import checks
 
