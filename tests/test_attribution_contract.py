@@ -269,7 +269,8 @@ def _config_copy(tmp_path: Path) -> Path:
 
 def test_the_label_keys_that_count_are_configuration(tmp_path):
     config_dir = _config_copy(tmp_path)
-    assert configuration.read(config_dir).attribution.label_keys == ["team", "env", "app", "user"]
+    assert configuration.read(config_dir).attribution.label_keys == ["team", "env", "app", "user", "log_group",
+                                                                     "data_age"]
 
     (config_dir / "attribution.yml").unlink()
     assert configuration.read(config_dir).attribution.label_keys == []  # optional: nothing aggregated
