@@ -164,7 +164,7 @@ def test_the_invoice_lists_the_tenants_top_three_ways_to_pay_less(month, setting
     with fsspec.open(t011.pdf_uri, "rb") as fh:
         text = " ".join(" ".join(p.extract_text() for p in pypdf.PdfReader(io.BytesIO(fh.read())).pages).split())
     top = sorted((r for r in month if r.tenant_id == "t011"), key=lambda r: -r.saving)
-    assert "Ways to pay less" in text
+    assert "ways to pay less" in text.lower()  # the heading prints in capitals
     for r in top[:3]:
         assert f"{r.saving:,.2f}" in text, r
     assert f"{top[3].saving:,.2f}" not in text  # three at most
