@@ -382,7 +382,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from chargeback.billing import summary
     from chargeback.engine import configuration, transform
     from chargeback.ingest.simulate import demo_injections, simulate
-    from chargeback.insights import anomalies, budgets
+    from chargeback.insights import anomalies, budgets, recommend
     from chargeback.orchestration import runner, steps
     from chargeback.platform import warehouse
     from chargeback.platform.settings import get_settings
@@ -440,8 +440,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(budgets.render_status(month, budgets.status(month, settings)))
         print()
     found = anomalies.listing("open")
-    print(f"Anomalies — {len(found)} open (chargeback anomalies list explains each); the last three:")
-    print(anomalies.render(found[:3], "open"))
+    first, last = month_start.date(), month_end.date()
+    largest = sorted((r for r in found if first <= r["first_day"] < last),
+                     key=lambda r: (-abs(r["actual"] - r["expected"]), r["anomaly_id"]))[:3]
+    print(f"Anomalies — {len(found)} open (chargeback anomalies list explains each); the largest of {period}:")
+    print(anomalies.render(largest, "open"))
+    print()
+    print(f"Recommendations — chargeback recommend --period {period} (each saving the month re-priced):")
+    print("\n".join(recommend.render(recommend.listing(period, settings=settings), period).splitlines()[:7]))
     print()
     say(f"finance report: {out}/{period}/finance-report.pdf")
     say(f"forecast of {current}: chargeback forecast --month {current}; budgets: chargeback budgets list "

@@ -98,7 +98,8 @@ class Series:
 def day_amounts(conn: psycopg.Connection, catalog: repricing.Catalog, first: dt.date, last: dt.date,
                 tenant_ids: Iterable[str] | None = None) -> Series:
     """The series of ``[first, last]`` (module docstring): each month touched is read once
-    (``marts.fct_usage_hourly`` and the retention classes), priced day by day from its first day."""
+    (``marts.fct_usage_hourly`` and the retention classes) and priced once per tenant
+    (:func:`month_rates`, a month in progress projected from its days up to ``last``)."""
     wanted = set(tenant_ids) if tenant_ids is not None else None
     exact: dict[Key, dict[dt.date, dict[ClassKey, tuple[Decimal, Decimal]]]] = defaultdict(dict)
     versions: dict[Key, dict[dt.date, tuple[str, dt.date]]] = defaultdict(dict)
