@@ -132,10 +132,11 @@ def recommend(conn: psycopg.Connection, period: str | Period, tenant_ids: Iterab
             " order by 1", (start, end))]
     tenant_ids = [t for t in tenant_ids if t in catalog.tenants]
     reads = read_reads(conn, tenant_ids, month)
+    months = whatif.read_months(conn, month, tenant_ids)
     out: list[Recommendation] = []
     for tenant_id in tenant_ids:
-        usage = whatif.read_month(conn, tenant_id, month)
-        if not usage.usage:
+        usage = months.get(tenant_id)
+        if usage is None or not usage.usage:
             continue
         days = len({d for by_day in usage.usage.values() for d in by_day})
         m = _Month(usage, {g: dict(a) for g, a in reads.get(tenant_id, {}).items()}, days)

@@ -127,34 +127,33 @@ class MonthUsage:
 
 
 def read_month(conn: psycopg.Connection, tenant_id: str, month: dt.date) -> MonthUsage:
-    """The tenant's month from the marts (three indexed reads)."""
+    """One tenant's month from the marts."""
+    return read_months(conn, month, [tenant_id]).get(tenant_id) or MonthUsage(tenant_id, month, {}, {}, {}, {})
+
+
+def read_months(conn: psycopg.Connection, month: dt.date, tenant_ids: list[str]) -> dict[str, MonthUsage]:
+    """The tenants' month from the marts, in four queries whatever their number (the month's usage,
+    the sources kept for a class of their own, usage per source, the sources' own classes)."""
     start = dt.datetime(month.year, month.month, 1, tzinfo=dt.UTC)
     end = (start + dt.timedelta(days=32)).replace(day=1)
-    usage: dict[str, dict[dt.date, Decimal]] = defaultdict(dict)
-    for meter, day, quantity in conn.execute(
-            "select meter, (hour_start at time zone 'UTC')::date, sum(quantity) from marts.fct_usage_hourly"
-            " where tenant_id = %s and hour_start >= %s and hour_start < %s group by 1, 2", (tenant_id, start, end)):
-        usage[meter][day] = quantity
-    classes: dict = defaultdict(lambda: defaultdict(dict))
-    if conn.execute("select to_regclass('intermediate.int_usage_retention_hourly')").fetchone()[0] is not None:
-        for meter, days, day, quantity in conn.execute(
-                "select meter, retention_days, (hour_start at time zone 'UTC')::date, sum(quantity)"
-                " from intermediate.int_usage_retention_hourly where tenant_id = %s and hour_start >= %s"
-                " and hour_start < %s group by 1, 2, 3", (tenant_id, start, end)):
-            classes[meter][days][day] = quantity
-    sources: dict[tuple[str, str], dict[dt.date, Decimal]] = defaultdict(dict)
-    kept: dict[str, int | None] = {}
+    wanted = set(tenant_ids)
+    usage = {t: u for t, u in repricing.read_daily_usage(conn, month).items() if t in wanted}
+    classes = repricing.read_daily_classes(conn, month)
+    sources: dict[str, dict[tuple[str, str], dict[dt.date, Decimal]]] = defaultdict(lambda: defaultdict(dict))
+    kept: dict[str, dict[str, int | None]] = defaultdict(dict)
     if conn.execute("select to_regclass('intermediate.int_usage_sources_daily')").fetchone()[0] is not None:
-        own = dict(conn.execute(
-            "select r.source, r.retention_days from config.tenant_source_retention r join config.tenant_terms t"
-            " using (tenant_id, valid_from) where r.tenant_id = %s and t.valid_from <= %s"
-            " and (t.valid_to is null or t.valid_to > %s)", (tenant_id, month, month)))
-        for source, meter, day, quantity in conn.execute(
-                "select source, meter, usage_day, quantity from intermediate.int_usage_sources_daily"
-                " where tenant_id = %s and usage_day >= %s and usage_day < %s", (tenant_id, start.date(), end.date())):
-            sources[source, meter][day] = quantity
-            kept[source] = own.get(source)
-    return MonthUsage(tenant_id, month, dict(usage), {m: dict(d) for m, d in classes.items()}, dict(sources), kept)
+        own: dict[tuple[str, str], int] = {(t, s): d for t, s, d in conn.execute(
+            "select r.tenant_id, r.source, r.retention_days from config.tenant_source_retention r"
+            " join config.tenant_terms t using (tenant_id, valid_from) where r.tenant_id = any(%s)"
+            " and t.valid_from <= %s and (t.valid_to is null or t.valid_to > %s)", (sorted(wanted), month, month))}
+        for tenant_id, source, meter, day, quantity in conn.execute(
+                "select tenant_id, source, meter, usage_day, quantity from intermediate.int_usage_sources_daily"
+                " where usage_day >= %s and usage_day < %s and tenant_id = any(%s)",
+                (start.date(), end.date(), sorted(wanted))):
+            sources[tenant_id][source, meter][day] = quantity
+            kept[tenant_id][source] = own.get((tenant_id, source))
+    return {t: MonthUsage(t, month, u, classes.get(t, {}), dict(sources.get(t, {})), kept.get(t, {}))
+            for t, u in usage.items()}
 
 
 @dataclasses.dataclass(frozen=True)
