@@ -262,8 +262,8 @@ def find(conn: psycopg.Connection, first: dt.date, last: dt.date, config: Anomal
     tenants = np.array([t for t, _ in series.keys])
     flagged: list[tuple[int, int, detect.Expectation]] = []
     groups: dict[detect.Thresholds, np.ndarray] = defaultdict(lambda: np.zeros(len(series.keys), bool))
-    for k, (tenant_id, _) in enumerate(series.keys):
-        groups[config.for_tenant(tenant_id)][k] = True
+    for k, (tenant_id, meter) in enumerate(series.keys):
+        groups[config.for_series(tenant_id, meter)][k] = True
     for j in range(detect.SEASON_WINDOW, len(series.days)):
         expectation = detect.expect(series.values, j)
         expected = np.nan_to_num(expectation.expected)
@@ -284,7 +284,7 @@ def find(conn: psycopg.Connection, first: dt.date, last: dt.date, config: Anomal
     for k, j, e in flagged:
         tenant_id, meter = series.keys[k]
         out.append(_explain(series, sources, catalog, tenant_id, meter, series.days[j], float(e.expected[k]),
-                            float(e.z[k]), config.for_tenant(tenant_id)))
+                            float(e.z[k]), config.for_series(tenant_id, meter)))
     return sorted(out, key=lambda f: (f.day, f.tenant_id, f.meter))
 
 

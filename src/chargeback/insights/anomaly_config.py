@@ -2,8 +2,8 @@
 
 The file is optional; without it the defaults of :class:`chargeback.insights.detect.Thresholds`
 hold (docs/INSIGHTS.md "Anomalies" states them) and every new anomaly is sent on its own.
-Per-tenant overrides change any threshold for one tenant (a big tenant may want a higher
-floor in currency, a small one a lower one)::
+Overrides per meter and per tenant change any threshold for a series (a big tenant may want a
+higher floor in currency, a small one a lower one)::
 
     defaults:
       z: 3.5                 # robust z-score on log(1 + amount), both directions
@@ -13,7 +13,9 @@ floor in currency, a small one a lower one)::
       drop_as_missing: 0.5   # a drop below half the expected value may be missing data
     delivery: each           # or digest: one message a day listing every new anomaly
     digest_hour_utc: 8
-    tenants:
+    meters:                  # per meter (storage is a small line of every bill)
+      stored_gb: {min_share: 0.01}
+    tenants:                 # per tenant, over the meter's
       t014: {min_amount: "50.00"}
 """
 
@@ -56,20 +58,27 @@ class File(_Model):
     defaults: ThresholdSettings = ThresholdSettings()
     delivery: Literal["each", "digest"] = "each"
     digest_hour_utc: int = Field(8, ge=0, le=23)
+    meters: dict[str, ThresholdSettings] = {}
     tenants: dict[str, ThresholdSettings] = {}
 
 
 @dataclasses.dataclass(frozen=True)
 class AnomalyConfig:
-    """The thresholds in force (per tenant where overridden) and the delivery mode."""
+    """The thresholds in force and the delivery mode. Per series, the defaults, then the meter's
+    overrides, then the tenant's (a tenant's own floor wins over a meter's)."""
 
     thresholds: Thresholds = dataclasses.field(default_factory=Thresholds)
-    tenants: dict[str, Thresholds] = dataclasses.field(default_factory=dict)
+    tenants: dict[str, ThresholdSettings] = dataclasses.field(default_factory=dict)
     delivery: str = "each"
     digest_hour_utc: int = 8
+    meters: dict[str, ThresholdSettings] = dataclasses.field(default_factory=dict)
 
-    def for_tenant(self, tenant_id: str) -> Thresholds:
-        return self.tenants.get(tenant_id, self.thresholds)
+    def for_series(self, tenant_id: str, meter: str) -> Thresholds:
+        thresholds = self.thresholds
+        for override in (self.meters.get(meter), self.tenants.get(tenant_id)):
+            if override is not None:
+                thresholds = override.apply(thresholds)
+        return thresholds
 
 
 def read(config_dir: Path | None = None) -> AnomalyConfig:
@@ -88,6 +97,5 @@ def read(config_dir: Path | None = None) -> AnomalyConfig:
             field = ".".join(str(p) for p in err["loc"]) or "(file)"
             lines.append(f"{path}: field {field}: {err['msg'].removeprefix('Value error, ')}")
         raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
-    base = parsed.defaults.apply(Thresholds())
-    return AnomalyConfig(base, {t: o.apply(base) for t, o in parsed.tenants.items()}, parsed.delivery,
-                         parsed.digest_hour_utc)
+    return AnomalyConfig(parsed.defaults.apply(Thresholds()), dict(parsed.tenants), parsed.delivery,
+                         parsed.digest_hour_utc, dict(parsed.meters))
