@@ -29,6 +29,20 @@ SPIKE = simulate.Injection("source_spike", "t011", dt.datetime(2026, 10, 8, tzin
                            dt.datetime(2026, 10, 9, tzinfo=dt.UTC), rank=1, factor=6.0)
 SILENT = simulate.Injection("silent_producer", "t012", dt.datetime(2026, 10, 12, tzinfo=dt.UTC),
                             dt.datetime(2026, 10, 13, tzinfo=dt.UTC), rank=0)
+
+def _shift(tenant_id: str, day: dt.datetime) -> tuple[simulate.Injection, simulate.Injection]:
+    """The tenant's biggest log group silent for a day and its second sending as much more as makes
+    the total about the same: a shift between sources that the tenant's total hides."""
+    groups = simulate.tenant_sources(SEED, tenant_id, SOURCES).log_groups
+    total = sum(g.weight for g in groups)
+    first, second = groups[0].weight / total, groups[1].weight / total
+    factor = 1 + (1 / (1 - first) - 1) / second
+    end = day + dt.timedelta(days=1)
+    return (simulate.Injection("silent_producer", tenant_id, day, end, rank=1),
+            simulate.Injection("source_spike", tenant_id, day, end, rank=2, factor=factor))
+
+
+SHIFT = _shift("t014", dt.datetime(2026, 10, 14, tzinfo=dt.UTC))
 PRICE_CHANGE = dt.date(2026, 10, 5)  # the enterprise book's ingest prices x 1.6 (t001, t004)
 RETENTION_MOVE = dt.date(2026, 10, 1)  # t038's biggest log group: 30 -> 365 days
 MODELS = "+fct_usage_hourly +int_usage_retention_hourly +int_usage_sources_daily +dim_tenants +dim_meters"
@@ -65,7 +79,7 @@ def history(test_warehouse, tmp_path_factory):
         patch.setenv("CHARGEBACK_CONFIG_DIR", str(config_dir))
         patch.setenv("DBT_INDIRECT_SELECTION", "cautious")
         with database_of_its_own("anomalies"):
-            publish_simulated(TENANTS, START, END, seed=SEED, sources=SOURCES, injections=(SPIKE, SILENT))
+            publish_simulated(TENANTS, START, END, seed=SEED, sources=SOURCES, injections=(SPIKE, SILENT, *SHIFT))
             transform.build(START, END, select=MODELS)
             with warehouse.connect() as conn:
                 findings = anomalies.find(conn, dt.date(2026, 9, 29), dt.date(2026, 10, 19),
@@ -99,6 +113,21 @@ def test_a_silent_producer_is_a_drop_that_says_data_may_be_missing(history):
     assert f.explanation.largest_effect == "volume"
     assert f.may_be_missing_data
     assert "completeness" in f.sentence
+
+
+@pytest.mark.warehouse
+def test_a_shift_between_log_groups_that_the_total_hides_is_found_per_source(history):
+    day = SHIFT[0].start.date()
+    groups = simulate.tenant_sources(SEED, "t014", SOURCES).log_groups
+    found = {f.source: f for f in history if (f.tenant_id, f.meter, f.day) == ("t014", "ingested_gb", day)}
+    assert anomalies.ALL_SOURCES not in found  # the meter as a whole stayed in line
+    silent, busier = found[groups[0].name], found[groups[1].name]
+    assert (silent.direction, silent.explanation.actual, silent.may_be_missing_data) == ("drop", Decimal("0.00"), True)
+    assert busier.direction == "spike"
+    assert f"t014's billed ingested_gb from {groups[1].name} on {day} rose" in busier.sentence
+    for f in (silent, busier):
+        assert {c.component.source for c in f.explanation.contributors} == {f.source}
+        assert f.explanation.volume + f.explanation.rate + f.explanation.mix == f.explanation.change
 
 
 @pytest.mark.warehouse
@@ -149,7 +178,7 @@ def test_the_days_of_a_month_add_up_to_its_invoice_usage_lines(history):
 def test_every_finding_has_a_labelled_cause_and_every_injected_one_is_found_with_its_effect(history):
     standard = ["t011", "t012", "t014", "t038"]
     labels = [
-        *anomaly_quality.injection_labels([SPIKE, SILENT]),
+        *anomaly_quality.injection_labels([SPIKE, SILENT, *SHIFT]),
         *anomaly_quality.lasting_change(["t001", "t004"], "ingested_gb", PRICE_CHANGE, "rate", "price change"),
         *anomaly_quality.lasting_change(["t038"], "stored_gb", RETENTION_MOVE, "mix", "retention move"),
         # the shipped standard book lowers its ingest prices by 10 % on 15 October

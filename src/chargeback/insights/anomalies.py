@@ -62,6 +62,9 @@ from chargeback.platform.settings import Settings
 log = logging.getLogger("chargeback.insights.anomalies")
 
 LEDGER = "billed"
+ALL_SOURCES = "(all)"
+TOP_SOURCES = 3
+"""A tenant's biggest sources of a meter (by usage over the window) get series of their own."""
 BASELINE_DAYS = 7
 """Days before an anomaly whose composition (sources, classes, rates) is the expected one."""
 MAX_ATTEMPTS = 5
@@ -245,6 +248,9 @@ class Finding:
     may_be_missing_data: bool
     price_versions: tuple[dict[str, str], ...]
     sentence: str
+    source: str = ALL_SOURCES
+    """``(all)``: the tenant's meter; else one of its biggest sources, out of line on a day its
+    meter as a whole was not (a shift between sources that the total hides)."""
 
     @property
     def direction(self) -> str:
@@ -264,6 +270,12 @@ def find(conn: psycopg.Connection, first: dt.date, last: dt.date, config: Anomal
     groups: dict[detect.Thresholds, np.ndarray] = defaultdict(lambda: np.zeros(len(series.keys), bool))
     for k, (tenant_id, meter) in enumerate(series.keys):
         groups[config.for_series(tenant_id, meter)][k] = True
+    by_source = source_series(conn, catalog, series)
+    source_groups: dict[detect.Thresholds, np.ndarray] = defaultdict(lambda: np.zeros(len(by_source.keys), bool))
+    for k, (tenant_id, meter, _) in enumerate(by_source.keys):
+        source_groups[config.for_series(tenant_id, meter)][k] = True
+    parent = np.array([series.keys.index((t, m)) for t, m, _ in by_source.keys], dtype=int)
+    flagged_sources: list[tuple[int, int, detect.Expectation]] = []
     for j in range(detect.SEASON_WINDOW, len(series.days)):
         expectation = detect.expect(series.values, j)
         expected = np.nan_to_num(expectation.expected)
@@ -271,21 +283,108 @@ def find(conn: psycopg.Connection, first: dt.date, last: dt.date, config: Anomal
         for tenant_id, value in zip(tenants, expected, strict=True):
             per_tenant[tenant_id] += value
         tenant_expected = np.array([per_tenant[t] for t in tenants])
+        meter_flagged = np.zeros(len(series.keys), bool)
         for thresholds, members in groups.items():
             e, anomalous = detect.flag(series.values, j, tenant_expected, thresholds)
+            meter_flagged |= anomalous & members
             for k in np.flatnonzero(anomalous & members):
                 flagged.append((int(k), j, e))
-    if not flagged:
+        if by_source.keys:
+            # a source out of line on a day its meter as a whole is not: the total hides a shift
+            for thresholds, members in source_groups.items():
+                e, anomalous = detect.flag(by_source.values, j, tenant_expected[parent], thresholds)
+                for k in np.flatnonzero(anomalous & members & ~meter_flagged[parent]):
+                    flagged_sources.append((int(k), j, e))
+    if not flagged and not flagged_sources:
         return []
-    sources = _read_sources(conn, catalog, sorted({series.keys[k][0] for k, _, _ in flagged}),
-                            min(series.days[j] for _, j, _ in flagged) - dt.timedelta(days=BASELINE_DAYS),
-                            max(series.days[j] for _, j, _ in flagged))
+    days = [series.days[j] for _, j, _ in flagged + flagged_sources]
+    sources = _read_sources(conn, catalog, sorted({series.keys[k][0] for k, _, _ in flagged}
+                                                  | {by_source.keys[k][0] for k, _, _ in flagged_sources}),
+                            min(days) - dt.timedelta(days=BASELINE_DAYS), max(days))
     out = []
     for k, j, e in flagged:
         tenant_id, meter = series.keys[k]
         out.append(_explain(series, sources, catalog, tenant_id, meter, series.days[j], float(e.expected[k]),
                             float(e.z[k]), config.for_series(tenant_id, meter)))
-    return sorted(out, key=lambda f: (f.day, f.tenant_id, f.meter))
+    for k, j, e in flagged_sources:
+        tenant_id, meter, source = by_source.keys[k]
+        out.append(_explain(series, sources, catalog, tenant_id, meter, series.days[j], float(e.expected[k]),
+                            float(e.z[k]), config.for_series(tenant_id, meter), source=source))
+    return sorted(out, key=lambda f: (f.day, f.tenant_id, f.meter, f.source))
+
+
+@dataclasses.dataclass
+class SourceSeries:
+    keys: list[tuple[str, str, str]]
+    """(tenant_id, meter, source)"""
+    values: np.ndarray
+
+
+def source_series(conn: psycopg.Connection, catalog: repricing.Catalog, series: Series) -> SourceSeries:
+    """The daily billed amount of each tenant's ``TOP_SOURCES`` biggest sources of each meter (by usage
+    over the series' days; meters with one source have none): each class's amount of the day times
+    the source's share of the class's usage. Floats, for detection; explanations split to the cent."""
+    if not series.keys or conn.execute(
+            "select to_regclass('intermediate.int_usage_sources_daily')").fetchone()[0] is None:
+        return SourceSeries([], np.zeros((0, len(series.days))))
+    first, last = series.days[0], series.days[-1]
+    rows = conn.execute(
+        """
+        with totals as (
+            select tenant_id, meter, source, sum(quantity) as quantity, count(*) over (
+                partition by tenant_id, meter) as sources
+            from intermediate.int_usage_sources_daily
+            where usage_day >= %(first)s and usage_day <= %(last)s and source <> '(none)'
+            group by tenant_id, meter, source
+        ),
+        top as (
+            select tenant_id, meter, source from (
+                select *, row_number() over (partition by tenant_id, meter order by quantity desc, source) as n
+                from totals where sources >= 2) as ranked
+            where n <= %(top)s
+        )
+        select d.usage_day, d.tenant_id, d.meter, d.source, d.retention_days, d.quantity
+        from intermediate.int_usage_sources_daily as d
+        join top using (tenant_id, meter, source)
+        where d.usage_day >= %(first)s and d.usage_day <= %(last)s
+        """, {"first": first, "last": last, "top": TOP_SOURCES}).fetchall()
+    index = {d: i for i, d in enumerate(series.days)}
+    keys = sorted({(t, m, src) for _, t, m, src, _, _ in rows if (t, m) in series.exact})
+    position = {key: k for k, key in enumerate(keys)}
+    values = np.full((len(keys), len(series.days)), np.nan)
+    seen = np.full(len(keys), len(series.days))
+    amounts: dict[tuple[int, int], float] = defaultdict(float)
+    for day, tenant_id, meter, source, days_kept, quantity in rows:
+        key = (tenant_id, meter, source)
+        if key not in position or day not in index:
+            continue
+        k, j = position[key], index[day]
+        seen[k] = min(seen[k], j)
+        parts = series.exact[tenant_id, meter].get(day)
+        if not parts:
+            continue
+        cls = _class_of(catalog, tenant_id, meter, day, days_kept)
+        class_quantity, class_amount = parts.get(cls, (ZERO, ZERO))
+        divisor = repricing.hours_in_month(day) if catalog.meter_kinds.get(meter) == "gauge" else 1
+        if class_quantity:
+            amounts[k, j] += float(class_amount) * float(quantity) / (float(class_quantity) * divisor)
+    for k in range(len(keys)):
+        if seen[k] < len(series.days):
+            values[k, seen[k]:] = 0.0
+    for (k, j), amount in amounts.items():
+        values[k, j] = amount
+    return SourceSeries(keys, values)
+
+
+def _class_of(catalog: repricing.Catalog, tenant_id: str, meter: str, day: dt.date, days_kept: int | None,
+              ) -> ClassKey:
+    """The retention class a source's usage of ``meter`` is priced in on ``day`` (``None``: no classes)."""
+    tenant = catalog.tenants.get(tenant_id)
+    version = catalog.version_on(tenant.price_book, day) if tenant else None
+    price = version.prices.get(meter) if version else None
+    if price is None or price.model != "retention":
+        return None
+    return repricing._retention_class(price, days_kept or catalog.terms_for(tenant_id, day).retention_days)
 
 
 def _read_sources(conn: psycopg.Connection, catalog: repricing.Catalog, tenant_ids: list[str], first: dt.date,
@@ -299,12 +398,7 @@ def _read_sources(conn: psycopg.Connection, catalog: repricing.Catalog, tenant_i
             "select usage_day, tenant_id, meter, source, retention_days, quantity"
             " from intermediate.int_usage_sources_daily"
             " where tenant_id = any(%s) and usage_day >= %s and usage_day <= %s", (tenant_ids, first, last)):
-        tenant = catalog.tenants.get(tenant_id)
-        version = catalog.version_on(tenant.price_book, day) if tenant else None
-        price = version.prices.get(meter) if version else None
-        cls = None
-        if price is not None and price.model == "retention":
-            cls = repricing._retention_class(price, days_kept or catalog.terms_for(tenant_id, day).retention_days)
+        cls = _class_of(catalog, tenant_id, meter, day, days_kept)
         out[tenant_id, meter, day][source, cls] = out[tenant_id, meter, day].get((source, cls), ZERO) + quantity
     return out
 
@@ -329,13 +423,18 @@ def _components(series: Series, sources: Mapping, tenant_id: str, meter: str, da
 
 
 def _explain(series: Series, sources: Mapping, catalog: repricing.Catalog, tenant_id: str, meter: str,
-             day: dt.date, expected_value: float, z: float, thresholds: detect.Thresholds) -> Finding:
-    actual = _components(series, sources, tenant_id, meter, day)
+             day: dt.date, expected_value: float, z: float, thresholds: detect.Thresholds,
+             source: str = ALL_SOURCES) -> Finding:
+    def components(d: dt.date) -> dict[Component, Measure]:
+        out = _components(series, sources, tenant_id, meter, d)
+        return out if source == ALL_SOURCES else {c: m for c, m in out.items() if c.source == source}
+
+    actual = components(day)
     known = series.exact[tenant_id, meter]
     baseline_days = [d for d in (day - dt.timedelta(days=i) for i in range(1, BASELINE_DAYS + 1)) if d in known]
     summed: dict[Component, list[Decimal]] = defaultdict(lambda: [ZERO, ZERO])
     for d in baseline_days:
-        for c, m in _components(series, sources, tenant_id, meter, d).items():
+        for c, m in components(d).items():
             summed[c][0] += m.quantity
             summed[c][1] += m.amount
     base_amount = sum((a for _, a in summed.values()), ZERO)
@@ -352,14 +451,15 @@ def _explain(series: Series, sources: Mapping, catalog: repricing.Catalog, tenan
     missing = explanation.change < 0 and detect.may_be_missing_data(float(explanation.actual),
                                                                      float(explanation.expected), thresholds)
     currency = series.currency.get(tenant_id, "USD")
-    sentence = explanation.sentence(f"{tenant_id}'s billed {meter} on {day}", currency)
+    what = f"{meter}" if source == ALL_SOURCES else f"{meter} from {source}"
+    sentence = explanation.sentence(f"{tenant_id}'s billed {what} on {day}", currency)
     if len(involved) > 1:
         sentence += (f" Price book {involved[-1][0]} changed: version of {involved[-1][1]} in force"
                      f" (before: {involved[0][1]}).")
     if missing:
         sentence += (f" It fell below {thresholds.drop_as_missing:.0%} of the expected amount: usage may be"
                      f" missing — check the completeness of {day} (chargeback status).")
-    return Finding(tenant_id, meter, day, currency, z, explanation, missing, price_versions, sentence)
+    return Finding(tenant_id, meter, day, currency, z, explanation, missing, price_versions, sentence, source)
 
 
 def _class_rates(catalog: repricing.Catalog, tenant_id: str, meter: str, day: dt.date,
@@ -434,32 +534,34 @@ def record(conn: psycopg.Connection, findings: Iterable[Finding], usage_through:
         figures = (e.expected, e.actual, e.volume, e.rate, e.mix, f.z)
         row = conn.execute(
             "update insights.anomaly_days set (expected, actual, volume, rate, mix, z) = (%s, %s, %s, %s, %s, %s)"
-            " where tenant_id = %s and meter = %s and ledger = %s and anomaly_day = %s returning anomaly_id",
-            (*figures, f.tenant_id, f.meter, LEDGER, f.day)).fetchone()
+            " where tenant_id = %s and meter = %s and ledger = %s and source = %s and anomaly_day = %s"
+            " returning anomaly_id", (*figures, f.tenant_id, f.meter, LEDGER, f.source, f.day)).fetchone()
         if row:
             updated += 1
             continue
         row = conn.execute(
             "select anomaly_id from insights.anomalies where tenant_id = %s and meter = %s and ledger = %s"
-            " and direction = %s and status <> 'resolved' and last_day = %s - 1 order by anomaly_id desc limit 1",
-            (f.tenant_id, f.meter, LEDGER, f.direction, f.day)).fetchone()
+            " and source = %s and direction = %s and status <> 'resolved' and last_day = %s - 1"
+            " order by anomaly_id desc limit 1",
+            (f.tenant_id, f.meter, LEDGER, f.source, f.direction, f.day)).fetchone()
         if row:
             anomaly_id = row[0]
             conn.execute("update insights.anomalies set last_day = %s where anomaly_id = %s", (f.day, anomaly_id))
             extended += 1
         else:
+            of = f.meter if f.source == ALL_SOURCES else f"{f.meter} from {f.source}"
             event = events.Event(
-                "notice", f"anomaly of tenant {f.tenant_id} {f.meter} on {f.day}", f.sentence,
+                "notice", f"anomaly of tenant {f.tenant_id} {of} on {f.day}", f.sentence,
                 "see it with chargeback anomalies list; acknowledge with chargeback anomalies ack ID"
                 " --as expected|planned|problem --by NAME --reason TEXT", severity="warning")
             line = event.bounded_line(LINE_PART_LIMIT)
             anomaly_id = conn.execute(
-                "insert into insights.anomalies (tenant_id, meter, ledger, direction, first_day, last_day, currency,"
-                " expected, actual, volume, rate, mix, largest_effect, z, may_be_missing_data, contributors,"
+                "insert into insights.anomalies (tenant_id, meter, ledger, source, direction, first_day, last_day,"
+                " currency, expected, actual, volume, rate, mix, largest_effect, z, may_be_missing_data, contributors,"
                 " price_versions, sentence, usage_through, line, channels_pending, delivered_at)"
-                " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
                 " case when %s then now() end) returning anomaly_id",
-                (f.tenant_id, f.meter, LEDGER, f.direction, f.day, f.day, f.currency, e.expected, e.actual,
+                (f.tenant_id, f.meter, LEDGER, f.source, f.direction, f.day, f.day, f.currency, e.expected, e.actual,
                  e.volume, e.rate, e.mix, e.largest_effect, f.z, f.may_be_missing_data,
                  Jsonb([_contributor(c) for c in e.contributors[:10]]), Jsonb(list(f.price_versions)), f.sentence,
                  usage_through, line, pending, not pending)).fetchone()[0]
@@ -467,9 +569,9 @@ def record(conn: psycopg.Connection, findings: Iterable[Finding], usage_through:
                                                      "meter": f.meter, "day": f"{f.day}"})
             raised.append(anomaly_id)
         conn.execute(
-            "insert into insights.anomaly_days (anomaly_id, tenant_id, meter, ledger, anomaly_day, expected, actual,"
-            " volume, rate, mix, z) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (anomaly_id, f.tenant_id, f.meter, LEDGER, f.day, *figures))
+            "insert into insights.anomaly_days (anomaly_id, tenant_id, meter, ledger, source, anomaly_day, expected,"
+            " actual, volume, rate, mix, z) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (anomaly_id, f.tenant_id, f.meter, LEDGER, f.source, f.day, *figures))
     return raised, extended, updated
 
 
@@ -606,7 +708,8 @@ def render(rows: list[dict[str, Any]], status: str) -> str:
         state = r["status"] + (f" ({r['ack_kind']} by {r['ack_by']}: {r['ack_reason']})" if r["ack_kind"] else "")
         if r["status"] == "resolved":
             state += f" (resolved by {r['resolved_by']}: {r['resolved_reason']})"
-        out.append(f"#{r['anomaly_id']}  {r['tenant_id']}  {r['meter']}  {days}  {r['direction']}  {state}")
+        what = r["meter"] if r["source"] == ALL_SOURCES else f"{r['meter']} from {events.clean(r['source'], 80)}"
+        out.append(f"#{r['anomaly_id']}  {r['tenant_id']}  {what}  {days}  {r['direction']}  {state}")
         out.append(f"    expected {format_money(r['expected'], r['currency'])}, actual"
                    f" {format_money(r['actual'], r['currency'])}: volume {_signed(r['volume'])}, rate"
                    f" {_signed(r['rate'])}, mix {_signed(r['mix'])} {r['currency']} (z {r['z']:+.1f})")

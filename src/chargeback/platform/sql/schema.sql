@@ -881,7 +881,8 @@ create table if not exists insights.forecasts (
 -- ---- end of forecasts ----
 
 -- ---- anomalies (chargeback.insights.anomalies, docs/INSIGHTS.md "Anomalies") ----
--- An episode: consecutive days on which a series (tenant x meter x ledger) was out of line in
+-- An episode: consecutive days on which a series (tenant x meter x ledger, or one of the tenant's
+-- biggest sources of the meter: source; '(all)' for the meter as a whole) was out of line in
 -- the same direction. It is raised once (its first day), explained (volume + rate + mix = change,
 -- to the cent), recorded with its line in pipeline.events, then sent; later days extend it. Its
 -- figures are those of its first day; anomaly_days holds every day's. Acknowledging or resolving
@@ -891,6 +892,7 @@ create table if not exists insights.anomalies (
     tenant_id text not null,
     meter text not null,
     ledger text not null check (ledger in ('billed', 'cost')),
+    source text not null default '(all)',
     direction text not null check (direction in ('spike', 'drop')),
     first_day date not null,
     last_day date not null,
@@ -926,13 +928,14 @@ create table if not exists insights.anomalies (
     check (status <> 'acknowledged' or (ack_kind is not null and ack_by is not null and ack_reason is not null)),
     check (status <> 'resolved' or (resolved_by is not null and resolved_at is not null))
 );
-create index if not exists anomalies_series_idx on insights.anomalies (tenant_id, meter, ledger, last_day);
+create index if not exists anomalies_series_idx on insights.anomalies (tenant_id, meter, ledger, source, last_day);
 create index if not exists anomalies_undelivered_idx on insights.anomalies (anomaly_id) where delivered_at is null;
 create table if not exists insights.anomaly_days (
     anomaly_id bigint not null references insights.anomalies,
     tenant_id text not null,
     meter text not null,
     ledger text not null,
+    source text not null default '(all)',
     anomaly_day date not null,
     expected numeric(18, 2) not null,
     actual numeric(18, 2) not null,
@@ -941,7 +944,7 @@ create table if not exists insights.anomaly_days (
     mix numeric(18, 2) not null,
     z double precision not null,
     detected_at timestamptz not null default now(),
-    primary key (tenant_id, meter, ledger, anomaly_day),
+    primary key (tenant_id, meter, ledger, source, anomaly_day),
     check (volume + rate + mix = actual - expected)
 );
 -- ---- end of anomalies ----
