@@ -168,3 +168,10 @@ def test_the_invoice_lists_the_tenants_top_three_ways_to_pay_less(month, setting
     for r in top[:3]:
         assert f"{r.saving:,.2f}" in text, r
     assert f"{top[3].saving:,.2f}" not in text  # three at most
+
+
+def test_a_source_may_hold_colons_and_equals_signs():
+    assert whatif.parse_change("scans:user:alice=0.5") == whatif.Change("scans", "user:alice", "0.5")
+    assert whatif.parse_change("retention:/app/a=b=7d") == whatif.Change("retention", "/app/a=b", "7d")
+    assert whatif.parse_change("drop:/app/a=b") == whatif.Change("drop", "/app/a=b", None)
+    assert whatif.parse_change("commitment=2000") == whatif.Change("commitment", None, "2000")

@@ -40,8 +40,7 @@ from chargeback.platform.periods import Period
 ZERO = Decimal(0)
 STORAGE_MODEL = "retention"
 SCAN_METERS = ("scanned_gb", "query_cpu_seconds")
-_SET = re.compile(r"^(?P<kind>retention|drop|sample|scans|commitment|price_book)(?::(?P<source>[^=]+))?"
-                  r"(?:=(?P<value>.+))?$")
+_KIND = re.compile(r"(?P<kind>retention|drop|sample|scans|commitment|price_book)(?=[:=]|$)")
 
 
 class WhatIfError(ValueError):
@@ -61,12 +60,26 @@ class Change:
 
 
 def parse_change(text: str) -> Change:
-    """``retention:payments-debug=7d`` → ``Change("retention", "payments-debug", "7d")``, checked."""
-    m = _SET.match(text.strip())
+    """``retention:payments-debug=7d`` → ``Change("retention", "payments-debug", "7d")``, checked.
+
+    A source may hold ``:`` and ``=`` (``user:alice``): the kind ends at the first ``:`` or ``=``,
+    the value follows the last ``=`` (``drop:`` has none: the rest is the source)."""
+    text = text.strip()
+    m = _KIND.match(text)
     if not m:
         raise WhatIfError(f"--set {text!r}: expected retention:<source>=<N>d, retention=<N>d, drop:<source>,"
                           " sample:<source>=<f>, scans:<source>=<f>, commitment=<amount> or price_book=<book>")
-    change = Change(m["kind"], m["source"], m["value"])
+    kind, rest = m["kind"], text[m.end():]
+    source = value = None
+    if kind == "drop" and rest.startswith(":"):
+        source = rest[1:]
+    elif rest.startswith(":") and "=" in rest:
+        source, _, value = rest[1:].rpartition("=")
+    elif rest.startswith(":"):
+        source = rest[1:]
+    elif rest.startswith("="):
+        value = rest[1:]
+    change = Change(kind, source or None, value)
     needs_source = change.kind in ("drop", "sample", "scans")
     if needs_source and not change.source:
         raise WhatIfError(f"--set {text!r}: {change.kind} names a source ({change.kind}:<source>)")
