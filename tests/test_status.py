@@ -40,7 +40,8 @@ def test_an_empty_warehouse_says_there_is_nothing_yet():
     assert "Quarantine: 0 open row(s)" in lines
     assert "  no producer held back" in lines
     assert "  no draft invoices" in lines
-    assert lines[-1] == "Budget alerts this month: 0 fired, 0 not yet delivered"
+    assert lines[-2:] == ["Budget alerts this month: 0 fired, 0 not yet delivered",
+                          "Anomalies: 0 open, 0 acknowledged, 0 not yet delivered (chargeback anomalies list)"]
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,12 @@ def loaded():
             " usage_through, line) values ('globex', '2026-09-01', 'actual 50%%', 'actual', 50, 'organisation',"
             " 'Globex', 'billed', 100.00, 'USD', 60.00, 60.00, 3.33, %s, 'chargeback budget: …')",
             (DAY + dt.timedelta(days=1),))
+        conn.execute(
+            "insert into insights.anomalies (tenant_id, meter, ledger, direction, first_day, last_day, currency,"
+            " expected, actual, volume, rate, mix, largest_effect, z, may_be_missing_data, sentence, usage_through,"
+            " line, channels_pending) values ('t007', 'ingested_gb', 'billed', 'spike', '2026-09-01', '2026-09-01',"
+            " 'USD', 10.00, 25.00, 15.00, 0.00, 0.00, 'volume', 8.1, false, 'rose', %s, 'line', '{email}')",
+            (DAY + dt.timedelta(days=1),))
     transform.build()
     with warehouse.connect() as conn:
         (built,) = conn.execute("select max(finished_at) from pipeline.transform_runs").fetchone()
@@ -115,7 +122,8 @@ def test_a_loaded_warehouse_shows_freshness_runs_quarantine_and_what_waits(loade
     ]
     assert ("  2026-09: 1 draft invoice(s); grace period ends 2026-10-04 00:00 UTC, then billing_monthly finalizes"
             " them; last close check: incomplete (696 missing hours)") in lines
-    assert lines[-1] == "Budget alerts this month: 1 fired, 1 not yet delivered"
+    assert lines[-2:] == ["Budget alerts this month: 1 fired, 1 not yet delivered",
+                          "Anomalies: 1 open, 0 acknowledged, 1 not yet delivered (chargeback anomalies list)"]
 
 
 def test_the_command_prints_the_screen(loaded, capsys):

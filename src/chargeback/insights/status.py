@@ -13,7 +13,9 @@ Read from the warehouse's own records only (pure SQL reads, nothing is changed):
 * **grace period** — months with draft invoices, when their grace period ends (after which
   ``billing_monthly`` finalizes them) and the last completeness check of the close;
 * **budgets** — alerts fired this month and not yet delivered, when ``insights.budget_alerts``
-  exists.
+  exists;
+* **anomalies** — open and acknowledged anomalies, and those not yet delivered, when
+  ``insights.anomalies`` exists.
 
 Works on an empty warehouse (nothing built, nothing loaded): each section says so.
 """
@@ -93,6 +95,8 @@ class Status:
     draft_months: list[DraftMonth] = field(default_factory=list)
     budget_alerts: tuple[int, int] | None = None
     """(fired this month, not yet delivered), or None without the budgets table."""
+    anomalies: tuple[int, int, int] | None = None
+    """(open, acknowledged, not yet delivered), or None without the anomalies table."""
 
 
 # Each relation of schema marts with its last successful build: a run of everything or one
@@ -170,8 +174,13 @@ def collect(conn, now: dt.datetime | None = None, settings: Settings | None = No
         alerts = tuple(conn.execute(
             "select count(*), count(*) filter (where delivered_at is null) from insights.budget_alerts"
             " where month = date_trunc('month', %s at time zone 'UTC')::date", (now,)).fetchone())
+    anomalies = None
+    if conn.execute("select to_regclass('insights.anomalies')").fetchone()[0] is not None:
+        anomalies = tuple(conn.execute(
+            "select count(*) filter (where status = 'open'), count(*) filter (where status = 'acknowledged'),"
+            " count(*) filter (where delivered_at is null) from insights.anomalies").fetchone())
     return Status(now, freshness.usage_through(conn), marts, loads, transforms, quarantine_open, reasons,
-                  holds, drafts, alerts)
+                  holds, drafts, alerts, anomalies)
 
 
 def _at(value: dt.datetime | None) -> str:
@@ -243,4 +252,8 @@ def render(s: Status) -> str:
     if s.budget_alerts is not None:
         fired, undelivered = s.budget_alerts
         lines += ["-" * WIDTH, f"Budget alerts this month: {fired:,} fired, {undelivered:,} not yet delivered"]
+    if s.anomalies is not None:
+        opened, acknowledged, undelivered = s.anomalies
+        lines.append(f"Anomalies: {opened:,} open, {acknowledged:,} acknowledged, {undelivered:,} not yet delivered"
+                     " (chargeback anomalies list)")
     return "\n".join(lines)
