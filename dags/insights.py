@@ -18,8 +18,9 @@ rebuilt as the event's `extra`; this DAG runs when that asset changes. It:
    budget × threshold × month and delivered through the notifier; it runs even when the
    forecast failed (thresholds on the actual do not need one; the run still fails and notifies),
    but not on marts the refresh failed to rebuild (it refuses, naming the build),
-5. **anomalies** — every complete day the window touches: each tenant × meter's billed
-   amount against its expected value; what is out of line is explained (volume, rate, mix),
+5. **anomalies** — every complete day the window touches, and the day in progress by its
+   hours so far: each tenant × meter's billed amount (and its biggest sources') against its
+   expected value; what is out of line is explained (volume, rate, mix),
    raised once and sent (docs/INSIGHTS.md "Anomalies"); it reads the cost chain's marts and
    the usage per source, so it runs whatever the forecast and budgets did,
 6. **done** — marks the requests done (a failed run leaves them for the next).

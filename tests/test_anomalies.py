@@ -131,6 +131,26 @@ def test_a_shift_between_log_groups_that_the_total_hides_is_found_per_source(his
 
 
 @pytest.mark.warehouse
+def test_the_day_in_progress_is_checked_by_the_hour_and_raised_once_with_the_whole_day(history):
+    config = anomaly_config.read()
+    noon = dt.datetime(2026, 10, 8, 12, tzinfo=dt.UTC)
+    with warehouse.connect() as conn:
+        today = anomalies.find_today(conn, noon, config)
+        quiet = anomalies.find_today(conn, noon + dt.timedelta(days=1), config)
+        assert anomalies.find_today(conn, noon.replace(hour=0), config) == []  # no hour of the day yet
+        f = _one(today, "t011", "ingested_gb", SPIKE.start.date())
+        assert "on 2026-10-08 to 12:00 UTC (the day so far) rose" in f.sentence
+        assert f.explanation.largest_effect == "volume"
+        assert f.explanation.actual < _one(history, "t011", "ingested_gb", SPIKE.start.date()).explanation.actual
+        assert not [q for q in quiet if q.tenant_id == "t011"]
+        # raised by the hour, then found again when the day is complete: one anomaly, its day updated
+        raised, _, _ = anomalies.record(conn, [f], noon, [])
+        again = anomalies.record(conn, [x for x in history if x.tenant_id == "t011" and x.day == f.day], noon, [])
+        assert (len(raised), again) == (1, ([], 0, 1))
+        conn.rollback()
+
+
+@pytest.mark.warehouse
 @pytest.mark.parametrize("tenant_id", ["t001", "t004"])
 def test_a_price_change_is_a_rate_effect_naming_the_new_version(history, tenant_id):
     f = _one(history, tenant_id, "ingested_gb", PRICE_CHANGE)

@@ -255,7 +255,7 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
     if args.anomalies_action == "detect":
         first = dt.date.fromisoformat(args.start) if args.start else None
         last = dt.date.fromisoformat(args.end) if args.end else first
-        outcome = anomalies.run(first, last)
+        outcome = anomalies.run(first, last, today=args.today)
         print(f"anomalies: {outcome.findings} day(s) out of line, {len(outcome.raised)} new anomal"
               f"{'y' if len(outcome.raised) == 1 else 'ies'}, {outcome.extended} day(s) extending one,"
               f" {outcome.updated} already known; {outcome.delivered} delivered")
@@ -564,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("id", nargs="?", type=int, help="the anomaly (ack, resolve)")
     sp.add_argument("--start", help="detect: first UTC day, YYYY-MM-DD (default: the last complete day)")
     sp.add_argument("--end", help="detect: last UTC day (default: --start)")
+    sp.add_argument("--today", action="store_true", help="detect: the day in progress too, by the hour so far")
     sp.add_argument("--status", default="open", choices=["open", "acknowledged", "resolved", "all"])
     sp.add_argument("--tenant", help="list: one tenant's")
     sp.add_argument("--as", dest="kind", choices=["expected", "planned", "problem"], help="ack: what it is")

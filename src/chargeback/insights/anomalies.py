@@ -99,10 +99,13 @@ class Series:
 
 
 def day_amounts(conn: psycopg.Connection, catalog: repricing.Catalog, first: dt.date, last: dt.date,
-                tenant_ids: Iterable[str] | None = None) -> Series:
+                tenant_ids: Iterable[str] | None = None, hours: int | None = None) -> Series:
     """The series of ``[first, last]`` (module docstring): each month touched is read once
     (``marts.fct_usage_hourly`` and the retention classes) and priced once per tenant
-    (:func:`month_rates`, a month in progress projected from its days up to ``last``)."""
+    (:func:`month_rates`, a month in progress projected from its days up to ``last``).
+
+    ``hours``: each day's first ``hours`` hours only (UTC), at the same rates — the series of the
+    day in progress and of the days it is compared with (:func:`find_today`)."""
     wanted = set(tenant_ids) if tenant_ids is not None else None
     exact: dict[Key, dict[dt.date, dict[ClassKey, tuple[Decimal, Decimal]]]] = defaultdict(dict)
     versions: dict[Key, dict[dt.date, tuple[str, dt.date]]] = defaultdict(dict)
@@ -113,12 +116,17 @@ def day_amounts(conn: psycopg.Connection, catalog: repricing.Catalog, first: dt.
     while month <= last:
         usage = repricing.read_daily_usage(conn, month, until)
         kept = repricing.read_daily_classes(conn, month, until)
+        part_usage, part_kept = (usage, kept) if hours is None else _read_hours(conn, month, until, hours)
         for tenant_id in sorted(usage):
             if wanted is not None and tenant_id not in wanted:
                 continue
             try:
-                _price_days(catalog, tenant_id, month, usage[tenant_id], kept.get(tenant_id, {}), first, last,
-                            exact, versions, currency, classes_of)
+                rates, month_currency = month_rates(catalog, tenant_id, month, usage[tenant_id],
+                                                    kept.get(tenant_id, {}), last, classes_of)
+                if month_currency:
+                    currency.setdefault(tenant_id, month_currency)
+                _price_days(catalog, tenant_id, month, part_usage.get(tenant_id, {}), part_kept.get(tenant_id, {}),
+                            first, rates, exact, versions)
             except ValueError as exc:  # no price version for a day: the invoice build says so too
                 log.warning("chargeback: anomalies of %s in %s skipped: %s", tenant_id, f"{month:%Y-%m}", exc)
         month = (month + dt.timedelta(days=32)).replace(day=1)
@@ -135,18 +143,37 @@ def day_amounts(conn: psycopg.Connection, catalog: repricing.Catalog, first: dt.
     return Series(days, keys, values, dict(exact), dict(versions), currency)
 
 
+def _read_hours(conn: psycopg.Connection, month: dt.date, until: dt.datetime, hours: int,
+                ) -> tuple[dict, dict]:
+    """:func:`repricing.read_daily_usage` and ``read_daily_classes`` of each day's first ``hours`` hours."""
+    start = dt.datetime(month.year, month.month, 1, tzinfo=dt.UTC)
+    end = min((start + dt.timedelta(days=32)).replace(day=1), until)
+    usage: dict = defaultdict(lambda: defaultdict(dict))
+    for tenant_id, meter, day, quantity in conn.execute(
+            "select tenant_id, meter, (hour_start at time zone 'UTC')::date, sum(quantity) from marts.fct_usage_hourly"
+            " where hour_start >= %s and hour_start < %s and extract(hour from hour_start at time zone 'UTC') < %s"
+            " group by 1, 2, 3", (start, end, hours)):
+        usage[tenant_id][meter][day] = quantity
+    kept: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+    if conn.execute("select to_regclass('intermediate.int_usage_retention_hourly')").fetchone()[0] is not None:
+        for tenant_id, meter, days, day, quantity in conn.execute(
+                "select tenant_id, meter, retention_days, (hour_start at time zone 'UTC')::date, sum(quantity)"
+                " from intermediate.int_usage_retention_hourly where hour_start >= %s and hour_start < %s"
+                " and extract(hour from hour_start at time zone 'UTC') < %s group by 1, 2, 3, 4",
+                (start, end, hours)):
+            kept[tenant_id][meter][days][day] = quantity
+    return usage, kept
+
+
 def _price_days(catalog: repricing.Catalog, tenant_id: str, month: dt.date, usage: repricing.DailyUsage,
-                kept: repricing.ClassUsage, first: dt.date, last: dt.date, exact: dict, versions: dict,
-                currency: dict, classes_of: dict) -> None:
-    """Each day's usage per meter and retention class at the month's rate of the price version and
-    class in force that day (:func:`month_rates`)."""
+                kept: repricing.ClassUsage, first: dt.date, rates: Mapping[tuple[str, dt.date, ClassKey], Decimal],
+                exact: dict, versions: dict) -> None:
+    """Each day's usage per meter and retention class at ``rates``: the month's rate of the price
+    version and class in force that day (:func:`month_rates`)."""
     tenant = catalog.tenants.get(tenant_id)
     if tenant is None:
         return
     terms = catalog.terms_for(tenant_id, month)
-    rates, month_currency = month_rates(catalog, tenant_id, month, usage, kept, last, classes_of)
-    if month_currency:
-        currency.setdefault(tenant_id, month_currency)
     hours = Decimal(repricing.hours_in_month(month))
     # (meter, version, class) -> day -> quantity: each key's amount at its rate, split over its days
     by_key: dict[tuple[str, dt.date, ClassKey], dict[dt.date, Decimal]] = defaultdict(dict)
@@ -260,9 +287,29 @@ class Finding:
 def find(conn: psycopg.Connection, first: dt.date, last: dt.date, config: AnomalyConfig | None = None,
          catalog: repricing.Catalog | None = None) -> list[Finding]:
     """Every series out of line on a day of ``[first, last]``, explained (nothing is stored)."""
-    config = config or AnomalyConfig()
     catalog = catalog or repricing.load_catalog(conn)
     series = day_amounts(conn, catalog, first - dt.timedelta(days=detect.SEASON_WINDOW), last)
+    return _detect(conn, catalog, config or AnomalyConfig(), series, range(detect.SEASON_WINDOW, len(series.days)))
+
+
+def find_today(conn: psycopg.Connection, through: dt.datetime, config: AnomalyConfig | None = None,
+               catalog: repricing.Catalog | None = None) -> list[Finding]:
+    """The day in progress, by the hour: its hours before ``through`` (the marts' usage through)
+    against the same hours of the days before — the same expected value, spread and floors as a
+    whole day, on the day so far. A finding is the day's anomaly: when the day is complete,
+    :func:`find` finds it again and only its figures change (nothing is sent twice)."""
+    through = through.astimezone(dt.UTC)
+    if through.hour == 0:
+        return []  # no hour of a new day yet: the day before is complete, find() checks it
+    catalog = catalog or repricing.load_catalog(conn)
+    day = through.date()
+    series = day_amounts(conn, catalog, day - dt.timedelta(days=detect.SEASON_WINDOW), day, hours=through.hour)
+    return _detect(conn, catalog, config or AnomalyConfig(), series, [len(series.days) - 1], hours=through.hour)
+
+
+def _detect(conn: psycopg.Connection, catalog: repricing.Catalog, config: AnomalyConfig, series: Series,
+            days: Iterable[int], hours: int | None = None) -> list[Finding]:
+    """Flag and explain the series on the days at ``days`` (indexes); per source too on whole days."""
     if not series.keys:
         return []
     tenants = np.array([t for t, _ in series.keys])
@@ -270,13 +317,14 @@ def find(conn: psycopg.Connection, first: dt.date, last: dt.date, config: Anomal
     groups: dict[detect.Thresholds, np.ndarray] = defaultdict(lambda: np.zeros(len(series.keys), bool))
     for k, (tenant_id, meter) in enumerate(series.keys):
         groups[config.for_series(tenant_id, meter)][k] = True
-    by_source = source_series(conn, catalog, series)
+    # per source on whole days only: the sources' usage is kept per day
+    by_source = source_series(conn, catalog, series) if hours is None else SourceSeries([], np.zeros((0, 0)))
     source_groups: dict[detect.Thresholds, np.ndarray] = defaultdict(lambda: np.zeros(len(by_source.keys), bool))
     for k, (tenant_id, meter, _) in enumerate(by_source.keys):
         source_groups[config.for_series(tenant_id, meter)][k] = True
     parent = np.array([series.keys.index((t, m)) for t, m, _ in by_source.keys], dtype=int)
     flagged_sources: list[tuple[int, int, detect.Expectation]] = []
-    for j in range(detect.SEASON_WINDOW, len(series.days)):
+    for j in days:
         expectation = detect.expect(series.values, j)
         expected = np.nan_to_num(expectation.expected)
         per_tenant = defaultdict(float)
@@ -297,15 +345,15 @@ def find(conn: psycopg.Connection, first: dt.date, last: dt.date, config: Anomal
                     flagged_sources.append((int(k), j, e))
     if not flagged and not flagged_sources:
         return []
-    days = [series.days[j] for _, j, _ in flagged + flagged_sources]
+    found_days = [series.days[j] for _, j, _ in flagged + flagged_sources]
     sources = _read_sources(conn, catalog, sorted({series.keys[k][0] for k, _, _ in flagged}
                                                   | {by_source.keys[k][0] for k, _, _ in flagged_sources}),
-                            min(days) - dt.timedelta(days=BASELINE_DAYS), max(days))
+                            min(found_days) - dt.timedelta(days=BASELINE_DAYS), max(found_days))
     out = []
     for k, j, e in flagged:
         tenant_id, meter = series.keys[k]
         out.append(_explain(series, sources, catalog, tenant_id, meter, series.days[j], float(e.expected[k]),
-                            float(e.z[k]), config.for_series(tenant_id, meter)))
+                            float(e.z[k]), config.for_series(tenant_id, meter), hours=hours))
     for k, j, e in flagged_sources:
         tenant_id, meter, source = by_source.keys[k]
         out.append(_explain(series, sources, catalog, tenant_id, meter, series.days[j], float(e.expected[k]),
@@ -424,7 +472,7 @@ def _components(series: Series, sources: Mapping, tenant_id: str, meter: str, da
 
 def _explain(series: Series, sources: Mapping, catalog: repricing.Catalog, tenant_id: str, meter: str,
              day: dt.date, expected_value: float, z: float, thresholds: detect.Thresholds,
-             source: str = ALL_SOURCES) -> Finding:
+             source: str = ALL_SOURCES, hours: int | None = None) -> Finding:
     def components(d: dt.date) -> dict[Component, Measure]:
         out = _components(series, sources, tenant_id, meter, d)
         return out if source == ALL_SOURCES else {c: m for c, m in out.items() if c.source == source}
@@ -452,7 +500,8 @@ def _explain(series: Series, sources: Mapping, catalog: repricing.Catalog, tenan
                                                                      float(explanation.expected), thresholds)
     currency = series.currency.get(tenant_id, "USD")
     what = f"{meter}" if source == ALL_SOURCES else f"{meter} from {source}"
-    sentence = explanation.sentence(f"{tenant_id}'s billed {what} on {day}", currency)
+    when = f"on {day}" if hours is None else f"on {day} to {hours:02d}:00 UTC (the day so far)"
+    sentence = explanation.sentence(f"{tenant_id}'s billed {what} {when}", currency)
     if len(involved) > 1:
         sentence += (f" Price book {involved[-1][0]} changed: version of {involved[-1][1]} in force"
                      f" (before: {involved[0][1]}).")
@@ -496,21 +545,23 @@ def complete_days(conn: psycopg.Connection) -> dt.date | None:
 
 def run(first: dt.date | None = None, last: dt.date | None = None, settings: Settings | None = None,
         channels: notify.Channels | None = None, environ: dict[str, str] | None = None,
-        now: dt.datetime | None = None, config: AnomalyConfig | None = None) -> Outcome:
-    """Detect over ``[first, last]`` (default: the last complete day; never a day not yet complete),
-    record, then deliver; ``config`` defaults to ``config/anomalies.yml``."""
+        now: dt.datetime | None = None, config: AnomalyConfig | None = None, today: bool = False) -> Outcome:
+    """Detect over the complete days of ``[first, last]`` (default: the last complete day) and, with
+    ``today``, the day in progress so far (:func:`find_today`); record, then deliver; ``config``
+    defaults to ``config/anomalies.yml``."""
     config = config or anomaly_config.read(settings.config_dir if settings else None)
     channels = channels or notify.Channels.from_env(environ)
     with warehouse.connect(settings) as conn:
-        complete = complete_days(conn)
-        if complete is None:
-            return Outcome(0, [], 0, 0, 0, [])
-        last = min(last or complete, complete)
-        first = first or last
-        if first > last:
-            return Outcome(0, [], 0, 0, 0, [])
         through = freshness.usage_through(conn)
-        findings = find(conn, first, last, config)
+        if through is None:
+            return Outcome(0, [], 0, 0, 0, [])
+        complete = complete_days(conn)
+        last_complete = min(last or complete, complete)
+        first = first or last_complete
+        catalog = repricing.load_catalog(conn)
+        findings = find(conn, first, last_complete, config, catalog) if first <= last_complete else []
+        if today:
+            findings += find_today(conn, through, config, catalog)
         # one recorder at a time: two runs must not raise the same day twice
         conn.execute("select pg_advisory_xact_lock(hashtext('chargeback.anomalies'))")
         raised, extended, updated = record(conn, findings, through, _channels_for(channels))

@@ -143,12 +143,13 @@ def budgets(plan: Plan, settings: Settings | None = None) -> dict[str, int]:
 
 def anomalies(plan: Plan, settings: Settings | None = None) -> dict[str, int]:
     """Detect anomalies on the complete days the plan's window touches (a late file re-checks the
-    days it changed; no day is raised twice) and deliver them; returns what was found."""
+    days it changed; no day is raised twice) and on the day in progress so far, and deliver them;
+    returns what was found."""
     from chargeback.insights import anomalies as detection
 
     first = plan.start.astimezone(dt.UTC).date()
     last = (plan.end.astimezone(dt.UTC) - dt.timedelta(microseconds=1)).date()
-    outcome = detection.run(first, last, settings)
+    outcome = detection.run(first, last, settings, today=True)
     return {"findings": outcome.findings, "raised": len(outcome.raised), "delivered": outcome.delivered}
 
 
