@@ -43,9 +43,12 @@ def _shift(tenant_id: str, day: dt.datetime) -> tuple[simulate.Injection, simula
 
 
 SHIFT = _shift("t014", dt.datetime(2026, 10, 14, tzinfo=dt.UTC))
+STORM = simulate.Injection("query_storm", "t004", dt.datetime(2026, 10, 16, tzinfo=dt.UTC),
+                           dt.datetime(2026, 10, 17, tzinfo=dt.UTC), rank=1, factor=8.0)
 PRICE_CHANGE = dt.date(2026, 10, 5)  # the enterprise book's ingest prices x 1.6 (t001, t004)
 RETENTION_MOVE = dt.date(2026, 10, 1)  # t038's biggest log group: 30 -> 365 days
-MODELS = "+fct_usage_hourly +int_usage_retention_hourly +int_usage_sources_daily +dim_tenants +dim_meters"
+MODELS = ("+fct_usage_hourly +int_usage_retention_hourly +int_usage_sources_daily +dim_tenants +dim_meters"
+          " +int_ledger_daily")
 
 
 def _config(root: Path, target: Path) -> None:
@@ -79,7 +82,8 @@ def history(test_warehouse, tmp_path_factory):
         patch.setenv("CHARGEBACK_CONFIG_DIR", str(config_dir))
         patch.setenv("DBT_INDIRECT_SELECTION", "cautious")
         with database_of_its_own("anomalies"):
-            publish_simulated(TENANTS, START, END, seed=SEED, sources=SOURCES, injections=(SPIKE, SILENT, *SHIFT))
+            publish_simulated(TENANTS, START, END, seed=SEED, sources=SOURCES,
+                              injections=(SPIKE, SILENT, *SHIFT, STORM))
             transform.build(START, END, select=MODELS)
             with warehouse.connect() as conn:
                 findings = anomalies.find(conn, dt.date(2026, 9, 29), dt.date(2026, 10, 19),
@@ -128,6 +132,24 @@ def test_a_shift_between_log_groups_that_the_total_hides_is_found_per_source(his
     for f in (silent, busier):
         assert {c.component.source for c in f.explanation.contributors} == {f.source}
         assert f.explanation.volume + f.explanation.rate + f.explanation.mix == f.explanation.change
+
+
+@pytest.mark.warehouse
+def test_a_query_storm_the_bill_hardly_notices_is_an_anomaly_of_the_cost_to_serve(history):
+    """Query CPU is billed at 0.0003 USD a second and costs the compute pool far more: eight times a
+    principal's queries move the tenant's cost to serve, not its bill."""
+    day = STORM.start.date()
+    top = simulate.tenant_sources(SEED, "t004", SOURCES).principals[0].name
+    cost = [f for f in history if (f.tenant_id, f.meter, f.day, f.ledger) == ("t004", "query_cpu_seconds", day,
+                                                                             "cost")]
+    assert cost, [(f.tenant_id, f.meter, f.day, f.ledger) for f in history if f.day == day]
+    f = cost[0]
+    assert f.direction == "spike"
+    assert f.explanation.largest_effect == "volume"
+    assert f.explanation.contributors[0].component.source == top
+    assert f"t004's cost to serve of query_cpu_seconds on {day} rose" in f.sentence
+    assert not [b for b in history if (b.tenant_id, b.meter, b.day, b.ledger) == ("t004", "query_cpu_seconds", day,
+                                                                                 "billed")]
 
 
 @pytest.mark.warehouse
@@ -198,7 +220,7 @@ def test_the_days_of_a_month_add_up_to_its_invoice_usage_lines(history):
 def test_every_finding_has_a_labelled_cause_and_every_injected_one_is_found_with_its_effect(history):
     standard = ["t011", "t012", "t014", "t038"]
     labels = [
-        *anomaly_quality.injection_labels([SPIKE, SILENT, *SHIFT]),
+        *anomaly_quality.injection_labels([SPIKE, SILENT, *SHIFT, STORM]),
         *anomaly_quality.lasting_change(["t001", "t004"], "ingested_gb", PRICE_CHANGE, "rate", "price change"),
         *anomaly_quality.lasting_change(["t038"], "stored_gb", RETENTION_MOVE, "mix", "retention move"),
         # the shipped standard book lowers its ingest prices by 10 % on 15 October

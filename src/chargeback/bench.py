@@ -18,8 +18,8 @@ Figures (each line ``{"name", "value", "unit"}``):
   tenant's billed P50 against its invoice, for the last two months (fraction; goal ≤ 0.10).
   ``P7_forecast_band_coverage``: the share of those invoices inside P10–P90 (goal 0.70–0.90).
   ``P7_anomaly_recall`` / ``P7_anomaly_precision``: anomaly detection over September and October
-  of the same 30 tenants with 5 sources each, against labelled anomalies (noisy log groups and
-  silent producers written into the usage, a price change and retention moves in the
+  of the same 30 tenants with 5 sources each, against labelled anomalies (noisy log groups,
+  silent producers and query storms written into the usage, a price change and retention moves in the
   configuration; the simulator's own bursts count as right, not as required): goals ≥ 0.9 and
   ≥ 0.8. ``P7_anomaly_cause_accuracy``: of the injected anomalies found, the share whose
   explanation leads with the injected cause (volume, rate or mix). ``P7_anomaly_detection_seconds``.
@@ -262,7 +262,8 @@ P7_TENANTS = int(os.environ.get("CHARGEBACK_BENCH_P7_TENANTS", "30"))
 P7_START = dt.datetime(2026, 8, 1, tzinfo=dt.UTC)
 P7_MODELS = "+fct_invoices +fct_cost_allocations_hourly fct_cost_pools_hourly fct_usage_hourly dim_tenants dim_meters"
 P7_MONTHS = (dt.date(2026, 9, 1), dt.date(2026, 10, 1))
-P7A_MODELS = "+fct_usage_hourly +int_usage_retention_hourly +int_usage_sources_daily +dim_tenants +dim_meters"
+P7A_MODELS = ("+fct_usage_hourly +int_usage_retention_hourly +int_usage_sources_daily +dim_tenants +dim_meters"
+              " +int_ledger_daily")
 
 
 def _simulated_copy_text(seed: int, tenant_id: str, start: dt.datetime, end: dt.datetime, sources: int = 0,
@@ -422,7 +423,7 @@ def _anomaly_scenario(root: Path, target: Path, seed: int = 42) -> tuple[list[st
     days = [P7A_DETECT[0] + dt.timedelta(days=i) for i in range(3, (P7A_DETECT[1] - P7A_DETECT[0]).days)]
     injections = []
     taken: set[tuple[str, dt.date]] = set()
-    for kind, count in (("source_spike", 16), ("silent_producer", 8)):
+    for kind, count in (("source_spike", 16), ("silent_producer", 8), ("query_storm", 8)):
         for _ in range(count):
             tenant_id, day = rng.choice(big), rng.choice(days)
             while any((tenant_id, day + dt.timedelta(days=d)) in taken for d in range(-7, 8)):
@@ -430,8 +431,8 @@ def _anomaly_scenario(root: Path, target: Path, seed: int = 42) -> tuple[list[st
             taken.add((tenant_id, day))
             day = dt.datetime.combine(day, dt.time(), dt.UTC)
             injections.append(simulate.Injection(kind, tenant_id, day, day + dt.timedelta(days=1),
-                                                 rank=rng.randint(1, 2) if kind == "source_spike" else 0,
-                                                 factor=rng.uniform(4.0, 8.0) if kind == "source_spike" else 1.0))
+                                                 rank=0 if kind == "silent_producer" else rng.randint(1, 2),
+                                                 factor=1.0 if kind == "silent_producer" else rng.uniform(4.0, 8.0)))
     books = yaml.safe_load((target / "price_books.yml").read_text())
     enterprise = next(b for b in books["price_books"] if b["price_book"] == "enterprise")
     dearer = yaml.safe_load(yaml.safe_dump(enterprise))

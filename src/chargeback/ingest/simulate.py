@@ -286,12 +286,13 @@ def split_exact(value: str, weights: list[int]) -> list[str]:
 
 
 def _source_rows(seed: int, tenant_id: str, rows: list[dict], sources: TenantSources, hour: dt.datetime,
-                 boost: dict[int, float] | None = None) -> list[dict]:
+                 boost: dict[int, float] | None = None, query_boost: dict[int, float] | None = None) -> list[dict]:
     """The tenant-hour's rows split per source: per meter, parts that add up to the row's value.
 
     The hour's shares wobble around each source's weight (its own random stream, so the
     tenant's values are untouched); a gauge (stored) keeps the weights as they are. ``boost``:
-    log group index -> factor on its ingest and alerts weight (an :class:`Injection`).
+    log group index -> factor on its ingest and alerts weight, ``query_boost`` principal index ->
+    factor on its scans and CPU (an :class:`Injection`).
     """
     rng = random.Random(zlib.crc32(f"{seed}:{tenant_id}:{hour:%Y-%m-%dT%H}:sources".encode()))
     wobble = {
@@ -306,7 +307,8 @@ def _source_rows(seed: int, tenant_id: str, rows: list[dict], sources: TenantSou
             weights = [s.weight for s in group] if meter == "stored_gb" else [
                 int(w * (boost or {}).get(i, 1.0)) for i, w in enumerate(wobble["log"])]
         else:
-            group, weights = sources.principals, wobble["query"]
+            group = sources.principals
+            weights = [int(w * (query_boost or {}).get(i, 1.0)) for i, w in enumerate(wobble["query"])]
         if not any(weights):
             continue  # every producer of the meter is silent
         for source, weight, part in zip(group, weights, split_exact(row["value"], weights), strict=True):
@@ -318,7 +320,7 @@ def _source_rows(seed: int, tenant_id: str, rows: list[dict], sources: TenantSou
     return out
 
 
-INJECTION_KINDS = ("source_spike", "silent_producer")
+INJECTION_KINDS = ("source_spike", "silent_producer", "query_storm")
 
 
 @dataclass(frozen=True)
@@ -328,8 +330,10 @@ class Injection:
     ``source_spike``: the tenant's log group ``rank`` (1: its biggest) ingests ``factor`` times
     its usual during ``[start, end)``; ``silent_producer``: log group ``rank`` (0: every one of
     them — the tenant's shipper is down) sends nothing: no ingest and no alerts (what it stored
-    stays). Without sources, the tenant's ingest is its one log group. The other meters, and the
-    hours outside ``[start, end)``, are untouched.
+    stays); ``query_storm``: the tenant's query principal ``rank`` scans, and spends query CPU,
+    ``factor`` times its usual. Without sources, the tenant's ingest is its one log group and its
+    queries its one principal. The other meters, and the hours outside ``[start, end)``, are
+    untouched.
     """
 
     kind: str
@@ -364,10 +368,18 @@ def tenant_hour_rows(seed: int, tenant_id: str, prof: TenantProfile, hour: dt.da
     total = sum(g.weight for g in groups)
     scale: dict[str, float] = {}
     boost: dict[int, float] = {}
+    query_boost: dict[int, float] = {}
     for injection in injections:
         if injection.tenant_id != tenant_id or not injection.start <= hour < injection.end:
             continue
-        if injection.kind == "source_spike":
+        if injection.kind == "query_storm":
+            principals = sources.principals if sources else ()
+            share = (principals[injection.rank - 1].weight / (sum(p.weight for p in principals) or 1)
+                     if principals else 1.0)
+            for meter in ("scanned_gb", "query_cpu_seconds"):
+                scale[meter] = scale.get(meter, 1.0) * (1 + (injection.factor - 1) * share)
+            query_boost[injection.rank - 1] = injection.factor
+        elif injection.kind == "source_spike":
             share = groups[injection.rank - 1].weight / total if groups else 1.0
             scale["ingested_gb"] = scale.get("ingested_gb", 1.0) * (1 + (injection.factor - 1) * share)
             boost[injection.rank - 1] = injection.factor
@@ -386,7 +398,7 @@ def tenant_hour_rows(seed: int, tenant_id: str, prof: TenantProfile, hour: dt.da
                 continue  # silent: no snapshot at all
             row = {**row, "value": f"{value:.{decimals}f}"}
         out.append(row)
-    return _source_rows(seed, tenant_id, out, sources, hour, boost) if sources else out
+    return _source_rows(seed, tenant_id, out, sources, hour, boost, query_boost) if sources else out
 
 
 def render(rows: list[dict], fmt: str) -> str:

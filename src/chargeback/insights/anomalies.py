@@ -61,7 +61,6 @@ from chargeback.platform.settings import Settings
 
 log = logging.getLogger("chargeback.insights.anomalies")
 
-LEDGER = "billed"
 ALL_SOURCES = "(all)"
 TOP_SOURCES = 3
 """A tenant's biggest sources of a meter (by usage over the window) get series of their own."""
@@ -96,6 +95,7 @@ class Series:
     versions: dict[Key, dict[dt.date, tuple[str, dt.date]]]
     """(tenant, meter) -> day -> (price book, valid_from of the version that priced it)."""
     currency: dict[str, str]
+    ledger: str = "billed"
 
 
 def day_amounts(conn: psycopg.Connection, catalog: repricing.Catalog, first: dt.date, last: dt.date,
@@ -130,6 +130,10 @@ def day_amounts(conn: psycopg.Connection, catalog: repricing.Catalog, first: dt.
             except ValueError as exc:  # no price version for a day: the invoice build says so too
                 log.warning("chargeback: anomalies of %s in %s skipped: %s", tenant_id, f"{month:%Y-%m}", exc)
         month = (month + dt.timedelta(days=32)).replace(day=1)
+    return _series(first, last, exact, versions, currency, "billed")
+
+
+def _series(first: dt.date, last: dt.date, exact: dict, versions: dict, currency: dict, ledger: str) -> Series:
     days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
     keys = sorted(exact)
     values = np.full((len(keys), len(days)), np.nan)
@@ -140,7 +144,23 @@ def day_amounts(conn: psycopg.Connection, catalog: repricing.Catalog, first: dt.
         values[k, start:] = 0.0  # after its first usage, a day without any is a day of 0
         for day, parts in seen.items():
             values[k, index[day]] = float(sum((a for _, a in parts.values()), ZERO))
-    return Series(days, keys, values, dict(exact), dict(versions), currency)
+    return Series(days, keys, values, dict(exact), dict(versions), currency, ledger)
+
+
+def cost_amounts(conn: psycopg.Connection, first: dt.date, last: dt.date) -> Series:
+    """Each day's cost to serve per tenant and driver meter (``marts.int_ledger_daily``: the day's
+    hourly allocations, so a day's cost is its own); money without a driver meter ('(shared)',
+    '(contract)') follows no usage of the tenant's and is left out. Empty without the mart."""
+    exact: dict[Key, dict[dt.date, dict[ClassKey, tuple[Decimal, Decimal]]]] = defaultdict(dict)
+    currency: dict[str, str] = {}
+    if conn.execute("select to_regclass('marts.int_ledger_daily')").fetchone()[0] is not None:
+        for day, tenant_id, meter, quantity, cost, cur in conn.execute(
+                "select ledger_day, tenant_id, meter, coalesce(usage_quantity, 0), cost_to_serve, currency"
+                " from marts.int_ledger_daily where ledger_day >= %s and ledger_day <= %s"
+                " and meter not in ('(shared)', '(contract)')", (first, last)):
+            exact[tenant_id, meter][day] = {None: (quantity, cost)}
+            currency.setdefault(tenant_id, cur)
+    return _series(first, last, exact, {}, currency, "cost")
 
 
 def _read_hours(conn: psycopg.Connection, month: dt.date, until: dt.datetime, hours: int,
@@ -278,6 +298,7 @@ class Finding:
     source: str = ALL_SOURCES
     """``(all)``: the tenant's meter; else one of its biggest sources, out of line on a day its
     meter as a whole was not (a shift between sources that the total hides)."""
+    ledger: str = "billed"
 
     @property
     def direction(self) -> str:
@@ -288,8 +309,15 @@ def find(conn: psycopg.Connection, first: dt.date, last: dt.date, config: Anomal
          catalog: repricing.Catalog | None = None) -> list[Finding]:
     """Every series out of line on a day of ``[first, last]``, explained (nothing is stored)."""
     catalog = catalog or repricing.load_catalog(conn)
-    series = day_amounts(conn, catalog, first - dt.timedelta(days=detect.SEASON_WINDOW), last)
-    return _detect(conn, catalog, config or AnomalyConfig(), series, range(detect.SEASON_WINDOW, len(series.days)))
+    config = config or AnomalyConfig()
+    start = first - dt.timedelta(days=detect.SEASON_WINDOW)
+    series = day_amounts(conn, catalog, start, last)
+    billed = _detect(conn, catalog, config, series, range(detect.SEASON_WINDOW, len(series.days)))
+    costs = cost_amounts(conn, start, last)
+    seen = {(f.tenant_id, f.meter, f.day) for f in billed}
+    cost = [f for f in _detect(conn, catalog, config, costs, range(detect.SEASON_WINDOW, len(costs.days)), skip=seen)
+            if f.explanation.largest_effect != "rate"]
+    return sorted(billed + cost, key=lambda f: (f.day, f.tenant_id, f.meter, f.ledger, f.source))
 
 
 def find_today(conn: psycopg.Connection, through: dt.datetime, config: AnomalyConfig | None = None,
@@ -308,8 +336,9 @@ def find_today(conn: psycopg.Connection, through: dt.datetime, config: AnomalyCo
 
 
 def _detect(conn: psycopg.Connection, catalog: repricing.Catalog, config: AnomalyConfig, series: Series,
-            days: Iterable[int], hours: int | None = None) -> list[Finding]:
-    """Flag and explain the series on the days at ``days`` (indexes); per source too on whole days."""
+            days: Iterable[int], hours: int | None = None, skip: set | None = None) -> list[Finding]:
+    """Flag and explain the series on the days at ``days`` (indexes); per source too on whole days
+    of the billed ledger. ``skip``: (tenant, meter, day) already raised on another ledger."""
     if not series.keys:
         return []
     tenants = np.array([t for t, _ in series.keys])
@@ -318,7 +347,8 @@ def _detect(conn: psycopg.Connection, catalog: repricing.Catalog, config: Anomal
     for k, (tenant_id, meter) in enumerate(series.keys):
         groups[config.for_series(tenant_id, meter)][k] = True
     # per source on whole days only: the sources' usage is kept per day
-    by_source = source_series(conn, catalog, series) if hours is None else SourceSeries([], np.zeros((0, 0)))
+    by_source = (source_series(conn, catalog, series) if hours is None and series.ledger == "billed"
+                 else SourceSeries([], np.zeros((0, 0))))
     source_groups: dict[detect.Thresholds, np.ndarray] = defaultdict(lambda: np.zeros(len(by_source.keys), bool))
     for k, (tenant_id, meter, _) in enumerate(by_source.keys):
         source_groups[config.for_series(tenant_id, meter)][k] = True
@@ -336,7 +366,8 @@ def _detect(conn: psycopg.Connection, catalog: repricing.Catalog, config: Anomal
             e, anomalous = detect.flag(series.values, j, tenant_expected, thresholds)
             meter_flagged |= anomalous & members
             for k in np.flatnonzero(anomalous & members):
-                flagged.append((int(k), j, e))
+                if skip is None or (*series.keys[k], series.days[j]) not in skip:
+                    flagged.append((int(k), j, e))
         if by_source.keys:
             # a source out of line on a day its meter as a whole is not: the total hides a shift
             for thresholds, members in source_groups.items():
@@ -459,7 +490,10 @@ def _components(series: Series, sources: Mapping, tenant_id: str, meter: str, da
     by_source = sources.get((tenant_id, meter, day), {})
     out: dict[Component, Measure] = {}
     for cls, (quantity, amount) in parts.items():
-        weights = {s: q for (s, c), q in by_source.items() if c == cls and q > 0}
+        weights: dict[str, Decimal] = defaultdict(lambda: ZERO)
+        for (s, c), q in by_source.items():
+            if (c == cls or series.ledger == "cost") and q > 0:  # cost follows usage whatever its class
+                weights[s] += q
         if not weights:
             out[Component(meter, "(none)", cls)] = Measure(quantity, amount)
             continue
@@ -492,8 +526,9 @@ def _explain(series: Series, sources: Mapping, catalog: repricing.Catalog, tenan
         scale = target / base_amount
         amounts = round_to_total({c: a * scale for c, (_, a) in summed.items()}, target)
         expected = {c: Measure(q * scale, amounts[c]) for c, (q, _) in summed.items()}
-    explanation = explain(expected, actual, _class_rates(catalog, tenant_id, meter, day))
-    used = series.versions[tenant_id, meter]
+    rates = _class_rates(catalog, tenant_id, meter, day) if series.ledger == "billed" else {}
+    explanation = explain(expected, actual, rates)
+    used = series.versions.get((tenant_id, meter), {})
     involved = sorted({used[d] for d in [*baseline_days, day] if d in used}, key=lambda v: v[1])
     price_versions = tuple({"price_book": b, "valid_from": f"{v}", "meter": meter} for b, v in involved)
     missing = explanation.change < 0 and detect.may_be_missing_data(float(explanation.actual),
@@ -501,14 +536,16 @@ def _explain(series: Series, sources: Mapping, catalog: repricing.Catalog, tenan
     currency = series.currency.get(tenant_id, "USD")
     what = f"{meter}" if source == ALL_SOURCES else f"{meter} from {source}"
     when = f"on {day}" if hours is None else f"on {day} to {hours:02d}:00 UTC (the day so far)"
-    sentence = explanation.sentence(f"{tenant_id}'s billed {what} {when}", currency)
+    amount = "billed" if series.ledger == "billed" else "cost to serve of"
+    sentence = explanation.sentence(f"{tenant_id}'s {amount} {what} {when}", currency)
     if len(involved) > 1:
         sentence += (f" Price book {involved[-1][0]} changed: version of {involved[-1][1]} in force"
                      f" (before: {involved[0][1]}).")
     if missing:
         sentence += (f" It fell below {thresholds.drop_as_missing:.0%} of the expected amount: usage may be"
                      f" missing — check the completeness of {day} (chargeback status).")
-    return Finding(tenant_id, meter, day, currency, z, explanation, missing, price_versions, sentence, source)
+    return Finding(tenant_id, meter, day, currency, z, explanation, missing, price_versions, sentence, source,
+                   series.ledger)
 
 
 def _class_rates(catalog: repricing.Catalog, tenant_id: str, meter: str, day: dt.date,
@@ -586,7 +623,7 @@ def record(conn: psycopg.Connection, findings: Iterable[Finding], usage_through:
         row = conn.execute(
             "update insights.anomaly_days set (expected, actual, volume, rate, mix, z) = (%s, %s, %s, %s, %s, %s)"
             " where tenant_id = %s and meter = %s and ledger = %s and source = %s and anomaly_day = %s"
-            " returning anomaly_id", (*figures, f.tenant_id, f.meter, LEDGER, f.source, f.day)).fetchone()
+            " returning anomaly_id", (*figures, f.tenant_id, f.meter, f.ledger, f.source, f.day)).fetchone()
         if row:
             updated += 1
             continue
@@ -594,13 +631,14 @@ def record(conn: psycopg.Connection, findings: Iterable[Finding], usage_through:
             "select anomaly_id from insights.anomalies where tenant_id = %s and meter = %s and ledger = %s"
             " and source = %s and direction = %s and status <> 'resolved' and last_day = %s - 1"
             " order by anomaly_id desc limit 1",
-            (f.tenant_id, f.meter, LEDGER, f.source, f.direction, f.day)).fetchone()
+            (f.tenant_id, f.meter, f.ledger, f.source, f.direction, f.day)).fetchone()
         if row:
             anomaly_id = row[0]
             conn.execute("update insights.anomalies set last_day = %s where anomaly_id = %s", (f.day, anomaly_id))
             extended += 1
         else:
-            of = f.meter if f.source == ALL_SOURCES else f"{f.meter} from {f.source}"
+            of = (f.meter if f.source == ALL_SOURCES else f"{f.meter} from {f.source}") + (
+                "" if f.ledger == "billed" else " (cost to serve)")
             event = events.Event(
                 "notice", f"anomaly of tenant {f.tenant_id} {of} on {f.day}", f.sentence,
                 "see it with chargeback anomalies list; acknowledge with chargeback anomalies ack ID"
@@ -612,7 +650,7 @@ def record(conn: psycopg.Connection, findings: Iterable[Finding], usage_through:
                 " price_versions, sentence, usage_through, line, channels_pending, delivered_at)"
                 " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
                 " case when %s then now() end) returning anomaly_id",
-                (f.tenant_id, f.meter, LEDGER, f.source, f.direction, f.day, f.day, f.currency, e.expected, e.actual,
+                (f.tenant_id, f.meter, f.ledger, f.source, f.direction, f.day, f.day, f.currency, e.expected, e.actual,
                  e.volume, e.rate, e.mix, e.largest_effect, f.z, f.may_be_missing_data,
                  Jsonb([_contributor(c) for c in e.contributors[:10]]), Jsonb(list(f.price_versions)), f.sentence,
                  usage_through, line, pending, not pending)).fetchone()[0]
@@ -622,7 +660,7 @@ def record(conn: psycopg.Connection, findings: Iterable[Finding], usage_through:
         conn.execute(
             "insert into insights.anomaly_days (anomaly_id, tenant_id, meter, ledger, source, anomaly_day, expected,"
             " actual, volume, rate, mix, z) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (anomaly_id, f.tenant_id, f.meter, LEDGER, f.source, f.day, *figures))
+            (anomaly_id, f.tenant_id, f.meter, f.ledger, f.source, f.day, *figures))
     return raised, extended, updated
 
 
@@ -760,6 +798,7 @@ def render(rows: list[dict[str, Any]], status: str) -> str:
         if r["status"] == "resolved":
             state += f" (resolved by {r['resolved_by']}: {r['resolved_reason']})"
         what = r["meter"] if r["source"] == ALL_SOURCES else f"{r['meter']} from {events.clean(r['source'], 80)}"
+        what += "" if r["ledger"] == "billed" else " (cost to serve)"
         out.append(f"#{r['anomaly_id']}  {r['tenant_id']}  {what}  {days}  {r['direction']}  {state}")
         out.append(f"    expected {format_money(r['expected'], r['currency'])}, actual"
                    f" {format_money(r['actual'], r['currency'])}: volume {_signed(r['volume'])}, rate"

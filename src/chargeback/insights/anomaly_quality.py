@@ -42,10 +42,15 @@ class Label:
         return f.tenant_id == self.tenant_id and f.meter in self.meters and self.first_day <= f.day <= self.last_day
 
 
+INJECTED_METERS = {"source_spike": ("ingested_gb",), "silent_producer": ("ingested_gb", "alerts_fired"),
+                   "query_storm": ("scanned_gb", "query_cpu_seconds")}
+
+
 def injection_labels(injections: Iterable[simulate.Injection]) -> list[Label]:
-    """A spike or a silent producer: the ingest of its days, a volume effect."""
-    return [Label(i.tenant_id, ("ingested_gb",), i.start.date(), (i.end - dt.timedelta(hours=1)).date(), "volume",
-                  i.kind) for i in injections]
+    """A spike: the ingest of its days; a silent producer: its ingest and alerts; a query storm:
+    its scans and query CPU (billed or cost to serve); a volume effect."""
+    return [Label(i.tenant_id, INJECTED_METERS[i.kind], i.start.date(), (i.end - dt.timedelta(hours=1)).date(),
+                  "volume", i.kind) for i in injections]
 
 
 def lasting_change(tenant_ids: Iterable[str], meter: str, day: dt.date, effect: str, cause: str,
