@@ -64,6 +64,9 @@ log = logging.getLogger("chargeback.insights.anomalies")
 ALL_SOURCES = "(all)"
 TOP_SOURCES = 3
 """A tenant's biggest sources of a meter (by usage over the window) get series of their own."""
+SOURCE_HISTORY_DAYS = 28
+"""A source's series is checked after four weeks of it: with fewer, one spike is a quarter of its
+weekday's season and the same weekday a week later reads as a drop."""
 BASELINE_DAYS = 7
 """Days before an anomaly whose composition (sources, classes, rates) is the expected one."""
 MAX_ATTEMPTS = 5
@@ -351,7 +354,10 @@ def _detect(conn: psycopg.Connection, catalog: repricing.Catalog, config: Anomal
                  else SourceSeries([], np.zeros((0, 0))))
     source_groups: dict[detect.Thresholds, np.ndarray] = defaultdict(lambda: np.zeros(len(by_source.keys), bool))
     for k, (tenant_id, meter, _) in enumerate(by_source.keys):
-        source_groups[config.for_series(tenant_id, meter)][k] = True
+        thresholds = config.for_series(tenant_id, meter)
+        thresholds = dataclasses.replace(thresholds, min_history_days=max(thresholds.min_history_days,
+                                                                          SOURCE_HISTORY_DAYS))
+        source_groups[thresholds][k] = True
     parent = np.array([series.keys.index((t, m)) for t, m, _ in by_source.keys], dtype=int)
     flagged_sources: list[tuple[int, int, detect.Expectation]] = []
     for j in days:
