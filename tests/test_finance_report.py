@@ -364,7 +364,7 @@ def test_budget_states_and_the_forecast_are_printed_as_recorded(insights_rows):
     # the month's anomalies not resolved, with their effects and sentence
     row = r"\d+ t001 ingested_gb 12 May to 13 May \+412\.34 \+400\.00 \+12\.34 0\.00 acknowledged \(planned\)"
     assert re.search(row, text), text
-    assert "t001's billed ingested_gb on 2035-05-12 rose" in text
+    assert re.search(r"#\d+: t001's billed ingested_gb on 2035-05-12 rose", text), text
     assert "resolved long ago" not in text
     # the current recommendations not dismissed, the largest saving first, with their total
     assert "t001 retention keep /prod/a 7 days 212.34 USD high open t002 price fit move to enterprise 50.00 USD" in text

@@ -375,7 +375,10 @@ def read_anomalies(conn: psycopg.Connection, month: dt.date, limit: int = ANOMAL
     end = _add_months(month, 1)
     rows = conn.execute(
         """
-        select anomaly_id, tenant_id, meter, first_day, last_day, currency, actual - expected, volume, rate, mix,
+        select anomaly_id, tenant_id,
+               meter || case when source <> '(all)' then ' from ' || source else '' end
+                     || case when ledger = 'cost' then ' (cost to serve)' else '' end,
+               first_day, last_day, currency, actual - expected, volume, rate, mix,
                status, ack_kind, sentence, count(*) over ()
         from insights.anomalies
         where first_day >= %s and first_day < %s and status <> 'resolved'
