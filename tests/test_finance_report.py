@@ -330,6 +330,14 @@ def insights_rows(written):
             """)
         conn.execute(
             """
+            insert into insights.anomalies (tenant_id, meter, ledger, source, direction, first_day, last_day,
+                currency, expected, actual, volume, rate, mix, largest_effect, z, may_be_missing_data, sentence,
+                usage_through, line)
+            values ('t003', 'query_cpu_seconds', 'cost', 'alert:x', 'spike', '2035-05-21', '2035-05-21', 'USD',
+                    10.00, 15.00, 5.00, 0.00, 0.00, 'volume', 6.0, false, 'a storm', '2035-05-22 00:00Z', 'line')
+            """)
+        conn.execute(
+            """
             insert into insights.recommendations (period, tenant_id, kind, target, change, title, evidence,
                 confidence, currency, invoice_total, total_after, saving, status, status_by, status_reason)
             values ('2035-05-01', 't001', 'retention', '/prod/a', 'retention:/prod/a=7d', 'keep /prod/a 7 days',
@@ -366,6 +374,7 @@ def test_budget_states_and_the_forecast_are_printed_as_recorded(insights_rows):
     assert re.search(row, text), text
     assert re.search(r"#\d+: t001's billed ingested_gb on 2035-05-12 rose", text), text
     assert "resolved long ago" not in text
+    assert "t003 query_cpu_seconds from alert:x (cost to serve) 21 May +5.00" in text
     # the current recommendations not dismissed, the largest saving first, with their total
     assert "t001 retention keep /prod/a 7 days 212.34 USD high open t002 price fit move to enterprise 50.00 USD" in text
     assert "2 recommendations, saving 262.34 USD a month in all" in text
