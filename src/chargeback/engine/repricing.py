@@ -267,14 +267,15 @@ def _segments(meter: str, versions: Mapping[dt.date, BookVersion],
         by_class: dict[int, Decimal] = {}
         for (v, days), q in parts.items():
             if v == vf:
-                cls = _retention_class(price, default_days if days is None else days)
+                cls = retention_class(price, default_days if days is None else days)
                 by_class[cls] = by_class.get(cls, ZERO) + q
         used = {c: q for c, q in by_class.items() if q != 0} or {min(by_class): ZERO}
         segments.extend(Segment(price, q, retention_days=c) for c, q in sorted(used.items()))
     return segments
 
 
-def _retention_class(price: Price, days: int) -> int:
+def retention_class(price: Price, days: int) -> int:
+    """The class data kept ``days`` days is priced in: the smallest retention tier of at least ``days``."""
     classes = [t.retention_days for t in price.tiers if t.retention_days is not None and t.retention_days >= days]
     if not classes:
         raise ValueError(f"no retention tier of {days} days or more")

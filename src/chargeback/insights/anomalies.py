@@ -56,7 +56,7 @@ from chargeback.insights import anomaly_config, detect
 from chargeback.insights.anomaly_config import AnomalyConfig
 from chargeback.insights.explain import Component, Explanation, Measure, explain
 from chargeback.platform import events, freshness, notify, warehouse
-from chargeback.platform.money import format_money, round_money
+from chargeback.platform.money import format_money, format_signed, round_money
 from chargeback.platform.settings import Settings
 
 log = logging.getLogger("chargeback.insights.anomalies")
@@ -264,9 +264,9 @@ def _day_quantities(catalog: repricing.Catalog, version: repricing.BookVersion, 
         if price is not None and price.model == "retention":
             for days_kept, kept_days in (kept.get(meter) or {}).items():
                 quantity = kept_days.get(day, ZERO)
-                out[meter, repricing._retention_class(price, days_kept)] += quantity / divisor
+                out[meter, repricing.retention_class(price, days_kept)] += quantity / divisor
                 total -= quantity
-            out[meter, repricing._retention_class(price, default_days)] += total / divisor
+            out[meter, repricing.retention_class(price, default_days)] += total / divisor
         else:
             out[meter, None] += total / divisor
     return out
@@ -362,6 +362,7 @@ def _detect(conn: psycopg.Connection, catalog: repricing.Catalog, config: Anomal
     flagged_sources: list[tuple[int, int, detect.Expectation]] = []
     for j in days:
         expectation = detect.expect(series.values, j)
+        source_expectation = detect.expect(by_source.values, j) if by_source.keys else None
         expected = np.nan_to_num(expectation.expected)
         per_tenant = defaultdict(float)
         for tenant_id, value in zip(tenants, expected, strict=True):
@@ -369,7 +370,7 @@ def _detect(conn: psycopg.Connection, catalog: repricing.Catalog, config: Anomal
         tenant_expected = np.array([per_tenant[t] for t in tenants])
         meter_flagged = np.zeros(len(series.keys), bool)
         for thresholds, members in groups.items():
-            e, anomalous = detect.flag(series.values, j, tenant_expected, thresholds)
+            e, anomalous = detect.flag(series.values, j, tenant_expected, thresholds, expectation)
             meter_flagged |= anomalous & members
             for k in np.flatnonzero(anomalous & members):
                 if skip is None or (*series.keys[k], series.days[j]) not in skip:
@@ -377,7 +378,8 @@ def _detect(conn: psycopg.Connection, catalog: repricing.Catalog, config: Anomal
         if by_source.keys:
             # a source out of line on a day its meter as a whole is not: the total hides a shift
             for thresholds, members in source_groups.items():
-                e, anomalous = detect.flag(by_source.values, j, tenant_expected[parent], thresholds)
+                e, anomalous = detect.flag(by_source.values, j, tenant_expected[parent], thresholds,
+                                           source_expectation)
                 for k in np.flatnonzero(anomalous & members & ~meter_flagged[parent]):
                     flagged_sources.append((int(k), j, e))
     if not flagged and not flagged_sources:
@@ -469,7 +471,7 @@ def _class_of(catalog: repricing.Catalog, tenant_id: str, meter: str, day: dt.da
     price = version.prices.get(meter) if version else None
     if price is None or price.model != "retention":
         return None
-    return repricing._retention_class(price, days_kept or catalog.terms_for(tenant_id, day).retention_days)
+    return repricing.retention_class(price, days_kept or catalog.terms_for(tenant_id, day).retention_days)
 
 
 def _read_sources(conn: psycopg.Connection, catalog: repricing.Catalog, tenant_ids: list[str], first: dt.date,
@@ -580,10 +582,9 @@ class Outcome:
     failures: list[str]
 
 
-def complete_days(conn: psycopg.Connection) -> dt.date | None:
-    """The last UTC day whose every hour is before the marts' usage through (``None``: none yet)."""
-    through = freshness.usage_through(conn)
-    return None if through is None else through.astimezone(dt.UTC).date() - dt.timedelta(days=1)
+def last_complete_day(through: dt.datetime) -> dt.date:
+    """The last UTC day whose every hour is before ``through`` (the marts' usage through)."""
+    return through.astimezone(dt.UTC).date() - dt.timedelta(days=1)
 
 
 def run(first: dt.date | None = None, last: dt.date | None = None, settings: Settings | None = None,
@@ -598,7 +599,7 @@ def run(first: dt.date | None = None, last: dt.date | None = None, settings: Set
         through = freshness.usage_through(conn)
         if through is None:
             return Outcome(0, [], 0, 0, 0, [])
-        complete = complete_days(conn)
+        complete = last_complete_day(through)
         last_complete = min(last or complete, complete)
         first = first or last_complete
         catalog = repricing.load_catalog(conn)
@@ -711,13 +712,7 @@ def deliver_pending(config: AnomalyConfig | None = None, settings: Settings | No
                                       " and delivered_at is null for update skip locked", (ids,)).fetchall()
                 if len(locked) != len(ids):
                     continue
-                left, errors = [], []
-                for channel in pending:
-                    try:
-                        notify.send_to(channel, line, channels, None, env)
-                    except Exception as exc:  # noqa: BLE001 - kept on the row, tried again next run
-                        left.append(channel)
-                        errors.append(f"{channel}: {notify.error_text(exc)}")
+                left, errors = notify.send_pending(pending, line, channels, None, env)
                 conn.execute(
                     "update insights.anomalies set channels_pending = %s, delivery_attempts = delivery_attempts + 1,"
                     " last_error = %s, delivered_at = case when %s then now() end where anomaly_id = any(%s)",
@@ -732,14 +727,11 @@ def deliver_pending(config: AnomalyConfig | None = None, settings: Settings | No
 
 
 def _digest_line(rows: list[tuple]) -> str:
-    items = [f"#{r[0]} {r[4]} {r[5]} {r[6]} {_signed(r[7] - r[8])} {r[9]} ({r[10]})" for r in rows[:DIGEST_ITEMS]]
+    items = [f"#{r[0]} {r[4]} {r[5]} {r[6]} {format_signed(r[7] - r[8])} {r[9]} ({r[10]})" for r in rows[:DIGEST_ITEMS]]
     more = f"; and {len(rows) - DIGEST_ITEMS} more" if len(rows) > DIGEST_ITEMS else ""
     return (f"chargeback anomalies: {len(rows)} new, {len({r[4] for r in rows})} tenant(s): {'; '.join(items)}{more}"
             " — chargeback anomalies list explains each")
 
-
-def _signed(amount: Decimal) -> str:
-    return f"{'+' if amount > 0 else '-' if amount < 0 else ''}{abs(amount):,.2f}"
 
 
 # --------------------------------------------------------------------------- the lifecycle
@@ -807,11 +799,12 @@ def render(rows: list[dict[str, Any]], status: str) -> str:
         what += "" if r["ledger"] == "billed" else " (cost to serve)"
         out.append(f"#{r['anomaly_id']}  {r['tenant_id']}  {what}  {days}  {r['direction']}  {state}")
         out.append(f"    expected {format_money(r['expected'], r['currency'])}, actual"
-                   f" {format_money(r['actual'], r['currency'])}: volume {_signed(r['volume'])}, rate"
-                   f" {_signed(r['rate'])}, mix {_signed(r['mix'])} {r['currency']} (z {r['z']:+.1f})")
+                   f" {format_money(r['actual'], r['currency'])}: volume {format_signed(r['volume'])}, rate"
+                   f" {format_signed(r['rate'])}, mix {format_signed(r['mix'])} {r['currency']} (z {r['z']:+.1f})")
         out.append(f"    {events.clean(r['sentence'], 600)}")
     return "\n".join(out)
 
 
-__all__ = ["Finding", "Outcome", "Series", "acknowledge", "complete_days", "day_amounts", "deliver_pending", "find",
-           "listing", "record", "render", "resolve", "run"]
+__all__ = ["Finding", "Outcome", "Series", "acknowledge", "cost_amounts", "day_amounts", "deliver_pending", "find",
+           "find_today",
+           "last_complete_day", "listing", "record", "render", "resolve", "run"]

@@ -495,13 +495,7 @@ def deliver_pending(settings: Settings | None = None, channels: notify.Channels 
                     " and channels_pending = %s for update skip locked", (ids, list(pending))).fetchall()
                 if len(locked) != len(ids):
                     continue  # another check is sending it, or sent it since
-                left, errors = [], []
-                for channel in pending:
-                    try:
-                        notify.send_to(channel, line, channels, recipients.get((budget_id, month)), env)
-                    except Exception as exc:  # noqa: BLE001 - kept on the row, tried again next time
-                        left.append(channel)
-                        errors.append(f"{channel}: {notify.error_text(exc)}")
+                left, errors = notify.send_pending(pending, line, channels, recipients.get((budget_id, month)), env)
                 conn.execute(
                     "update insights.budget_alerts set channels_pending = %s,"
                     " delivery_attempts = delivery_attempts + 1, last_error = %s,"

@@ -118,13 +118,14 @@ def expect(values: np.ndarray, day: int) -> Expectation:
 
 
 def flag(values: np.ndarray, day: int, tenant_expected: np.ndarray | None = None,
-         thresholds: Thresholds = Thresholds()) -> tuple[Expectation, np.ndarray]:
+         thresholds: Thresholds = Thresholds(), expectation: Expectation | None = None,
+         ) -> tuple[Expectation, np.ndarray]:
     """Which series are anomalous on ``day``: the expectation and a boolean per series.
 
     ``values`` are amounts in currency; ``tenant_expected`` is, per series, the expected daily
     amount of its tenant (all meters; the series' own expected value where not given), for the
-    share floor."""
-    e = expect(values, day)
+    share floor; ``expectation``: :func:`expect` of the same values and day, when the caller has it."""
+    e = expectation or expect(values, day)
     spread = np.maximum(e.spread, thresholds.min_spread)
     z = e.z * e.spread / spread
     impact = np.abs(np.asarray(values, dtype=float)[:, day] - e.expected)

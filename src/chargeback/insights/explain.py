@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from decimal import Context, Decimal, localcontext
 
 from chargeback.engine.allocation import round_to_total
-from chargeback.platform.money import format_money
+from chargeback.platform.money import format_money, format_signed
 
 EFFECTS = ("volume", "rate", "mix")
 # enough digits that the unrounded effects add up to the change far below a cent
@@ -106,10 +106,10 @@ class Explanation:
         change = self.change
         direction = "rose" if change > 0 else "fell" if change < 0 else "did not change"
         share = f" {abs(change) / self.expected * 100:.1f} %" if self.expected and change else ""
-        parts = ", ".join(f"{name} {_signed(value)}" for name, value in self.effects.items())
-        lead = "; ".join(f"{c.component.label()} {_signed(c.change)} {currency}" for c in self.contributors[:top])
+        parts = ", ".join(f"{name} {format_signed(value)}" for name, value in self.effects.items())
+        lead = "; ".join(f"{c.component.label()} {format_signed(c.change)} {currency}" for c in self.contributors[:top])
         who = f"; largest contributors: {lead}" if lead else ""
-        return (f"{subject} {direction}{share} ({_signed(change)} {currency} against"
+        return (f"{subject} {direction}{share} ({format_signed(change)} {currency} against"
                 f" {format_money(self.expected, currency)} expected): {parts} {currency}{who}.")
 
 
@@ -180,6 +180,3 @@ def _baseline_rates(before: Mapping[Component, Measure], average: Decimal,
                     else class_average.get(key, class_rates.get(key, average)))
     return rates
 
-
-def _signed(amount: Decimal) -> str:
-    return f"{'+' if amount > 0 else '-' if amount < 0 else ''}{abs(amount):,.2f}"

@@ -46,7 +46,7 @@ from chargeback.billing.formatting import MONTHS, format_cents
 from chargeback.billing.render import html_to_pdf
 from chargeback.insights import charts
 from chargeback.platform import freshness, warehouse
-from chargeback.platform.money import format_money
+from chargeback.platform.money import format_money, format_signed
 from chargeback.platform.periods import month_window
 from chargeback.platform.settings import Settings, get_settings
 
@@ -391,7 +391,8 @@ def read_anomalies(conn: psycopg.Connection, month: dt.date, limit: int = ANOMAL
     return Block(tuple(
         {"#": str(anomaly_id), "Tenant": tenant, "Meter": meter,
          "Days": f"{first:%d %b}" + ("" if first == last else f" to {last:%d %b}"),
-         "Change": _signed(change), "Volume": _signed(volume), "Rate": _signed(rate), "Mix": _signed(mix),
+         "Change": format_signed(change), "Volume": format_signed(volume), "Rate": format_signed(rate),
+         "Mix": format_signed(mix),
          "Status": status + (f" ({ack})" if ack else ""), "Explanation": sentence}
         for anomaly_id, tenant, meter, first, last, _currency, change, volume, rate, mix, status, ack, sentence, _
         in rows), note=f"In {rows[0][5]}; the effects add up to the change to the cent.{more}")
@@ -601,7 +602,7 @@ def report_context(report: FinanceReport, *, fonts_dir: Path | str) -> dict[str,
                                          fonts_dir=fonts_dir),
         "movers": {
             level: [{"label": m.label, "billed_before": format_cents(m.billed_before), "billed": format_cents(m.billed),
-                     "billed_change": _signed(m.billed_change), "cost_change": _signed(m.cost_change)}
+                     "billed_change": format_signed(m.billed_change), "cost_change": format_signed(m.cost_change)}
                     for m in report.movers if m.level == level]
             for level in ("tenant", "team")
         },
@@ -614,9 +615,6 @@ def report_context(report: FinanceReport, *, fonts_dir: Path | str) -> dict[str,
         "forecast": report.forecast,
     }
 
-
-def _signed(amount: Decimal) -> str:
-    return ("+" if amount > 0 else "") + format_cents(amount)
 
 
 def render_html(report: FinanceReport, *, reports_dir: Path | str | None = None) -> str:

@@ -19,6 +19,11 @@ def round_money(amount: Decimal | int | str) -> Decimal:
     return Decimal(amount).quantize(MINOR_UNIT, rounding=ROUND_HALF_UP)
 
 
+def format_signed(amount: Decimal) -> str:
+    """A change of an amount, its sign always shown but on zero: ``+412.30``, ``-0.03``, ``0.00``."""
+    return ("+" if amount > 0 else "") + f"{round_money(amount):,.2f}"
+
+
 def format_money(amount: Decimal, currency: str = "USD") -> str:
     """``Decimal("1234.5") -> "1,234.50 USD"`` — how invoices and summaries print money."""
     return f"{round_money(amount):,.2f} {currency}"

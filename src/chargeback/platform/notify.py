@@ -254,6 +254,20 @@ def send_to(channel: str, line: str, channels: Channels, email_to: list[str] | N
     post_webhook(line, url)
 
 
+def send_pending(pending: list[str] | tuple[str, ...], line: str, channels: Channels, email_to: list[str] | None,
+                 env: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """:func:`send_to` each of ``pending``; returns the channels still pending and why each failed
+    (one ``channel: reason`` each, URLs left out), for the caller to keep on its row and retry."""
+    left, errors = [], []
+    for channel in pending:
+        try:
+            send_to(channel, line, channels, email_to, env)
+        except Exception as exc:  # noqa: BLE001 - kept by the caller, tried again later
+            left.append(channel)
+            errors.append(f"{channel}: {error_text(exc)}")
+    return left, errors
+
+
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://\S+|\b[\w.-]+\.[a-z]{2,}/\S*")
 
 
