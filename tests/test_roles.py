@@ -232,13 +232,13 @@ def test_ensure_schema_leaves_enabled_triggers_alone(final, caplog):
     assert caplog.messages == []
 
 
-def test_the_bi_role_reads_no_invoices_and_issues_nothing(final):
-    for statement in ("select count(*) from pipeline.invoices", "select pipeline.issue_document(1, 'x', now())"):
-        with warehouse.connect(admin=True) as conn:
-            conn.execute("set role chargeback_bi")
-            with pytest.raises(Refused) as caught:
-                conn.execute(statement)
-        assert caught.value.diag.message_primary == "permission denied for schema pipeline"
+def test_a_reader_without_a_scope_reads_no_invoices_and_issues_nothing(final):
+    with warehouse.connect(admin=True) as conn:
+        conn.execute("set role chargeback_bi")
+        assert conn.execute("select count(*) from pipeline.invoices").fetchone() == (0,)
+        with pytest.raises(Refused) as caught:
+            conn.execute("select pipeline.issue_document(1, 'x', now())")
+    assert caught.value.diag.message_primary == "permission denied for function issue_document"
 
 
 def test_a_function_the_pipeline_creates_cannot_run_as_the_owner_in_ensure_schema():

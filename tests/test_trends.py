@@ -19,7 +19,7 @@ import pytest
 
 from chargeback.billing import summary
 from chargeback.engine import transform
-from chargeback.platform import freshness, warehouse
+from chargeback.platform import access, freshness, warehouse
 from conftest import database_of_its_own
 
 pytestmark = pytest.mark.warehouse
@@ -244,9 +244,10 @@ def test_month_over_month_compares_the_same_days_and_week_over_week_the_same_wee
     assert september_mom == 0  # no August
 
 
-def test_the_bi_role_reads_the_trend_marts():
+def test_a_bi_login_of_the_whole_platform_reads_the_trend_marts():
+    access.grant_bi("trends_reader", [access.Scope("all")])
     with warehouse.connect(admin=True) as conn:
-        conn.execute("set role chargeback_bi")
+        conn.execute("set role trends_reader")
         for mart in ("fct_trends_daily", "fct_trends_monthly", "int_ledger_daily"):
             assert conn.execute(f"select count(*) from marts.{mart}").fetchone()[0] > 0
 

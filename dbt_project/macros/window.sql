@@ -184,3 +184,17 @@
         analyze {{ this }}
     {%- endif -%}
 {%- endmacro %}
+
+{% macro secure_for_readers() -%}
+    {#- docs/ACCESS.md: row-level security and grants for the readers, in the model's transaction -#}
+    {%- if this.schema == 'staging' -%}
+        {#- staging views read raw and config as the pipeline: readers get only those marked readable -#}
+        {%- if config.meta_get('readable_by_readers') -%}
+            grant select on {{ this }} to chargeback_bi
+        {%- endif -%}
+    {%- elif config.get('materialized') in ('incremental', 'table', 'view') -%}
+        {#- meta readers: all -- reference data every reader may see whole (the meter catalogue) -#}
+        select access.secure_relation('{{ this }}'::regclass
+            {%- if config.meta_get('readers') == 'all' %}, 'true'{% endif %})
+    {%- endif -%}
+{%- endmacro %}

@@ -29,7 +29,13 @@ labels as (
 
 tenants as (
 
-    select * from {{ ref('dim_tenants') }}
+    -- named columns: a security_invoker view, and readers may not select billing_email
+    select
+        tenant_id,
+        organisation,
+        business_unit,
+        team
+    from {{ ref('dim_tenants') }}
 
 ),
 

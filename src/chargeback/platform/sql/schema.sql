@@ -1072,31 +1072,247 @@ end
 $$;
 -- ---- end of roles and privileges ----
 
--- BI tools (Metabase, Superset, ...) read the documented marts through a read-only role.
--- Grant it to a login role of your own: `create role metabase login password '…' in role chargeback_bi`.
--- Where the warehouse user may not create roles, this is skipped with a notice.
+
+-- ---- readers: the dashboard, BI tools and psql, scoped by row-level security (docs/ACCESS.md) ----
+-- Every reader is a database role in `chargeback_bi` (read-only). What rows it sees is decided
+-- here, by the database: access.scopes says which tenants a role may see (all, an
+-- organisation, business unit, team or tenant), and every table readers can select from has
+-- FORCE ROW LEVEL SECURITY with a policy reading it; views over those tables are
+-- security_invoker, so the table's policy applies to the reader, never to the view's owner.
+-- `chargeback users add` (a dashboard user: a NOLOGIN role the dashboard's login may SET ROLE
+-- to) and `chargeback bi grant` (a LOGIN role for Metabase, Superset or psql) write the scopes.
+-- Personal data (access.personal_columns: dim_tenants.billing_email) is readable by
+-- `chargeback_finance` only. Readers have no TEMP and no CREATE anywhere; their login roles get
+-- statement and idle-in-transaction timeouts. The one write a reader may make: a dashboard user
+-- (`chargeback_reviewer`) acknowledges an anomaly or accepts/dismisses a recommendation of its
+-- scope, in its own name (the policies' WITH CHECK).
 do $$
+declare
+    r text;
 begin
-    if not exists (select 1 from pg_roles where rolname = 'chargeback_bi') then
+    foreach r in array array['chargeback_bi', 'chargeback_finance', 'chargeback_engineer', 'chargeback_reviewer']
+    loop
+        if not exists (select 1 from pg_roles where rolname = r) then
+            begin
+                execute format('create role %I nologin', r);
+            exception when duplicate_object or unique_violation then
+                null;  -- roles are the cluster's: another database's ensure_schema created it meanwhile
+            end;
+        end if;
+    end loop;
+    if not exists (select 1 from pg_roles where rolname = 'chargeback_dashboard') then
         begin
-            create role chargeback_bi nologin;
+            -- NOINHERIT: the dashboard's login holds nothing of its own; it reads only after SET ROLE
+            -- to the signed-in user's role
+            create role chargeback_dashboard login noinherit;
         exception when duplicate_object or unique_violation then
-            -- roles are the cluster's: ensure_schema of another database (its advisory lock
-            -- is per database) created it meanwhile
             null;
         end;
     end if;
-    grant usage on schema marts to chargeback_bi;
-    grant select on all tables in schema marts to chargeback_bi;
-    grant usage on schema insights to chargeback_bi;
-    grant select on insights.budget_alerts, insights.budget_status to chargeback_bi;
-    grant select on insights.forecasts to chargeback_bi;
-    grant select on insights.anomalies, insights.anomaly_days to chargeback_bi;
-    grant select on insights.recommendations to chargeback_bi;
-    -- what dbt builds later, as the pipeline role
-    execute format('alter default privileges for role %I in schema marts grant select on tables to chargeback_bi',
-                   current_setting('chargeback.pipeline_role'));
-exception when insufficient_privilege then
-    raise notice 'chargeback_bi role not set up: %', sqlerrm;
+    grant chargeback_bi to chargeback_finance, chargeback_engineer, chargeback_reviewer;
+    alter role chargeback_dashboard set statement_timeout = '30s';
+    alter role chargeback_dashboard set idle_in_transaction_session_timeout = '60s';
+    -- no temporary tables for readers (the pipeline is granted TEMP by name above)
+    execute format('revoke temporary on database %I from public', current_database());
+    execute format('grant connect on database %I to chargeback_bi, chargeback_dashboard', current_database());
+    revoke create on schema public from public;
 end
 $$;
+
+create schema if not exists access;
+create table if not exists access.scopes (
+    role_name name not null,
+    kind text not null check (kind in ('all', 'organisation', 'business_unit', 'team', 'tenant')),
+    value text not null default '',
+    granted_at timestamptz not null default now(),
+    primary key (role_name, kind, value),
+    check ((kind = 'all') = (value = ''))
+);
+-- Dashboard users (the embedded sign-in): a password hash (scrypt, chargeback.platform.access)
+-- and the NOLOGIN role the dashboard's queries run as.
+create table if not exists access.users (
+    user_name text primary key check (user_name ~ '^[a-z][a-z0-9_.-]{0,39}$'),
+    role text not null check (role in ('finance', 'engineer', 'tenant')),
+    db_role name not null unique,
+    password_hash text not null,
+    created_at timestamptz not null default now(),
+    disabled boolean not null default false
+);
+-- The tenants the current role may see. A view runs with its owner's privileges, but
+-- current_user is the reader's: readers select from it and never from access.scopes.
+create or replace view access.my_tenants as
+select t.tenant_id
+from config.tenants as t
+where exists (
+    select 1 from access.scopes as s
+    where s.role_name = current_user
+      and (s.kind = 'all'
+           or (s.kind = 'organisation' and s.value = t.organisation)
+           or (s.kind = 'business_unit' and s.value = t.business_unit)
+           or (s.kind = 'team' and s.value = t.team)
+           or (s.kind = 'tenant' and s.value = t.tenant_id))
+);
+create or replace view access.my_scopes as
+select kind, value from access.scopes where role_name = current_user;
+-- Who the current role signs in as (a dashboard user), for the ack/accept records.
+create or replace view access.me as
+select user_name, role from access.users where db_role = current_user and not disabled;
+-- A budget is the reader's when every tenant it covers is.
+create or replace view access.my_budgets as
+select b.budget_id
+from (select distinct budget_id, organisation, business_unit, team, tenant_id from config.budgets) as b
+where exists (select 1 from config.tenants as t
+              where (b.organisation is null or t.organisation = b.organisation)
+                and (b.business_unit is null or t.business_unit = b.business_unit)
+                and (b.team is null or t.team = b.team)
+                and (b.tenant_id is null or t.tenant_id = b.tenant_id))
+  and not exists (select 1 from config.tenants as t
+                  where (b.organisation is null or t.organisation = b.organisation)
+                    and (b.business_unit is null or t.business_unit = b.business_unit)
+                    and (b.team is null or t.team = b.team)
+                    and (b.tenant_id is null or t.tenant_id = b.tenant_id)
+                    and t.tenant_id not in (select tenant_id from access.my_tenants));
+create or replace function access.sees_all() returns boolean
+    language sql stable set search_path = pg_catalog, pg_temp
+    as $$ select exists (select 1 from access.my_scopes where kind = 'all') $$;
+create or replace function access.personal_columns() returns name[]
+    language sql immutable
+    as $$ select array['billing_email']::name[] $$;
+create or replace function access.viewer_name() returns text
+    language sql stable set search_path = pg_catalog, pg_temp
+    as $$ select user_name from access.me $$;
+
+-- Secure one relation for readers, idempotently: a table gets FORCE ROW LEVEL SECURITY, a policy
+-- giving the pipeline everything and one giving chargeback_bi the rows of its scope (`scope`:
+-- an SQL condition; by default its tenant_id's, and for a table without one, nothing unless
+-- the reader sees all); a view becomes security_invoker. Then chargeback_bi may select it
+-- (personal columns: chargeback_finance only). dbt calls it after building every mart and
+-- intermediate model (macro secure_for_readers), in the model's own transaction, so a rebuilt
+-- table is never readable without its policies; ensure_schema calls it for this file's tables.
+create or replace function access.secure_relation(rel regclass, scope text default null) returns void
+    language plpgsql set search_path = pg_catalog, pg_temp
+as $$
+declare
+    relation_kind "char";
+    pipeline name := access.pipeline_role();
+    condition text := scope;
+    personal name[];
+    others text;
+begin
+    select relkind into relation_kind from pg_class where oid = rel;
+    if relation_kind = 'v' then
+        if not coalesce((select 'security_invoker=true' = any (reloptions) from pg_class where oid = rel), false) then
+            execute format('alter view %s set (security_invoker = true)', rel);
+        end if;
+    elsif relation_kind in ('r', 'p') then
+        if condition is null then  -- the condition the relation was secured with (ensure_schema passes none)
+            condition := (select obj_description(p.oid, 'pg_policy') from pg_policy as p
+                          where polrelid = rel and polname = 'readers_in_scope');
+        end if;
+        if condition is null then
+            condition := case when exists (select 1 from pg_attribute
+                                           where attrelid = rel and attname = 'tenant_id' and not attisdropped)
+                then '(select access.sees_all()) or tenant_id in (select tenant_id from access.my_tenants)'
+                else '(select access.sees_all())' end;
+        end if;
+        if not (select relrowsecurity and relforcerowsecurity from pg_class where oid = rel)
+           or not exists (select 1 from pg_policy where polrelid = rel and polname = 'pipeline_all')
+           or not exists (select 1 from pg_policy as p where polrelid = rel and polname = 'readers_in_scope'
+                          -- the condition as given is kept as the policy's comment: a changed one is applied
+                          and obj_description(p.oid, 'pg_policy') = condition) then
+            execute format('alter table %s enable row level security', rel);
+            execute format('alter table %s force row level security', rel);
+            execute format('drop policy if exists pipeline_all on %s', rel);
+            execute format('create policy pipeline_all on %s to %I using (true) with check (true)', rel, pipeline);
+            execute format('drop policy if exists readers_in_scope on %s', rel);
+            execute format('create policy readers_in_scope on %s for select to chargeback_bi using (%s)',
+                           rel, condition);
+            execute format('comment on policy readers_in_scope on %s is %L', rel, condition);
+        end if;
+    else
+        return;
+    end if;
+    personal := array(select attname from pg_attribute where attrelid = rel and attnum > 0 and not attisdropped
+                      and attname = any (access.personal_columns()));
+    if cardinality(personal) = 0 then
+        execute format('grant select on %s to chargeback_bi', rel);
+    else
+        select string_agg(quote_ident(attname), ', ' order by attnum) into others
+        from pg_attribute where attrelid = rel and attnum > 0 and not attisdropped and attname <> all (personal);
+        execute format('revoke select on %s from chargeback_bi', rel);
+        execute format('grant select (%s) on %s to chargeback_bi', others, rel);
+        execute format('grant select on %s to chargeback_finance', rel);
+    end if;
+end
+$$;
+
+do $$
+declare
+    pipeline_role text := current_setting('chargeback.pipeline_role');
+    r record;
+begin
+    execute format('create or replace function access.pipeline_role() returns name language sql immutable'
+                   ' as %L', format('select %L::name', pipeline_role));
+    -- readers see their scope through these, and nothing of access.users or access.scopes
+    grant usage on schema access to chargeback_bi, chargeback_dashboard;
+    grant select on access.my_tenants, access.my_scopes, access.me, access.my_budgets to chargeback_bi;
+    revoke all on access.users, access.scopes from chargeback_bi;
+    -- the sign-in: the dashboard's login reads names, roles and hashes, and may do nothing else
+    grant select (user_name, role, db_role, password_hash, disabled) on access.users to chargeback_dashboard;
+    execute format('grant usage on schema access to %I', pipeline_role);
+    execute format('grant execute on function access.secure_relation(regclass, text) to %I', pipeline_role);
+    revoke execute on function access.secure_relation(regclass, text) from public;
+    execute format('grant select on access.my_tenants, access.my_scopes, access.me, access.my_budgets to %I',
+                   pipeline_role);
+
+    -- this file's tables that readers see
+    grant usage on schema insights, pipeline to chargeback_bi;
+    perform access.secure_relation('insights.anomalies');
+    perform access.secure_relation('insights.anomaly_days');
+    perform access.secure_relation('insights.recommendations');
+    perform access.secure_relation('insights.forecasts');
+    perform access.secure_relation('insights.budget_status',
+                                   '(select access.sees_all()) or budget_id in (select budget_id from access.my_budgets)');
+    perform access.secure_relation('insights.budget_alerts',
+                                   '(select access.sees_all()) or budget_id in (select budget_id from access.my_budgets)');
+    perform access.secure_relation('pipeline.invoices');
+    perform access.secure_relation('pipeline.invoice_lines',
+                                   'document_id in (select document_id from pipeline.invoices)');
+    -- pipeline health (the dashboard's page for data engineers): engineers and finance
+    grant select on pipeline.load_runs, pipeline.load_files, pipeline.load_holds, pipeline.transform_runs,
+        pipeline.events, pipeline.validations, pipeline.month_closes to chargeback_engineer, chargeback_finance;
+    grant usage on schema raw to chargeback_engineer, chargeback_finance;
+    grant select (quarantine_id, load_id, source_file, source_line, landed_hour, field, reason, status,
+        quarantined_at, resolved_at, tenant_id) on raw.usage_quarantine
+        to chargeback_engineer, chargeback_finance;
+
+    -- a dashboard user acknowledges an anomaly, accepts or dismisses a recommendation: of its
+    -- scope, in its own name
+    grant update (status, ack_kind, ack_by, ack_reason, ack_at) on insights.anomalies to chargeback_reviewer;
+    drop policy if exists reviewers_acknowledge on insights.anomalies;
+    create policy reviewers_acknowledge on insights.anomalies for update to chargeback_reviewer
+        using ((select access.sees_all()) or tenant_id in (select tenant_id from access.my_tenants))
+        with check (status = 'acknowledged' and ack_by = (select access.viewer_name()));
+    grant update (status, status_by, status_reason, status_at) on insights.recommendations to chargeback_reviewer;
+    drop policy if exists reviewers_decide on insights.recommendations;
+    create policy reviewers_decide on insights.recommendations for update to chargeback_reviewer
+        using ((select access.sees_all()) or tenant_id in (select tenant_id from access.my_tenants))
+        with check (status in ('accepted', 'dismissed') and status_by = (select access.viewer_name()));
+
+    -- dbt's schemas: what exists is secured now (an upgraded warehouse); what dbt builds later is
+    -- secured by its post-hook. Nothing is readable by default: no default privileges.
+    for r in select nspname from pg_namespace where nspname in ('marts', 'intermediate', 'staging') loop
+        execute format('grant usage on schema %I to chargeback_bi', r.nspname);
+    end loop;
+    for r in select c.oid::regclass as rel from pg_class as c join pg_namespace as n on n.oid = c.relnamespace
+             where n.nspname in ('marts', 'intermediate') and c.relkind in ('r', 'p', 'v')
+    loop
+        perform access.secure_relation(r.rel);
+    end loop;
+    if exists (select 1 from pg_namespace where nspname = 'marts') then
+        execute format('alter default privileges for role %I in schema marts revoke select on tables from chargeback_bi',
+                       pipeline_role);
+    end if;
+end
+$$;
+-- ---- end of readers ----
