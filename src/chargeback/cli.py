@@ -277,6 +277,63 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve the dashboard in the foreground (docs/DASHBOARD.md)."""
+    from chargeback.dashboard import server
+
+    print(f"chargeback dashboard: {server.url(args.port, args.address)} (Ctrl-C stops it; sign in with a user of"
+          " `chargeback users add`)", flush=True)
+    return server.serve(args.port, args.address)
+
+
+def _password(from_stdin: bool, prompt: str) -> str:
+    import getpass
+
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return getpass.getpass(prompt)
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    """Dashboard users (docs/ACCESS.md): their scope is enforced by the database's row-level security."""
+    from chargeback.platform import access
+
+    if args.users_action == "list":
+        for name, role, scopes, disabled in access.list_users():
+            print(f"{name:<20} {role:<9} {scopes}{'  (removed)' if disabled else ''}")
+        return 0
+    if not args.name:
+        raise ValueError(f"chargeback users {args.users_action} needs a user name")
+    if args.users_action == "remove":
+        if not access.remove_user(args.name):
+            raise ValueError(f"no dashboard user {args.name!r}")
+        print(f"chargeback users: {args.name} removed: its role sees nothing any more")
+        return 0
+    if not args.role:
+        raise ValueError("chargeback users add needs --role finance|engineer|tenant")
+    scopes = [access.parse_scope(s) for s in args.scope]
+    user = access.add_user(args.name, args.role, scopes, _password(args.password_stdin, f"password for {args.name}: "))
+    print(f"chargeback users: {user.name} ({user.role}, {', '.join(map(str, scopes)) or 'all'}) can sign in;"
+          f" its queries run as the role {user.db_role}")
+    return 0
+
+
+def cmd_bi(args: argparse.Namespace) -> int:
+    """A BI tool's login role, scoped by row-level security (docs/ACCESS.md)."""
+    from chargeback.platform import access
+
+    if args.bi_action == "revoke":
+        access.revoke_bi(args.login)
+        print(f"chargeback bi: {args.login} sees nothing in this warehouse any more")
+        return 0
+    scopes = [access.parse_scope(s) for s in args.scope]
+    password = _password(args.password_stdin, f"password for {args.login}: ") if args.password_stdin else None
+    access.grant_bi(args.login, scopes, password, personal_data=args.personal_data)
+    print(f"chargeback bi: {args.login} reads the marts of {', '.join(map(str, scopes))}, read-only"
+          f"{', billing e-mails included' if args.personal_data else ''}")
+    return 0
+
+
 def cmd_whatif(args: argparse.Namespace) -> int:
     """The tenant's month re-priced with changes, old and new invoice line by line (docs/INSIGHTS.md)."""
     from chargeback.insights import whatif
@@ -609,6 +666,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--validate", action="store_true",
                     help="run the FinOps focus-validator on the files (make focus-validator)")
     sp.set_defaults(func=cmd_export_focus)
+
+    sp = sub.add_parser("dashboard", help="serve the dashboard (docs/DASHBOARD.md) until interrupted")
+    sp.add_argument("--port", type=int, default=8501)
+    sp.add_argument("--address", default="127.0.0.1", help="the address to listen on (default: this machine only)")
+    sp.set_defaults(func=cmd_dashboard)
+
+    sp = sub.add_parser("users", help="dashboard users: add (or change) one, list them, remove one (docs/ACCESS.md)")
+    sp.add_argument("users_action", choices=["add", "list", "remove"])
+    sp.add_argument("name", nargs="?")
+    sp.add_argument("--role", choices=["finance", "engineer", "tenant"], help="add: what the user may open")
+    sp.add_argument("--scope", action="append", default=[],
+                    help="add: all, org:NAME, bu:NAME, team:NAME or tenant:ID (repeatable; finance and engineers:"
+                         " all by default)")
+    sp.add_argument("--password-stdin", action="store_true", help="add: read the password from stdin")
+    sp.set_defaults(func=cmd_users)
+
+    sp = sub.add_parser("bi", help="a read-only login for Metabase, Superset or psql that sees only its scope")
+    sp.add_argument("bi_action", choices=["grant", "revoke"])
+    sp.add_argument("login")
+    sp.add_argument("--scope", action="append", default=[], help="grant: all, org:NAME, bu:NAME, team:NAME or"
+                    " tenant:ID (repeatable)")
+    sp.add_argument("--password-stdin", action="store_true", help="grant: read the login's password from stdin")
+    sp.add_argument("--personal-data", action="store_true", help="grant: may read billing e-mails (finance)")
+    sp.set_defaults(func=cmd_bi)
 
     sp = sub.add_parser("demo", help="simulate three months and the month to date, run the DAGs through Airflow")
     sp.add_argument("--tenants", type=int, default=50)

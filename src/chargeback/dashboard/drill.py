@@ -97,8 +97,11 @@ class Position:
         """What the viewer may group by here: the levels not filtered yet, then the labels."""
         taken = self.filter_map
         levels = [lv for lv in LEVELS if lv not in taken and not (lv == "hour" and "day" not in taken)]
-        used = {k for k, _ in self.label_filters}
-        return levels + [f"label:{k}" for k in label_keys if k not in used]
+        if self.label_filters:  # showback splits by sources or by one label key, not both
+            return [lv for lv in levels if lv != "source"]
+        if "source" in taken:
+            return levels
+        return levels + [f"label:{k}" for k in label_keys]
 
 
 def _ordered(filters: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
@@ -127,9 +130,9 @@ def from_params(params: Mapping[str, str], default_month: dt.date) -> Position:
             raise DrillError(f"day {filters['day']!r}: expected YYYY-MM-DD") from exc
         if (day.year, day.month) != (month.year, month.month):
             raise DrillError(f"day {day} is not in the month {month:%Y-%m}")
-    if "hour" in filters:
-        if "day" not in filters or not filters["hour"].isdigit() or not 0 <= int(filters["hour"]) <= 23:
-            raise DrillError(f"hour {filters['hour']!r}: expected 0 to 23, with a day")
+    if "hour" in filters and (
+            "day" not in filters or not filters["hour"].isdigit() or not 0 <= int(filters["hour"]) <= 23):
+        raise DrillError(f"hour {filters['hour']!r}: expected 0 to 23, with a day")
     by = params.get("by") or None
     if by and by not in LEVELS and not by.startswith("label:"):
         raise DrillError(f"by {by!r}: expected a level ({', '.join(LEVELS)}) or label:KEY")

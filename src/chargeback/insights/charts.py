@@ -51,24 +51,73 @@ def ledger_trend(frame: pd.DataFrame) -> alt.Chart:
     )
 
 
-def ledgers_by_group(frame: pd.DataFrame) -> alt.Chart:
-    """Cost to serve beside price billed per group (organisation, business unit…): grouped bars.
+def ledgers_by_group(frame: pd.DataFrame, *, pick: str | None = None) -> alt.Chart:
+    """The ledgers side by side per group (organisation, business unit, tenant, day…): grouped bars.
 
-    ``frame``: ``group`` (text), ``ledger`` (``"Cost to serve"`` or ``"Billed"``), ``amount``.
+    ``frame``: ``group`` (text), ``ledger`` (``"Cost to serve"``, ``"Billed"`` and/or ``"Margin"``),
+    ``amount``, in the order to show the groups. ``pick``: the name of a click selection on
+    ``group`` (the dashboard drills down on it); the printed report passes none.
     """
-    return (
+    ledgers = [name for name in LEDGER_COLOURS if name in set(frame["ledger"])] or ["Cost to serve", "Billed"]
+    chart = (
         alt.Chart(frame)
         .mark_bar()
         .encode(
             y=alt.Y("group:N", title=None, sort=None),
-            yOffset=alt.YOffset("ledger:N", sort=["Cost to serve", "Billed"]),
+            yOffset=alt.YOffset("ledger:N", sort=ledgers),
             x=alt.X("amount:Q", title="Amount", axis=alt.Axis(format="~s")),
-            color=alt.Color("ledger:N", title=None, scale=_ledger_colour("Cost to serve", "Billed"),
+            color=alt.Color("ledger:N", title=None, scale=_ledger_colour(*ledgers),
                             legend=alt.Legend(orient="top", direction="horizontal")),
             tooltip=["group:N", "ledger:N", alt.Tooltip("amount:Q", format=",.2f")],
         )
         .properties(width=400)
     )
+    if pick:
+        selection = alt.selection_point(name=pick, fields=["group"], on="click")
+        chart = chart.add_params(selection).encode(
+            opacity=alt.condition(selection, alt.value(1.0), alt.value(0.55)))
+    return chart
+
+
+def ledgers_by_day(frame: pd.DataFrame) -> alt.Chart:
+    """The ledgers day by day over a month: a line per ledger.
+
+    ``frame``: ``day`` (a date), ``ledger``, ``amount``.
+    """
+    ledgers = [name for name in LEDGER_COLOURS if name in set(frame["ledger"])] or list(LEDGER_COLOURS)
+    return (
+        alt.Chart(frame)
+        .mark_line(point=True, strokeWidth=1.5)
+        .encode(
+            x=alt.X("day:T", title=None, axis=alt.Axis(format="%d %b", labelAngle=0)),
+            y=alt.Y("amount:Q", title="Amount", axis=alt.Axis(format="~s")),
+            color=alt.Color("ledger:N", title=None, scale=_ledger_colour(*ledgers),
+                            legend=alt.Legend(orient="top", direction="horizontal")),
+            tooltip=[alt.Tooltip("day:T", title="Day"), "ledger:N", alt.Tooltip("amount:Q", format=",.2f")],
+        )
+        .properties(width=440, height=170)
+    )
+
+
+def forecast_band(frame: pd.DataFrame, budget: float | None = None) -> alt.Chart:
+    """A month's forecast: the band from p10 to p90, the p50, the actual so far and the budget.
+
+    ``frame``: one row per ledger — ``ledger``, ``p10``, ``p50``, ``p90``, ``actual``.
+    ``budget``: drawn as a rule where given.
+    """
+    base = alt.Chart(frame).encode(y=alt.Y("ledger:N", title=None))
+    band = base.mark_bar(height=14, color="#cbd2d9").encode(
+        x=alt.X("p10:Q", title="Amount", axis=alt.Axis(format="~s")), x2="p90:Q",
+        tooltip=["ledger:N", alt.Tooltip("p10:Q", format=",.2f"), alt.Tooltip("p50:Q", format=",.2f"),
+                 alt.Tooltip("p90:Q", format=",.2f")])
+    median = base.mark_tick(thickness=3, size=20, color="#1f4e79").encode(x="p50:Q")
+    actual = base.mark_point(shape="diamond", filled=True, size=80, color="#c05621").encode(
+        x="actual:Q", tooltip=[alt.Tooltip("actual:Q", title="Actual so far", format=",.2f")])
+    layers = [band, median, actual]
+    if budget is not None:
+        layers.append(alt.Chart(pd.DataFrame({"budget": [budget]})).mark_rule(color=RISE, strokeDash=[4, 3])
+                      .encode(x="budget:Q"))
+    return alt.layer(*layers).properties(width=440, height=90)
 
 
 def top_movers(frame: pd.DataFrame) -> alt.Chart:

@@ -296,22 +296,31 @@ def _describe(pl: repricing.PricedLine) -> str:
     return f"{pl.meter}{tier}{kind} from {line.price_valid_from}"
 
 
-def render(c: Comparison) -> str:
-    """Old and new invoice side by side, line by line, with the difference."""
-    currency = c.currency
+def line_by_line(c: Comparison) -> list[tuple[str, Decimal | None, Decimal, Decimal | None, Decimal, Decimal]]:
+    """(line, quantity now, amount now, quantity then, amount then, difference) per invoice line of
+    the month as priced ("now") and with the changes ("then"), then the totals (line ``"total"``)."""
     before = {_line_key(pl): pl for pl in (c.before.lines if c.before else ())}
     after = {_line_key(pl): pl for pl in (c.after.lines if c.after else ())}
-    rows = [("line", "quantity now", "amount now", "quantity then", "amount then", "difference")]
+    rows = []
     for key in sorted(set(before) | set(after)):
         b, a = before.get(key), after.get(key)
         old = b.line.amount if b else Decimal("0.00")
         new = a.line.amount if a else Decimal("0.00")
-        rows.append((_describe(b or a), f"{b.line.quantity.normalize():f}" if b else "",
-                     f"{old:,.2f}", f"{a.line.quantity.normalize():f}" if a else "", f"{new:,.2f}",
-                     f"{new - old:+,.2f}"))
+        rows.append((_describe(b or a), b.line.quantity if b else None, old, a.line.quantity if a else None, new,
+                     new - old))
     total_before = c.before.total if c.before else Decimal("0.00")
     total_after = c.after.total if c.after else Decimal("0.00")
-    rows.append(("total", "", f"{total_before:,.2f}", "", f"{total_after:,.2f}", f"{total_after - total_before:+,.2f}"))
+    rows.append(("total", None, total_before, None, total_after, total_after - total_before))
+    return rows
+
+
+def render(c: Comparison) -> str:
+    """Old and new invoice side by side, line by line, with the difference."""
+    currency = c.currency
+    rows = [("line", "quantity now", "amount now", "quantity then", "amount then", "difference")]
+    for line, q_now, now, q_then, then, difference in line_by_line(c):
+        rows.append((line, f"{q_now.normalize():f}" if q_now is not None else "", f"{now:,.2f}",
+                     f"{q_then.normalize():f}" if q_then is not None else "", f"{then:,.2f}", f"{difference:+,.2f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(6)]
     lines = [f"{c.tenant_id}, {c.month:%Y-%m}, re-priced with {', '.join(map(str, c.changes)) or 'no change'}"
              f" ({currency}; 'now' is the invoice as priced, 'then' with the changes):"]
@@ -324,5 +333,5 @@ def render(c: Comparison) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Change", "Comparison", "MonthUsage", "WhatIfError", "compare", "parse_change",
+__all__ = ["Change", "Comparison", "MonthUsage", "WhatIfError", "compare", "line_by_line", "parse_change",
            "read_month", "render", "whatif"]

@@ -304,8 +304,8 @@ def _record(
     )
     (validation_id,) = conn.execute(
         "insert into pipeline.validations (suite, table_name, load_id, window_start, window_end, success,"
-        " evaluated_expectations, failed_expectations, summary, result)"
-        " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning validation_id",
+        " evaluated_expectations, failed_expectations, summary, result, data_docs_url)"
+        " values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning validation_id",
         (
             outcome.suite,
             outcome.table_name,
@@ -317,6 +317,7 @@ def _record(
             outcome.failed_expectations,
             outcome.summary,
             Jsonb(result),
+            outcome.data_docs_url,
         ),
     ).fetchone()
     return SuiteResult(**{**outcome.__dict__, "validation_id": validation_id})

@@ -454,6 +454,8 @@ create table if not exists pipeline.validations (
     result jsonb not null,
     validated_at timestamptz not null default now()
 );
+-- the run's Data Docs page (file:// or the configured site), for the dashboard's pipeline page
+alter table pipeline.validations add column if not exists data_docs_url text;
 
 -- ---- month close: invoices, credit and debit notes, their lines, the closes (chargeback.billing.close) ----
 -- Invoice numbers are gapless per issuer: taken from this counter at finalization, in
@@ -1172,6 +1174,14 @@ where exists (select 1 from config.tenants as t
                     and (b.team is null or t.team = b.team)
                     and (b.tenant_id is null or t.tenant_id = b.tenant_id)
                     and t.tenant_id not in (select tenant_id from access.my_tenants));
+-- A source's usage per hour, for the dashboard's drill from a source's day to its hours (the
+-- marts keep sources by day): raw rows of the reader's tenants only, summed. security_barrier:
+-- the reader's own conditions (one tenant, one day) run after the scope's, never before it.
+create or replace view access.my_source_usage_hourly with (security_barrier) as
+select u.tenant_id, u.source, u.meter, u.hour_start, sum(u.value) as quantity
+from raw.usage_snapshots as u
+where u.tenant_id in (select tenant_id from access.my_tenants)
+group by u.tenant_id, u.source, u.meter, u.hour_start;
 create or replace function access.sees_all() returns boolean
     language sql stable set search_path = pg_catalog, pg_temp
     as $$ select exists (select 1 from access.my_scopes where kind = 'all') $$;
@@ -1255,7 +1265,8 @@ begin
                    ' as %L', format('select %L::name', pipeline_role));
     -- readers see their scope through these, and nothing of access.users or access.scopes
     grant usage on schema access to chargeback_bi, chargeback_dashboard;
-    grant select on access.my_tenants, access.my_scopes, access.me, access.my_budgets to chargeback_bi;
+    grant select on access.my_tenants, access.my_scopes, access.me, access.my_budgets,
+        access.my_source_usage_hourly to chargeback_bi;
     revoke all on access.users, access.scopes from chargeback_bi;
     -- the sign-in: the dashboard's login reads names, roles and hashes, and may do nothing else
     grant select (user_name, role, db_role, password_hash, disabled) on access.users to chargeback_dashboard;
