@@ -95,7 +95,8 @@ def bars(page) -> dict[str, dict[str, Decimal]]:
     settle(page)
     found: dict[str, dict[str, Decimal]] = {}
     chart = page.locator("[data-testid=stVegaLiteChart]").first
-    for label in chart.locator("[role=graphics-symbol]").evaluate_all("els => els.map(e => e.getAttribute('aria-label'))"):
+    labels = chart.locator("[role=graphics-symbol]").evaluate_all("els => els.map(e => e.getAttribute('aria-label'))")
+    for label in labels:
         match = re.search(r"group: (.*?); ledger: (.*?);.*amount: (-?[\d,.]+)$", label or "")
         if match:
             found.setdefault(match[1], {})[match[2]] = Decimal(match[3].replace(",", ""))
