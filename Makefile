@@ -13,7 +13,7 @@ export AIRFLOW__COSMOS__ENABLE_TELEMETRY := False
 export AIRFLOW__COSMOS__ENABLE_DAG_VERSIONING := False
 export DO_NOT_TRACK := 1
 
-.PHONY: install system-deps demo test test-unit test-external-pg bench airflow lint lock warehouse-stop clean focus-validator
+.PHONY: install system-deps browser-deps demo dashboard test test-unit test-external-pg bench airflow lint lock warehouse-stop clean focus-validator
 
 # Every install is the same: .venv is synced exactly to uv.lock (`make lock` upgrades it).
 $(STAMP): pyproject.toml uv.lock
@@ -34,14 +34,25 @@ system-deps: ## Debian libraries WeasyPrint needs (installed when missing and we
 	  else echo "install libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 (Debian) for PDF rendering"; exit 1; fi; \
 	fi
 
+browser-deps: ## Debian's chromium for the dashboard's browser tests and P6 (installed when missing and we are root)
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "install chromium (Debian) for the dashboard's browser tests"; exit 1; fi; \
+	fi
+
 demo: install ## simulate a month for 50 tenants and run both DAGs through Airflow
 	CHARGEBACK_ENV=demo $(VENV)/bin/chargeback demo
+
+PORT ?= 8501
+dashboard: install ## the dashboard on http://localhost:$(PORT) (docs/DASHBOARD.md); users: chargeback users add
+	$(VENV)/bin/chargeback dashboard --port $(PORT)
 
 # pytest-xdist workers; each gets a warehouse database and dbt artifacts of its own (three on
 # these 2 cores were slower: make test 9 min 50 s against 9 min 3 s)
 TEST_WORKERS ?= 2
 
-test: install focus-validator ## the whole suite: pure logic, warehouse, Airflow runs, FOCUS validator
+test: install focus-validator browser-deps ## the whole suite: pure logic, warehouse, Airflow runs, FOCUS validator
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-unit: install ## pure-logic tests only, in seconds: no PostgreSQL is started or reached
@@ -58,7 +69,7 @@ test-external-pg: install ## the server-dependent warehouse tests again, on the 
 	@test -n "$$WAREHOUSE_DSN" || { echo "set WAREHOUSE_DSN, e.g. postgresql://postgres@127.0.0.1:5432/postgres"; exit 2; }
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile -m "warehouse and not airflow" $(EXTERNAL_PG_TESTS)
 
-bench: install ## performance figures as JSON lines
+bench: install browser-deps ## performance figures as JSON lines
 	CHARGEBACK_ENV=dev $(PY) -m chargeback.bench
 
 airflow: install ## Airflow standalone (web UI on :8080) against the same warehouse

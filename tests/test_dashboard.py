@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import re
 import socket
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+from chargeback.dashboard import browser as driving
 from chargeback.dashboard import server
 from chargeback.platform import warehouse
 from conftest import database_of_its_own
@@ -26,7 +26,6 @@ pytestmark = [pytest.mark.warehouse, pytest.mark.browser]
 playwright = pytest.importorskip("playwright.sync_api")
 
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "reports" / "out" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
 OCTOBER = dt.date(2026, 10, 1)
 
 
@@ -40,8 +39,8 @@ def _free_port() -> int:
 def dashboard(test_warehouse, tmp_path_factory):
     import dashboard_data
 
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run installs it)")
+    if not Path(driving.CHROMIUM).exists():
+        pytest.fail(f"{driving.CHROMIUM} is missing: apt-get install chromium (make browser-deps, .ci/run)")
     with database_of_its_own("dashboard"):
         dashboard_data.build()
         log = tmp_path_factory.mktemp("dashboard") / "streamlit.log"
@@ -52,69 +51,19 @@ def dashboard(test_warehouse, tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser(dashboard):
     with playwright.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        chromium = driving.launch(p)
         yield chromium
         chromium.close()
 
 
 def sign_in(browser, url: str, user: str):
     """A fresh browser context (no cookies, no session) opening ``url`` and signing in as ``user``."""
-    import dashboard_data
+    from dashboard_data import PASSWORD
 
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-    page = context.new_page()
-    page.goto(url)
-    page.get_by_label("User name").fill(user)
-    page.get_by_role("textbox", name="Password").fill(dashboard_data.PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    page.get_by_text(f"Signed in as {user}").wait_for()
-    return page
+    return driving.sign_in(browser, url, user, PASSWORD)
 
 
-def settle(page) -> None:
-    """Until Streamlit's script runs are over (the app's own state attribute, as Streamlit's e2e tests
-    wait), twice in a row: a drill's run ends by asking for another."""
-    idle = "[data-testid=stApp][data-test-script-state=notRunning][data-test-connection-state=CONNECTED]"
-    for _ in range(2):
-        page.wait_for_timeout(250)
-        page.locator(idle).wait_for(timeout=30_000)
-
-
-def metrics(page) -> dict[str, Decimal]:
-    settle(page)
-    page.locator("[data-testid=stMetricValue]").first.wait_for()
-    labels = page.locator("[data-testid=stMetricLabel]").all_inner_texts()
-    values = page.locator("[data-testid=stMetricValue]").all_inner_texts()
-    return {label.strip(): Decimal(value.replace(",", "").split()[0]) for label, value in zip(labels, values,
-                                                                                              strict=True)
-            if value.strip() not in ("—", "")}
-
-
-def bars(page) -> dict[str, dict[str, Decimal]]:
-    """The drill chart's bars: group → ledger → amount (read off the marks' aria labels)."""
-    settle(page)
-    found: dict[str, dict[str, Decimal]] = {}
-    chart = page.locator("[data-testid=stVegaLiteChart]").first
-    labels = chart.locator("[role=graphics-symbol]").evaluate_all("els => els.map(e => e.getAttribute('aria-label'))")
-    for label in labels:
-        match = re.search(r"group: (.*?); ledger: (.*?);.*amount: (-?[\d,.]+)$", label or "")
-        if match:
-            found.setdefault(match[1], {})[match[2]] = Decimal(match[3].replace(",", ""))
-    return found
-
-
-def click_bar(page, group: str) -> None:
-    """Click the widest bar of ``group`` at the centre of its bounding box, as a person would."""
-    chart = page.locator("[data-testid=stVegaLiteChart]").first
-    marks = chart.locator(f'[role=graphics-symbol][aria-label*="group: {group}; ledger:"]')
-    widths = [(marks.nth(i).bounding_box() or {"width": -1})["width"] for i in range(marks.count())]
-    mark = marks.nth(widths.index(max(widths)))
-    mark.scroll_into_view_if_needed()
-    box = mark.bounding_box()
-    before = page.url
-    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    page.wait_for_url(lambda url: url != before, timeout=30_000)
-    settle(page)
+settle, metrics, bars, click_bar = driving.settle, driving.metrics, driving.bars, driving.click_bar
 
 
 def query(sql: str, *params) -> list[tuple]:
@@ -229,11 +178,9 @@ def test_a_tenant_viewer_sees_only_its_tenant_whatever_the_link_or_filter(dashbo
 
     for crafted in ("tenant=t002", "org=Acme+Corp", "by=tenant"):
         page.goto(f"{dashboard}explorer?month=2026-10&{crafted}")
-        page.get_by_label("User name").fill("t007")  # a goto is a new session: sign in again
         from dashboard_data import PASSWORD
-        page.get_by_role("textbox", name="Password").fill(PASSWORD)
-        page.get_by_role("button", name="Sign in").click()
-        page.get_by_text("Signed in as t007").wait_for()
+
+        driving.submit(page, "t007", PASSWORD)  # a goto is a new session: sign in again
         shown = metrics(page)
         if crafted == "by=tenant":
             assert set(bars(page)) == {"t007"}

@@ -509,8 +509,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     say(f"finance report: {out}/{period}/finance-report.pdf")
     say(f"forecast of {current}: chargeback forecast --month {current}; budgets: chargeback budgets list "
         f"--month {current}; pipeline: chargeback status")
+    print()
+    print(_demo_dashboard_users(configuration.read(), ids))
     say("done")
     return 0
+
+
+def _demo_dashboard_users(cfg, ids: list[str]) -> str:
+    """Three dashboard users with fresh passwords (finance, an engineer, the organisation of the
+    first simulated tenant), and how to open the dashboard: the demo's last lines."""
+    import secrets
+
+    from chargeback.dashboard import server
+    from chargeback.platform import access
+
+    organisation = next(t.organisation for t in cfg.tenants if t.tenant_id == ids[0])
+    users = [("finance", "finance", [], "every tenant, billing e-mails, invoices"),
+             ("engineer", "engineer", [], "every tenant's usage, pipeline health"),
+             ("tenant", "tenant", [access.Scope("organisation", organisation)], f"the tenants of {organisation} only")]
+    lines = [f"Dashboard — make dashboard (or chargeback dashboard --port {server.DEFAULT_PORT}), then open"
+             f" {server.url()} and sign in as:"]
+    for name, role, scopes, sees in users:
+        password = secrets.token_urlsafe(9)
+        access.add_user(name, role, scopes, password)
+        lines.append(f"  {name:<9} {password}   ({sees})")
+    lines.append("  (passwords are new each demo; chargeback users add NAME --role … --scope … adds more)")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
