@@ -1,6 +1,6 @@
 """A small warehouse with everything the dashboard shows: tenants of three organisations with
 sources, two closed months (October final, with PDFs), November to date, an injected spike and
-the anomalies found, recommendations, forecasts, and a user of each kind. Built the way the
+the anomalies found, recommendations, forecasts, budget states, and a user of each kind. Built the way the
 pipeline builds it (dbt, month close, the insights' own code), in the current database."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import datetime as dt
 from chargeback.billing import close
 from chargeback.engine import transform
 from chargeback.ingest.simulate import Injection
-from chargeback.insights import anomalies, forecast, recommend
+from chargeback.insights import anomalies, budgets, forecast, recommend
 from chargeback.platform import access, warehouse
 from snapshots import publish_simulated
 
@@ -33,5 +33,6 @@ def build() -> None:
     anomalies.run(dt.date(2026, 10, 1), dt.date(2026, 11, 11), environ={})
     with warehouse.connect() as conn:
         forecast.forecast_month(conn, dt.date(2026, 11, 1))
+    budgets.check("2026-11", environ={})  # config/budgets.yml: states and alerts, nothing sent
     for name, (role, scopes) in USERS.items():
         access.add_user(name, role, [access.parse_scope(s) for s in scopes], PASSWORD)

@@ -110,8 +110,20 @@ def test_finance_drills_from_the_organisation_to_an_hour_and_every_figure_is_the
                                   "Acme Corp", unit, team))
     tenant = max(bars(page), key=lambda g: bars(page)[g]["Billed"])
     click_bar(page, tenant)
-    assert_headline(page, *ledger("b.tenant_id = %s", tenant))
+    billed, cost = ledger("b.tenant_id = %s", tenant)
+    assert_headline(page, billed, cost)
+    # what the figures are made of: the month's invoice lines add up to the billed amount, the
+    # cost engine's allocations to the cost to serve
+    page.get_by_text("Show what these figures are made of").click()
+    page.wait_for_url(lambda url: "trace=1" in url)
+    settle(page)
+    made_of = page.locator("[data-testid=stMarkdownContainer]", has_text="— total").all_inner_texts()
+    totals = {text.split(" — total ")[0].split(" of ")[0].strip(): Decimal(text.split(" — total ")[1].split()[0]
+                                                                          .replace(",", "")) for text in made_of}
+    assert totals == {"Invoice lines": billed, "Cost allocations": cost}
     shoot(page, "explorer-2-tenant-by-source")
+    page.get_by_text("Show what these figures are made of").click()
+    page.wait_for_url(lambda url: "trace=1" not in url)
 
     sources = bars(page)
     expected = dict(query("select source, sum(billed_amount) from marts.fct_showback_sources_daily"

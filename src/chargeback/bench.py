@@ -307,13 +307,11 @@ def bench_dashboard(work: Path, ids: list[str]) -> None:
     One day (1 October) is simulated with 20 sources per tenant and built by the pipeline (load,
     dbt); the relations the dashboard reads are then filled to 90 days (3 August to 31 October) by
     copying that day's rows, and raw usage is that day's (2.2 M snapshots: what a source's hours
-    are read from). A finance user signs in (``P6_dashboard_first_page_s``: from pressing Sign in
-    on the cost explorer's link to its chart drawn), then drills three paths from the organisation
+    are read from). The dashboard serves one viewer first (a running server, not one starting);
+    then a finance user in a new browser context signs in (``P6_dashboard_first_page_s``: from
+    pressing Sign in on the cost explorer's link to its chart drawn), then drills three paths from the organisation
     to an hour, clicking bars at their centre (``P6_dashboard_click_p95_s``: from the click to the
     drilled chart drawn, each view read for the first time)."""
-    from playwright.sync_api import sync_playwright
-
-    from chargeback.dashboard import browser, server
     from chargeback.engine import configuration, transform
     from chargeback.platform import access, warehouse
 
@@ -331,45 +329,56 @@ def bench_dashboard(work: Path, ids: list[str]) -> None:
         for relation, column in P6_DAILY:
             _note(f"P6: {relation}: {_copy_day(relation, column, offsets):,} rows copied to {P6_DAYS} days")
         access.add_user("bench", "finance", [], password)
-        port = 8765
-        with server.running(port, log=work / "p6-streamlit.log") as url, sync_playwright() as p:
-            chromium = browser.launch(p)
-            page = chromium.new_context(viewport=browser.VIEWPORT).new_page()
-            page.goto(f"{url}explorer?month=2026-10")
-            page.get_by_label("User name").fill("bench")
-            page.get_by_role("textbox", name="Password").fill(password)
-            t0 = time.perf_counter()
-            page.get_by_role("button", name="Sign in").click()
-            page.locator("[data-testid=stVegaLiteChart] [role=graphics-symbol]").first.wait_for(timeout=120_000)
-            browser.settle(page)
-            first_page = time.perf_counter() - t0
-            clicks: list[float] = []
-            for path in range(P6_CLICK_PATHS):
-                if "org=" in page.url:  # back to the top by the breadcrumb
-                    page.get_by_role("button", name="All", exact=True).click()
-                    page.wait_for_url(lambda u: "org=" not in u)
-                    browser.settle(page)
-                for level in range(8):  # organisation, unit, team, tenant, source, meter, day, hour
-                    found = browser.bars(page)
-                    if level == 6:
-                        pick = f"{P6_DAY:%Y-%m-%d}"  # the day whose raw usage is there
-                    else:
-                        ranked = sorted((g for g in found if not g.startswith("(")),
-                                        key=lambda g: -max(found[g].values()))
-                        pick = ranked[min(path, len(ranked) - 1)]
-                    t0 = time.perf_counter()
-                    browser.click_bar(page, pick)
-                    clicks.append(time.perf_counter() - t0)
-            chromium.close()
-        clicks.sort()
-        p95 = clicks[min(len(clicks) - 1, round(0.95 * (len(clicks) - 1)))]
+        first_page, clicks = _p6_measure(work, password)
         emit("P6_dashboard_first_page_s", first_page, "s", goal="<= 2.0", tenants=len(ids), days=P6_DAYS,
              sources=SOURCES_PER_TENANT, snapshots_in_raw=snapshots)
-        emit("P6_dashboard_click_p95_s", p95, "s", goal="<= 1.0", clicks=len(clicks),
-             median=clicks[len(clicks) // 2], slowest=clicks[-1])
+        emit("P6_dashboard_click_p95_s", clicks[min(len(clicks) - 1, round(0.95 * (len(clicks) - 1)))], "s",
+             goal="<= 1.0", clicks=len(clicks), median=clicks[len(clicks) // 2], slowest=clicks[-1])
     finally:
-        warehouse.drop_database(os.environ["CHARGEBACK_DATABASE"])
+        if not os.environ.get("CHARGEBACK_BENCH_KEEP_P6"):  # keep it to look into a figure
+            warehouse.drop_database(os.environ["CHARGEBACK_DATABASE"])
         os.environ["CHARGEBACK_DATABASE"] = database
+
+
+def _p6_measure(work: Path, password: str, port: int = 8765) -> tuple[float, list[float]]:
+    """(first page, the clicks sorted) on the current database (see :func:`bench_dashboard`)."""
+    from playwright.sync_api import sync_playwright
+
+    from chargeback.dashboard import browser, server
+
+    with server.running(port, log=work / "p6-streamlit.log") as url, sync_playwright() as p:
+        chromium = browser.launch(p)
+        # a dashboard that has served a page since it started (a running server, its modules
+        # imported); then a new viewer in a browser context of its own (no cache, no session)
+        browser.sign_in(chromium, f"{url}explorer?month=2026-09", "bench", password).context.close()
+        page = chromium.new_context(viewport=browser.VIEWPORT).new_page()
+        page.goto(f"{url}explorer?month=2026-10")
+        page.get_by_label("User name").fill("bench")
+        page.get_by_role("textbox", name="Password").fill(password)
+        t0 = time.perf_counter()
+        page.get_by_role("button", name="Sign in").click()
+        page.locator("[data-testid=stVegaLiteChart] [role=graphics-symbol]").first.wait_for(timeout=120_000)
+        browser.settle(page)
+        first_page = time.perf_counter() - t0
+        clicks: list[float] = []
+        for path in range(P6_CLICK_PATHS):
+            if "org=" in page.url:  # back to the top by the breadcrumb
+                page.get_by_role("button", name="All", exact=True).click()
+                page.wait_for_url(lambda u: "org=" not in u)
+                browser.settle(page)
+            for level in range(8):  # organisation, unit, team, tenant, source, meter, day, hour
+                found = browser.bars(page)
+                if level == 6:
+                    pick = f"{P6_DAY:%Y-%m-%d}"  # the day whose raw usage is there
+                else:
+                    ranked = sorted((g for g in found if not g.startswith("(")),
+                                    key=lambda g: -max(found[g].values()))
+                    pick = ranked[min(path, len(ranked) - 1)]
+                t0 = time.perf_counter()
+                browser.click_bar(page, pick)
+                clicks.append(time.perf_counter() - t0)
+        chromium.close()
+    return first_page, sorted(clicks)
 
 
 P7_TENANTS = int(os.environ.get("CHARGEBACK_BENCH_P7_TENANTS", "30"))

@@ -82,5 +82,8 @@ def click_bar(page: Any, group: str) -> None:
     before = page.url
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.wait_for_url(lambda url: url != before, timeout=60_000)
-    settle(page)
+    # drawn: the breadcrumb ends with the value clicked (the drill's second run wrote it), that run
+    # is over, and the new chart has its marks
+    page.locator("[data-testid=stMarkdownContainer] strong", has_text=f": {group}").first.wait_for(timeout=60_000)
+    page.locator(IDLE).wait_for(timeout=60_000)
     page.locator("[data-testid=stVegaLiteChart] [role=graphics-symbol]").first.wait_for()

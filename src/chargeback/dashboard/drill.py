@@ -39,6 +39,7 @@ class Position:
     filters: tuple[tuple[str, str], ...] = ()  # (level, value) in LEVELS order
     by: str | None = None  # a level, or "label:<key>"; None: the next level
     label_filters: tuple[tuple[str, str], ...] = field(default=())  # (label key, value)
+    trace: bool = False  # "what these figures are made of" shown
 
     @property
     def filter_map(self) -> dict[str, str]:
@@ -91,6 +92,8 @@ class Position:
             params["by"] = self.by
         for i, (key, value) in enumerate(self.label_filters):
             params[f"label{i}"] = f"{key}={value}"
+        if self.trace:
+            params["trace"] = "1"
         return params
 
     def groupable(self, label_keys: tuple[str, ...] = ()) -> list[str]:
@@ -147,4 +150,4 @@ def from_params(params: Mapping[str, str], default_month: dt.date) -> Position:
             if not sep or not key:
                 raise DrillError(f"label{i} {text!r}: expected KEY=VALUE")
             labels.append((key, value))
-    return Position(month, ledger, idle, _ordered(filters), by, tuple(labels))
+    return Position(month, ledger, idle, _ordered(filters), by, tuple(labels), params.get("trace") == "1")

@@ -99,25 +99,24 @@ def ledgers_by_day(frame: pd.DataFrame) -> alt.Chart:
     )
 
 
-def forecast_band(frame: pd.DataFrame, budget: float | None = None) -> alt.Chart:
-    """A month's forecast: the band from p10 to p90, the p50, the actual so far and the budget.
+def forecast_band(frame: pd.DataFrame) -> alt.Chart:
+    """A month's forecast per ledger: the band from p10 to p90, the p50, the actual so far and,
+    where one applies, the budget (a red tick).
 
-    ``frame``: one row per ledger — ``ledger``, ``p10``, ``p50``, ``p90``, ``actual``.
-    ``budget``: drawn as a rule where given.
+    ``frame``: one row per ledger — ``ledger``, ``p10``, ``p50``, ``p90``, ``actual`` and
+    ``budget`` (NaN without one).
     """
     base = alt.Chart(frame).encode(y=alt.Y("ledger:N", title=None))
     band = base.mark_bar(height=14, color="#cbd2d9").encode(
         x=alt.X("p10:Q", title="Amount", axis=alt.Axis(format="~s")), x2="p90:Q",
         tooltip=["ledger:N", alt.Tooltip("p10:Q", format=",.2f"), alt.Tooltip("p50:Q", format=",.2f"),
                  alt.Tooltip("p90:Q", format=",.2f")])
-    median = base.mark_tick(thickness=3, size=20, color="#1f4e79").encode(x="p50:Q")
-    actual = base.mark_point(shape="diamond", filled=True, size=80, color="#c05621").encode(
+    median = base.mark_tick(thickness=3, size=20, color=LEDGER_COLOURS["Billed"]).encode(x="p50:Q")
+    actual = base.mark_point(shape="diamond", filled=True, size=80, color=LEDGER_COLOURS["Cost to serve"]).encode(
         x="actual:Q", tooltip=[alt.Tooltip("actual:Q", title="Actual so far", format=",.2f")])
-    layers = [band, median, actual]
-    if budget is not None:
-        layers.append(alt.Chart(pd.DataFrame({"budget": [budget]})).mark_rule(color=RISE, strokeDash=[4, 3])
-                      .encode(x="budget:Q"))
-    return alt.layer(*layers).properties(width=440, height=90)
+    budget = base.mark_tick(thickness=2, size=28, color=RISE).encode(
+        x="budget:Q", tooltip=[alt.Tooltip("budget:Q", title="Budget", format=",.2f")])
+    return alt.layer(band, median, actual, budget).properties(width=440, height=90)
 
 
 def top_movers(frame: pd.DataFrame) -> alt.Chart:

@@ -7,6 +7,8 @@ goes back up.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import streamlit as st
 
@@ -52,12 +54,12 @@ with last:
     by = st.selectbox("Group by", options, index=options.index(pos.group), key="explorer_by",
                       format_func=lambda g: f"label {g[6:]}" if g.startswith("label:") else drill.LABEL[g])
 if month != pos.month:  # the same place in another month: its days and hours are not that month's
-    go(drill.Position(month, pos.ledger, pos.idle, tuple((lv, v) for lv, v in pos.filters if lv not in ("day", "hour")),
-                      None if pos.by == "hour" else pos.by, pos.label_filters))
+    go(replace(pos, month=month, filters=tuple((lv, v) for lv, v in pos.filters if lv not in ("day", "hour")),
+               by=None if pos.by == "hour" else pos.by))
 if (ledger, idle) != (pos.ledger, pos.idle):
-    go(drill.Position(pos.month, ledger, idle, pos.filters, pos.by, pos.label_filters))
+    go(replace(pos, ledger=ledger, idle=idle))
 if by != pos.group:
-    go(drill.Position(pos.month, pos.ledger, pos.idle, pos.filters, by, pos.label_filters))
+    go(replace(pos, by=by))
 
 # ---- breadcrumb ----
 crumbs = pos.breadcrumb()
@@ -116,8 +118,12 @@ if trend:
                          for name, v in (("Cost to serve", cost), ("Billed", billed))])
     st.altair_chart(charts.ledgers_by_day(days).properties(title="Day by day"), width="stretch", height=280)
 
-# ---- what the figures are made of ----
-with st.expander("What these figures are made of", expanded=False):
+# ---- what the figures are made of (read only when asked for: they are the widest tables) ----
+trace = st.toggle("Show what these figures are made of: invoice lines, price versions, allocations",
+                  value=pos.trace, key="explorer_trace")
+if trace != pos.trace:
+    go(replace(pos, trace=trace))
+if trace:
     if pos.filter_map.get("source") or pos.label_filters:
         st.markdown("A source's or label's amounts are its tenant's, per meter and day, split by its share of the"
                     " usage (largest remainder): the tenant's figures below are what was split.")
