@@ -197,3 +197,15 @@ def test_scopes_and_users_are_checked_when_granted():
 def test_a_scope_naming_nothing_is_refused(built):
     with pytest.raises(access.AccessError, match=r"no tenant in config/tenants\.yml has organisation 'Acme'"):
         access.add_user("typo", "tenant", [access.parse_scope("org:Acme")], PASSWORD)
+
+
+def test_a_reader_sees_the_budgets_it_covers_and_its_own_scopes_budget(built):
+    from chargeback.insights import budget_config
+
+    budget_config.apply(budget_config.read())
+    access.add_user("retail", "tenant", [access.parse_scope("bu:Retail")], PASSWORD)
+    retail, acme_user = access.db_role_of("retail"), access.db_role_of("acme")
+    assert as_role(retail, "select budget_id from access.my_scope_budgets") == [("acme-retail-cost",)]
+    assert ("acme-retail-cost",) in as_role(acme_user, "select budget_id from access.my_budgets")
+    assert as_role(acme_user, "select budget_id from access.my_scope_budgets") == []  # Acme is more than Retail
+    assert ("acme-retail-cost",) not in as_role(access.db_role_of("t007"), "select budget_id from access.my_budgets")

@@ -325,6 +325,11 @@ def budget_status(conn: psycopg.Connection, month: dt.date) -> list[tuple]:
         " where month = %s order by budget_id", (month,)).fetchall()
 
 
+def scope_budgets(conn: psycopg.Connection) -> set[str]:
+    """The budgets whose scope is exactly the viewer's (drawn against the viewer's forecast)."""
+    return {r[0] for r in conn.execute("select budget_id from access.my_scope_budgets")}
+
+
 def budget_alerts(conn: psycopg.Connection, month: dt.date) -> list[tuple]:
     return conn.execute(
         "select fired_at, budget_id, threshold, threshold_kind, actual, used_percent, line from insights.budget_alerts"

@@ -19,24 +19,16 @@ month = widgets.month_picker(months, widgets.month_param(months), key="budgets_m
 
 forecast = session.read(queries.forecasts, month)
 budgets = session.read(queries.budget_status, month)
-# the budget drawn against a ledger's forecast: the viewer's widest budget of that ledger, when one
-# level holds a single one (a platform, organisation or tenant budget)
-widest: dict[str, float] = {}
-levels = ("platform", "organisation", "business_unit", "team", "tenant")
-for ledger_name in ("billed", "cost"):
-    mine = [b for b in budgets if b[3] == ledger_name and b[1] in levels]
-    if mine:
-        top = min(levels.index(b[1]) for b in mine)
-        at_top = [b for b in mine if levels.index(b[1]) == top]
-        if len(at_top) == 1:
-            widest[ledger_name] = float(at_top[0][4])
+# a budget is drawn against the forecast only where its scope is exactly the viewer's
+whole = session.read(queries.scope_budgets)
+widest = {b[3]: float(b[4]) for b in budgets if b[0] in whole}
 if forecast:
     frame = pd.DataFrame([{"ledger": {"billed": "Billed", "cost": "Cost to serve"}[f[0]], "p10": float(f[1]),
                            "p50": float(f[2]), "p90": float(f[3]), "actual": float(f[4] or 0),
                            "budget": widest.get(f[0], float("nan"))} for f in forecast])
     st.altair_chart(charts.forecast_band(frame).properties(title=f"{month:%B %Y}: forecast band (p10–p90),"
                                                             " p50, actual so far and budget"),
-                    width="stretch")
+                    width="stretch", height=170)
     widgets.table(pd.DataFrame([{"Ledger": f[0], "p10": f[1], "p50": f[2], "p90": f[3], "Actual so far": f[4],
                                  "As of": f[5]} for f in forecast]), name=f"forecast-{month:%Y-%m}", key="forecast")
 else:

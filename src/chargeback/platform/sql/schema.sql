@@ -1174,6 +1174,24 @@ where exists (select 1 from config.tenants as t
                     and (b.team is null or t.team = b.team)
                     and (b.tenant_id is null or t.tenant_id = b.tenant_id)
                     and t.tenant_id not in (select tenant_id from access.my_tenants));
+-- The budgets whose scope is exactly the reader's (a tenant's viewer and its tenant's budget, an
+-- organisation's and the organisation's): the dashboard draws them against its forecast.
+create or replace view access.my_scope_budgets as
+select b.budget_id
+from (select distinct budget_id, organisation, business_unit, team, tenant_id from config.budgets
+      where source is null and label_key is null) as b
+where exists (select 1 from access.my_tenants)
+  and not exists (select 1 from config.tenants as t
+                  where (b.organisation is null or t.organisation = b.organisation)
+                    and (b.business_unit is null or t.business_unit = b.business_unit)
+                    and (b.team is null or t.team = b.team)
+                    and (b.tenant_id is null or t.tenant_id = b.tenant_id)
+                    and t.tenant_id not in (select tenant_id from access.my_tenants))
+  and not exists (select 1 from access.my_tenants as m join config.tenants as t on t.tenant_id = m.tenant_id
+                  where not ((b.organisation is null or t.organisation = b.organisation)
+                             and (b.business_unit is null or t.business_unit = b.business_unit)
+                             and (b.team is null or t.team = b.team)
+                             and (b.tenant_id is null or t.tenant_id = b.tenant_id)));
 -- A source's usage per hour, for the dashboard's drill from a source's day to its hours (the
 -- marts keep sources by day): raw rows of the reader's tenants only, summed. security_barrier:
 -- the reader's own conditions (one tenant, one day) run after the scope's, never before it.
@@ -1266,7 +1284,7 @@ begin
     -- readers see their scope through these, and nothing of access.users or access.scopes
     grant usage on schema access to chargeback_bi, chargeback_dashboard;
     grant select on access.my_tenants, access.my_scopes, access.me, access.my_budgets,
-        access.my_source_usage_hourly to chargeback_bi;
+        access.my_scope_budgets, access.my_source_usage_hourly to chargeback_bi;
     revoke all on access.users, access.scopes from chargeback_bi;
     -- the sign-in: the dashboard's login reads names, roles and hashes, and may do nothing else
     grant select (user_name, role, db_role, password_hash, disabled) on access.users to chargeback_dashboard;
