@@ -279,6 +279,10 @@ def test_idle_and_shared_cost_shown_apart_still_add_up_to_the_cost_to_serve(dash
     assert shown["(idle capacity)"]["Cost to serve"] == idle
     assert idle > 0
     shoot(page, "explorer-idle-separate")
+    page.go_back()  # the control follows the URL back; it does not push its old value again
+    settle(page)
+    assert "idle=" not in page.url
+    assert "(idle capacity)" not in bars(page)
 
 
 def test_every_page_draws_and_is_saved_as_a_screenshot(dashboard, browser):

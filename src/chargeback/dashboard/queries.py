@@ -197,14 +197,10 @@ def _day_by_meter(conn: psycopg.Connection, pos: Position) -> dict[str, tuple[De
 def _hour_weights(conn: psycopg.Connection, pos: Position, day: dt.date) -> dict[str, dict[str, Decimal]]:
     start = dt.datetime.combine(day, dt.time(), dt.UTC)
     params: list = [start, start + dt.timedelta(days=1)]
-    conditions = ["u.hour_start >= %s", "u.hour_start < %s"]
-    for level, value in pos.filters:
-        if level in ("organisation", "business_unit", "team"):
-            conditions.append(_COLUMN[level] + " = %s")
-            params.append(value)
-        elif level in ("tenant", "meter", "source"):
-            conditions.append(f"u.{'tenant_id' if level == 'tenant' else level} = %s")
-            params.append(value)
+    conditions = ["u.hour_start >= %s", "u.hour_start < %s", *_tenant_scope(pos, "u.tenant_id", "u.meter", params)]
+    if "source" in pos.filter_map:
+        conditions.append("u.source = %s")
+        params.append(pos.filter_map["source"])
     relation = ("access.my_source_usage_hourly" if "source" in pos.filter_map else "marts.fct_usage_hourly")
     query = (f"select u.meter, to_char(u.hour_start at time zone 'UTC', 'HH24'), sum(u.quantity)"
              f" from {relation} as u join marts.dim_tenants as d on d.tenant_id = u.tenant_id"
@@ -231,21 +227,23 @@ def daily_trend(conn: psycopg.Connection, pos: Position) -> list[tuple[dt.date, 
 
 # ---- what a figure is made of ----
 
+def _tenant_scope(pos: Position, tenant: str, meter: str, params: list) -> list[str]:
+    """Conditions for the position's organisation, unit, team, tenant and meter filters, on a
+    relation joined to ``dim_tenants as d`` whose tenant and meter columns are ``tenant``, ``meter``."""
+    f = pos.filter_map
+    conditions = []
+    for level, column in (("organisation", "d.organisation"), ("business_unit", "d.business_unit"),
+                          ("team", "d.team"), ("tenant", tenant), ("meter", meter)):
+        if level in f:
+            conditions.append(f"{column} = %s")
+            params.append(f[level])
+    return conditions
+
+
 def invoice_lines(conn: psycopg.Connection, pos: Position) -> list[tuple]:
     """The month's invoice lines behind the billed figure: tenants and meter of the position."""
     params: list = [pos.month]
-    conditions = ["l.invoice_month = %s"]
-    f = pos.filter_map
-    for level in ("organisation", "business_unit", "team"):
-        if level in f:
-            conditions.append(f"d.{level} = %s")
-            params.append(f[level])
-    if "tenant" in f:
-        conditions.append("l.tenant_id = %s")
-        params.append(f["tenant"])
-    if "meter" in f:
-        conditions.append("l.meter = %s")
-        params.append(f["meter"])
+    conditions = ["l.invoice_month = %s", *_tenant_scope(pos, "l.tenant_id", "l.meter", params)]
     return conn.execute(
         "select l.tenant_id, l.line_no, l.line_type, l.meter, l.description, l.price_book, l.price_valid_from,"
         " l.tier, l.quantity, l.unit, l.unit_price, l.amount, l.currency"
@@ -257,21 +255,11 @@ def cost_allocations(conn: psycopg.Connection, pos: Position) -> list[tuple]:
     """The allocations behind the cost figure: pool, component and cost type, over the position's
     tenants, meter and days (``int_cost_allocations_daily``, the cost engine's own rows)."""
     params: list = [pos.month, next_month(pos.month)]
-    conditions = ["a.cost_day >= %s", "a.cost_day < %s", "a.tenant_id is not null"]
-    f = pos.filter_map
-    for level in ("organisation", "business_unit", "team"):
-        if level in f:
-            conditions.append(f"d.{level} = %s")
-            params.append(f[level])
-    if "tenant" in f:
-        conditions.append("a.tenant_id = %s")
-        params.append(f["tenant"])
-    if "meter" in f:
-        conditions.append("coalesce(a.driver_meter, '(shared)') = %s")
-        params.append(f["meter"])
-    if "day" in f:
+    conditions = ["a.cost_day >= %s", "a.cost_day < %s", "a.tenant_id is not null",
+                  *_tenant_scope(pos, "a.tenant_id", "coalesce(a.driver_meter, '(shared)')", params)]
+    if "day" in pos.filter_map:
         conditions.append("a.cost_day = %s")
-        params.append(dt.date.fromisoformat(f["day"]))
+        params.append(dt.date.fromisoformat(pos.filter_map["day"]))
     return conn.execute(
         "select a.pool, a.component, a.cost_type, coalesce(a.driver_meter, '(shared)'), sum(a.driver_quantity),"
         " sum(a.hour_count), sum(a.allocated_cost), min(a.currency)"

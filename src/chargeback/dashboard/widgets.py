@@ -22,6 +22,18 @@ def freshness() -> None:
     st.caption(f"Usage through {text}. Figures are the marts', to the cent; each table exports as CSV.")
 
 
+def page(title: str) -> list[dt.date]:
+    """A page's head: its title, the freshness line, and the months with a ledger in the viewer's
+    scope (newest first); stops the page when there are none."""
+    st.title(title)
+    freshness()
+    months = session.read(queries.months)
+    if not months:
+        st.info("No ledger yet: the marts have no usage in your scope.")
+        st.stop()
+    return months
+
+
 def month_param(months: list[dt.date], key: str = "month") -> dt.date | None:
     """The month of the query string (``?month=YYYY-MM``), or the newest the viewer has."""
     text = st.query_params.get(key)
@@ -36,7 +48,8 @@ def month_param(months: list[dt.date], key: str = "month") -> dt.date | None:
 def month_picker(months: list[dt.date], current: dt.date, *, key: str) -> dt.date:
     """A month select that writes ``month`` to the query string."""
     options = sorted(set(months) | {current}, reverse=True)
-    chosen = st.selectbox("Month", options, index=options.index(current), key=key,
+    # the key carries the month shown: after the back button the select starts from the URL's month
+    chosen = st.selectbox("Month", options, index=options.index(current), key=f"{key}-{current}",
                           format_func=lambda m: f"{m:%B %Y}")
     if chosen != current:
         st.query_params["month"] = f"{chosen:%Y-%m}"

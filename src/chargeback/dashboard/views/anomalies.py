@@ -11,10 +11,11 @@ from chargeback.dashboard import queries, session, widgets
 st.title("Anomalies")
 widgets.freshness()
 
-status = st.radio("Show", ["open", "acknowledged", "resolved", "all"], horizontal=True, key="anomaly_status",
-                  index=["open", "acknowledged", "resolved", "all"].index(st.query_params.get("status", "open"))
-                  if st.query_params.get("status", "open") in ("open", "acknowledged", "resolved", "all") else 0)
-if status != st.query_params.get("status", "open"):
+STATUSES = ["open", "acknowledged", "resolved", "all"]
+shown = st.query_params.get("status", "open")
+shown = shown if shown in STATUSES else "open"
+status = st.radio("Show", STATUSES, horizontal=True, key=f"anomaly_status-{shown}", index=STATUSES.index(shown))
+if status != shown:
     st.query_params["status"] = status
     st.rerun()
 rows = session.read(queries.anomalies, None if status == "all" else status)

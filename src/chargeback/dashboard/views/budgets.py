@@ -9,12 +9,7 @@ import streamlit as st
 from chargeback.dashboard import queries, session, widgets
 from chargeback.insights import charts
 
-st.title("Forecast & budgets")
-widgets.freshness()
-months = session.read(queries.months)
-if not months:
-    st.info("No ledger yet.")
-    st.stop()
+months = widgets.page("Forecast & budgets")
 month = widgets.month_picker(months, widgets.month_param(months), key="budgets_month")
 
 forecast = session.read(queries.forecasts, month)

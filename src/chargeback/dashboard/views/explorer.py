@@ -15,13 +15,7 @@ import streamlit as st
 from chargeback.dashboard import drill, queries, session, widgets
 from chargeback.insights import charts
 
-st.title("Cost explorer")
-widgets.freshness()
-
-months = session.read(queries.months)
-if not months:
-    st.info("No ledger yet: the marts have no usage in your scope.")
-    st.stop()
+months = widgets.page("Cost explorer")
 try:
     pos = drill.from_params(st.query_params.to_dict(), months[0])
 except drill.DrillError as exc:
@@ -35,23 +29,26 @@ def go(position: drill.Position) -> None:
 
 
 # ---- controls ----
+# The widgets' keys carry the position: each view's controls start from its URL, so the back
+# button (which changes the URL, not the widgets' state) never finds a stale control to re-apply.
+key = "-".join(f"{k}={v}" for k, v in sorted(pos.to_params().items()))
 left, middle, right, last = st.columns([2, 3, 2, 3])
 with left:
     options = sorted(set(months) | {pos.month}, reverse=True)
-    month = st.selectbox("Month", options, index=options.index(pos.month), key="explorer_month",
+    month = st.selectbox("Month", options, index=options.index(pos.month), key=f"explorer_month-{key}",
                          format_func=lambda m: f"{m:%B %Y}")
 with middle:
     ledger = st.radio("Ledger", drill.LEDGERS, index=drill.LEDGERS.index(pos.ledger), horizontal=True,
-                      format_func=drill.LEDGER_LABEL.get, key="explorer_ledger")
+                      format_func=drill.LEDGER_LABEL.get, key=f"explorer_ledger-{key}")
 with right:
     idle = st.radio("Idle and shared cost", drill.IDLE, index=drill.IDLE.index(pos.idle), horizontal=True,
-                    key="explorer_idle", help="spread: inside each tenant's cost to serve, as the ledger has it;"
+                    key=f"explorer_idle-{key}", help="spread: inside each tenant's cost to serve, as the ledger has it;"
                     " separate: taken out of the tenants and shown as rows of their own")
 with last:
     options = pos.groupable(session.read(queries.label_keys))
     if pos.group not in options:  # the bottom: one hour, grouped by hour
         options.insert(0, pos.group)
-    by = st.selectbox("Group by", options, index=options.index(pos.group), key="explorer_by",
+    by = st.selectbox("Group by", options, index=options.index(pos.group), key=f"explorer_by-{key}",
                       format_func=lambda g: f"label {g[6:]}" if g.startswith("label:") else drill.LABEL[g])
 if month != pos.month:  # the same place in another month: its days and hours are not that month's
     go(replace(pos, month=month, filters=tuple((lv, v) for lv, v in pos.filters if lv not in ("day", "hour")),
@@ -94,7 +91,6 @@ frame = pd.DataFrame(
 clickable = not pos.at_bottom
 chart = charts.ledgers_by_group(frame, pick="pick" if clickable else None).properties(
     title=f"By {group_label.lower()}" + (" (top 40; the table has all)" if len(rows) > 40 else ""))
-key = "-".join(f"{k}={v}" for k, v in sorted(pos.to_params().items()))
 if clickable:
     event = st.altair_chart(chart, on_select="rerun", key=f"chart-{key}", width="stretch")
     picked = (event.selection.get("pick") or []) if event else []
@@ -120,7 +116,7 @@ if trend:
 
 # ---- what the figures are made of (read only when asked for: they are the widest tables) ----
 trace = st.toggle("Show what these figures are made of: invoice lines, price versions, allocations",
-                  value=pos.trace, key="explorer_trace")
+                  value=pos.trace, key=f"explorer_trace-{key}")
 if trace != pos.trace:
     go(replace(pos, trace=trace))
 if trace:

@@ -9,12 +9,7 @@ import streamlit as st
 from chargeback.dashboard import drill, queries, session, widgets
 from chargeback.insights import charts
 
-st.title("Overview")
-widgets.freshness()
-months = session.read(queries.months)
-if not months:
-    st.info("No ledger yet: the marts have no usage in your scope.")
-    st.stop()
+months = widgets.page("Overview")
 month = widgets.month_param(months)
 month = widgets.month_picker(months, month, key="overview_month")
 
