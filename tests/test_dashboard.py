@@ -85,9 +85,11 @@ def assert_headline(page, billed: Decimal, cost: Decimal) -> None:
 
 
 def shoot(page, name: str) -> None:
+    """The page from its top (Streamlit scrolls its main block, not the document)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     settle(page)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    page.evaluate("document.querySelector('[data-testid=stMain]')?.scrollTo(0, 0)")
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
 
 
 def test_finance_drills_from_the_organisation_to_an_hour_and_every_figure_is_the_marts(dashboard, browser):
@@ -112,6 +114,7 @@ def test_finance_drills_from_the_organisation_to_an_hour_and_every_figure_is_the
     click_bar(page, tenant)
     billed, cost = ledger("b.tenant_id = %s", tenant)
     assert_headline(page, billed, cost)
+    shoot(page, "explorer-2-tenant-by-source")
     # what the figures are made of: the month's invoice lines add up to the billed amount, the
     # cost engine's allocations to the cost to serve
     page.get_by_text("Show what these figures are made of").click()
@@ -121,9 +124,10 @@ def test_finance_drills_from_the_organisation_to_an_hour_and_every_figure_is_the
     totals = {text.split(" — total ")[0].split(" of ")[0].strip(): Decimal(text.split(" — total ")[1].split()[0]
                                                                           .replace(",", "")) for text in made_of}
     assert totals == {"Invoice lines": billed, "Cost allocations": cost}
-    shoot(page, "explorer-2-tenant-by-source")
+    shoot(page, "explorer-2b-what-it-is-made-of")
     page.get_by_text("Show what these figures are made of").click()
     page.wait_for_url(lambda url: "trace=1" not in url)
+    settle(page)
 
     sources = bars(page)
     expected = dict(query("select source, sum(billed_amount) from marts.fct_showback_sources_daily"

@@ -13,7 +13,7 @@ from typing import Any
 
 CHROMIUM = "/usr/bin/chromium"
 IDLE = "[data-testid=stApp][data-test-script-state=notRunning][data-test-connection-state=CONNECTED]"
-VIEWPORT = {"width": 1400, "height": 1000}
+VIEWPORT = {"width": 1400, "height": 1300}
 
 
 def launch(playwright: Any) -> Any:
@@ -49,6 +49,8 @@ def metrics(page: Any) -> dict[str, Decimal]:
     """The headline figures: label → amount (``"23,338.35 USD"`` → ``Decimal("23338.35")``)."""
     settle(page)
     page.locator("[data-testid=stMetricValue]").first.wait_for()
+    page.wait_for_function("""() => { const v = [...document.querySelectorAll('[data-testid=stMetricValue]')];
+                                      return v.length > 0 && v.every(e => e.innerText.trim() !== ''); }""")
     labels = page.locator("[data-testid=stMetricLabel]").all_inner_texts()
     values = page.locator("[data-testid=stMetricValue]").all_inner_texts()
     return {label.strip(): Decimal(value.replace(",", "").split()[0])
@@ -77,8 +79,9 @@ def click_bar(page: Any, group: str) -> None:
     if not widths:
         raise LookupError(f"no bar {group!r} in the chart")
     mark = marks.nth(widths.index(max(widths)))
-    mark.scroll_into_view_if_needed()
-    box = mark.bounding_box()
+    # to the middle of the view: at its edge a bar may sit under Streamlit's header, which takes the click
+    mark.evaluate("e => e.scrollIntoView({block: 'center'})")
+    box = _still(page, mark)
     before = page.url
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.wait_for_url(lambda url: url != before, timeout=60_000)
@@ -87,3 +90,15 @@ def click_bar(page: Any, group: str) -> None:
     page.locator("[data-testid=stMarkdownContainer] strong", has_text=f": {group}").first.wait_for(timeout=60_000)
     page.locator(IDLE).wait_for(timeout=60_000)
     page.locator("[data-testid=stVegaLiteChart] [role=graphics-symbol]").first.wait_for()
+
+
+def _still(page: Any, locator: Any) -> dict[str, float]:
+    """``locator``'s bounding box once it stops moving (a scroll into view may be animated)."""
+    box = locator.bounding_box()
+    for _ in range(40):
+        page.wait_for_timeout(25)
+        again = locator.bounding_box()
+        if again == box:
+            return box
+        box = again
+    return box
