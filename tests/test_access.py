@@ -157,7 +157,8 @@ def test_a_bi_login_sees_its_scope_through_its_own_connection(built):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("create temporary table t (a int)")
     access.revoke_bi("metabase_acme")
-    assert as_role("metabase_acme", "select count(*) from marts.fct_invoices") == [(0,)]
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):  # no group left, not even usage on the marts
+        as_role("metabase_acme", "select count(*) from marts.fct_invoices")
 
 
 def test_the_dashboards_own_login_reads_nothing_until_it_becomes_a_user(built):
@@ -209,3 +210,52 @@ def test_a_reader_sees_the_budgets_it_covers_and_its_own_scopes_budget(built):
     assert ("acme-retail-cost",) in as_role(acme_user, "select budget_id from access.my_budgets")
     assert as_role(acme_user, "select budget_id from access.my_scope_budgets") == []  # Acme is more than Retail
     assert ("acme-retail-cost",) not in as_role(access.db_role_of("t007"), "select budget_id from access.my_budgets")
+
+
+def test_pipeline_health_is_for_readers_of_the_whole_platform_only(built):
+    with warehouse.connect() as conn:
+        conn.execute("insert into pipeline.events (kind, severity, subject, reason, line)"
+                     " values ('notice', 'info', 't002', 'test', 'a line naming t002')")
+    access.add_user("acme-fin", "finance", [access.parse_scope("org:Acme Corp")], PASSWORD)
+    access.grant_bi("superset_personal", [access.Scope("all")], personal_data=True)
+    assert as_role(access.db_role_of("eng"), "select count(*) > 0 from pipeline.events") == [(True,)]
+    assert as_role(access.db_role_of("acme-fin"), "select count(*) from pipeline.events") == [(0,)]
+    for role in ("superset_personal", access.db_role_of("acme")):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            as_role(role, "select count(*) from pipeline.events")
+    assert as_role("superset_personal", "select count(*) > 0 from marts.dim_tenants where billing_email is not null"
+                   ) == [(True,)]
+
+
+def test_a_filter_cannot_make_the_scope_views_reveal_another_tenant(built):
+    with pytest.raises(psycopg.errors.InvalidTextRepresentation) as caught:  # security_barrier: scope first
+        as_role(access.db_role_of("t007"), "select * from access.my_tenants where tenant_id::int = 0")
+    assert '"t007"' in str(caught.value)
+
+
+def test_a_removed_user_and_a_revoked_login_keep_nothing(built):
+    access.add_user("leaver", "finance", [], PASSWORD)
+    access.grant_bi("metabase_leaver", [access.Scope("all")], password="bi-password-2")
+    with psycopg.connect(access.dashboard_dsn()) as conn:
+        viewer = access.authenticate(conn, "leaver", PASSWORD)
+        conn.rollback()
+        access.remove_user("leaver")
+        access.revoke_bi("metabase_leaver")
+        with pytest.raises(PermissionError, match="no longer a dashboard user"), access.viewer_session(conn, viewer):
+            pass
+        assert access.authenticate(conn, "leaver", PASSWORD) is None
+    with warehouse.connect(admin=True) as conn:
+        assert conn.execute("select rolcanlogin from pg_roles where rolname = 'metabase_leaver'").fetchone() == (False,)
+        assert conn.execute("select count(*) from pg_auth_members where member = 'metabase_leaver'::regrole"
+                            " or member = %s::regrole", (access.db_role_of("leaver"),)).fetchone() == (0,)
+        assert not conn.execute("select pg_has_role('chargeback_dashboard', %s, 'MEMBER')",
+                                (access.db_role_of("leaver"),)).fetchone()[0]
+
+
+def test_an_existing_role_that_is_not_a_readers_is_refused(built):
+    with warehouse.connect(admin=True) as conn:
+        if not conn.execute("select 1 from pg_roles where rolname = 'reads_everything'").fetchone():
+            conn.execute("create role reads_everything login")
+        conn.execute("grant pg_read_all_data to reads_everything")
+    with pytest.raises(access.AccessError, match="not a reader's"):
+        access.grant_bi("reads_everything", [access.Scope("all")])

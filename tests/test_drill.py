@@ -24,6 +24,7 @@ def test_clicking_down_from_the_top_follows_the_hierarchy_to_the_hour():
                               "tenant": "t002", "source": "/prod/api", "meter": "ingested_gb", "day": "2026-10-20",
                               "hour": "05"}
     assert pos.at_bottom
+    assert pos.groupable(("env",)) == []
 
 
 def test_group_by_jumps_levels_and_the_breadcrumb_goes_back_up():
@@ -68,6 +69,9 @@ def test_every_position_survives_its_query_string(pos):
     ({"tenant": "t1", "by": "tenant"}, "already filtered"),
     ({"by": "hour"}, "choose a day first"),
     ({"label0": "noequals"}, "KEY=VALUE"),
+    ({"day": "2026-10-02", "hour": "5", "by": "meter"}, "one hour is the bottom"),
+    ({"source": "/a", "label0": "env=prod"}, "by source or by label"),
+    ({"label0": "env=prod", "by": "label:team"}, "one label key at a time"),
 ])
 def test_a_query_string_naming_no_view_is_refused_with_the_reason(params, reason):
     with pytest.raises(drill.DrillError, match=reason):

@@ -99,6 +99,8 @@ class Position:
     def groupable(self, label_keys: tuple[str, ...] = ()) -> list[str]:
         """What the viewer may group by here: the levels not filtered yet, then the labels."""
         taken = self.filter_map
+        if "hour" in taken:  # the bottom: one hour of one day, nothing below to group by
+            return []
         levels = [lv for lv in LEVELS if lv not in taken and not (lv == "hour" and "day" not in taken)]
         if self.label_filters:  # showback splits by sources or by one label key, not both
             return [lv for lv in levels if lv != "source"]
@@ -143,6 +145,8 @@ def from_params(params: Mapping[str, str], default_month: dt.date) -> Position:
         raise DrillError(f"by {by!r}: the view is already filtered to one {LABEL[by].lower()}")
     if by == "hour" and "day" not in filters:
         raise DrillError("by hour: choose a day first")
+    if by and "hour" in filters:
+        raise DrillError(f"by {by!r}: one hour is the bottom, nothing below it to group by")
     labels = []
     for i in range(8):
         if text := params.get(f"label{i}"):
@@ -150,4 +154,8 @@ def from_params(params: Mapping[str, str], default_month: dt.date) -> Position:
             if not sep or not key:
                 raise DrillError(f"label{i} {text!r}: expected KEY=VALUE")
             labels.append((key, value))
+    if labels and ("source" in filters or by == "source"):
+        raise DrillError("a view is by source or by label, not both (they are different splits of a tenant)")
+    if len({key for key, _ in labels} | ({by[6:]} if by and by.startswith("label:") else set())) > 1:
+        raise DrillError("one label key at a time")
     return Position(month, ledger, idle, _ordered(filters), by, tuple(labels), params.get("trace") == "1")

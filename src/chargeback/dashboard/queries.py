@@ -130,17 +130,17 @@ def _separate_idle(conn: psycopg.Connection, pos: Position, rows: list[Amounts],
         "  where a.cost_type = 'idle' and a.tenant_id is not null"
         "    and a.cost_day >= %s and a.cost_day < %s"
         "  group by 1, 2, 3, 4)"
-        " select {group} as grp,"
+        " select {group} as grp, b.currency,"
         "  coalesce(sum(i.idle_cost) filter (where b.meter <> '(shared)'), 0),"
         "  coalesce(sum(b.cost_to_serve) filter (where b.meter = '(shared)'), 0)"
         " from marts.int_ledger_daily as b join marts.dim_tenants as d on d.tenant_id = b.tenant_id"
         " left join idle as i on i.ledger_day = b.ledger_day and i.tenant_id = b.tenant_id and i.meter = b.meter"
-        " where {where} group by 1").format(group=group_sql, where=where)
-    taken = {str(g): (idle, shared) for g, idle, shared in conn.execute(query, [pos.month, next_month(pos.month),
-                                                                                  *params])}
+        " where {where} group by 1, 2").format(group=group_sql, where=where)
+    taken = {(str(g), cur): (idle, shared) for g, cur, idle, shared
+             in conn.execute(query, [pos.month, next_month(pos.month), *params])}
     out, idle_total, shared_total = [], ZERO, ZERO
     for row in rows:
-        idle, shared = taken.get(row.group, (ZERO, ZERO))
+        idle, shared = taken.get((row.group, row.currency), (ZERO, ZERO))
         idle_total += idle
         shared_total += shared
         out.append(Amounts(row.group, row.cost - idle - shared, row.billed, row.currency))
@@ -298,7 +298,8 @@ def usage_through(conn: psycopg.Connection) -> dt.datetime | None:
 
 def forecasts(conn: psycopg.Connection, month: dt.date) -> list[tuple]:
     """The latest forecast of each tenant and meter of ``month``: (ledger, p10, p50, p90, actual)
-    summed over the viewer's scope per ledger."""
+    summed over the viewer's scope per ledger. The p50s add up to the scope's; the summed p10 and
+    p90 bound it more widely than the scope's own band would (the tenants' errors partly cancel)."""
     return conn.execute(
         "with latest as (select distinct on (tenant_id, meter, ledger) * from insights.forecasts"
         "  where forecast_month = %s and status = 'ok' order by tenant_id, meter, ledger, as_of desc)"
@@ -361,6 +362,10 @@ def decide(conn: psycopg.Connection, recommendation_id: int, status: str, reason
         "update insights.recommendations set status = %s, status_by = (select access.viewer_name()),"
         " status_reason = %s, status_at = now() where recommendation_id = %s and current returning 1",
         (status, reason, recommendation_id)).fetchone() is not None
+
+
+def sees_all(conn: psycopg.Connection) -> bool:
+    return conn.execute("select access.sees_all()").fetchone()[0]
 
 
 def in_scope(conn: psycopg.Connection, tenant_id: str) -> bool:

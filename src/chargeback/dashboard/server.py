@@ -31,10 +31,17 @@ def url(port: int = DEFAULT_PORT, address: str = "127.0.0.1") -> str:
 
 def serve(port: int = DEFAULT_PORT, address: str = "127.0.0.1") -> int:
     """Run the dashboard until interrupted; returns Streamlit's exit status."""
-    from chargeback.platform import warehouse
-
-    warehouse.ensure_schema()
+    _prepare()
     return subprocess.call(command(port, address))
+
+
+def _prepare() -> None:
+    """The schema applied, by the owner — except in a deployment (``CHARGEBACK_DASHBOARD_DSN``), where
+    the dashboard holds only its own credentials and the owner migrates (``chargeback warehouse migrate``)."""
+    if not os.environ.get("CHARGEBACK_DASHBOARD_DSN"):
+        from chargeback.platform import warehouse
+
+        warehouse.ensure_schema()
 
 
 def wait_until_up(port: int, timeout: float = 60.0) -> None:
@@ -54,9 +61,7 @@ def wait_until_up(port: int, timeout: float = 60.0) -> None:
 @contextlib.contextmanager
 def running(port: int, env: Mapping[str, str] | None = None, log: Path | None = None) -> Iterator[str]:
     """The dashboard served in the background on ``port`` for the duration; yields its URL."""
-    from chargeback.platform import warehouse
-
-    warehouse.ensure_schema()
+    _prepare()
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
     process = subprocess.Popen(command(port), env={**os.environ, **(env or {})}, stdout=out,
                                stderr=subprocess.STDOUT)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -59,6 +60,30 @@ def _pool() -> _Pool:
     return _Pool(access.dashboard_dsn())
 
 
+_FAILURES = 5
+_LOCKOUT = 300
+_failed: dict[str, list[float]] = {}
+_failed_lock = threading.Lock()
+
+
+def _throttled(name: str) -> bool:
+    """Whether ``name`` failed :data:`_FAILURES` sign-ins in the last :data:`_LOCKOUT` seconds (this
+    process: one dashboard server; an authenticating proxy does this for a deployment)."""
+    now = time.monotonic()
+    with _failed_lock:
+        recent = [t for t in _failed.get(name, []) if now - t < _LOCKOUT]
+        _failed[name] = recent
+        return len(recent) >= _FAILURES
+
+
+def _count(name: str, *, failed: bool) -> None:
+    with _failed_lock:
+        if failed:
+            _failed.setdefault(name, []).append(time.monotonic())
+        else:
+            _failed.pop(name, None)
+
+
 def viewer() -> access.Viewer | None:
     return st.session_state.get("viewer")
 
@@ -72,9 +97,14 @@ def sign_in_form() -> None:
         password = st.text_input("Password", type="password", key="sign_in_password")
         submitted = st.form_submit_button("Sign in")
     if submitted:
+        name = name.strip()
+        if _throttled(name):
+            st.error(f"Too many failed sign-ins for this name: try again in {_LOCKOUT // 60} minutes.")
+            st.stop()
         with _pool().connection() as conn:
-            user = access.authenticate(conn, name.strip(), password)
+            user = access.authenticate(conn, name, password)
             conn.rollback()
+        _count(name, failed=user is None)
         if user is None:
             st.error("Unknown user name or wrong password.")
         else:
@@ -124,6 +154,9 @@ def whatif(period: str, tenant_id: str, changes: list[str]):
 
     if not read(queries.in_scope, tenant_id):
         raise PermissionError(f"{tenant_id} is not in your scope")
+    if any(repricer.parse_change(c).kind == "price_book" for c in changes) and not read(queries.sees_all):
+        # the price books are the platform's: naming or trying them is for those who see every tenant
+        raise PermissionError("a change of price book is re-priced by finance (chargeback whatif)")
     with warehouse.connect() as conn:
         return repricer.whatif(conn, period, tenant_id, changes)
 

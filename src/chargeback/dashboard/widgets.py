@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from decimal import Decimal
 
 import pandas as pd
@@ -10,6 +11,11 @@ import streamlit as st
 
 from chargeback.dashboard import queries, session
 from chargeback.platform.money import format_money
+
+
+def plain(text: str) -> str:
+    """``text`` (from a URL, a source's name) shown as itself in Markdown: no link, emphasis or HTML."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~:$])", r"\\\1", text)
 
 
 def money(amount: Decimal | None, currency: str = "USD") -> str:

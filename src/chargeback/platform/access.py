@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import os
 import re
 import secrets
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import conninfo, sql
@@ -45,7 +48,9 @@ SCOPE_KINDS = {"all": "all", "org": "organisation", "organisation": "organisatio
 
 DASHBOARD_ROLE = "chargeback_dashboard"
 READERS = "chargeback_bi"
-_GROUPS = {"finance": ("chargeback_finance",), "engineer": ("chargeback_engineer",), "tenant": ()}
+_GROUPS = {"finance": ("chargeback_finance", "chargeback_personal"), "engineer": ("chargeback_engineer",),
+           "tenant": ()}
+_READER_GROUPS = ("chargeback_finance", "chargeback_engineer", "chargeback_reviewer", "chargeback_personal", READERS)
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,39}$")
 _LOGIN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # scrypt: 2^15 x 8 x 1 takes ~60 ms and 32 MiB here, per sign-in
@@ -126,20 +131,74 @@ def _check_scopes(conn: psycopg.Connection, scopes: Sequence[Scope]) -> None:
                               f" {scope.value!r}")
 
 
-def _ensure_role(conn: psycopg.Connection, role: str, *, login: bool, password: str | None = None) -> None:
-    exists = conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone()
-    if exists is None:
-        with contextlib.suppress(psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
-            conn.execute(sql.SQL("create role {} {} nosuperuser nocreatedb nocreaterole noreplication")
-                         .format(sql.Identifier(role), sql.SQL("login" if login else "nologin")))
-    else:
-        unsafe = conn.execute("select rolsuper or rolcreaterole or rolbypassrls or rolreplication from pg_roles"
-                              " where rolname = %s", (role,)).fetchone()
-        if unsafe and unsafe[0]:
-            raise AccessError(f"role {role} exists with superuser, createrole, bypassrls or replication: a reader"
-                              " must not have them; choose another name")
-    if password:
-        conn.execute(sql.SQL("alter role {} password {}").format(sql.Identifier(role), sql.Literal(password)))
+class _Roles:
+    """Changes to roles — the cluster's, not one database's — each in its own statement: another
+    database's ``ensure_schema`` or ``users add`` may change the same role at the same moment, so
+    only what differs is changed, and a statement that meets a concurrent change is tried again."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn  # autocommit, as the owner
+
+    def run(self, statement: sql.Composable) -> None:
+        for attempt in range(6):
+            try:
+                self.conn.execute(statement)
+                return
+            except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+                return  # made meanwhile by the other session: what we wanted
+            except psycopg.errors.InternalError_ as exc:  # "tuple concurrently updated"
+                if "concurrently" not in str(exc) or attempt == 5:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
+    def value(self, query: str, params: tuple = ()) -> Any:
+        row = self.conn.execute(query, params).fetchone()
+        return row[0] if row else None
+
+    def ensure(self, role: str, *, login: bool, password: str | None = None) -> None:
+        if self.value("select 1 from pg_roles where rolname = %s", (role,)) is None:
+            self.run(sql.SQL("create role {} {} nosuperuser nocreatedb nocreaterole noreplication")
+                     .format(sql.Identifier(role), sql.SQL("login" if login else "nologin")))
+        # an existing role becomes a reader only if it holds nothing else: not the owner, not the
+        # pipeline, no attribute or role outside Chargeback's reader groups (pg_read_all_data…)
+        elif self.value(
+                "select rolsuper or rolcreaterole or rolbypassrls or rolreplication or rolname = current_user"
+                " or exists (select 1 from pg_auth_members as m join pg_roles as g on g.oid = m.roleid"
+                "            where m.member = r.oid and g.rolname not like 'chargeback\\_%%')"
+                " or pg_has_role(rolname, %s, 'MEMBER')"
+                " from pg_roles as r where rolname = %s", (warehouse.pipeline_role()[0], role)):
+            raise AccessError(f"role {role} exists and is not a reader's: it is a superuser, may create roles or"
+                              " bypass row security, or is (a member of) the owner, the pipeline or another role;"
+                              " choose another name")
+        if self.value("select rolcanlogin from pg_roles where rolname = %s", (role,)) != login:
+            self.run(sql.SQL("alter role {} {}").format(sql.Identifier(role), sql.SQL("login" if login else "nologin")))
+        if password:
+            self.run(sql.SQL("alter role {} password {}").format(sql.Identifier(role), sql.Literal(password)))
+
+    def member(self, role: str, group: str, wanted: bool = True) -> None:
+        if bool(self.value("select 1 from pg_auth_members where roleid = %s::regrole and member = %s::regrole",
+                           (group, role))) != wanted:
+            self.run(sql.SQL("grant {} to {}" if wanted else "revoke {} from {}").format(
+                sql.Identifier(group), sql.Identifier(role)))
+
+    def groups(self, role: str, groups: Sequence[str]) -> None:
+        """``role`` in exactly ``groups`` among the reader groups (a changed kind loses the old one)."""
+        for group in _READER_GROUPS:
+            self.member(role, group, group in groups)
+
+    def settings(self, role: str, settings: Mapping[str, str]) -> None:
+        have = self.value("select setconfig from pg_db_role_setting where setrole = %s::regrole and setdatabase = 0",
+                          (role,)) or []
+        for name, value in settings.items():
+            if f"{name}={value}" not in have:
+                self.run(sql.SQL("alter role {} set {} = {}").format(
+                    sql.Identifier(role), sql.Identifier(name), sql.Literal(value)))
+
+
+@contextlib.contextmanager
+def _roles(settings: Settings | None) -> Iterator[_Roles]:
+    with psycopg.connect(warehouse.admin_dsn(settings), autocommit=True) as conn:
+        yield _Roles(conn)
 
 
 def _set_scopes(conn: psycopg.Connection, role: str, scopes: Sequence[Scope]) -> None:
@@ -147,13 +206,6 @@ def _set_scopes(conn: psycopg.Connection, role: str, scopes: Sequence[Scope]) ->
     for scope in scopes:
         conn.execute("insert into access.scopes (role_name, kind, value) values (%s, %s, %s)",
                      (role, scope.kind, scope.value))
-
-
-def _member_of(conn: psycopg.Connection, role: str, groups: Sequence[str]) -> None:
-    """``role`` in exactly ``groups`` among the reader groups (a changed kind loses the old one)."""
-    for group in ("chargeback_finance", "chargeback_engineer", "chargeback_reviewer", READERS):
-        statement = "grant {} to {}" if group in groups else "revoke {} from {}"
-        conn.execute(sql.SQL(statement).format(sql.Identifier(group), sql.Identifier(role)))
 
 
 def add_user(name: str, role: str, scopes: Sequence[Scope], password: str,
@@ -175,9 +227,14 @@ def add_user(name: str, role: str, scopes: Sequence[Scope], password: str,
     warehouse.ensure_schema(settings)
     with warehouse.connect(settings, admin=True) as conn:
         _check_scopes(conn, scopes)
-        _ensure_role(conn, db_role, login=False)
-        _member_of(conn, db_role, (READERS, "chargeback_reviewer", *_GROUPS[role]))
-        conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(db_role), sql.Identifier(DASHBOARD_ROLE)))
+    with _roles(settings) as roles:
+        roles.ensure(db_role, login=False)
+        roles.groups(db_role, (READERS, "chargeback_reviewer", *_GROUPS[role]))
+        roles.member(DASHBOARD_ROLE, db_role)
+        if dashboard_password := os.environ.get("CHARGEBACK_DASHBOARD_PASSWORD"):
+            roles.run(sql.SQL("alter role {} password {}").format(
+                sql.Identifier(DASHBOARD_ROLE), sql.Literal(dashboard_password)))
+    with warehouse.connect(settings, admin=True) as conn:
         conn.execute(
             "insert into access.users (user_name, role, db_role, password_hash) values (%s, %s, %s, %s)"
             " on conflict (user_name) do update set role = excluded.role, password_hash = excluded.password_hash,"
@@ -187,12 +244,17 @@ def add_user(name: str, role: str, scopes: Sequence[Scope], password: str,
 
 
 def remove_user(name: str, settings: Settings | None = None) -> bool:
-    """Disable a user and take its scopes: its role then sees nothing in this database."""
+    """Disable a user: its scopes and its groups are taken, and the dashboard may no longer become
+    it (a session signed in as it finds no user at its next query)."""
     with warehouse.connect(settings, admin=True) as conn:
         row = conn.execute("update access.users set disabled = true where user_name = %s returning db_role",
                            (name,)).fetchone()
         if row:
             conn.execute("delete from access.scopes where role_name = %s", (row[0],))
+    if row:
+        with _roles(settings) as roles:
+            roles.groups(row[0], ())
+            roles.member(DASHBOARD_ROLE, row[0], wanted=False)
     return row is not None
 
 
@@ -220,34 +282,46 @@ def grant_bi(login: str, scopes: Sequence[Scope], password: str | None = None, *
         _check_scopes(conn, scopes)
         if conn.execute("select 1 from access.users where db_role = %s", (login,)).fetchone():
             raise AccessError(f"{login} is a dashboard user's role")
-        _ensure_role(conn, login, login=True, password=password)
-        _member_of(conn, login, (READERS, *(("chargeback_finance",) if personal_data else ())))
-        for setting, value in READER_TIMEOUTS.items():
-            conn.execute(sql.SQL("alter role {} set {} = {}").format(
-                sql.Identifier(login), sql.Identifier(setting), sql.Literal(value)))
+    with _roles(settings) as roles:
+        roles.ensure(login, login=True, password=password)
+        roles.groups(login, (READERS, *(("chargeback_personal",) if personal_data else ())))
+        roles.settings(login, READER_TIMEOUTS)
+    with warehouse.connect(settings, admin=True) as conn:
         _set_scopes(conn, login, scopes)
 
 
 def revoke_bi(login: str, settings: Settings | None = None) -> bool:
-    """Take a BI login's scopes in this database (it then sees no row here)."""
+    """Take a BI login's scopes in this database, its groups, and its LOGIN (roles are the cluster's:
+    grant it again to use it in another database)."""
     with warehouse.connect(settings, admin=True) as conn:
-        return conn.execute("delete from access.scopes where role_name = %s", (login,)).rowcount > 0
+        found = conn.execute("delete from access.scopes where role_name = %s", (login,)).rowcount > 0
+        exists = conn.execute("select 1 from pg_roles where rolname = %s", (login,)).fetchone()
+    if exists:
+        with _roles(settings) as roles:
+            roles.groups(login, ())
+            roles.ensure(login, login=False)
+    return found
 
 
 def dashboard_dsn(settings: Settings | None = None) -> str:
-    """DSN of the warehouse as ``chargeback_dashboard`` (password ``CHARGEBACK_DASHBOARD_PASSWORD``
-    where the server asks for one, set on the role here)."""
-    admin = warehouse.admin_dsn(settings)
-    password = os.environ.get("CHARGEBACK_DASHBOARD_PASSWORD") or None
-    if password:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("alter role {} password {}").format(
-                sql.Identifier(DASHBOARD_ROLE), sql.Literal(password)))
-    params = {k: v for k, v in conninfo.conninfo_to_dict(admin).items() if k not in ("user", "password")}
+    """DSN of the warehouse as ``chargeback_dashboard``: ``CHARGEBACK_DASHBOARD_DSN`` where set (a
+    deployment: the dashboard then holds no other credentials), else the owner's server and database
+    with the dashboard's user (the embedded default; ``CHARGEBACK_DASHBOARD_PASSWORD`` where the
+    server asks for one, set on the role by :func:`add_user`)."""
+    if given := os.environ.get("CHARGEBACK_DASHBOARD_DSN"):
+        return given
+    params = {k: v for k, v in conninfo.conninfo_to_dict(warehouse.admin_dsn(settings)).items()
+              if k not in ("user", "password")}
     params.update(user=DASHBOARD_ROLE, application_name="chargeback-dashboard")
-    if password:
+    if password := os.environ.get("CHARGEBACK_DASHBOARD_PASSWORD"):
         params["password"] = password
     return conninfo.make_conninfo("", **params)
+
+
+@functools.cache
+def _decoy() -> str:
+    """A hash to check a password against when the user name is unknown: the same work either way."""
+    return hash_password(secrets.token_urlsafe(16))
 
 
 def authenticate(conn: psycopg.Connection, name: str, password: str) -> Viewer | None:
@@ -256,7 +330,7 @@ def authenticate(conn: psycopg.Connection, name: str, password: str) -> Viewer |
     row = conn.execute("select role, db_role, password_hash from access.users where user_name = %s"
                        " and not disabled", (name,)).fetchone()
     if row is None:
-        verify_password(password, hash_password("x" * 12))  # the same time whether the name exists or not
+        verify_password(password, _decoy())  # one scrypt, as for a known name
         return None
     role, db_role, stored = row
     return Viewer(name, role, db_role) if verify_password(password, stored) else None
@@ -267,5 +341,10 @@ def viewer_session(conn: psycopg.Connection, viewer: Viewer) -> Iterator[psycopg
     """A transaction on ``conn`` (the dashboard's login) as ``viewer``'s role: every row it reads
     passes that role's policies; the role ends with the transaction."""
     with conn.transaction():
-        conn.execute(sql.SQL("set local role {}").format(sql.Identifier(viewer.db_role)))
+        try:
+            conn.execute(sql.SQL("set local role {}").format(sql.Identifier(viewer.db_role)))
+        except psycopg.errors.InsufficientPrivilege as exc:  # removed: the dashboard may not become it
+            raise PermissionError(f"{viewer.name} is no longer a dashboard user") from exc
+        if conn.execute("select user_name from access.me").fetchone() != (viewer.name,):
+            raise PermissionError(f"{viewer.name} is no longer a dashboard user")
         yield conn

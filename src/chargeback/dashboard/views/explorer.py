@@ -19,7 +19,7 @@ months = widgets.page("Cost explorer")
 try:
     pos = drill.from_params(st.query_params.to_dict(), months[0])
 except drill.DrillError as exc:
-    st.warning(f"This link names no view ({exc}); showing the top of the latest month.")
+    st.warning(f"This link names no view ({widgets.plain(str(exc))}); showing the top of the latest month.")
     pos = drill.Position(months[0])
 
 
@@ -64,8 +64,8 @@ cols = st.columns(len(crumbs) + 1)
 for i, (text, target) in enumerate(crumbs):
     with cols[i]:
         if i == len(crumbs) - 1:
-            st.markdown(f"**{text}**")
-        elif st.button(text, key=f"crumb-{i}", type="tertiary"):
+            st.markdown(f"**{widgets.plain(text)}**")
+        elif st.button(widgets.plain(text), key=f"crumb-{i}", type="tertiary"):
             go(target)
 
 # ---- the breakdown ----

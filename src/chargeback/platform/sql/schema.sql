@@ -1084,7 +1084,9 @@ $$;
 -- `chargeback users add` (a dashboard user: a NOLOGIN role the dashboard's login may SET ROLE
 -- to) and `chargeback bi grant` (a LOGIN role for Metabase, Superset or psql) write the scopes.
 -- Personal data (access.personal_columns: dim_tenants.billing_email) is readable by
--- `chargeback_finance` only. Readers have no TEMP and no CREATE anywhere; their login roles get
+-- `chargeback_personal` only (dashboard finance users; BI logins granted --personal-data). Pipeline
+-- health is `chargeback_engineer`'s and `chargeback_finance`'s, and only for roles that see all
+-- tenants. Readers have no TEMP and no CREATE anywhere; their login roles get
 -- statement and idle-in-transaction timeouts. The one write a reader may make: a dashboard user
 -- (`chargeback_reviewer`) acknowledges an anomaly or accepts/dismisses a recommendation of its
 -- scope, in its own name (the policies' WITH CHECK).
@@ -1092,7 +1094,8 @@ do $$
 declare
     r text;
 begin
-    foreach r in array array['chargeback_bi', 'chargeback_finance', 'chargeback_engineer', 'chargeback_reviewer']
+    foreach r in array array['chargeback_bi', 'chargeback_finance', 'chargeback_engineer', 'chargeback_reviewer',
+                             'chargeback_personal']
     loop
         if not exists (select 1 from pg_roles where rolname = r) then
             begin
@@ -1111,9 +1114,30 @@ begin
             null;
         end;
     end if;
-    grant chargeback_bi to chargeback_finance, chargeback_engineer, chargeback_reviewer;
-    alter role chargeback_dashboard set statement_timeout = '30s';
-    alter role chargeback_dashboard set idle_in_transaction_session_timeout = '60s';
+    -- Roles are the cluster's and this lock is the database's: ensure_schema of another database may
+    -- change the same role at the same moment ("tuple concurrently updated"). Only what is missing is
+    -- changed, and a concurrent change of the same thing is left to the other session.
+    foreach r in array array['chargeback_finance', 'chargeback_engineer', 'chargeback_reviewer', 'chargeback_personal']
+    loop
+        if not exists (select 1 from pg_auth_members
+                       where roleid = 'chargeback_bi'::regrole and member = r::regrole) then
+            begin
+                execute format('grant chargeback_bi to %I', r);
+            exception when internal_error or unique_violation then
+                null;
+            end;
+        end if;
+    end loop;
+    if not exists (select 1 from pg_db_role_setting
+                   where setrole = 'chargeback_dashboard'::regrole and setdatabase = 0
+                     and setconfig @> array['statement_timeout=30s', 'idle_in_transaction_session_timeout=60s']) then
+        begin
+            alter role chargeback_dashboard set statement_timeout = '30s';
+            alter role chargeback_dashboard set idle_in_transaction_session_timeout = '60s';
+        exception when internal_error or unique_violation then
+            null;
+        end;
+    end if;
     -- no temporary tables for readers (the pipeline is granted TEMP by name above)
     execute format('revoke temporary on database %I from public', current_database());
     execute format('grant connect on database %I to chargeback_bi, chargeback_dashboard', current_database());
@@ -1142,7 +1166,7 @@ create table if not exists access.users (
 );
 -- The tenants the current role may see. A view runs with its owner's privileges, but
 -- current_user is the reader's: readers select from it and never from access.scopes.
-create or replace view access.my_tenants as
+create or replace view access.my_tenants with (security_barrier) as
 select t.tenant_id
 from config.tenants as t
 where exists (
@@ -1154,15 +1178,15 @@ where exists (
            or (s.kind = 'team' and s.value = t.team)
            or (s.kind = 'tenant' and s.value = t.tenant_id))
 );
-create or replace view access.my_scopes as
+create or replace view access.my_scopes with (security_barrier) as
 select kind, value from access.scopes where role_name = current_user;
 -- Who the current role signs in as (a dashboard user), for the ack/accept records.
-create or replace view access.me as
+create or replace view access.me with (security_barrier) as
 select user_name, role from access.users where db_role = current_user and not disabled;
--- A budget is the reader's when every tenant it covers is.
-create or replace view access.my_budgets as
-select b.budget_id
-from (select distinct budget_id, organisation, business_unit, team, tenant_id from config.budgets) as b
+-- A budget version is the reader's when every tenant it covers is (each version by its own scope).
+create or replace view access.my_budgets with (security_barrier) as
+select b.budget_id, b.valid_from, b.valid_to
+from config.budgets as b
 where exists (select 1 from config.tenants as t
               where (b.organisation is null or t.organisation = b.organisation)
                 and (b.business_unit is null or t.business_unit = b.business_unit)
@@ -1176,7 +1200,7 @@ where exists (select 1 from config.tenants as t
                     and t.tenant_id not in (select tenant_id from access.my_tenants));
 -- The budgets whose scope is exactly the reader's (a tenant's viewer and its tenant's budget, an
 -- organisation's and the organisation's): the dashboard draws them against its forecast.
-create or replace view access.my_scope_budgets as
+create or replace view access.my_scope_budgets with (security_barrier) as
 select b.budget_id
 from (select distinct budget_id, organisation, business_unit, team, tenant_id from config.budgets
       where source is null and label_key is null) as b
@@ -1269,7 +1293,7 @@ begin
         from pg_attribute where attrelid = rel and attnum > 0 and not attisdropped and attname <> all (personal);
         execute format('revoke select on %s from chargeback_bi', rel);
         execute format('grant select (%s) on %s to chargeback_bi', others, rel);
-        execute format('grant select on %s to chargeback_finance', rel);
+        execute format('grant select on %s to chargeback_personal', rel);
     end if;
 end
 $$;
@@ -1301,15 +1325,23 @@ begin
     perform access.secure_relation('insights.recommendations');
     perform access.secure_relation('insights.forecasts');
     perform access.secure_relation('insights.budget_status',
-                                   '(select access.sees_all()) or budget_id in (select budget_id from access.my_budgets)');
+        '(select access.sees_all()) or (budget_id, valid_from) in (select budget_id, valid_from from access.my_budgets)');
     perform access.secure_relation('insights.budget_alerts',
-                                   '(select access.sees_all()) or budget_id in (select budget_id from access.my_budgets)');
+        '(select access.sees_all()) or exists (select 1 from access.my_budgets as b where b.budget_id = budget_alerts.budget_id'
+        ' and b.valid_from <= budget_alerts.month and (b.valid_to is null or budget_alerts.month < b.valid_to))');
     perform access.secure_relation('pipeline.invoices');
     perform access.secure_relation('pipeline.invoice_lines',
                                    'document_id in (select document_id from pipeline.invoices)');
-    -- pipeline health (the dashboard's page for data engineers): engineers and finance
+    -- pipeline health (the dashboard's page for data engineers): engineers and finance, of the whole
+    -- platform only (its rows name tenants, files and producers of every scope)
     grant select on pipeline.load_runs, pipeline.load_files, pipeline.load_holds, pipeline.transform_runs,
         pipeline.events, pipeline.validations, pipeline.month_closes to chargeback_engineer, chargeback_finance;
+    perform access.secure_relation(health.name::regclass, '(select access.sees_all())')
+    from unnest(array['pipeline.load_runs', 'pipeline.load_files', 'pipeline.load_holds', 'pipeline.transform_runs',
+                      'pipeline.events', 'pipeline.validations', 'pipeline.month_closes',
+                      'raw.usage_quarantine']) as health (name);
+    revoke select on pipeline.load_runs, pipeline.load_files, pipeline.load_holds, pipeline.transform_runs,
+        pipeline.events, pipeline.validations, pipeline.month_closes, raw.usage_quarantine from chargeback_bi;
     grant usage on schema raw to chargeback_engineer, chargeback_finance;
     grant select (quarantine_id, load_id, source_file, source_line, landed_hour, field, reason, status,
         quarantined_at, resolved_at, tenant_id) on raw.usage_quarantine
