@@ -13,7 +13,7 @@ st.title("Pipeline health")
 widgets.freshness()
 status = session.read(queries.pipeline_status)
 
-a, b, c = st.columns(3)
+a, b, c = st.columns([2, 1, 1])
 a.metric("Usage through", f"{status.usage_through:%Y-%m-%d %H:%M} UTC" if status.usage_through else "—")
 b.metric("Quarantined rows open", f"{status.quarantine_open:,}")
 c.metric("Months waiting for their grace period", str(len(status.draft_months)))
