@@ -78,6 +78,16 @@ def table(frame: pd.DataFrame, *, name: str, key: str, select: bool = False, **o
     return event
 
 
+def follow_selection(event, frame: pd.DataFrame, column: str, param: str) -> None:
+    """A clicked row of ``frame`` opens it: its ``column`` becomes the query parameter ``param``.
+    A selection outlives its rerun, so it is followed only when it changes the URL."""
+    if event and event.selection.rows:
+        picked = str(int(frame.iloc[event.selection.rows[0]][column]))
+        if picked != st.query_params.get(param):
+            st.query_params[param] = picked
+            st.rerun()
+
+
 def _is_money(column: pd.Series) -> bool:
     """A column of amounts: Decimals in cents (numeric(18,2)), shown with their two decimals."""
     values = [v for v in column if v is not None and not (isinstance(v, float) and v != v)]

@@ -27,11 +27,7 @@ frame = pd.DataFrame([{"#": r[0], "Tenant": r[1], "Meter": r[2], "Ledger": r[3],
                        "From": r[6], "To": r[7], "Expected": r[8], "Actual": r[9], "Change": r[9] - r[8],
                        "Largest effect": r[13], "Status": r[14], "What happened": r[15]} for r in rows])
 event = widgets.table(frame, name=f"anomalies-{status}", key=f"anomalies-{status}", select=True)
-if event and event.selection.rows:  # a selection outlives its rerun: follow it only when it changes
-    picked = str(int(frame.iloc[event.selection.rows[0]]["#"]))
-    if picked != st.query_params.get("id"):
-        st.query_params["id"] = picked
-        st.rerun()
+widgets.follow_selection(event, frame, "#", "id")
 
 selected = st.query_params.get("id")
 if not (selected and selected.isdigit()):

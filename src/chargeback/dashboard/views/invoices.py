@@ -18,11 +18,7 @@ frame = pd.DataFrame([{"Document": r[0], "Type": r[1].replace("_", " "), "Number
                        "Month": f"{r[4]:%Y-%m}", "Status": "corrected" if r[12] else r[5], "Total": r[6],
                        "Currency": r[7], "Issued": r[8], "Corrects": r[9]} for r in rows])
 event = widgets.table(frame, name="invoices", key="invoices", select=True)
-if event and event.selection.rows:  # a selection outlives its rerun: follow it only when it changes
-    picked = str(int(frame.iloc[event.selection.rows[0]]["Document"]))
-    if picked != st.query_params.get("document"):
-        st.query_params["document"] = picked
-        st.rerun()
+widgets.follow_selection(event, frame, "Document", "document")
 selected = st.query_params.get("document")
 if selected and selected.isdigit():
     name, pdf, message = session.stored_pdf(int(selected))

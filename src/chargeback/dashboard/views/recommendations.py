@@ -23,11 +23,7 @@ if rows:
                            "Confidence": r[7], "Saving a month": r[8], "Currency": r[9], "Status": r[10],
                            "Change": r[13]} for r in current])
     event = widgets.table(frame, name=f"recommendations-{period:%Y-%m}", key=f"recs-{period}", select=True)
-    if event and event.selection.rows:  # a selection outlives its rerun: follow it only when it changes
-        picked = str(int(frame.iloc[event.selection.rows[0]]["#"]))
-        if picked != st.query_params.get("id"):
-            st.query_params["id"] = picked
-            st.rerun()
+    widgets.follow_selection(event, frame, "#", "id")
     selected = st.query_params.get("id")
     chosen = next((r for r in current if selected and str(r[0]) == selected), None)
     if chosen:
