@@ -46,15 +46,24 @@ def settle(page: Any) -> None:
 
 
 def metrics(page: Any) -> dict[str, Decimal]:
-    """The headline figures: label → amount (``"23,338.35 USD"`` → ``Decimal("23338.35")``)."""
+    """The headline figures: label → amount (``"23,338.35 USD"`` → ``Decimal("23338.35")``), read
+    once two reads in a row agree and every figure is drawn (a run may still redraw them)."""
     settle(page)
     page.locator("[data-testid=stMetricValue]").first.wait_for()
-    page.wait_for_function("""() => { const v = [...document.querySelectorAll('[data-testid=stMetricValue]')];
-                                      return v.length > 0 && v.every(e => e.innerText.trim() !== ''); }""")
-    labels = page.locator("[data-testid=stMetricLabel]").all_inner_texts()
-    values = page.locator("[data-testid=stMetricValue]").all_inner_texts()
+    read = """() => [...document.querySelectorAll('[data-testid=stMetric]')].map(m => [
+        m.querySelector('[data-testid=stMetricLabel]')?.innerText ?? '',
+        m.querySelector('[data-testid=stMetricValue]')?.innerText ?? ''])"""
+    previous = None
+    for _ in range(100):
+        current = page.evaluate(read)
+        if current and current == previous and all(label.strip() and value.strip() for label, value in current):
+            break
+        previous = current
+        page.wait_for_timeout(100)
+    else:
+        raise TimeoutError(f"the headline figures did not settle: {current}")
     return {label.strip(): Decimal(value.replace(",", "").split()[0])
-            for label, value in zip(labels, values, strict=True) if value.strip() not in ("—", "")}
+            for label, value in current if value.strip() not in ("—", "")}
 
 
 def bars(page: Any) -> dict[str, dict[str, Decimal]]:

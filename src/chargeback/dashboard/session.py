@@ -129,7 +129,12 @@ def read(fn: Callable[..., Any], *args: Any) -> Any:
     user = viewer()
     if user is None:
         raise RuntimeError("no viewer signed in")
-    return _cached(user, fn.__name__, args)
+    try:
+        return _cached(user, fn.__name__, args)
+    except PermissionError as exc:  # the user was removed while signed in: the session ends here
+        st.session_state.pop("viewer", None)
+        st.error(f"{exc}: sign in again.")
+        st.stop()
 
 
 def write(fn: Callable[..., Any], *args: Any) -> Any:
