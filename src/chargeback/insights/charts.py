@@ -30,25 +30,35 @@ def _ledger_colour(*ledgers: str) -> alt.Scale:
     return alt.Scale(domain=list(ledgers), range=[LEDGER_COLOURS[ledger] for ledger in ledgers])
 
 
+def _ledgers_in(frame: pd.DataFrame, default: tuple[str, ...] = tuple(LEDGER_COLOURS)) -> list[str]:
+    """The ledgers ``frame`` holds, in the one order every chart uses (``default`` when it holds none)."""
+    return [name for name in LEDGER_COLOURS if name in set(frame["ledger"])] or list(default)
+
+
+def _ledger_lines(frame: pd.DataFrame, x: alt.X, x_tooltip: alt.Tooltip, ledgers: list[str]) -> alt.Chart:
+    """A line per ledger over ``x``: the shape of :func:`ledger_trend` and :func:`ledgers_by_day`."""
+    return (
+        alt.Chart(frame)
+        .mark_line(point=True, strokeWidth=1.5)
+        .encode(
+            x=x,
+            y=alt.Y("amount:Q", title="Amount", axis=alt.Axis(format="~s")),
+            color=alt.Color("ledger:N", title=None, scale=_ledger_colour(*ledgers),
+                            legend=alt.Legend(orient="top", direction="horizontal")),
+            tooltip=[x_tooltip, "ledger:N", alt.Tooltip("amount:Q", format=",.2f")],
+        )
+        .properties(width=440, height=170)
+    )
+
+
 def ledger_trend(frame: pd.DataFrame) -> alt.Chart:
     """Both ledgers month by month: a line per ledger.
 
     ``frame``: one row per month and ledger — ``month`` (a date, first of the month),
     ``ledger`` (``"Cost to serve"``, ``"Billed"`` or ``"Margin"``), ``amount`` (number).
     """
-    return (
-        alt.Chart(frame)
-        .mark_line(point=True, strokeWidth=1.5)
-        .encode(
-            x=alt.X("yearmonth(month):O", title=None, axis=alt.Axis(format="%b %y", labelAngle=0)),
-            y=alt.Y("amount:Q", title="Amount", axis=alt.Axis(format="~s")),
-            color=alt.Color("ledger:N", title=None, scale=_ledger_colour(),
-                            legend=alt.Legend(orient="top", direction="horizontal")),
-            tooltip=[alt.Tooltip("yearmonth(month):O", title="Month"), "ledger:N",
-                     alt.Tooltip("amount:Q", format=",.2f")],
-        )
-        .properties(width=440, height=170)
-    )
+    return _ledger_lines(frame, alt.X("yearmonth(month):O", title=None, axis=alt.Axis(format="%b %y", labelAngle=0)),
+                         alt.Tooltip("yearmonth(month):O", title="Month"), list(LEDGER_COLOURS))
 
 
 def ledgers_by_group(frame: pd.DataFrame, *, pick: str | None = None) -> alt.Chart:
@@ -58,7 +68,7 @@ def ledgers_by_group(frame: pd.DataFrame, *, pick: str | None = None) -> alt.Cha
     ``amount``, in the order to show the groups. ``pick``: the name of a click selection on
     ``group`` (the dashboard drills down on it); the printed report passes none.
     """
-    ledgers = [name for name in LEDGER_COLOURS if name in set(frame["ledger"])] or ["Cost to serve", "Billed"]
+    ledgers = _ledgers_in(frame, ("Cost to serve", "Billed"))
     chart = (
         alt.Chart(frame)
         .mark_bar()
@@ -84,19 +94,8 @@ def ledgers_by_day(frame: pd.DataFrame) -> alt.Chart:
 
     ``frame``: ``day`` (a date), ``ledger``, ``amount``.
     """
-    ledgers = [name for name in LEDGER_COLOURS if name in set(frame["ledger"])] or list(LEDGER_COLOURS)
-    return (
-        alt.Chart(frame)
-        .mark_line(point=True, strokeWidth=1.5)
-        .encode(
-            x=alt.X("day:T", title=None, axis=alt.Axis(format="%d %b", labelAngle=0)),
-            y=alt.Y("amount:Q", title="Amount", axis=alt.Axis(format="~s")),
-            color=alt.Color("ledger:N", title=None, scale=_ledger_colour(*ledgers),
-                            legend=alt.Legend(orient="top", direction="horizontal")),
-            tooltip=[alt.Tooltip("day:T", title="Day"), "ledger:N", alt.Tooltip("amount:Q", format=",.2f")],
-        )
-        .properties(width=440, height=170)
-    )
+    return _ledger_lines(frame, alt.X("day:T", title=None, axis=alt.Axis(format="%d %b", labelAngle=0)),
+                         alt.Tooltip("day:T", title="Day"), _ledgers_in(frame))
 
 
 def forecast_band(frame: pd.DataFrame) -> alt.Chart:
