@@ -63,10 +63,10 @@ def test_staging_reads_only_sources(manifest):
 
 
 def test_windowed_models_say_which_rows_a_window_owns(manifest):
-    """Every incremental model deletes and rebuilds its window's rows (dbt_project.yml):
+    """Every windowed model deletes and rebuilds its window's rows (macros/windowed.sql):
     it must name the column and grain that decide them, or its delete would fail."""
     unnamed = [n["name"] for n in _models(manifest).values()
-               if n["config"]["materialized"] == "incremental"
+               if n["config"]["materialized"] == "windowed"
                and not {"window_column", "window_grain"} <= set(n["config"]["meta"])]
     assert unnamed == []
 

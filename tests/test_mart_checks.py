@@ -65,6 +65,11 @@ from marts.fct_cost_pools_hourly
 where pool = 'network' and hour_start = '2026-10-01T12:00Z';
 alter table marts.fct_cost_pools_hourly drop column driver_meter;
 
+create table marts.fct_cost_allocations_monthly as
+select date '2026-10-01' as cost_month, tenant_id, pool, sum(allocated_cost)::numeric(18, 2) as allocated_cost, currency
+from marts.fct_cost_allocations_hourly
+group by tenant_id, pool, currency;
+
 create table marts.fct_invoice_lines as
 select date '2026-10-01' as invoice_month, t.tenant_id,
        (row_number() over (partition by t.tenant_id order by m.meter))::integer as line_no, 'usage' as line_type,
@@ -276,6 +281,60 @@ def test_missing_mart_says_dbt_has_not_run(marts, mart_settings):
 
 
 # --------------------------------------------------------------------------- real dbt output
+
+MONTH = (dt.datetime(2026, 10, 1, tzinfo=dt.UTC), dt.datetime(2026, 11, 1, tzinfo=dt.UTC))
+
+
+def reconciliation_failure(mart_settings) -> str:
+    with pytest.raises(checks.ChecksFailed) as info:
+        checks.reconcile_costs(*MONTH, settings=mart_settings)
+    return str(info.value)
+
+
+def test_month_reconciliation_passes_and_is_recorded(marts, mart_settings):
+    result = checks.reconcile_costs(*MONTH, settings=mart_settings)
+
+    assert result.success
+    assert result.failures == ()
+    with warehouse.connect(mart_settings) as conn:
+        row = conn.execute("select suite, table_name, success, window_start, window_end, failed_expectations"
+                           " from pipeline.validations where validation_id = %s", (result.validation_id,)).fetchone()
+    assert row == ("reconcile_costs", "marts.fct_cost_allocations_hourly", True, *MONTH, 0)
+
+
+def test_month_reconciliation_names_the_pool_hour_a_cent_went_astray(marts, mart_settings):
+    marts(
+        "update marts.fct_cost_allocations_hourly set allocated_cost = allocated_cost + 0.01"
+        " where pool = 'compute' and hour_start = '2026-10-01T13:00Z' and tenant_id = 't002'"
+    )
+
+    message = reconciliation_failure(mart_settings)
+    assert message.splitlines()[0] == (
+        "the cost marts do not reconcile (2026-10-01T00:00Z–2026-11-01T00:00Z): a pool-hour is allocated exactly: "
+        "the allocations add up to its cost: 1 failing, e.g. compute 2026-10-01 13:00 expected 24.19, got 24.20"
+    )
+    with warehouse.connect(mart_settings) as conn:
+        assert conn.execute("select success, failed_expectations from pipeline.validations"
+                            " order by validation_id desc limit 1").fetchone() == (False, 1)
+
+
+def test_month_reconciliation_finds_an_unallocated_pool_hour_a_broken_split_and_the_monthly_mart(
+        marts, mart_settings):
+    marts("delete from marts.fct_cost_allocations_hourly where pool = 'storage' and hour_start = '2026-10-01T13:00Z';"
+          "update marts.fct_cost_pools_hourly set idle_cost = 0.01"
+          " where pool = 'network' and hour_start = '2026-10-01T14:00Z';"
+          "update marts.fct_cost_allocations_monthly set allocated_cost = allocated_cost - 1"
+          " where pool = 'platform_team' and tenant_id = 't003'")
+
+    assert reconciliation_failure(mart_settings).splitlines()[1:4] == [
+        "  a pool-hour is allocated exactly: the allocations add up to its cost: 1 failing, "
+        "e.g. storage 2026-10-01 13:00 expected 12.77, got no allocation rows",
+        "  a pool-hour is used + idle cost, neither negative: 1 failing, e.g. network 2026-10-01 14:00 "
+        "expected 4.30, got 4.30 + 0.01",
+        "  the monthly allocations add up to the pool's cost of the month: 1 failing, "
+        "e.g. platform_team 2026-10 expected 129.04, got 128.04",
+    ]
+
 
 DBT_START = dt.datetime(2026, 11, 3, 10, tzinfo=dt.UTC)
 DBT_END = DBT_START + dt.timedelta(hours=2)

@@ -161,17 +161,6 @@
     {%- endif -%}
 {%- endmacro %}
 
-{#- pre-hook of every model (dbt_project.yml): inside an incremental model's
-    transaction, delete the rows the run is about to rebuild (all rows without a
-    window), so a replayed window never keeps stale rows. Nothing to do for
-    other materializations, or when the table is new or fully refreshed. -#}
-{% macro delete_window() -%}
-    {%- if is_incremental() -%}
-        delete from {{ this }}
-        where {{ window_predicate(config.get('meta')) }}
-    {%- endif -%}
-{%- endmacro %}
-
 {#- post-hook of every model (dbt_project.yml): refresh a table's planner
     statistics after a large write (no window, or a window of a day or more),
     so the next models and tests plan for the new rows. Small hourly windows
@@ -179,7 +168,7 @@
 -#}
 {% macro analyze_after_large_write() -%}
     {%- set window = chargeback_window() -%}
-    {%- if config.get('materialized') in ('incremental', 'table')
+    {%- if config.get('materialized') in ('windowed', 'table')
         and (window is none or window.hours >= 24) -%}
         analyze {{ this }}
     {%- endif -%}
@@ -192,7 +181,7 @@
         {%- if config.meta_get('readable_by_readers') -%}
             grant select on {{ this }} to chargeback_bi
         {%- endif -%}
-    {%- elif config.get('materialized') in ('incremental', 'table', 'view') -%}
+    {%- elif config.get('materialized') in ('windowed', 'table', 'view') -%}
         {#- meta readers: all -- reference data every reader may see whole (the meter catalogue) -#}
         select access.secure_relation('{{ this }}'::regclass
             {%- if config.meta_get('readers') == 'all' %}, 'true'{% endif %})

@@ -1,7 +1,7 @@
 {#-
     Each pool-hour's cost allocated to tenants, as BI and the mart checks read
     it: a view of int_cost_allocations_hourly, the allocation engine's output
-    (windowed incremental). A plain select (see _marts.yml).
+    (windowed). A plain select (see _marts.yml).
 -#}
 {{ config(materialized='view') }}
 

@@ -1,7 +1,7 @@
 {#-
     Cost of each pool per UTC hour, as BI and the mart checks read it: a view
     of int_cost_pools_hourly, where the monthly cost is spread over the hours
-    and split into used and idle cost (windowed incremental). A plain select (see _marts.yml).
+    and split into used and idle cost (windowed). A plain select (see _marts.yml).
 -#}
 {{ config(materialized='view') }}
 

@@ -1,7 +1,7 @@
 {#-
     Metered usage per tenant, meter and UTC hour, as BI and the invoice
     renderer read it: a view of int_usage_hourly, where it is computed and
-    kept (windowed incremental). A plain select (see _marts.yml).
+    kept (windowed). A plain select (see _marts.yml).
 -#}
 {{ config(materialized='view') }}
 

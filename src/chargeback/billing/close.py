@@ -223,8 +223,9 @@ def check_month(period: str, settings: Settings | None = None) -> None:
     problems = configuration.drivers_without_usage(start, end, settings)
     if problems:
         raise configuration.ConfigError(f"{period} cannot be invoiced:\n" + "\n".join(problems))
-    outcome = checks.check_marts(start, end, settings=settings)
-    log.info("mart checks passed for %s: %s", period, outcome)
+    outcome = checks.check_marts(start, end, settings=settings, suites=checks.INVOICE_SUITES)
+    costs = checks.reconcile_costs(start, end, settings=settings)
+    log.info("mart checks passed for %s: %s; cost marts reconciled in %.1f s", period, outcome, costs.seconds)
 
 
 def grace_period_over(period: str, as_of: dt.datetime | str | None = None, settings: Settings | None = None) -> bool:
