@@ -562,6 +562,12 @@ def price_in_sql(sql: str, batch: list[dict]) -> dict[str, list[tuple]]:
             cur.executemany("insert into marts.fct_usage_hourly (tenant_id, meter, hour_start, quantity, unit,"
                             " kind, snapshot_count, last_learned_at) values (%s, %s, %s, %s, %s, %s, %s, now())",
                             usage)
+            # pricing reads the month by day: int_usage_daily, summed as its model sums the hours
+            cur.execute("insert into intermediate.int_usage_daily (usage_day, tenant_id, meter, quantity, unit, kind,"
+                        " hour_count, last_hour_start)"
+                        " select (hour_start at time zone 'UTC')::date, tenant_id, meter, sum(quantity), min(unit),"
+                        " min(kind), count(*), max(hour_start) from marts.fct_usage_hourly where tenant_id like 'p%'"
+                        " group by 1, 2, 3")
             rows = cur.execute(
                 "select tenant_id, invoice_month, line_type, price_valid_from, tier, quantity, unit_price,"
                 f" list_amount, discount_amount, amount from ({sql}) as lines"

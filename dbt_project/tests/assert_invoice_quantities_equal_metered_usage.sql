@@ -8,8 +8,17 @@ with
 
 usage as (
 
-    select * from {{ ref('fct_usage_hourly') }}
-    where {{ window_months('hour_start', 'timestamptz') }}
+    -- the metered usage by day (int_usage_daily: the hours summed by its group
+    -- by), so that an hourly run reads the month's days, not its hours
+    select
+        tenant_id,
+        meter,
+        usage_day::timestamp at time zone 'UTC' as hour_start,
+        quantity,
+        kind
+
+    from {{ ref('int_usage_daily') }}
+    where {{ window_months('usage_day', 'date') }}
 
 ),
 

@@ -3,7 +3,8 @@
     calendar month (UTC), priced.
 
     1. Usage is summed per tenant, meter, month and stretch of time between two
-       price changes (one pass over the hours), then per segment: the
+       price changes (one pass over the days: changes fall on UTC midnight; the
+       per-source retention classes stay hourly), then per segment: the
        stretches under one version of the tenant's price book.
     2. Segments count the month's usage cumulatively, in version order: a later
        segment continues where the earlier one stopped, so tiers, the free
@@ -44,8 +45,18 @@ with
 
 usage as (
 
-    select * from {{ ref('int_usage_hourly') }}
-    where {{ window_months('hour_start', 'timestamptz') }}
+    -- the month's usage by UTC day, not by hour: price versions and terms
+    -- change at UTC midnight, so a day's sum falls in the same stretch as each
+    -- of its hours, and an hourly run reads 31 rows per tenant and meter
+    -- instead of 744 (int_usage_daily re-adds the day the run touched)
+    select
+        tenant_id,
+        meter,
+        usage_day::timestamp at time zone 'UTC' as hour_start,
+        quantity
+
+    from {{ ref('int_usage_daily') }}
+    where {{ window_months('usage_day', 'date') }}
 
 ),
 
