@@ -35,7 +35,8 @@ Figures (each line ``{"name", "value", "unit"}``):
   ``P8_insights_refresh_{0,20}_sources``: the insight marts' refresh after that hour.
 
 - ``P6_dashboard_first_page_s`` / ``P6_dashboard_click_p95_s``: the dashboard in Debian's chromium at
-  1,000 tenants x 20 sources x 90 days — sign-in to the cost explorer drawn (goal <= 2.0 s), and the
+  1,000 tenants x 20 sources x 90 days — sign-in to the cost explorer drawn (the median of three
+  viewers; goal <= 2.0 s), and the
   95th percentile of click-to-drilled-chart over three drills from the organisation to an hour
   (goal <= 1.0 s); :func:`bench_dashboard` says how the 90 days are made.
 
@@ -439,8 +440,9 @@ def bench_dashboard(work: Path, ids: list[str]) -> None:
     dbt); the relations the dashboard reads are then filled to 90 days (3 August to 31 October) by
     copying that day's rows, and raw usage is that day's (2.2 M snapshots: what a source's hours
     are read from). The dashboard serves one viewer first (a running server, not one starting);
-    then a finance user in a new browser context signs in (``P6_dashboard_first_page_s``: from
-    pressing Sign in on the cost explorer's link to its chart drawn), then drills three paths from the organisation
+    then three finance users, each in a new browser context, sign in (``P6_dashboard_first_page_s``:
+    the median of their times from pressing Sign in on the cost explorer's link to its chart drawn),
+    and the last drills three paths from the organisation
     to an hour, clicking bars at their centre (``P6_dashboard_click_p95_s``: from the click to the
     drilled chart drawn, each view read for the first time)."""
     from chargeback.engine import configuration, transform
@@ -459,10 +461,12 @@ def bench_dashboard(work: Path, ids: list[str]) -> None:
         offsets = [k for k in range(-(P6_DAYS - 31), 31) if k]
         for relation, column in P6_DAILY:
             _note(f"P6: {relation}: {_copy_day(relation, column, offsets):,} rows copied to {P6_DAYS} days")
-        access.add_user("bench", "finance", [], password)
-        first_page, clicks = _p6_measure(work, password)
-        emit("P6_dashboard_first_page_s", first_page, "s", goal="<= 2.0", tenants=len(ids), days=P6_DAYS,
-             sources=SOURCES_PER_TENANT, snapshots_in_raw=snapshots)
+        for viewer in P6_VIEWERS:
+            access.add_user(viewer, "finance", [], password)
+        first_pages, clicks = _p6_measure(work, password)
+        emit("P6_dashboard_first_page_s", first_pages[len(first_pages) // 2], "s", goal="<= 2.0", tenants=len(ids),
+             days=P6_DAYS, sources=SOURCES_PER_TENANT, snapshots_in_raw=snapshots, viewers=len(first_pages),
+             each=[round(x, 3) for x in first_pages])
         emit("P6_dashboard_click_p95_s", clicks[min(len(clicks) - 1, round(0.95 * (len(clicks) - 1)))], "s",
              goal="<= 1.0", clicks=len(clicks), median=clicks[len(clicks) // 2], slowest=clicks[-1])
     finally:
@@ -471,8 +475,13 @@ def bench_dashboard(work: Path, ids: list[str]) -> None:
         os.environ["CHARGEBACK_DATABASE"] = database
 
 
-def _p6_measure(work: Path, password: str, port: int = 8765) -> tuple[float, list[float]]:
-    """(first page, the clicks sorted) on the current database (see :func:`bench_dashboard`)."""
+P6_VIEWERS = ("bench", "bench2", "bench3")
+"""Finance users who each sign in once for ``P6_dashboard_first_page_s``: the median of three, since
+one cold page on a shared 2-core machine varied from 1.8 to 2.9 s between runs of the same code."""
+
+
+def _p6_measure(work: Path, password: str, port: int = 8765) -> tuple[list[float], list[float]]:
+    """(the first pages, the clicks; each sorted) on the current database (see :func:`bench_dashboard`)."""
     from playwright.sync_api import sync_playwright
 
     from chargeback.dashboard import browser, server
@@ -482,15 +491,20 @@ def _p6_measure(work: Path, password: str, port: int = 8765) -> tuple[float, lis
         # a dashboard that has served a page since it started (a running server, its modules
         # imported); then a new viewer in a browser context of its own (no cache, no session)
         browser.sign_in(chromium, f"{url}explorer?month=2026-09", "bench", password).context.close()
-        page = chromium.new_context(viewport=browser.VIEWPORT).new_page()
-        page.goto(f"{url}explorer?month=2026-10")
-        page.get_by_label("User name").fill("bench")
-        page.get_by_role("textbox", name="Password").fill(password)
-        t0 = time.perf_counter()
-        page.get_by_role("button", name="Sign in").click()
-        page.locator("[data-testid=stVegaLiteChart] [role=graphics-symbol]").first.wait_for(timeout=120_000)
-        browser.settle(page)
-        first_page = time.perf_counter() - t0
+        first_pages: list[float] = []
+        page = None
+        for viewer in P6_VIEWERS:  # each a viewer of its own: nothing of theirs is cached yet
+            if page is not None:
+                page.context.close()
+            page = chromium.new_context(viewport=browser.VIEWPORT).new_page()
+            page.goto(f"{url}explorer?month=2026-10")
+            page.get_by_label("User name").fill(viewer)
+            page.get_by_role("textbox", name="Password").fill(password)
+            t0 = time.perf_counter()
+            page.get_by_role("button", name="Sign in").click()
+            page.locator("[data-testid=stVegaLiteChart] [role=graphics-symbol]").first.wait_for(timeout=120_000)
+            browser.settle(page)
+            first_pages.append(time.perf_counter() - t0)
         clicks: list[float] = []
         for path in range(P6_CLICK_PATHS):
             if "org=" in page.url:  # back to the top by the breadcrumb
@@ -509,7 +523,7 @@ def _p6_measure(work: Path, password: str, port: int = 8765) -> tuple[float, lis
                 browser.click_bar(page, pick)
                 clicks.append(time.perf_counter() - t0)
         chromium.close()
-    return first_page, sorted(clicks)
+    return sorted(first_pages), sorted(clicks)
 
 
 P7_TENANTS = int(os.environ.get("CHARGEBACK_BENCH_P7_TENANTS", "30"))
