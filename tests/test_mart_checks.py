@@ -115,6 +115,11 @@ def marts(mart_settings):
     return run
 
 
+CENT_ASTRAY = ("update marts.fct_cost_allocations_hourly set allocated_cost = allocated_cost + 0.01"
+               " where pool = 'compute' and hour_start = '2026-10-01T13:00Z' and tenant_id = 't002'")
+"""One cent too many for t002 in compute's 13:00 hour (24.19 allocated as 24.20)."""
+
+
 def failure(mart_settings, start=START, end=END) -> str:
     with pytest.raises(checks.ChecksFailed) as info:
         checks.check_marts(start, end, settings=mart_settings)
@@ -150,10 +155,7 @@ def test_without_a_window_every_row_is_checked(marts, mart_settings):
 
 
 def test_allocation_not_summing_to_pool_cost_fails_naming_pool_and_hour(marts, mart_settings):
-    marts(
-        "update marts.fct_cost_allocations_hourly set allocated_cost = allocated_cost + 0.01"
-        " where pool = 'compute' and hour_start = '2026-10-01T13:00Z' and tenant_id = 't002'"
-    )
+    marts(CENT_ASTRAY)
 
     message = failure(mart_settings)
     assert message.splitlines()[0] == (
@@ -303,10 +305,7 @@ def test_month_reconciliation_passes_and_is_recorded(marts, mart_settings):
 
 
 def test_month_reconciliation_names_the_pool_hour_a_cent_went_astray(marts, mart_settings):
-    marts(
-        "update marts.fct_cost_allocations_hourly set allocated_cost = allocated_cost + 0.01"
-        " where pool = 'compute' and hour_start = '2026-10-01T13:00Z' and tenant_id = 't002'"
-    )
+    marts(CENT_ASTRAY)
 
     message = reconciliation_failure(mart_settings)
     assert message.splitlines()[0] == (
