@@ -302,6 +302,13 @@ def _record(
         seconds=seconds,
         errored_expectations=sum(1 for r in failed if _exception_message(r.get("exception_info"))),
     )
+    return record(conn, outcome, result)
+
+
+def record(conn: psycopg.Connection, outcome: SuiteResult, result: Mapping[str, Any]) -> SuiteResult:
+    """Keep one run in ``pipeline.validations`` (``result``: its full outcome, as JSON); returns
+    ``outcome`` with its ``validation_id``. GX suite runs and :func:`chargeback.engine.checks.reconcile_costs`
+    are recorded alike."""
     (validation_id,) = conn.execute(
         "insert into pipeline.validations (suite, table_name, load_id, window_start, window_end, success,"
         " evaluated_expectations, failed_expectations, summary, result, data_docs_url)"
