@@ -13,7 +13,7 @@ export AIRFLOW__COSMOS__ENABLE_TELEMETRY := False
 export AIRFLOW__COSMOS__ENABLE_DAG_VERSIONING := False
 export DO_NOT_TRACK := 1
 
-.PHONY: install system-deps browser-deps demo dashboard test test-unit test-external-pg bench airflow lint lock warehouse-stop clean focus-validator
+.PHONY: install system-deps browser-deps demo dashboard test test-unit test-external-pg bench airflow airflow-celery lint lock warehouse-stop clean focus-validator
 
 # Every install is the same: .venv is synced exactly to uv.lock (`make lock` upgrades it).
 $(STAMP): pyproject.toml uv.lock
@@ -74,6 +74,10 @@ bench: install browser-deps ## performance figures as JSON lines
 
 airflow: install ## Airflow standalone (web UI on :8080) against the same warehouse
 	$(PY) -m chargeback.orchestration.runner standalone
+
+WORKERS ?= 2
+airflow-celery: install ## Airflow on Celery: scheduler, API server (UI on :8080), DAG processor, triggerer, $(WORKERS) workers on Redis
+	$(PY) -m chargeback.orchestration.cluster $(WORKERS)
 
 # The FinOps Foundation's FOCUS validator needs Python >= 3.12, so it gets its own venv
 # (tests/test_focus.py and `chargeback export focus --validate` run it from there).

@@ -22,9 +22,13 @@ Runs after each month ends (its data interval is the month):
    now, whatever the insights DAG last saw.
 7. **recommend** — the month's recommendations, each saving the month re-priced with its
    change (docs/INSIGHTS.md, "Recommendations"), for the invoices' "ways to pay less".
-8. **finalize_invoices** — re-rendered from the current marts, numbered (gapless per issuer)
-   and made final in one transaction, PDFs in `reports/out/<YYYY-MM>/<number>.pdf`.
-   Final invoices never change (the database refuses it).
+8. **plan_final_invoices → render_invoice_batch (mapped) → commit_final_invoices** — the final
+   invoices from the current marts, issued in three steps so that rendering fans out over the
+   workers (`chargeback.billing.issuing`): the plan checks the marts and completeness again,
+   reserves the numbers (gapless per issuer) and splits the invoices into batches of
+   `CHARGEBACK_INVOICE_BATCH_SIZE` (default 100); each batch is one mapped task, on whichever
+   worker is free; the commit issues them all in one transaction, PDFs in
+   `reports/out/<YYYY-MM>/<number>.pdf`. Final invoices never change (the database refuses it).
 9. **issue_corrections** — for earlier final months whose marts changed since, a credit or
    debit note that references the original invoice.
 10. **finance_summary** — the month's figures for finance.
@@ -40,13 +44,13 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.providers.standard.sensors.date_time import DateTimeSensor
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import Param, dag, task
 
-from chargeback.orchestration.dag_defaults import default_args, on_dag_failure
+from chargeback.orchestration.dag_defaults import default_args, on_dag_failure, schedule
 
 
 @dag(
-    schedule=CronDataIntervalTimetable("0 6 1 * *", timezone="UTC"),
+    schedule=schedule("0 6 1 * *"),
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
@@ -133,12 +137,36 @@ def billing_monthly():
         return steps.recommend_for_close(period)
 
     @task
-    def finalize_invoices(period: str, params=None) -> int:
-        """Final PDFs from the current marts; numbers, frozen lines and status in one transaction."""
+    def plan_final_invoices(period: str, params=None) -> list[dict]:
+        """Check the marts and completeness, then reserve the invoice numbers and split the invoices
+        into render batches (one mapped task each); nothing to issue: no batch."""
+        from airflow.sdk.exceptions import AirflowFailException
+
         from chargeback.billing import close
 
-        return len(close.finalize(period, override_reason=params.get("override_incomplete"),
-                                  override_by=params.get("override_by")))
+        try:
+            plan = close.plan_finals(period, override_reason=params.get("override_incomplete"),
+                                     override_by=params.get("override_by"))
+        except close.MonthNotComplete as exc:  # a refusal, not a transient failure: no retry
+            raise AirflowFailException(str(exc)) from exc
+        return [{"run_id": plan.run_id, "batch": batch} for batch in plan.batches] if plan else []
+
+    @task(map_index_template="{{ invoice_batch }}",
+          doc_md="Render one batch of the plan's final invoices and stage the PDFs, on whichever worker is free.")
+    def render_invoice_batch(batch: dict) -> int:
+        from airflow.sdk import get_current_context
+
+        from chargeback.billing import issuing
+
+        get_current_context()["invoice_batch"] = f"run {batch['run_id']} batch {batch['batch']}"
+        return issuing.render_batch(batch["run_id"], batch["batch"])
+
+    @task(trigger_rule="none_failed")
+    def commit_final_invoices(batches: list[dict]) -> int:
+        """Issue the plan's invoices in one transaction: numbers, frozen lines, final."""
+        from chargeback.billing import issuing
+
+        return len(issuing.commit(batches[0]["run_id"])) if batches else 0
 
     @task
     def issue_corrections(period: str) -> int:
@@ -167,6 +195,7 @@ def billing_monthly():
         return written.path
 
     period = resolve_period()
+    planned = plan_final_invoices(period)
     (
         check_marts(period)
         >> refresh_insights.override(task_id="refresh_insights_for_drafts")(period)
@@ -176,7 +205,12 @@ def billing_monthly():
         >> check_completeness(period)
         >> refresh_insights(period)
         >> recommend(period)
-        >> finalize_invoices(period)
+        >> planned
+    )
+    rendered = render_invoice_batch.expand(batch=planned)
+    (
+        rendered
+        >> commit_final_invoices(planned)
         >> issue_corrections(period)
         >> finance_summary(period)
         >> finance_report(period)

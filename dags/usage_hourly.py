@@ -55,12 +55,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import Param, dag, task
 from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior, TestIndirectSelection
 
 from chargeback.engine.transform import GUARANTEED, INSIGHTS, dbt_paths
-from chargeback.orchestration.dag_defaults import USAGE_MARTS, default_args, on_dag_failure
+from chargeback.orchestration.dag_defaults import USAGE_MARTS, default_args, on_dag_failure, schedule
 from chargeback.orchestration.dbt_tasks import drop_excluded_tests
 
 DBT = dbt_paths()  # paths only: no dbt, no database
@@ -75,7 +75,7 @@ WINDOW_VARS = {
 
 
 @dag(
-    schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
+    schedule=schedule("0 * * * *"),
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,

@@ -110,7 +110,7 @@ def test_the_insight_marts_are_built_by_the_insights_dag_and_the_month_close_not
     billing = dagbag.dags["billing_monthly"]
     assert billing.get_task("refresh_insights").upstream_task_ids == {"resolve_period", "check_completeness"}
     assert billing.get_task("refresh_insights").downstream_task_ids == {"recommend"}
-    assert "finalize_invoices" in billing.get_task("recommend").downstream_task_ids  # "ways to pay less"
+    assert "plan_final_invoices" in billing.get_task("recommend").downstream_task_ids  # "ways to pay less"
     assert "render_drafts" in billing.get_task("refresh_insights_for_drafts").downstream_task_ids
 
 

@@ -1,4 +1,12 @@
-"""Both DAGs, run for real through Airflow, from landed files to PDF invoices."""
+"""The DAGs, run for real through Airflow, from landed files to PDF invoices.
+
+usage_hourly and the insights DAG run in this process (``airflow dags test``, as ``chargeback
+demo`` runs them); billing_monthly runs on Airflow on Celery (chargeback.orchestration.cluster:
+scheduler, API server, DAG processor, triggerer and two Celery workers on the machine's Redis),
+its invoices rendered in batches of two by mapped tasks on the workers. A copy of the warehouse
+taken before that close is closed in this process (``chargeback close``'s path): the invoices
+are the same, to the cent, line by line.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +15,14 @@ import hashlib
 from decimal import Decimal
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import sql
 from pypdf import PdfReader
 
+from chargeback.billing import close as month_close
 from chargeback.ingest.simulate import simulate
+from chargeback.orchestration import cluster as airflow_cluster
 from chargeback.orchestration import runner
 from chargeback.platform import warehouse
 from chargeback.platform.money import format_money
@@ -23,6 +35,8 @@ END = START + dt.timedelta(hours=24)
 TENANTS = ["t001", "t002", "t003", "t004"]
 # t008 used nothing but has a minimum monthly commitment in config/tenants.yml: it is invoiced the true-up
 INVOICED = {*TENANTS, "t008"}
+OVERRIDE = {"override_incomplete": "end-to-end test: one day", "override_by": "pytest"}
+WORKERS = {"worker-1", "worker-2"}
 
 
 @pytest.fixture(scope="module")
@@ -30,21 +44,59 @@ def airflow_home(test_warehouse, tmp_path_factory):
     """An Airflow home, and a database of the module's own: the insights DAG forecasts the month of
     the marts' last hour, which must be this module's July, not a later month another module loaded."""
     home = tmp_path_factory.mktemp("airflow_home")
-    with database_of_its_own("e2e"), pytest.MonkeyPatch.context() as patch:
+    with database_of_its_own("e2e") as name, pytest.MonkeyPatch.context() as patch:
         patch.setenv("AIRFLOW_HOME", str(home))
         patch.setenv("CHARGEBACK_RETRY_DELAY_SECONDS", "1")
-        yield home
+        patch.setenv("CHARGEBACK_INVOICE_BATCH_SIZE", "2")
+        yield home, name
 
 
-def test_usage_hourly_then_billing_monthly_issue_final_invoices_equal_to_the_marts(airflow_home, settings, landing):
+@pytest.fixture(scope="module")
+def celery(airflow_home, tmp_path_factory):
+    """Airflow on Celery for this module's warehouse; it starts while usage_hourly runs in process."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CHARGEBACK_SCHEDULE", "manual")  # unpaused, a DAG would also run its latest interval
+        with airflow_cluster.started(home=tmp_path_factory.mktemp("airflow_celery"), workers=2) as running:
+            yield running
+
+
+def copy_of(database: str, name: str) -> None:
+    """``name``: a copy of ``database`` as it is now (its sessions ended first: a template has none)."""
+    with psycopg.connect(warehouse.server_dsn(), autocommit=True) as conn:
+        conn.execute("select pg_terminate_backend(pid) from pg_stat_activity where datname = %s", (database,))
+        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("create database {} template {}").format(sql.Identifier(name), sql.Identifier(database)))
+
+
+def issued(database: str) -> tuple[list[tuple], list[tuple]]:
+    """July's final invoices and their frozen lines, every column a reader relies on."""
+    with psycopg.connect(psycopg.conninfo.make_conninfo(warehouse.server_dsn(), dbname=database)) as conn:
+        documents = conn.execute(
+            "select invoice_number, tenant_id, status, currency, total, issue_date from pipeline.invoices"
+            " where period_start = date '2026-07-01' and document_type = 'invoice' order by invoice_number"
+        ).fetchall()
+        lines = conn.execute(
+            "select i.invoice_number, l.* from pipeline.invoice_lines as l join pipeline.invoices as i"
+            " using (document_id) where i.period_start = date '2026-07-01' order by i.invoice_number, l.line_no"
+        ).fetchall()
+    return documents, [line[:1] + line[2:] for line in lines]  # without document_id, a serial
+
+
+def test_usage_hourly_then_billing_monthly_on_celery_issue_final_invoices_equal_to_the_marts(
+        airflow_home, celery, settings, landing, tmp_path, monkeypatch):
+    _, database = airflow_home
     simulate(str(landing), TENANTS, START, END, seed=11)
 
     runner.run_dag("usage_hourly", {"start": START.isoformat(), "end": END.isoformat(), "source": "files"},
-                        quiet=True)
+                   quiet=True)
+    copy_of(database, f"{database}_in_process")
     # a day of usage in a month long past: the grace period is over, the month is incomplete, so the
     # close goes through only with an operator's override, which every invoice then prints
-    runner.run_dag("billing_monthly", {"period": "2026-07", "override_incomplete": "end-to-end test: one day",
-                                            "override_by": "pytest"}, quiet=True)
+    tasks = celery.run_dag("billing_monthly", {"period": "2026-07", **OVERRIDE})
+    ran = [t for t in tasks if t.state == "success"]
+    assert {t.worker for t in ran} <= WORKERS, [(t.task_id, t.hostname) for t in ran]  # none ran in process
+    batches = sorted((t.map_index, t.state) for t in tasks if t.task_id == "render_invoice_batch")
+    assert batches == [(0, "success"), (1, "success"), (2, "success")]  # five invoices, two a batch
 
     with warehouse.connect() as conn:
         published = conn.execute(
@@ -80,6 +132,15 @@ def test_usage_hourly_then_billing_monthly_issue_final_invoices_equal_to_the_mar
         assert "DRAFT" not in text
         assert format_money(total, "USD").split(" ")[0] in text
 
+    # the same month closed in this process, from the copy taken before billing_monthly ran
+    by_celery = issued(database)
+    monkeypatch.setenv("CHARGEBACK_DATABASE", f"{database}_in_process")
+    monkeypatch.setenv("CHARGEBACK_REPORTS_OUT", str(tmp_path / "in-process"))
+    result = month_close.close_month("2026-07", override_reason=OVERRIDE["override_incomplete"],
+                                     override_by=OVERRIDE["override_by"], workers=1)
+    assert [r.invoice_number for r in result.finals] == [row[1] for row in invoices]
+    assert issued(f"{database}_in_process") == by_celery
+
 
 def test_usage_hourly_updates_the_usage_marts_asset_and_the_insights_dag_forecasts_and_checks_budgets(
         airflow_home, settings):
@@ -91,7 +152,7 @@ def test_usage_hourly_updates_the_usage_marts_asset_and_the_insights_dag_forecas
 
     from chargeback.orchestration.insights import ASSET_URI
 
-    with sqlite3.connect(airflow_home / "airflow.db") as db:
+    with sqlite3.connect(airflow_home[0] / "airflow.db") as db:
         extras = [json.loads(row[0]) for row in db.execute(
             "select e.extra from asset_event e join asset a on a.id = e.asset_id where a.uri = ?", (ASSET_URI,))]
     assert {"start": START.isoformat(), "end": END.isoformat()} in extras

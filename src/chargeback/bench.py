@@ -280,7 +280,7 @@ def bench_render() -> None:
     an invoice against a trivial page (one paragraph, the same renderer, warm)."""
     import statistics
 
-    from chargeback.billing import invoices, render, store
+    from chargeback.billing import render, store
     from chargeback.billing.appendix import read_usage_sources, read_ways_to_pay_less
     from chargeback.billing.document import DEFAULT_ISSUER
     from chargeback.platform.settings import get_settings
@@ -290,10 +290,10 @@ def bench_render() -> None:
     headers, lines, tenants, as_of = store.read_month(first_day, settings)
     numbers = {h["tenant_id"]: f"BENCH-{n:06d}" for n, h in enumerate(headers[:RENDER_SAMPLE], 1)}
     reports_dir = settings.reports_dir.resolve()
-    jobs = invoices.assemble(period, headers[:RENDER_SAMPLE], lines, tenants, DEFAULT_ISSUER, str(reports_dir),
-                             issue_date=as_of.date(), status="final", numbers=numbers, usage_as_of=as_of,
-                             sources=read_usage_sources(first_day, settings, lines),
-                             pay_less=read_ways_to_pay_less(first_day, settings))
+    jobs = render.assemble(period, headers[:RENDER_SAMPLE], lines, tenants, DEFAULT_ISSUER, str(reports_dir),
+                           issue_date=as_of.date(), status="final", numbers=numbers, usage_as_of=as_of,
+                           sources=read_usage_sources(first_day, settings, lines),
+                           pay_less=read_ways_to_pay_less(first_day, settings))
     render.render_job(jobs[0])  # warm: imports, the stylesheet and its fonts
     trivial = []
     for _ in range(30):

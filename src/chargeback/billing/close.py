@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 from psycopg.types.json import Jsonb
 
-from chargeback.billing import corrections, document, invoices, store
+from chargeback.billing import corrections, document, invoices, issuing, store
 from chargeback.engine import checks, configuration
 from chargeback.platform import events, freshness, warehouse
 from chargeback.platform.periods import month_window, parse_instant
@@ -260,6 +260,21 @@ def finalize(period: str, *, override_reason: str | None = None, override_by: st
     note = completeness.invoice_note()
     return invoices.finalize_month(period, workers=workers, settings=settings, issue_date=issue_date,
                                    notes=(note,) if note else ())
+
+
+def plan_finals(period: str, *, override_reason: str | None = None, override_by: str | None = None,
+                settings: Settings | None = None, issue_date: dt.date | None = None,
+                batch_size: int | None = None) -> issuing.Plan | None:
+    """:func:`finalize` for workers: check the marts and the month's completeness (with the
+    override), then plan the final invoices (:func:`issuing.plan`) for batches to render and one
+    commit to issue. ``None``: every tenant of the month has its final invoice."""
+    note = None
+    if not is_final(period, settings):  # issued already: nothing to check, a late tenant is planned alone
+        check_month(period, settings)
+        note = check_completeness(period, override_reason=override_reason, override_by=override_by,
+                                  settings=settings).invoice_note()
+    return issuing.plan(period, settings=settings, issue_date=issue_date, notes=(note,) if note else (),
+                        batch_size=batch_size)
 
 
 def issue_corrections(period: str, *, settings: Settings | None = None,

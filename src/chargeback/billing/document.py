@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -189,6 +191,43 @@ def coerce(cls: type[_T], value: _T | Mapping[str, Any]) -> _T:
         raise TypeError(f"expected {cls.__name__} or a mapping, got {type(value).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     return cls(**{k: v for k, v in value.items() if k in names})
+
+
+def to_plain(value: Any) -> Any:
+    """A document value (any of these dataclasses, nested) as JSON-ready data, exactly: amounts
+    as decimal text, dates and instants in ISO form, tuples as lists. :func:`from_plain` reads it back."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [to_plain(v) for v in value]
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dt.date):  # and dt.datetime, a date too
+        return value.isoformat()
+    return value
+
+
+def from_plain(kind: Any, data: Any) -> Any:
+    """The value of type ``kind`` that :func:`to_plain` wrote as ``data`` (typed by the dataclasses' fields)."""
+    if data is None:
+        return None
+    origin = typing.get_origin(kind)
+    if origin in (types.UnionType, typing.Union):
+        (inner,) = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+        return from_plain(inner, data)
+    if origin is tuple:
+        return tuple(from_plain(typing.get_args(kind)[0], item) for item in data)
+    if dataclasses.is_dataclass(kind):
+        hints = typing.get_type_hints(kind)
+        return kind(**{f.name: from_plain(hints[f.name], data[f.name])
+                       for f in dataclasses.fields(kind) if f.name in data})
+    if kind is Decimal:
+        return Decimal(data)
+    if kind is dt.datetime:
+        return dt.datetime.fromisoformat(data)
+    if kind is dt.date:
+        return dt.date.fromisoformat(data)
+    return data
 
 
 def as_decimal(value: Any, what: str) -> Decimal:

@@ -24,34 +24,26 @@ The pieces: :mod:`~chargeback.billing.document` (the values and their consistenc
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import fsspec
 import psycopg
 from psycopg.rows import dict_row
 
-from chargeback.billing import attachment, store
+from chargeback.billing import attachment, issuing, store
 from chargeback.billing.appendix import read_usage_sources, read_ways_to_pay_less
 from chargeback.billing.document import (
     DEFAULT_ISSUER,
-    Invoice,
     InvoiceError,
-    InvoiceLine,
     InvoiceRecord,
     Issuer,
-    SourceShare,
-    Tenant,
-    WayToPayLess,
-    check_invoice,
-    invoice_number,
 )
-from chargeback.billing.render import RenderJob, render_and_write
+from chargeback.billing.render import assemble, render_and_write
 from chargeback.platform import events, warehouse
 from chargeback.platform.periods import Period
 from chargeback.platform.settings import Settings, get_settings
@@ -113,60 +105,27 @@ def finalize_month(period: str, *, workers: int = 2, settings: Settings | None =
                    issuer: Issuer = DEFAULT_ISSUER) -> list[InvoiceRecord]:
     """Issue the month's invoices: re-render them from the current marts as final documents.
 
-    Late usage that reached the marts during the grace period counts. The final PDFs are
-    written first (``<reports_out>/<YYYY-MM>/<invoice number>.pdf``); then one transaction
-    takes the numbers (tenant order, from the issuer's counter), freezes the lines the
-    documents show in ``pipeline.invoice_lines`` and marks the invoices final with their
-    issue date, ``usage_as_of`` (when the marts were read) and sha256. If anything fails —
-    a PDF that cannot be written (no space), the database — nothing is final, the drafts and
-    the counter are as they were, and running it again completes the month. ``notes`` are
-    printed on every invoice (an override of the completeness check). A month already final
-    is returned as issued.
+    The three steps of :mod:`chargeback.billing.issuing` in this process: plan (the numbers
+    reserved, tenant order, and what each invoice shows, from one snapshot of the marts), render
+    (``workers`` processes), commit (one transaction takes the numbers, freezes the lines the
+    documents show in ``pipeline.invoice_lines`` and marks the invoices final with their issue
+    date, ``usage_as_of`` and sha256). Late usage that reached the marts during the grace period
+    counts. If anything fails — a PDF that cannot be written (no space), the database — nothing
+    is final, the drafts and the counter are as they were, and running it again completes the
+    month. ``notes`` are printed on every invoice (an override of the completeness check). A
+    month already final is returned as issued.
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     settings = settings or get_settings()
-    period_start = Period.parse(period).first_day
-    warehouse.ensure_schema(settings)
-    headers, lines_by_tenant, tenants, usage_as_of = store.read_month(period_start, settings)
-    store.require_headers(period, headers)
-    issue_date = issue_date or usage_as_of.date()
-    fs, out_root = fsspec.core.url_to_fs(settings.reports_out)
-    out_dir = f"{out_root.rstrip('/')}/{period}"
-    reports_dir = str(settings.reports_dir.resolve())
-
+    run = issuing.plan(period, settings=settings, issue_date=issue_date, notes=notes, batch_size=0, issuer=issuer)
+    if run is None:
+        log.info("the invoices of %s are final already", period)
+    else:
+        issuing.render_batch(run.run_id, workers=workers, settings=settings)
+        issuing.commit(run.run_id, settings=settings, issuer=issuer)
     with warehouse.connect(settings) as conn:
-        last_number = store.lock_issuer(conn, issuer)
-        issued = store.final_documents(conn, period_start, document_type="invoice")
-        late = {h["tenant_id"] for h in headers} - {r.tenant_id for r in issued}
-        if issued and not late:
-            log.info("the invoices of %s are final already (%d)", period, len(issued))
-            return issued
-        if issued:  # tenants first billed after the month was issued: their own invoices, issued now
-            headers = [h for h in headers if h["tenant_id"] in late]
-            log.info("%s is final already; issuing the invoices of tenants billed since: %s", period, sorted(late))
-        tenant_ids = sorted(h["tenant_id"] for h in headers)
-        numbers = {t: invoice_number(issuer, period_start, last_number + n) for n, t in enumerate(tenant_ids, 1)}
-        jobs = assemble(period, headers, lines_by_tenant, tenants, issuer, reports_dir, issue_date=issue_date,
-                         status="final", numbers=numbers, notes=tuple(notes), usage_as_of=usage_as_of,
-                         name=lambda tenant_id: numbers[tenant_id],
-                         sources=read_usage_sources(period_start, settings, lines_by_tenant),
-                         pay_less=read_ways_to_pay_less(period_start, settings))
-        written = render_and_write(jobs, fs, out_dir, workers)
-        records = [store.record_of(job, issuer, settings.reports_out, period, written) for job in jobs]
-        for job, record in zip(jobs, records, strict=True):
-            store.record_final(conn, record, job.lines, close_period=period_start)
-        # record_final advanced the counter by one per document (pipeline.issue_document)
-        conn.execute("update pipeline.month_closes set finalized_at = now() where period = %s"
-                     " and finalized_at is null", (period_start,))
-    for job in jobs:  # the drafts are superseded; a leftover is harmless, so failures only warn
-        draft = f"{out_dir}/drafts/{job.tenant.tenant_id}.pdf"
-        with contextlib.suppress(OSError):
-            if fs.exists(draft):
-                fs.rm(draft)
-    log.info("finalized %d invoices for %s: %s to %s", len(records), period,
-             records[0].invoice_number, records[-1].invoice_number)
-    return sorted([*issued, *records], key=lambda r: r.invoice_number)
+        return store.final_documents(conn, Period.parse(period).first_day, document_type="invoice")
 
 
 def months_with_unissued_tenants(close_period: str, *, settings: Settings | None = None,
@@ -290,51 +249,3 @@ def verify_documents(period: str | None = None, *, settings: Settings | None = N
 
 _SHOWN = 10
 """Mismatches named per document; the rest are counted."""
-
-
-def assemble(period: str, headers: Sequence[Mapping[str, Any]], lines_by_tenant: Mapping[str, list[InvoiceLine]],
-              tenants: Mapping[str, Tenant], issuer: Issuer, reports_dir: str, *, issue_date: dt.date,
-              status: str = "draft", numbers: Mapping[str, str] | None = None, notes: tuple[str, ...] = (),
-              usage_as_of: dt.datetime | None = None, name=None,
-              sources: Mapping[str, tuple[SourceShare, ...]] | None = None,
-              pay_less: Mapping[str, tuple[WayToPayLess, ...]] | None = None) -> list[RenderJob]:
-    """One invoice per header, checked against its lines and tenant (before any process starts);
-    ``sources`` and ``pay_less``: the appendices' rows per tenant (:mod:`chargeback.billing.appendix`)."""
-    month = Period.parse(period)
-    period_start, period_end = month.first_day, month.last_day
-    jobs: list[RenderJob] = []
-    for header in headers:
-        tenant_id = header["tenant_id"]
-        lines = lines_by_tenant.get(tenant_id, [])
-        if tenant_id not in tenants:
-            raise InvoiceError(f"{period}: tenant {tenant_id} is invoiced but missing from marts.dim_tenants")
-        if header["line_count"] is not None and header["line_count"] != len(lines):
-            raise InvoiceError(
-                f"{period}: tenant {tenant_id} has line_count {header['line_count']} in marts.fct_invoices "
-                f"but {len(lines)} rows in marts.fct_invoice_lines"
-            )
-        books = sorted({line.price_book for line in lines if line.price_book}) or [tenants[tenant_id].price_book]
-        invoice = Invoice(
-            invoice_number=(numbers or {}).get(tenant_id),
-            tenant_id=tenant_id,
-            period_start=period_start,
-            period_end=period_end,
-            issue_date=issue_date,
-            currency=header["currency"],
-            total=header["total"],
-            price_book=", ".join(books),
-            status=status,
-            issuer=issuer,
-            list_subtotal=header["list_subtotal"],
-            discount_total=header["discount_total"],
-            commitment_true_up=header["commitment_true_up"],
-            overage_uplift=header["overage_uplift"],
-            notes=notes,
-            usage_as_of=usage_as_of,
-            usage_sources=(sources or {}).get(tenant_id, ()),
-            ways_to_pay_less=(pay_less or {}).get(tenant_id, ()),
-        )
-        check_invoice(invoice, lines, tenants[tenant_id])
-        jobs.append(RenderJob(invoice, tuple(lines), tenants[tenant_id], reports_dir,
-                         name=name(tenant_id) if name else ""))
-    return jobs

@@ -42,7 +42,10 @@ from chargeback.billing.document import (
     Invoice,
     InvoiceError,
     InvoiceLine,
+    Issuer,
+    SourceShare,
     Tenant,
+    WayToPayLess,
     check_invoice,
     coerce,
     list_amount_of,
@@ -58,6 +61,7 @@ from chargeback.billing.formatting import (
     summary_rows,
 )
 from chargeback.platform.money import format_money
+from chargeback.platform.periods import Period
 from chargeback.platform.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -378,6 +382,54 @@ class RenderJob:
         return self.name or self.tenant.tenant_id
 
 
+def assemble(period: str, headers: Sequence[Mapping[str, Any]], lines_by_tenant: Mapping[str, list[InvoiceLine]],
+              tenants: Mapping[str, Tenant], issuer: Issuer, reports_dir: str, *, issue_date: dt.date,
+              status: str = "draft", numbers: Mapping[str, str] | None = None, notes: tuple[str, ...] = (),
+              usage_as_of: dt.datetime | None = None, name=None,
+              sources: Mapping[str, tuple[SourceShare, ...]] | None = None,
+              pay_less: Mapping[str, tuple[WayToPayLess, ...]] | None = None) -> list[RenderJob]:
+    """One invoice per header, checked against its lines and tenant (before any process starts);
+    ``sources`` and ``pay_less``: the appendices' rows per tenant (:mod:`chargeback.billing.appendix`)."""
+    month = Period.parse(period)
+    period_start, period_end = month.first_day, month.last_day
+    jobs: list[RenderJob] = []
+    for header in headers:
+        tenant_id = header["tenant_id"]
+        lines = lines_by_tenant.get(tenant_id, [])
+        if tenant_id not in tenants:
+            raise InvoiceError(f"{period}: tenant {tenant_id} is invoiced but missing from marts.dim_tenants")
+        if header["line_count"] is not None and header["line_count"] != len(lines):
+            raise InvoiceError(
+                f"{period}: tenant {tenant_id} has line_count {header['line_count']} in marts.fct_invoices "
+                f"but {len(lines)} rows in marts.fct_invoice_lines"
+            )
+        books = sorted({line.price_book for line in lines if line.price_book}) or [tenants[tenant_id].price_book]
+        invoice = Invoice(
+            invoice_number=(numbers or {}).get(tenant_id),
+            tenant_id=tenant_id,
+            period_start=period_start,
+            period_end=period_end,
+            issue_date=issue_date,
+            currency=header["currency"],
+            total=header["total"],
+            price_book=", ".join(books),
+            status=status,
+            issuer=issuer,
+            list_subtotal=header["list_subtotal"],
+            discount_total=header["discount_total"],
+            commitment_true_up=header["commitment_true_up"],
+            overage_uplift=header["overage_uplift"],
+            notes=notes,
+            usage_as_of=usage_as_of,
+            usage_sources=(sources or {}).get(tenant_id, ()),
+            ways_to_pay_less=(pay_less or {}).get(tenant_id, ()),
+        )
+        check_invoice(invoice, lines, tenants[tenant_id])
+        jobs.append(RenderJob(invoice, tuple(lines), tenants[tenant_id], reports_dir,
+                         name=name(tenant_id) if name else ""))
+    return jobs
+
+
 def render_job(job: RenderJob) -> bytes:
     """Runs in a worker process: plain data in, PDF bytes out."""
     return render_invoice_pdf(job.invoice, job.lines, job.tenant, reports_dir=job.reports_dir)
@@ -387,9 +439,18 @@ def render_and_write(jobs: Sequence[RenderJob], fs: fsspec.AbstractFileSystem, o
                       workers: int) -> dict[str, tuple[str, str]]:
     """Render every job and put its PDF in place: ``{job.key: (path, sha256)}``.
 
-    Each PDF is first written to a temporary name beside its target; only when all are
-    rendered and written are they moved into place, so a failure leaves no half-written
-    file and no mix of old and new PDFs for the month.
+    Each PDF is first written to a temporary name beside its target (:func:`stage`); only when
+    all are rendered and written are they moved into place (:func:`place`), so a failure leaves
+    no half-written file and no mix of old and new PDFs for the month.
+    """
+    return place(fs, stage(jobs, fs, out_dir, workers))
+
+
+def stage(jobs: Sequence[RenderJob], fs: fsspec.AbstractFileSystem, out_dir: str,
+          workers: int) -> dict[str, tuple[str, str, str]]:
+    """Render every job to a temporary name beside its target: ``{job.key: (temp, target, sha256)}``.
+
+    A failure removes the temporary files written so far.
     """
     temps: dict[str, tuple[str, str, str]] = {}
     try:
@@ -400,19 +461,31 @@ def render_and_write(jobs: Sequence[RenderJob], fs: fsspec.AbstractFileSystem, o
             temp = f"{folder}/.{target.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
             temps[key] = (temp, target, hashlib.sha256(pdf).hexdigest())
             fs.pipe_file(temp, pdf)
-        placed: dict[str, tuple[str, str]] = {}
-        for key, (temp, target, digest) in temps.items():
-            fs.mv(temp, target)
-            placed[key] = (target, digest)
-        return placed
+        return temps
     except BaseException:
-        for temp, _, _ in temps.values():
-            try:
-                if fs.exists(temp):
-                    fs.rm(temp)
-            except OSError:
-                log.warning("could not remove temporary file %s", temp)
+        discard(fs, [temp for temp, _, _ in temps.values()])
         raise
+
+
+def place(fs: fsspec.AbstractFileSystem, staged: Mapping[str, tuple[str, str, str]]) -> dict[str, tuple[str, str]]:
+    """Move staged PDFs to their targets: ``{key: (target, sha256)}``. A PDF already moved (its
+    temporary file gone, its target there: a repeated commit) counts as placed."""
+    placed: dict[str, tuple[str, str]] = {}
+    for key, (temp, target, digest) in staged.items():
+        if fs.exists(temp) or not fs.exists(target):
+            fs.mv(temp, target)
+        placed[key] = (target, digest)
+    return placed
+
+
+def discard(fs: fsspec.AbstractFileSystem, paths: Sequence[str]) -> None:
+    """Remove temporary files; one that cannot be removed is only a warning (it is never read)."""
+    for path in paths:
+        try:
+            if fs.exists(path):
+                fs.rm(path)
+        except OSError:
+            log.warning("could not remove temporary file %s", path)
 
 
 def render_all(jobs: Sequence[RenderJob], workers: int) -> Iterator[tuple[str, bytes]]:

@@ -20,7 +20,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from chargeback.billing.attachment import LINE_FIELDS, frozen_line
-from chargeback.billing.document import InvoiceError, InvoiceLine, InvoiceRecord, Issuer, Tenant
+from chargeback.billing.document import InvoiceError, InvoiceLine, InvoiceRecord, Issuer, Tenant, invoice_number
 from chargeback.billing.render import RenderJob
 from chargeback.platform import warehouse
 from chargeback.platform.settings import Settings
@@ -48,13 +48,27 @@ def require_headers(period: str, headers: Sequence[Mapping[str, Any]]) -> None:
         )
 
 
-def lock_issuer(conn: psycopg.Connection, issuer: Issuer) -> int:
+def lock_issuer(conn: psycopg.Connection, issuer: Issuer, *, run_id: int | None = None) -> int:
     """Lock the issuer's counter row until the caller's transaction ends; its last number.
 
     Every run that records documents of the issuer takes this lock first, so concurrent
-    runs take turns and a rolled-back run leaves the counter where it was (no gaps).
+    runs take turns and a rolled-back run leaves the counter where it was (no gaps). An open
+    issuing run (:mod:`chargeback.billing.issuing`) reserves the next numbers: anyone but that
+    run (``run_id``) is refused until it is issued or its month planned again.
     """
     (last_number,) = conn.execute("select pipeline.lock_issuer(%s)", (issuer.key,)).fetchone()
+    holder = conn.execute(
+        "select run_id, period_start, first_number, documents, planned_at from pipeline.invoice_runs"
+        " where issuer = %s and status = 'open' and run_id is distinct from %s", (issuer.key, run_id)).fetchone()
+    if holder:
+        held_by, period_start, first, count, planned_at = holder
+        raise InvoiceError(
+            f"issuer {issuer.key}: numbers {invoice_number(issuer, period_start, first)} to "
+            f"{invoice_number(issuer, period_start, first + count - 1)} are reserved by issuing run {held_by} "
+            f"of {period_start:%Y-%m} (planned {planned_at.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC), which has not"
+            " finished: "
+            f"close {period_start:%Y-%m} again (chargeback close --period {period_start:%Y-%m}) to issue or "
+            "replan it, then retry")
     return last_number
 
 

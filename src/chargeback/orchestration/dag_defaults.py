@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, CronDataIntervalTimetable
 
 from chargeback.orchestration.insights import ASSET_URI
 from chargeback.platform.notify import FailureNotifier
@@ -21,6 +21,16 @@ from chargeback.platform.notify import FailureNotifier
 USAGE_MARTS = Asset(name="usage_marts", uri=ASSET_URI, group="chargeback")
 """The usage marts as an Airflow asset: usage_hourly's ``check_marts`` updates it (``extra``: the
 window rebuilt), the insights DAG is scheduled on it."""
+
+
+def schedule(cron: str) -> CronDataIntervalTimetable | None:
+    """A DAG's schedule: ``cron`` (UTC) as a data-interval timetable — each run owns the interval
+    it follows. ``CHARGEBACK_SCHEDULE=manual``: none, the DAG runs only when triggered (a cluster
+    brought up to run chosen intervals, like tests/test_celery.py's, where unpausing a scheduled DAG
+    would also start its latest interval)."""
+    if os.environ.get("CHARGEBACK_SCHEDULE", "") == "manual":
+        return None
+    return CronDataIntervalTimetable(cron, timezone="UTC")
 
 
 def default_args(retry_delay: dt.timedelta = dt.timedelta(minutes=2)) -> dict:

@@ -68,6 +68,9 @@ class Settings:
     invoice_sources_top: int = 5
     """The invoice appendix "where your usage came from": the top sources per meter it lists
     (the rest as "other"); printed only for a tenant with more than one source. 0: no appendix."""
+    invoice_batch_size: int = 100
+    """Final invoices per render batch: billing_monthly renders each batch as one mapped task, so
+    a month of 1,000 tenants is ten tasks the workers share (docs/SCALE.md). 0: one batch."""
 
 
 def _int_env(name: str, default: int) -> int:
@@ -122,6 +125,7 @@ def get_settings() -> Settings:
         max_line_bytes=_int_env("CHARGEBACK_MAX_LINE_BYTES", 1 << 16),
         platform_start=_date_env("CHARGEBACK_PLATFORM_START"),
         invoice_sources_top=_int_env("CHARGEBACK_INVOICE_SOURCES_TOP", 5),
+        invoice_batch_size=_int_env("CHARGEBACK_INVOICE_BATCH_SIZE", 100),
     )
 
 

@@ -187,13 +187,13 @@ def admin_dsn(settings: Settings | None = None) -> str:
             result = base  # an explicit DSN names its own database
         else:
             name = settings.database or "chargeback"
-            _create_database(base, name)
+            create_database(base, name)
             result = conninfo.make_conninfo(base, dbname=name)
         _dsn_cache[key] = result
         return result
 
 
-def _create_database(base_dsn: str, name: str) -> None:
+def create_database(base_dsn: str, name: str) -> None:
     """Create the database with byte-order collation (docs/DECISIONS.md: "collate by byte order"):
     every key Chargeback sorts and indexes is an identifier, not prose. PostgreSQL 17 and later get
     the builtin ``C.UTF-8`` locale (Unicode character classes, code-point order); older servers

@@ -564,6 +564,39 @@ create table if not exists pipeline.month_closes (
     check ((status = 'overridden') = (override_reason is not null)),
     check ((override_reason is null) = (override_by is null))
 );
+-- Issuing runs (chargeback.billing.issuing): a month's final invoices issued in three steps so
+-- that rendering can fan out over workers. The plan reserves the issuer's next numbers (the
+-- counter itself moves only as each document is issued) and holds each document to render;
+-- while a run is open no other document of its issuer is issued (store.lock_issuer refuses),
+-- so the reserved numbers stay the next ones. A run ends issued, or abandoned when its month is
+-- planned again; its documents' rows go with it (the issued ones live on in pipeline.invoices).
+create table if not exists pipeline.invoice_runs (
+    run_id bigserial primary key,
+    issuer text not null,
+    period_start date not null,
+    first_number bigint not null check (first_number > 0),
+    documents integer not null check (documents > 0),
+    batches integer not null check (batches > 0),
+    usage_as_of timestamptz not null,
+    status text not null default 'open' check (status in ('open', 'issued', 'abandoned')),
+    planned_at timestamptz not null default now(),
+    ended_at timestamptz,
+    check ((status = 'open') = (ended_at is null))
+);
+create unique index if not exists invoice_runs_one_open_per_issuer on pipeline.invoice_runs (issuer)
+where status = 'open';
+create table if not exists pipeline.invoice_run_documents (
+    run_id bigint not null references pipeline.invoice_runs (run_id) on delete cascade,
+    invoice_number text not null,
+    batch integer not null check (batch >= 0),
+    tenant_id text not null,
+    job jsonb not null,
+    staged_uri text,
+    pdf_sha256 text,
+    rendered_at timestamptz,
+    primary key (run_id, invoice_number),
+    check ((staged_uri is null) = (pdf_sha256 is null))
+);
 -- Final documents are immutable: the database itself refuses to change or remove them
 -- or their lines, whoever asks while the triggers are enabled — and only the owner can
 -- disable them, which ensure_schema() undoes (below). The pipeline role cannot even ask for
@@ -1031,7 +1064,7 @@ begin
     execute format('grant select, insert, update, delete on all tables in schema config to %I', pipeline_role);
     execute format('grant select, insert, update, delete, truncate on pipeline.load_runs, pipeline.load_files, pipeline.load_holds,'
                    ' pipeline.transform_runs, pipeline.events, pipeline.validations, pipeline.month_closes,'
-                   ' pipeline.insights_requests to %I',
+                   ' pipeline.insights_requests, pipeline.invoice_runs, pipeline.invoice_run_documents to %I',
                    pipeline_role);
     execute format('grant usage on all sequences in schema raw, pipeline to %I', pipeline_role);
     -- budgets: alerts are history (no delete: a replay must not send again); status is replaced
