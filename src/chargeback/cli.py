@@ -199,6 +199,8 @@ def cmd_close(args: argparse.Namespace) -> int:
         raise ValueError("--override-incomplete REASON and --by NAME go together")
     from chargeback.orchestration import steps
 
+    if not close.is_final(args.period):
+        close.require_usage(args.period)  # a month never loaded is refused before the marts are read
     steps.refresh_insights_for_close(args.period)  # the invoices' appendix reads the insight marts
     steps.recommend_for_close(args.period)  # and their "ways to pay less"
     result = close.close_month(args.period, as_of=args.as_of, override_reason=args.override_incomplete,

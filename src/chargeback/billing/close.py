@@ -200,16 +200,9 @@ def is_final(period: str, settings: Settings | None = None) -> bool:
             " and status = 'final')", (month_window(period)[0].date(),)).fetchone()[0]
 
 
-def check_month(period: str, settings: Settings | None = None) -> None:
-    """Before a month is invoiced: every allocation rule had driver data, and the marts reconcile.
-
-    A rule whose driver meter saw no usage all month left its pool unallocated; that is a
-    configuration mistake (a renamed meter, a wrong driver), so the month is refused with
-    the rules named rather than invoiced. First of all, the marts must be current: built
-    after the month's last load, and not left by a failed build (:mod:`chargeback.platform.freshness`),
-    and the month must have usage at all (a month never loaded is refused in one line).
-    """
-    freshness.require_current_marts(period, settings)
+def require_usage(period: str, settings: Settings | None = None) -> None:
+    """Refuse, in one line, a month of which no usage has been loaded — before anything reads
+    the marts (a new warehouse has none)."""
     start, end = month_window(period)
     with warehouse.connect(settings) as conn:
         loaded = conn.execute("select exists (select from raw.usage_snapshots where hour_start >= %s"
@@ -220,6 +213,20 @@ def check_month(period: str, settings: Settings | None = None) -> None:
             f"load it (chargeback load --month {period}), build it (chargeback transform --month {period})"
             " and invoice the month again", where=period, settings=settings)
         raise document.InvoiceError(line)
+
+
+def check_month(period: str, settings: Settings | None = None) -> None:
+    """Before a month is invoiced: every allocation rule had driver data, and the marts reconcile.
+
+    A rule whose driver meter saw no usage all month left its pool unallocated; that is a
+    configuration mistake (a renamed meter, a wrong driver), so the month is refused with
+    the rules named rather than invoiced. First of all, the month must have usage at all (a
+    month never loaded is refused in one line), and the marts must be current: built after the
+    month's last load, and not left by a failed build (:mod:`chargeback.platform.freshness`).
+    """
+    require_usage(period, settings)
+    freshness.require_current_marts(period, settings)
+    start, end = month_window(period)
     problems = configuration.drivers_without_usage(start, end, settings)
     if problems:
         raise configuration.ConfigError(f"{period} cannot be invoiced:\n" + "\n".join(problems))
