@@ -105,7 +105,8 @@ def plan(period: str, *, settings: Settings | None = None, issue_date: dt.date |
                         issue_date=issue_date, status="final", numbers=numbers, notes=tuple(notes),
                         usage_as_of=usage_as_of, name=lambda tenant_id: numbers[tenant_id],
                         sources=sources, pay_less=pay_less)
-        jobs.sort(key=lambda job: job.invoice.invoice_number)
+        order = {tenant_id: n for n, tenant_id in enumerate(tenant_ids)}
+        jobs.sort(key=lambda job: order[job.invoice.tenant_id])  # numbering order
         size = batch_size or len(jobs)
         batches = tuple(range((len(jobs) + size - 1) // size))
         (run_id,) = conn.execute(
@@ -114,9 +115,9 @@ def plan(period: str, *, settings: Settings | None = None, issue_date: dt.date |
             (issuer.key, period_start, last_number + 1, len(jobs), len(batches), usage_as_of)).fetchone()
         with conn.cursor() as cur:
             cur.executemany(
-                "insert into pipeline.invoice_run_documents (run_id, invoice_number, batch, tenant_id, job)"
-                " values (%s, %s, %s, %s, %s)",
-                [(run_id, job.invoice.invoice_number, n // size, job.invoice.tenant_id,
+                "insert into pipeline.invoice_run_documents (run_id, invoice_number, position, batch, tenant_id, job)"
+                " values (%s, %s, %s, %s, %s, %s)",
+                [(run_id, job.invoice.invoice_number, n, n // size, job.invoice.tenant_id,
                   Jsonb(to_plain(dataclasses.replace(job, reports_dir="")))) for n, job in enumerate(jobs)])
     log.info("issuing run %d of %s: %d invoices in %d batches, %s to %s", run_id, period, len(jobs), len(batches),
              jobs[0].invoice.invoice_number, jobs[-1].invoice.invoice_number)
@@ -137,7 +138,7 @@ def render_batch(run_id: int, batch: int | None = None, *, workers: int = 1,
             raise InvoiceError(f"issuing run {run_id} of {period_start:%Y-%m} is {status}: nothing to render")
         rows = conn.execute(
             "select job, staged_uri from pipeline.invoice_run_documents where run_id = %s"
-            " and (%s::integer is null or batch = %s) order by invoice_number", (run_id, batch, batch)).fetchall()
+            " and (%s::integer is null or batch = %s) order by position", (run_id, batch, batch)).fetchall()
     if not rows:
         raise InvoiceError(f"issuing run {run_id} has no batch {batch}")
     reports_dir = str(settings.reports_dir.resolve())
@@ -186,7 +187,7 @@ def commit(run_id: int, *, settings: Settings | None = None, issuer: Issuer = DE
                                f"issuer's next number is {last_number + 1}: plan the month again")
         rows = conn.execute(
             "select invoice_number, batch, job, staged_uri, pdf_sha256 from pipeline.invoice_run_documents"
-            " where run_id = %s order by invoice_number", (run_id,)).fetchall()
+            " where run_id = %s order by position", (run_id,)).fetchall()
         unrendered = sorted({batch for _, batch, _, uri, _ in rows if uri is None})
         if unrendered:
             raise InvoiceError(f"issuing run {run_id} of {period}: batches {unrendered} are not rendered yet")

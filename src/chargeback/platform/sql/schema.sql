@@ -588,6 +588,7 @@ where status = 'open';
 create table if not exists pipeline.invoice_run_documents (
     run_id bigint not null references pipeline.invoice_runs (run_id) on delete cascade,
     invoice_number text not null,
+    position integer not null check (position >= 0),  -- issuing order (numbers outgrow their padding)
     batch integer not null check (batch >= 0),
     tenant_id text not null,
     job jsonb not null,
