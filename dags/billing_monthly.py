@@ -69,8 +69,12 @@ def billing_monthly():
     @task
     def resolve_period(params=None, data_interval_start=None) -> str:
         """The billing month: the `period` param, else the month of the data interval."""
+        from airflow.sdk.exceptions import AirflowFailException
+
         from chargeback.orchestration import steps
 
+        if not params.get("period") and data_interval_start is None:  # CHARGEBACK_SCHEDULE=manual
+            raise AirflowFailException("this run has no data interval: give the month as the `period` param")
         return params.get("period") or steps.parse_instant(data_interval_start).strftime("%Y-%m")
 
     @task

@@ -208,6 +208,9 @@ def test_pdf_write_failure_leaves_drafts_and_a_retry_finalizes(march, settings, 
                             " using (document_id) where i.period_start = %s", (march,)).fetchone()[0] == 0
         assert conn.execute("select finalized_at from pipeline.month_closes where period = %s",
                             (march,)).fetchone()[0] is None
+        # its issuing run ended unissued: no reservation holds the issuer's next numbers
+        assert conn.execute("select status from pipeline.invoice_runs where period_start = %s",
+                            (march,)).fetchall() == [("abandoned",)]
     out = Path(settings.reports_out) / "2032-03"
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == []  # no final PDF, no temporary file
 

@@ -82,7 +82,7 @@ def render_month(period: str, *, workers: int = 2, settings: Settings | None = N
                      pay_less=read_ways_to_pay_less(period_start, settings))
 
     with warehouse.connect(settings) as conn:
-        store.lock_issuer(conn, issuer)
+        store.lock_counter(conn, issuer)  # drafts take no number: an open issuing run does not stop them
         final = conn.execute(
             "select tenant_id, invoice_number from pipeline.invoices where period_start = %s"
             " and document_type = 'invoice' and status = 'final' order by tenant_id limit 1", (period_start,),
@@ -122,8 +122,12 @@ def finalize_month(period: str, *, workers: int = 2, settings: Settings | None =
     if run is None:
         log.info("the invoices of %s are final already", period)
     else:
-        issuing.render_batch(run.run_id, workers=workers, settings=settings)
-        issuing.commit(run.run_id, settings=settings, issuer=issuer)
+        try:
+            issuing.render_batch(run.run_id, workers=workers, settings=settings)
+            issuing.commit(run.run_id, settings=settings, issuer=issuer)
+        except BaseException:  # nothing else renders this run: leave no reservation behind
+            issuing.abandon(run.run_id, settings=settings)
+            raise
     with warehouse.connect(settings) as conn:
         return store.final_documents(conn, Period.parse(period).first_day, document_type="invoice")
 

@@ -469,10 +469,14 @@ def stage(jobs: Sequence[RenderJob], fs: fsspec.AbstractFileSystem, out_dir: str
 
 def place(fs: fsspec.AbstractFileSystem, staged: Mapping[str, tuple[str, str, str]]) -> dict[str, tuple[str, str]]:
     """Move staged PDFs to their targets: ``{key: (target, sha256)}``. A PDF already moved (its
-    temporary file gone, its target there: a repeated commit) counts as placed."""
+    temporary file gone, its target there with the same sha256: a repeated commit) counts as placed."""
     placed: dict[str, tuple[str, str]] = {}
     for key, (temp, target, digest) in staged.items():
-        if fs.exists(temp) or not fs.exists(target):
+        if not fs.exists(temp) and fs.exists(target):
+            if hashlib.sha256(fs.cat_file(target)).hexdigest() != digest:
+                raise InvoiceError(f"{target}: the staged PDF {temp} is gone and the file in its place is another"
+                                   " one; render the batch again (or close the month again)")
+        else:
             fs.mv(temp, target)
         placed[key] = (target, digest)
     return placed

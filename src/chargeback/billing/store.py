@@ -51,25 +51,43 @@ def require_headers(period: str, headers: Sequence[Mapping[str, Any]]) -> None:
 def lock_issuer(conn: psycopg.Connection, issuer: Issuer, *, run_id: int | None = None) -> int:
     """Lock the issuer's counter row until the caller's transaction ends; its last number.
 
-    Every run that records documents of the issuer takes this lock first, so concurrent
+    Every run that issues documents of the issuer takes this lock first, so concurrent
     runs take turns and a rolled-back run leaves the counter where it was (no gaps). An open
     issuing run (:mod:`chargeback.billing.issuing`) reserves the next numbers: anyone but that
-    run (``run_id``) is refused until it is issued or its month planned again.
+    run (``run_id``) is refused until it is issued or abandoned.
     """
-    (last_number,) = conn.execute("select pipeline.lock_issuer(%s)", (issuer.key,)).fetchone()
-    holder = conn.execute(
-        "select run_id, period_start, first_number, documents, planned_at from pipeline.invoice_runs"
-        " where issuer = %s and status = 'open' and run_id is distinct from %s", (issuer.key, run_id)).fetchone()
-    if holder:
-        held_by, period_start, first, count, planned_at = holder
-        raise InvoiceError(
-            f"issuer {issuer.key}: numbers {invoice_number(issuer, period_start, first)} to "
-            f"{invoice_number(issuer, period_start, first + count - 1)} are reserved by issuing run {held_by} "
-            f"of {period_start:%Y-%m} (planned {planned_at.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC), which has not"
-            " finished: "
-            f"close {period_start:%Y-%m} again (chargeback close --period {period_start:%Y-%m}) to issue or "
-            "replan it, then retry")
+    last_number = lock_counter(conn, issuer)
+    held = open_run(conn, issuer)
+    if held and held[0] != run_id:
+        raise reserved(issuer, held)
     return last_number
+
+
+def lock_counter(conn: psycopg.Connection, issuer: Issuer) -> int:
+    """:func:`lock_issuer` without the reservation: for work that takes no number (drafts), and
+    for the issuing plan, which deals with an open run itself."""
+    (last_number,) = conn.execute("select pipeline.lock_issuer(%s)", (issuer.key,)).fetchone()
+    return last_number
+
+
+def open_run(conn: psycopg.Connection, issuer: Issuer) -> tuple | None:
+    """The issuer's open issuing run, locked: ``(run_id, period_start, first_number, documents, planned_at)``."""
+    return conn.execute(
+        "select run_id, period_start, first_number, documents, planned_at from pipeline.invoice_runs"
+        " where issuer = %s and status = 'open' for update", (issuer.key,)).fetchone()
+
+
+def reserved(issuer: Issuer, held: tuple) -> InvoiceError:
+    """The refusal of an issuer whose next numbers an open run holds, saying how it ends."""
+    run_id, period_start, first, count, planned_at = held
+    month = f"{period_start:%Y-%m}"
+    return InvoiceError(
+        f"issuer {issuer.key}: numbers {invoice_number(issuer, period_start, first)} to "
+        f"{invoice_number(issuer, period_start, first + count - 1)} are reserved by issuing run {run_id} of {month},"
+        f" planned {planned_at.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC and not issued yet. If billing_monthly is"
+        f" still closing {month}, wait for it; if that run failed, close {month} again (chargeback close --period"
+        f" {month}, with --override-incomplete if it needed one, or clear billing_monthly's plan_final_invoices),"
+        " which replans and issues it; then retry")
 
 
 def read_month(period_start: dt.date, settings: Settings) -> tuple[

@@ -135,18 +135,20 @@ class Cluster:
             raise AirflowRunFailed(f"cluster components exited: {dead}; their logs: {self.home / 'logs'}")
 
     def stop(self) -> None:
+        """Stop every component and what it started (each runs in a process group of its own:
+        uvicorn's and Celery's children too, even when the component's main process is gone)."""
         for proc in self.processes.values():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + 30
         for proc in self.processes.values():
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.kill()
                 proc.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # children that outlived their component
 
 
 def metadata_dsn(settings: Settings | None = None) -> str:
@@ -169,10 +171,12 @@ def _sqlalchemy(dsn: str, driver: str) -> str:
     return f"{driver}://{auth}@{host}:{port}/{name}"
 
 
-def cluster_env(settings: Settings | None = None, *, home: Path, api_port: int, concurrency: int) -> dict[str, str]:
-    """The environment every component (and the ``airflow`` CLI) of a cluster runs in."""
+def cluster_env(settings: Settings | None = None, *, home: Path, api_port: int, concurrency: int,
+                dsn: str | None = None) -> dict[str, str]:
+    """The environment every component (and the ``airflow`` CLI) of a cluster runs in; ``dsn``: the
+    metadata database's (default :func:`metadata_dsn`)."""
     settings = settings or get_settings()
-    dsn = metadata_dsn(settings)
+    dsn = dsn or metadata_dsn(settings)
     env = airflow_env(settings)
     env.update({
         "AIRFLOW_HOME": str(home),
@@ -202,6 +206,11 @@ def _airflow_exe() -> str:
     return str(exe) if exe.exists() else "airflow"
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -217,9 +226,13 @@ def started(settings: Settings | None = None, *, home: Path, workers: int = 2, c
     settings = settings or get_settings()
     warehouse.ensure_schema(settings)  # the embedded server runs before any component reaches it
     home.mkdir(parents=True, exist_ok=True)
-    env = cluster_env(settings, home=home, api_port=api_port or _free_port(), concurrency=concurrency)
+    if api_port and not _port_free(api_port):
+        raise AirflowRunFailed(f"port {api_port} is taken (another Airflow, `make airflow`?): the cluster's API"
+                               " server needs it")
+    dsn = metadata_dsn(settings)
+    env = cluster_env(settings, home=home, api_port=api_port or _free_port(), concurrency=concurrency, dsn=dsn)
     transform.parse(env)  # the manifest usage_hourly's dbt tasks are rendered from
-    cluster = Cluster(env, home, metadata_dsn(settings))
+    cluster = Cluster(env, home, dsn)
     cluster.airflow("db", "migrate")
     queue = env["AIRFLOW__OPERATORS__DEFAULT_QUEUE"]
     commands = {
@@ -235,9 +248,9 @@ def started(settings: Settings | None = None, *, home: Path, workers: int = 2, c
     try:
         for name, args in commands.items():
             component_env = {**env, WORKER_VARIABLE: name} if name.startswith("worker-") else env
-            log = (home / "logs" / f"{name}.log").open("ab")
-            cluster.processes[name] = subprocess.Popen([_airflow_exe(), *args], env=component_env, stdout=log,
-                                                       stderr=subprocess.STDOUT, start_new_session=True)
+            with (home / "logs" / f"{name}.log").open("ab") as log:  # the child keeps its own descriptor
+                cluster.processes[name] = subprocess.Popen([_airflow_exe(), *args], env=component_env, stdout=log,
+                                                           stderr=subprocess.STDOUT, start_new_session=True)
         yield cluster
     finally:
         cluster.stop()
@@ -252,6 +265,11 @@ def serve(settings: Settings | None = None, *, workers: int = 2, concurrency: in
               f"{cluster.env['AIRFLOW__OPERATORS__DEFAULT_QUEUE']}; UI {cluster.api_url} (the admin password is in "
               f"{home}/simple_auth_manager_passwords.json.generated); logs in {home / 'logs'}. Ctrl-C stops it.",
               flush=True)
+        def stop(signum, _frame):  # a closed terminal or a supervisor's SIGTERM stops the components too
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGHUP, stop)
         try:
             while True:
                 cluster._check_alive()

@@ -26,7 +26,7 @@ window rebuilt), the insights DAG is scheduled on it."""
 def schedule(cron: str) -> CronDataIntervalTimetable | None:
     """A DAG's schedule: ``cron`` (UTC) as a data-interval timetable — each run owns the interval
     it follows. ``CHARGEBACK_SCHEDULE=manual``: none, the DAG runs only when triggered (a cluster
-    brought up to run chosen intervals, like tests/test_celery.py's, where unpausing a scheduled DAG
+    brought up to run chosen intervals, like tests/test_end_to_end.py's, where unpausing a scheduled DAG
     would also start its latest interval)."""
     if os.environ.get("CHARGEBACK_SCHEDULE", "") == "manual":
         return None
