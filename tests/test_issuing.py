@@ -139,3 +139,25 @@ def test_batches_render_from_the_plan_in_any_order_and_the_commit_issues_it(mont
     assert issuing.plan(month) is None  # every tenant has its final invoice
     with warehouse.connect() as conn:
         store.lock_issuer(conn, DEFAULT_ISSUER)  # the reservation ended with the run
+
+
+def test_a_plans_documents_read_back_exactly_as_written():
+    """Amounts keep their digits and scale, instants their zone, through the plan's jsonb."""
+    import json
+
+    from chargeback.billing.document import Invoice, InvoiceLine, SourceShare, Tenant, from_plain, to_plain
+    from chargeback.billing.render import RenderJob
+
+    line = InvoiceLine("ingested_gb", "Log data ingested", Decimal("1234.500000"), "GB", Decimal("0.4500"),
+                       Decimal("555.53"), "USD", "standard", line_no=1, list_amount=Decimal("617.25"),
+                       discount_amount=Decimal("-61.72"), price_valid_from=dt.date(2033, 1, 1))
+    share = SourceShare("ingested_gb", None, Decimal("0.000001"), "GB", Decimal("0.3333"), Decimal("0.01"), None, 7)
+    invoice = Invoice("CB-2033-000001", "t001", MONTH, dt.date(2033, 8, 31), dt.date(2033, 9, 4), "USD",
+                      Decimal("555.53"), "standard", status="final", notes=("one", "two"), usage_sources=(share,),
+                      usage_as_of=dt.datetime(2033, 9, 4, 6, 0, 1, 250000, tzinfo=dt.UTC))
+    job = RenderJob(invoice, (line,), Tenant("t001", "Acme", "Acme", "BU", "team", "standard"), "", "CB-2033-000001")
+    back = from_plain(RenderJob, json.loads(json.dumps(to_plain(job))))
+    assert back == job
+    assert str(back.lines[0].quantity) == "1234.500000"
+    assert str(back.lines[0].unit_price) == "0.4500"
+    assert back.invoice.usage_as_of.utcoffset() == dt.timedelta(0)

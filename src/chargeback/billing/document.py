@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -218,9 +219,8 @@ def from_plain(kind: Any, data: Any) -> Any:
     if origin is tuple:
         return tuple(from_plain(typing.get_args(kind)[0], item) for item in data)
     if dataclasses.is_dataclass(kind):
-        hints = typing.get_type_hints(kind)
-        return kind(**{f.name: from_plain(hints[f.name], data[f.name])
-                       for f in dataclasses.fields(kind) if f.name in data})
+        hints = _field_types(kind)
+        return kind(**{name: from_plain(hints[name], data[name]) for name in hints if name in data})
     if kind is Decimal:
         return Decimal(data)
     if kind is dt.datetime:
@@ -228,6 +228,14 @@ def from_plain(kind: Any, data: Any) -> Any:
     if kind is dt.date:
         return dt.date.fromisoformat(data)
     return data
+
+
+@functools.cache
+def _field_types(kind: type) -> dict[str, Any]:
+    """A dataclass's fields and their types, resolved once per class (a month's plan reads
+    thousands of documents)."""
+    hints = typing.get_type_hints(kind)
+    return {f.name: hints[f.name] for f in dataclasses.fields(kind)}
 
 
 def as_decimal(value: Any, what: str) -> Decimal:
