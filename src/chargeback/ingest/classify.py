@@ -103,25 +103,15 @@ _CSV_LABELS = f"""
 """
 
 
-def _classify_sql(fields_cte: str, raw_record: str, *, json: bool, labels: bool = True, shortcut: bool = True) -> str:
+def _classify_sql(fields_cte: str, *, labels: bool = True) -> str:
     """One statement that classifies every row of one landed file into ``parsed``.
 
-    ``fields_cte`` yields per row: ``line, doc_problem``, each snapshot field as text, and the
-    columns ``raw_record`` (an SQL expression) builds a bad row's raw record from; ``json``:
-    also the line ``doc`` and the JSON types of ``snapshot_id`` and ``source`` (``t_<field>``).
-    The parsed line is not kept: 200,000 of them would spill to disk. The first problem found, in the order
-    below, is the row's ``reason`` (``field: why``); no problem: a clean row. Casts are guarded
-    by ``raw.is_numeric``/``raw.is_timestamptz`` so nothing raises.
-
-    Nearly every row is clean, so each row first meets one short test that implies that every
-    check passes (the joins to the configuration settle tenant, meter, unit and kind at once;
-    the instants and each tenant's first priced hour are worked out once per distinct text and
-    per tenant). Only a row that fails it walks the ordered checks for its reason, and only a
-    bad row's raw record is built. A JSON line is parsed once and kept (``materialized``); CSV
-    cells are cheaper to read again than to keep. ``labels``: the file may
-    hold labels (checked once per distinct labels object); without, the statement skips the
-    check and the materialization it needs. ``shortcut=False`` leaves the clean test out (every
-    row walks the checks): the same result, slower, which the tests compare against.
+    ``fields_cte`` yields per row: ``line, raw_record, doc_problem`` and each snapshot field
+    as text plus its JSON type (``t_<field>``; null for CSV). The first problem found, in
+    the order below, is the row's ``reason`` (``field: why``); no problem: a clean row.
+    Casts are guarded by ``raw.is_numeric``/``raw.is_timestamptz`` so nothing raises.
+    ``labels``: the file may hold labels (checked once per distinct labels object); without,
+    the statement skips the check and the materialization it needs.
     """
     label_checks = f"""), label_checks as (
     -- each distinct labels object of the file checked once (their number is small: the
@@ -129,81 +119,39 @@ def _classify_sql(fields_cte: str, raw_record: str, *, json: bool, labels: bool 
 {_LABEL_CHECKS}""" if labels else ""
     label_join = "left join label_checks as lb on f.labels::text = lb.labels_text" if labels else (
         "cross join (select null::bigint as n_labels, null::text as problem) as lb")
-    def json_type(field: str) -> str:
-        """A field's JSON type: kept for the two the clean test reads, else from the line parsed
-        again (only a row that is not clean asks, and its line is valid JSON by then)."""
-        if not json:
-            return "null::text"
-        return f"t.t_{field}" if field in ("snapshot_id", "source") else f"jsonb_typeof(t.doc::jsonb -> '{field}')"
-
     missing = "\n".join(
         f"            when nullif(btrim(t.{f}), '') is null then '{f}: missing'" for f in SNAPSHOT_FIELDS
     )
     wrong_type = "\n".join(
-        f"            when {json_type(f)} in ('object', 'array')"
-        f" then '{f}: expected text, got a JSON ' || {json_type(f)}"
+        f"            when t.t_{f} in ('object', 'array') then '{f}: expected text, got a JSON ' || t.t_{f}"
         for f in _TEXT_FIELDS
-    ) if json else ""
-    snapshot_id_type = json_type("snapshot_id")
+    )
     return f"""
 insert into parsed (file_seq, source_file, source_line, landed_hour, learned_at, raw_record,
                     snapshot_id, tenant_id, meter, value, unit, hour_start, emitted_at, kind, source, labels,
                     reason)
-with fields as {"materialized" if json else "not materialized"} (
+with fields as (
 {fields_cte}
 {label_checks}
-), instants as materialized (
+), instants as (
     -- each distinct hour and emitted_at text of the file read once (a file holds few: the
-    -- hours it covers, its producer's emission times), then found again by a hash join;
-    -- hour_ok: the start of an hour, inside the load window, not before the platform start
-    select i.t, i.ts, i.ts = date_trunc('hour', i.ts, 'UTC') and i.ts < %(window_end)s
-                      and i.ts >= coalesce(%(platform_start)s::timestamptz, '-infinity') as hour_ok
-    from (
-        select d.t, case when d.t ~ '{_ISO_TIMESTAMP}' and raw.is_timestamptz(d.t) then d.t::timestamptz end as ts
-        from (select hour as t from fields union select emitted_at from fields) as d
-    ) as i
-), tenants as materialized (
-    -- each tenant's first priced hour: its start date, its price book's first version
-    select te.tenant_id, te.price_book, te.start_date, pb.first_from,
-           -- (greatest() skips nulls: a book without a version has no first priced hour)
-           case when pb.first_from is not null then greatest(te.start_date::timestamp at time zone 'UTC',
-                                                             pb.first_from::timestamp at time zone 'UTC') end
-               as earliest
-    from config.tenants as te
-    left join (
-        select price_book, min(valid_from) as first_from from config.prices group by price_book
-    ) as pb on pb.price_book = te.price_book
+    -- hours it covers, its producer's emission times), then found again by a hash join
+    select d.t, case when d.t ~ '{_ISO_TIMESTAMP}' and raw.is_timestamptz(d.t) then d.t::timestamptz end as ts
+    from (select hour as t from fields union select emitted_at from fields) as d
 ), typed as (
     select f.*,
-           -- a JSON object, array or boolean is never numeric text: no need to look at its type
-           case when raw.is_numeric(f.value) then f.value::numeric end as n_value,
-           ih.ts as ts_hour, ih.hour_ok, ie.ts as ts_emitted,
-           lb.n_labels, lb.problem as label_problem,
-           te.tenant_id as known_tenant, te.price_book, te.start_date, te.first_from, te.earliest,
-           m.meter as known_meter, m.unit as meter_unit, m.kind as meter_kind, m.max_per_snapshot
+           case when raw.is_numeric(f.value) and coalesce(f.t_value, 'string') in ('string', 'number')
+                then f.value::numeric end as n_value,
+           ih.ts as ts_hour, ie.ts as ts_emitted,
+           lb.n_labels, lb.problem as label_problem
     from fields as f
     left join instants as ih on ih.t = f.hour
     left join instants as ie on ie.t = f.emitted_at
-    left join tenants as te on te.tenant_id = f.tenant_id
-    left join config.meters as m on m.meter = f.meter
     {label_join}
     offset 0  -- evaluate the casts once per row: keep the planner from copying them into every use
 ), classified as (
-    select t.*, case
-        -- clean: implies that every check below passes (a tenant and a meter of the
-        -- configuration are never blank; NaN and infinities are above any max_per_snapshot)
-        when t.doc_problem is null and t.hour_ok and t.ts_emitted is not null and t.ts_hour >= t.earliest
-             and t.n_value >= 0 and t.n_value <= t.max_per_snapshot
-             and t.unit = t.meter_unit and t.kind = t.meter_kind
-             and (%(producer)s::text is null or t.tenant_id = %(producer)s::text)
-             and btrim(t.snapshot_id) <> '' and coalesce({snapshot_id_type}, 'string') not in ('object', 'array')
-             and (t.source is null or (
-                 coalesce({json_type('source')}, 'string') not in ('object', 'array') and btrim(t.source) <> ''
-                 and length(t.source) <= {MAX_SOURCE_CHARS} and t.source !~ '{_CONTROL}|{_RESERVED}'))
-             and t.labels_problem is null and coalesce(jsonb_typeof(t.labels), 'null') in ('object', 'null')
-             and coalesce(t.n_labels, 0) <= {MAX_LABELS} and t.label_problem is null
-             and {"true" if shortcut else "false"}
-            then null
+    select t.*,
+        case
             when t.doc_problem is not null then t.doc_problem
 {missing}
 {wrong_type}
@@ -220,33 +168,32 @@ with fields as {"materialized" if json else "not materialized"} (
                 then 'tenant_id: ' || quote_literal(left(t.tenant_id, 100)) || ' in a file under tenant '
                      || quote_literal(%(producer)s::text) || '''s landing prefix: a producer writes only its own'
                      || ' tenant''s usage'
-            when t.known_tenant is null
+            when te.tenant_id is null
                 then 'tenant_id: unknown tenant ' || quote_literal(left(t.tenant_id, 100)) || ' (not in config.tenants)'
-            when t.known_meter is null
+            when m.meter is null
                 then 'meter: unknown meter ' || quote_literal(t.meter) || ' (not in config.meters)'
-            when t.unit <> t.meter_unit
-                then 'unit: ' || quote_literal(t.unit) || ' is not the unit of meter ' || t.known_meter
-                     || ' (' || t.meter_unit || ')'
-            when t.kind <> t.meter_kind
-                then 'kind: ' || quote_literal(t.kind) || ' is not the kind of meter ' || t.known_meter
-                     || ' (' || t.meter_kind || ')'
-            when t.n_value > t.max_per_snapshot
-                then 'value: ' || t.value || ' is implausible for one snapshot of ' || t.known_meter
-                     || ' (above max_per_snapshot ' || trim_scale(t.max_per_snapshot) || ' ' || t.meter_unit || ')'
+            when t.unit <> m.unit
+                then 'unit: ' || quote_literal(t.unit) || ' is not the unit of meter ' || m.meter
+                     || ' (' || m.unit || ')'
+            when t.kind <> m.kind
+                then 'kind: ' || quote_literal(t.kind) || ' is not the kind of meter ' || m.meter
+                     || ' (' || m.kind || ')'
+            when t.n_value > m.max_per_snapshot
+                then 'value: ' || t.value || ' is implausible for one snapshot of ' || m.meter
+                     || ' (above max_per_snapshot ' || trim_scale(m.max_per_snapshot) || ' ' || m.unit || ')'
             when t.ts_hour < %(platform_start)s::timestamptz
                 then 'hour: ' || to_char(t.ts_hour at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI"Z"')
                      || ' is before the platform start (' || %(platform_start_text)s::text
                      || ', CHARGEBACK_PLATFORM_START)'
-            when t.ts_hour < (t.start_date::timestamp at time zone 'UTC')
+            when t.ts_hour < (te.start_date::timestamp at time zone 'UTC')
                 then 'hour: ' || to_char(t.ts_hour at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI"Z"')
-                     || ' is before tenant ' || t.known_tenant || '''s start_date (' || t.start_date || ')'
-            when t.first_from is null or t.ts_hour < (t.first_from::timestamp at time zone 'UTC')
+                     || ' is before tenant ' || te.tenant_id || '''s start_date (' || te.start_date || ')'
+            when pb.first_from is null or t.ts_hour < (pb.first_from::timestamp at time zone 'UTC')
                 then 'hour: ' || to_char(t.ts_hour at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI"Z"')
-                     || ' is before the first version of price book ' || quote_literal(t.price_book)
-                     || coalesce(' (valid from ' || t.first_from || ')', ' (it has no version)')
+                     || ' is before the first version of price book ' || quote_literal(te.price_book)
+                     || coalesce(' (valid from ' || pb.first_from || ')', ' (it has no version)')
                      || ': no price is in force then'
-            when {json_type('source')} in ('object', 'array')
-                then 'source: expected text, got a JSON ' || {json_type('source')}
+            when t.t_source in ('object', 'array') then 'source: expected text, got a JSON ' || t.t_source
             when btrim(t.source) = '' then 'source: empty (leave the field out for usage without a source)'
             when length(t.source) > {MAX_SOURCE_CHARS}
                 then 'source: ' || length(t.source) || ' characters long, more than {MAX_SOURCE_CHARS}: '
@@ -264,100 +211,92 @@ with fields as {"materialized" if json else "not materialized"} (
             when t.label_problem is not null then t.label_problem
         end as reason
     from typed as t
+    left join config.tenants as te on te.tenant_id = t.tenant_id
+    left join config.meters as m on m.meter = t.meter
+    left join (
+        select price_book, min(valid_from) as first_from from config.prices group by price_book
+    ) as pb on pb.price_book = te.price_book
 )
 select %(file_seq)s, %(file)s, line, %(landed_hour)s, %(learned_at)s,
-       case when reason is not null then {raw_record} end,
-       case when reason is null or coalesce({snapshot_id_type.removeprefix("t.")}, 'string') in ('string', 'number')
-            then snapshot_id end,
+       case when reason is not null then raw_record end,
+       case when coalesce(t_snapshot_id, 'string') in ('string', 'number') then snapshot_id end,
        tenant_id, meter, n_value, unit, ts_hour, ts_emitted, kind, coalesce(source, '{NO_SOURCE}'),
        case when jsonb_typeof(labels) = 'object' then labels else '{{}}'::jsonb end, reason
 from classified
 """
 
 
-_TEXT_OF = ", ".join(f"j ->> '{f}' as {f}" for f in SNAPSHOT_FIELDS)
+_TEXT_OF = ", ".join(f"j ->> '{f}' as {f}, jsonb_typeof(j -> '{f}') as t_{f}" for f in SNAPSHOT_FIELDS)
 _JSONL_FIELDS = f"""
-    select line, doc, marked, jsonb_typeof(j -> 'snapshot_id') as t_snapshot_id,
-           jsonb_typeof(j -> 'source') as t_source,
+    select line, coalesce(split_part(marked, chr(2), 2), doc) as raw_record,
            case when marked is not null then split_part(marked, chr(2), 1)
                 when escaped_nul then 'record: an escaped NUL character (\\u0000), which no text can hold'
                 when j is null then 'record: not valid JSON'
                 when jsonb_typeof(j) <> 'object' then 'record: not a JSON object but a JSON ' || jsonb_typeof(j)
            end as doc_problem,
            {_TEXT_OF},
-           j ->> 'source' as source, j -> 'labels' as labels, null::text as labels_problem
+           j ->> 'source' as source, jsonb_typeof(j -> 'source') as t_source,
+           j -> 'labels' as labels, null::text as labels_problem
     from (
-        select line::integer as line, doc, escaped_nul, marked,
-               case when marked is null and not escaped_nul and raw.is_json(doc) then doc::jsonb end as j
-        from (select line, doc, strpos(doc, '\\u0000') > 0 and doc ~ '{_ESCAPED_NUL}' as escaped_nul,
-                     case when starts_with(doc, chr(1)) then substr(doc, 2) end as marked
+        select line::integer as line, doc, escaped_nul,
+               case when left(doc, 1) = chr(1) then substr(doc, 2) end as marked,
+               case when left(doc, 1) <> chr(1) and not escaped_nul and raw.is_json(doc) then doc::jsonb end as j
+        from (select *, strpos(doc, '\\u0000') > 0 and doc ~ '{_ESCAPED_NUL}' as escaped_nul
               from landed_jsonl) as landed
         where btrim(coalesce(doc, '')) <> ''
         offset 0  -- parse each line once, not once per field
     ) as docs
     offset 0
 """
-_JSONL_RAW = "coalesce(split_part(marked, chr(2), 2), doc)"
-
-
-@functools.lru_cache(maxsize=4)
-def classify_jsonl(*, labels: bool, shortcut: bool = True) -> str:
-    """The classification of a JSON Lines file (lines in ``landed_jsonl``); ``labels``: a line
-    may hold labels (:func:`chargeback.ingest.readers.copy_jsonl` says)."""
-    return _classify_sql(_JSONL_FIELDS, _JSONL_RAW, json=True, labels=labels, shortcut=shortcut)
-
+CLASSIFY_JSONL = _classify_sql(_JSONL_FIELDS)
+CLASSIFY_JSONL_WITHOUT_LABELS = _classify_sql(_JSONL_FIELDS, labels=False)
+JSONL_MAY_HOLD_LABELS = (r"select exists (select from landed_jsonl"
+                         r" where strpos(doc, 'labels') > 0 or strpos(doc, '\u') > 0)")
+"""Whether a landed JSON Lines file may hold labels: a line naming ``labels``, or with a
+``\\u`` escape (a key may be written escaped). Most files of producers without labels do not,
+and classify with :data:`CLASSIFY_JSONL_WITHOUT_LABELS`."""
 
 
 @functools.lru_cache(maxsize=64)
-def classify_csv(header: CsvHeader, *, shortcut: bool = True) -> str:
+def classify_csv(header: CsvHeader) -> str:
     """The classification of a CSV file whose header is ``header`` (cells in ``c1 … cN``).
 
-    A line the reader marked (``\x01reason\x02raw`` in its first cell, the others empty) is
-    quarantined with that reason; unknown columns are not read. The cells are read where
-    they are, without a copy per row: only the field in the first cell needs the mark kept out.
+    A line the reader marked (``\x01reason\x02raw`` in its first cell) is quarantined with
+    that reason; unknown columns are not read.
     """
-    def cell(pos: int) -> str:
-        return "case when marked is null then c1 end" if pos == 1 else f"c{pos}"
-
-    fields = ", ".join(f"{cell(pos)} as {name}" for name, pos in zip(SNAPSHOT_FIELDS, header.positions, strict=True))
+    cells = ", ".join(f"coalesce(c{i}, '')" for i in range(1, header.width + 1))
+    fields = ", ".join(
+        f"case when marked is null then c{pos} end as {name}, null::text as t_{name}"
+        for name, pos in zip(SNAPSHOT_FIELDS, header.positions, strict=True)
+    )
     source_at, labels_at = header.optional
-    source = f"nullif({cell(source_at)}, '')" if source_at else "null::text"
-    cells = ", ".join(f"c{i}" for i in range(1, header.width + 1))
-    landed = f"""
-        select line, problem, raw, {cells}, marked, {fields}, {source} as source,
-               {cell(labels_at) if labels_at else "null::text"} as labels_cell
+    source = f"case when marked is null then nullif(c{source_at}, '') end" if source_at else "null::text"
+    labels = f"case when marked is null then c{labels_at} end" if labels_at else "null::text"
+    return _classify_sql(f"""
+    with landed as (
+        select landed.*, {source} as source, {labels} as labels_cell
         from (
-            select landed_csv.*, case when starts_with(c1, chr(1)) then substr(c1, 2) end as marked
+            select landed_csv.*, case when left(c1, 1) = chr(1) then substr(c1, 2) end as marked
             from landed_csv
-        ) as landed"""
-    if labels_at is None:
-        cells_cte = ""
-        labels_join = ("cross join (select null::text as labels_cell, null::text as labels_problem,"
-                       " null::jsonb as parsed_labels) as lp")
-    else:
-        cells_cte = f""", cells as (
+        ) as landed
+    ), cells as (
         -- each distinct labels cell of the file parsed once (their number is small: the label
         -- values' combinations), then found again by each row with a hash join
         select d.labels_cell, lp.labels_problem, lp.parsed_labels
         from (select distinct labels_cell from landed where btrim(labels_cell) <> '') as d
         cross join lateral ({_CSV_LABELS}) as lp
-    )"""
-        labels_join = "left join cells as lp on lp.labels_cell = landed.labels_cell"
-    raw_record = ("coalesce(split_part(marked, chr(2), 2), raw, concat_ws(',', "
-                  + ", ".join(f"coalesce(c{i}, '')" for i in range(1, header.width + 1)) + "))")
-    return _classify_sql(f"""
-    with landed as not materialized ({landed}
-    ){cells_cte}
-    select line::integer + 1 as line, marked, raw, {cells},
+    )
+    select line::integer + 1 as line,
+           coalesce(split_part(marked, chr(2), 2), raw, concat_ws(',', {cells})) as raw_record,
            coalesce(split_part(marked, chr(2), 1), problem) as doc_problem,
-           {", ".join(SNAPSHOT_FIELDS)}, source,
+           {fields},
+           source, null::text as t_source,
            case when lp.labels_cell is null or lp.labels_problem is not null then null
                 else coalesce(lp.parsed_labels, '{{}}'::jsonb) end as labels,
            lp.labels_problem
     from landed
-    {labels_join}
-""", raw_record, json=False, labels=labels_at is not None, shortcut=shortcut)
-
+    left join cells as lp on lp.labels_cell = landed.labels_cell
+""", labels=labels_at is not None)
 
 def difference(first: str, this: str) -> str:
     """SQL: how two copies of a snapshot differ, for the reason: ``value 1 there, 4 here`` (the
@@ -376,19 +315,15 @@ PUBLISHED_OUTSIDE_WINDOW = """not (coalesce(u.landed_hour, date_trunc('hour', u.
          and coalesce(u.landed_hour, date_trunc('hour', u.hour_start, 'UTC')) < %(end)s)"""
 
 # Load-level pass over every file's clean rows: later copies of a snapshot are duplicates
-# when identical to its first copy (by file, then line), quarantined when they differ. The
-# repeated keys are found first, and the pass runs only when there are some: as one statement,
-# the join back to each copy's first row hashed every row of the load before finding none.
-REPEATED_SNAPSHOTS = """
-create temp table repeated_snapshots on commit drop as
-select tenant_id, snapshot_id from parsed where reason is null group by tenant_id, snapshot_id
-having count(*) > 1
-"""
+# when identical to its first copy (by file, then line), quarantined when they differ.
 DEDUPE_WITHIN_LOAD = f"""
-with ranked as (
+with repeated as (
+    select tenant_id, snapshot_id from parsed where reason is null group by tenant_id, snapshot_id
+    having count(*) > 1
+), ranked as (
     select pid, row_number() over w as copy_no, first_value(pid) over w as first_pid
     from parsed
-    where reason is null and (tenant_id, snapshot_id) in (select tenant_id, snapshot_id from repeated_snapshots)
+    where reason is null and (tenant_id, snapshot_id) in (select tenant_id, snapshot_id from repeated)
     window w as (partition by tenant_id, snapshot_id order by file_seq, source_line)
 ), compared as (
     select r.pid, f.source_file, f.source_line, {difference('f', 'p')} as difference,

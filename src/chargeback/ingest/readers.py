@@ -238,19 +238,11 @@ def _jsonl_mark(reason: str, raw: bytes) -> bytes:
 
 
 def copy_jsonl(conn: psycopg.Connection, f: SnapshotFile, max_file: int, max_line: int
-               ) -> tuple[int, FileOutcome | None, bool]:
-    """COPY a JSON Lines file into ``landed_jsonl``, one row per line; (stored bytes, rejection,
-    whether a line may hold labels).
-
-    A line may hold labels when it names ``labels`` or has a ``\\u`` escape (a key may be
-    written escaped). Most producers send none, and their files are classified without the
-    labels check; the blocks are searched on their way to COPY, where the bytes already are,
-    rather than by a second scan of the landed lines in SQL.
-    """
+               ) -> tuple[int, FileOutcome | None]:
+    """COPY a JSON Lines file into ``landed_jsonl``, one row per line; (stored bytes, rejection)."""
     # One text column per line; delimiter and quote are control characters that the
     # checked lines never contain raw (nor a CR), so every line arrives verbatim and in order.
     stream = _Stream(f, max_file)
-    labelled = False
     try:
         with conn.transaction():
             conn.execute("truncate landed_jsonl restart identity")
@@ -258,15 +250,14 @@ def copy_jsonl(conn: psycopg.Connection, f: SnapshotFile, max_file: int, max_lin
                 "copy landed_jsonl (doc) from stdin with (format csv, delimiter e'\\x1f', quote e'\\x1e')"
             ) as copy:
                 for block in checked_lines(stream, max_line, _jsonl_mark, b"\x00\x01\x02\x1e\x1f\r"):
-                    labelled = labelled or b"labels" in block or b"\\u" in block
                     copy.write(block)
     except _Unreadable as exc:
-        return _stored(f, stream), exc.outcome(f, max_file), False
+        return _stored(f, stream), exc.outcome(f, max_file)
     except psycopg.errors.DataError as exc:
-        return _stored(f, stream), _copy_refused(f, exc, max_file, header=False), False
+        return _stored(f, stream), _copy_refused(f, exc, max_file, header=False)
     finally:
         stream.close()
-    return _stored(f, stream), None, labelled
+    return _stored(f, stream), None
 
 
 def read_csv_header(f: SnapshotFile, stream: _Stream, max_line: int, max_file: int
