@@ -281,19 +281,18 @@ def bench_render() -> None:
     import statistics
 
     from chargeback.billing import render, store
-    from chargeback.billing.appendix import read_usage_sources, read_ways_to_pay_less
     from chargeback.billing.document import DEFAULT_ISSUER
     from chargeback.platform.settings import get_settings
 
     settings = get_settings()
-    period, first_day = f"{MONTH_START:%Y-%m}", MONTH_START.date()
-    headers, lines, tenants, as_of = store.read_month(first_day, settings)
-    numbers = {h["tenant_id"]: f"BENCH-{n:06d}" for n, h in enumerate(headers[:RENDER_SAMPLE], 1)}
+    month = store.read_month_to_invoice(f"{MONTH_START:%Y-%m}", settings)
+    sample = [h["tenant_id"] for h in month.headers[:RENDER_SAMPLE]]
+    numbers = {tenant_id: f"BENCH-{n:06d}" for n, tenant_id in enumerate(sample, 1)}
     reports_dir = settings.reports_dir.resolve()
-    jobs = render.assemble(period, headers[:RENDER_SAMPLE], lines, tenants, DEFAULT_ISSUER, str(reports_dir),
-                           issue_date=as_of.date(), status="final", numbers=numbers, usage_as_of=as_of,
-                           sources=read_usage_sources(first_day, settings, lines),
-                           pay_less=read_ways_to_pay_less(first_day, settings))
+    jobs = month.jobs(DEFAULT_ISSUER, str(reports_dir), issue_date=month.usage_as_of.date(),
+                      leave_out=frozenset(h["tenant_id"] for h in month.headers[RENDER_SAMPLE:]), status="final",
+                      numbers=numbers,
+                      usage_as_of=month.usage_as_of)
     render.render_job(jobs[0])  # warm: imports, the stylesheet and its fonts
     trivial = []
     for _ in range(30):

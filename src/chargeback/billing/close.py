@@ -259,14 +259,8 @@ def finalize(period: str, *, override_reason: str | None = None, override_by: st
              settings: Settings | None = None, workers: int = 2,
              issue_date: dt.date | None = None) -> list[document.InvoiceRecord]:
     """Check the marts and the month's completeness (with the override), then issue its invoices."""
-    if is_final(period, settings):  # issued already: nothing to check, nothing to change
-        return invoices.finalize_month(period, workers=workers, settings=settings)
-    check_month(period, settings)
-    completeness = check_completeness(period, override_reason=override_reason, override_by=override_by,
-                                      settings=settings)
-    note = completeness.invoice_note()
-    return invoices.finalize_month(period, workers=workers, settings=settings, issue_date=issue_date,
-                                   notes=(note,) if note else ())
+    notes = _checks_before_finals(period, override_reason, override_by, settings)
+    return invoices.finalize_month(period, workers=workers, settings=settings, issue_date=issue_date, notes=notes)
 
 
 def plan_finals(period: str, *, override_reason: str | None = None, override_by: str | None = None,
@@ -275,13 +269,21 @@ def plan_finals(period: str, *, override_reason: str | None = None, override_by:
     """:func:`finalize` for workers: check the marts and the month's completeness (with the
     override), then plan the final invoices (:func:`issuing.plan`) for batches to render and one
     commit to issue. ``None``: every tenant of the month has its final invoice."""
-    note = None
-    if not is_final(period, settings):  # issued already: nothing to check, a late tenant is planned alone
-        check_month(period, settings)
-        note = check_completeness(period, override_reason=override_reason, override_by=override_by,
-                                  settings=settings).invoice_note()
-    return issuing.plan(period, settings=settings, issue_date=issue_date, notes=(note,) if note else (),
-                        batch_size=batch_size)
+    notes = _checks_before_finals(period, override_reason, override_by, settings)
+    return issuing.plan(period, settings=settings, issue_date=issue_date, notes=notes, batch_size=batch_size)
+
+
+def _checks_before_finals(period: str, override_reason: str | None, override_by: str | None,
+                          settings: Settings | None) -> tuple[str, ...]:
+    """The marts and the completeness of a month about to be issued; what its invoices print of an
+    override. A month issued already is not checked again: nothing of it changes (a tenant first
+    billed since gets its invoice alone, with the override the month recorded — issue_corrections)."""
+    if is_final(period, settings):
+        return ()
+    check_month(period, settings)
+    note = check_completeness(period, override_reason=override_reason, override_by=override_by,
+                              settings=settings).invoice_note()
+    return (note,) if note else ()
 
 
 def issue_corrections(period: str, *, settings: Settings | None = None,

@@ -36,14 +36,13 @@ import psycopg
 from psycopg.rows import dict_row
 
 from chargeback.billing import attachment, issuing, store
-from chargeback.billing.appendix import read_usage_sources, read_ways_to_pay_less
 from chargeback.billing.document import (
     DEFAULT_ISSUER,
     InvoiceError,
     InvoiceRecord,
     Issuer,
 )
-from chargeback.billing.render import assemble, render_and_write
+from chargeback.billing.render import render_and_write
 from chargeback.platform import events, warehouse
 from chargeback.platform.periods import Period
 from chargeback.platform.settings import Settings, get_settings
@@ -72,14 +71,10 @@ def render_month(period: str, *, workers: int = 2, settings: Settings | None = N
     issue_date = issue_date or dt.datetime.now(dt.UTC).date()
 
     warehouse.ensure_schema(settings)
-    headers, lines_by_tenant, tenants, _ = store.read_month(period_start, settings)
-    store.require_headers(period, headers)
+    month = store.read_month_to_invoice(period, settings)
     fs, out_root = fsspec.core.url_to_fs(settings.reports_out)
-    reports_dir = str(settings.reports_dir.resolve())
-    jobs = assemble(period, headers, lines_by_tenant, tenants, issuer, reports_dir, issue_date=issue_date,
-                     name=lambda tenant_id: f"drafts/{tenant_id}",
-                     sources=read_usage_sources(period_start, settings, lines_by_tenant),
-                     pay_less=read_ways_to_pay_less(period_start, settings))
+    jobs = month.jobs(issuer, str(settings.reports_dir.resolve()), issue_date=issue_date,
+                      name=lambda tenant_id: f"drafts/{tenant_id}")
 
     with warehouse.connect(settings) as conn:
         store.lock_counter(conn, issuer)  # drafts take no number: an open issuing run does not stop them

@@ -1,7 +1,7 @@
 """Issuing a month's final invoices in three steps, so that rendering can fan out over workers.
 
 1. :func:`plan` — the coordinator. The month is read from the marts in one snapshot
-   (:func:`store.read_month` and the appendices), then, in one transaction under the issuer's
+   (:func:`store.read_month_to_invoice`: the invoices and their appendices), then, in one transaction under the issuer's
    lock, every invoice is assembled and checked, numbered in tenant order from the issuer's
    next number, put in a batch, and written to ``pipeline.invoice_run_documents`` with
    everything its page shows. The run is *open*: it reserves those numbers. The counter itself
@@ -34,7 +34,6 @@ import fsspec
 from psycopg.types.json import Jsonb
 
 from chargeback.billing import store
-from chargeback.billing.appendix import read_usage_sources, read_ways_to_pay_less
 from chargeback.billing.document import (
     DEFAULT_ISSUER,
     InvoiceError,
@@ -44,7 +43,7 @@ from chargeback.billing.document import (
     invoice_number,
     to_plain,
 )
-from chargeback.billing.render import RenderJob, assemble, discard, place, stage
+from chargeback.billing.render import RenderJob, discard, place, stage
 from chargeback.platform import warehouse
 from chargeback.platform.periods import Period
 from chargeback.platform.settings import Settings, get_settings
@@ -81,11 +80,8 @@ def plan(period: str, *, settings: Settings | None = None, issue_date: dt.date |
         raise ValueError(f"batch_size must not be negative, got {batch_size}")
     period_start = Period.parse(period).first_day
     warehouse.ensure_schema(settings)
-    headers, lines_by_tenant, tenants, usage_as_of = store.read_month(period_start, settings)
-    store.require_headers(period, headers)
-    issue_date = issue_date or usage_as_of.date()
-    sources = read_usage_sources(period_start, settings, lines_by_tenant)
-    pay_less = read_ways_to_pay_less(period_start, settings)
+    month = store.read_month_to_invoice(period, settings)
+    issue_date = issue_date or month.usage_as_of.date()
     fs, out_root = fsspec.core.url_to_fs(settings.reports_out)
     out_dir = f"{out_root.rstrip('/')}/{period}"
 
@@ -100,14 +96,12 @@ def plan(period: str, *, settings: Settings | None = None, issue_date: dt.date |
             leftovers = _abandon(conn, held[0], out_dir)
             log.info("issuing run %d of %s abandoned: the month is planned again", held[0], period)
         issued = {r.tenant_id for r in store.final_documents(conn, period_start, document_type="invoice")}
-        headers = [h for h in headers if h["tenant_id"] not in issued]
-        if headers:
-            tenant_ids = sorted(h["tenant_id"] for h in headers)
+        tenant_ids = sorted(h["tenant_id"] for h in month.headers if h["tenant_id"] not in issued)
+        if tenant_ids:
             numbers = {t: invoice_number(issuer, period_start, last_number + n) for n, t in enumerate(tenant_ids, 1)}
-            jobs = assemble(period, headers, lines_by_tenant, tenants, issuer, str(settings.reports_dir),
-                            issue_date=issue_date, status="final", numbers=numbers, notes=tuple(notes),
-                            usage_as_of=usage_as_of, name=lambda tenant_id: numbers[tenant_id],
-                            sources=sources, pay_less=pay_less)
+            jobs = month.jobs(issuer, str(settings.reports_dir), issue_date=issue_date, leave_out=frozenset(issued),
+                              status="final", numbers=numbers, notes=tuple(notes), usage_as_of=month.usage_as_of,
+                              name=lambda tenant_id: numbers[tenant_id])
             order = {tenant_id: n for n, tenant_id in enumerate(tenant_ids)}
             jobs.sort(key=lambda job: order[job.invoice.tenant_id])  # numbering order
             size = batch_size or len(jobs)
@@ -115,7 +109,7 @@ def plan(period: str, *, settings: Settings | None = None, issue_date: dt.date |
             (run_id,) = conn.execute(
                 "insert into pipeline.invoice_runs (issuer, period_start, first_number, documents, batches,"
                 " usage_as_of) values (%s, %s, %s, %s, %s, %s) returning run_id",
-                (issuer.key, period_start, last_number + 1, len(jobs), len(batches), usage_as_of)).fetchone()
+                (issuer.key, period_start, last_number + 1, len(jobs), len(batches), month.usage_as_of)).fetchone()
             with conn.cursor() as cur:
                 cur.executemany(
                     "insert into pipeline.invoice_run_documents (run_id, invoice_number, position, batch, tenant_id,"

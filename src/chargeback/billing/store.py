@@ -10,6 +10,7 @@ The pipeline role writes drafts only: the owner's functions ``pipeline.lock_issu
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 from collections.abc import Mapping, Sequence
@@ -19,10 +20,21 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from chargeback.billing.appendix import read_usage_sources, read_ways_to_pay_less
 from chargeback.billing.attachment import LINE_FIELDS, frozen_line
-from chargeback.billing.document import InvoiceError, InvoiceLine, InvoiceRecord, Issuer, Tenant, invoice_number
-from chargeback.billing.render import RenderJob
+from chargeback.billing.document import (
+    InvoiceError,
+    InvoiceLine,
+    InvoiceRecord,
+    Issuer,
+    SourceShare,
+    Tenant,
+    WayToPayLess,
+    invoice_number,
+)
+from chargeback.billing.render import RenderJob, assemble
 from chargeback.platform import warehouse
+from chargeback.platform.periods import Period
 from chargeback.platform.settings import Settings
 
 
@@ -122,6 +134,37 @@ def read_month(period_start: dt.date, settings: Settings) -> tuple[
     for row in line_rows:
         lines.setdefault(row.pop("tenant_id"), []).append(InvoiceLine(**row))
     return headers, lines, tenants, as_of
+
+
+@dataclasses.dataclass(frozen=True)
+class MonthToInvoice:
+    """Everything a month's invoices show, as read from the marts (:func:`read_month_to_invoice`)."""
+
+    period: str
+    headers: Sequence[Mapping[str, Any]]
+    lines: Mapping[str, list[InvoiceLine]]
+    tenants: Mapping[str, Tenant]
+    usage_as_of: dt.datetime
+    sources: Mapping[str, tuple[SourceShare, ...]]
+    pay_less: Mapping[str, tuple[WayToPayLess, ...]]
+
+    def jobs(self, issuer: Issuer, reports_dir: str, *, issue_date: dt.date, leave_out: frozenset[str] = frozenset(),
+             **kwargs: Any) -> list[RenderJob]:
+        """:func:`render.assemble` of every invoiced tenant but ``leave_out`` (drafts or finals:
+        ``kwargs`` are assemble's)."""
+        headers = [h for h in self.headers if h["tenant_id"] not in leave_out]
+        return assemble(self.period, headers, self.lines, self.tenants, issuer, reports_dir, issue_date=issue_date,
+                        sources=self.sources, pay_less=self.pay_less, **kwargs)
+
+
+def read_month_to_invoice(period: str, settings: Settings) -> MonthToInvoice:
+    """:func:`read_month` and the appendices (usage by source, ways to pay less) of ``period``;
+    a month the marts bill nobody for is refused (:func:`require_headers`)."""
+    first_day = Period.parse(period).first_day
+    headers, lines, tenants, as_of = read_month(first_day, settings)
+    require_headers(period, headers)
+    return MonthToInvoice(period, headers, lines, tenants, as_of, read_usage_sources(first_day, settings, lines),
+                          read_ways_to_pay_less(first_day, settings))
 
 
 def read_tenants(conn: psycopg.Connection, tenant_ids: Sequence[str]) -> dict[str, Tenant]:
