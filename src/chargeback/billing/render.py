@@ -70,6 +70,14 @@ TEMPLATE = "invoice.html"
 STYLESHEET = "invoice.css"
 """Applied by the renderer, parsed once per process (:func:`_parsed_stylesheet`): the template links no CSS."""
 _STATUS_LABELS = {"draft": "DRAFT", "final": "FINAL"}
+
+# The lines table has a fixed layout (an automatic one measures every cell twice: a sixth of an
+# invoice's rendering). Its columns after the description are as wide as their widest printed
+# value, in ``ch`` (the width of a digit; other characters counted 1.2 to err wide), and at least
+# as wide as the longest word of their heading (uppercase, spaced: ``ch`` per letter below).
+# A value that still does not fit wraps (``overflow-wrap: anywhere``); the description takes the rest.
+LINE_COLUMNS = (("quantity", 9.5), ("unit", 5.0), ("unit_price", 6.5), ("list_amount", 7.5),
+                ("discount", 9.5), ("amount", 7.5))
 _TITLES = {"invoice": "INVOICE", "credit_note": "CREDIT NOTE", "debit_note": "DEBIT NOTE"}
 
 
@@ -139,8 +147,30 @@ def _template_environment(templates_dir: str) -> jinja2.Environment:
     )
 
 
+def column_widths(rows: Sequence[Mapping[str, str]]) -> list[float]:
+    """The width in ``ch`` of each of :data:`LINE_COLUMNS` for these printed lines."""
+    def width(text: str) -> float:
+        return sum(1.0 if c.isdigit() or c in ",." else 1.2 for c in text)
+
+    return [max([heading, *(width(row[key]) for row in rows)]) for key, heading in LINE_COLUMNS]
+
+
 def invoice_context(invoice: Invoice, lines: Sequence[InvoiceLine], tenant: Tenant) -> dict[str, Any]:
     """What the template sees: every value already formatted as printed."""
+    printed = [
+        {
+            "meter": line.meter or "",
+            "kind": line.line_type,
+            "description": line.description,
+            "quantity": printed_quantity(line),
+            "unit": line.unit,
+            "unit_price": printed_unit_price(line),
+            "list_amount": format_cents(list_amount_of(line)),
+            "discount": deduction(line.discount_amount) if line.discount_amount else "—",
+            "amount": format_cents(line.amount),
+        }
+        for line in lines
+    ]
     status = invoice.status
     label = _STATUS_LABELS.get(status, status.upper())
     title = _TITLES.get(invoice.document_type, "INVOICE")
@@ -174,20 +204,8 @@ def invoice_context(invoice: Invoice, lines: Sequence[InvoiceLine], tenant: Tena
             "status_note": "DRAFT — not for payment" if status == "draft" else label,
             "watermark": label if status != "final" else "",
         },
-        "lines": [
-            {
-                "meter": line.meter or "",
-                "kind": line.line_type,
-                "description": line.description,
-                "quantity": printed_quantity(line),
-                "unit": line.unit,
-                "unit_price": printed_unit_price(line),
-                "list_amount": format_cents(list_amount_of(line)),
-                "discount": deduction(line.discount_amount) if line.discount_amount else "—",
-                "amount": format_cents(line.amount),
-            }
-            for line in lines
-        ],
+        "lines": printed,
+        "columns": [round(width, 1) for width in column_widths(printed)],
         "summary": summary_rows(invoice),
         "sources": [
             {
