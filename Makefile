@@ -8,9 +8,7 @@ export GX_ANALYTICS_ENABLED := false
 export AIRFLOW_HOME ?= $(CURDIR)/airflow_home
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
-# astronomer-cosmos renders usage_hourly's dbt tasks: no telemetry, no project hashing
-export AIRFLOW__COSMOS__ENABLE_TELEMETRY := False
-export AIRFLOW__COSMOS__ENABLE_DAG_VERSIONING := False
+# dbt and Airflow: no usage tracking (it would call out to the internet)
 export DO_NOT_TRACK := 1
 
 .PHONY: install system-deps browser-deps demo dashboard test test-unit test-external-pg bench airflow airflow-celery lint lock warehouse-stop clean focus-validator

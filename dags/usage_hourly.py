@@ -16,15 +16,16 @@ the schedule). It:
 5. **publishes** them, replacing exactly the window's landed hours (replays change nothing),
    and returns the **lookback** dbt rebuilds: the load window, widened to any earlier hour
    whose usage the publish changed,
-6. **transforms** with dbt, one task per model (task group `transform`, rendered by
-   astronomer-cosmos): each task is `dbt build --select <model>` over the lookback — the
-   model, then its data tests (dbt's unit tests prove code, not data: CI runs them); a
-   failing test fails the task and the run, and dbt tests that span several models run as
-   their own tasks once all their models are built.
-   Incremental models touch only the lookback's hours (and the months they touch).
-   The insight marts (dbt tag `insights`: trends, daily ledger, showback below the tenant)
-   are not built here: the insights DAG rebuilds them after this run, in one dbt build,
-   at most once an hour,
+6. **transforms** with dbt: one task, one `dbt build` of the cost chain over the lookback —
+   every model, then its data tests, in dbt's own order and threads — under the warehouse's
+   transform lock, recorded in `pipeline.transform_runs` (`chargeback.engine.transform.build`).
+   A failing model or test fails the task, names the node and why, and dbt skips everything
+   downstream of it, so no mart is published from bad data. dbt's unit tests prove code, not
+   data: CI runs them. Incremental models touch only the lookback's hours (and the months they
+   touch). The insight marts (dbt tag `insights`: trends, daily ledger, showback below the
+   tenant) are not built here: the insights DAG rebuilds them after this run, in one dbt build,
+   at most once an hour. (One task per model cost a dbt start-up each — about fifty an hour,
+   8–13 s each on a Celery worker: docs/DECISIONS.md.)
 7. **checks** the marts over the lookback: allocated cost reconciles to each pool's cost to the cent,
    then updates the usage marts asset (`chargeback://warehouse/marts/usage`, the lookback as the
    event's `extra`): the `insights` DAG runs on it (forecasts, budget alerts).
@@ -36,19 +37,9 @@ and the demo cover a month in one run — and a `source` (`files` or `simulator`
 or `demo` (docs/OPERATIONS.md, "Security").
 Logic lives in `chargeback.orchestration.steps`; this file only wires tasks.
 
-**dbt manifest.** The dbt tasks are rendered from `dbt_project/target/manifest.json`, so
-parsing this file never runs dbt. `make install`, the test suite and `chargeback demo`
-(`chargeback.engine.transform.parse()`) write it; if it is missing the file fails to import with
-"run `make install` (dbt parse) first". Re-run it after changing the dbt project, or new
-models get no task.
-
-**One transform per database.** The dbt tasks take no lock of their own (the CLI's
-`chargeback transform` does, with an advisory lock): `max_active_runs=1` keeps two runs of
-this DAG from building the same warehouse at once.
-
 **Environment.** The tasks read the warehouse connection from `CHARGEBACK_PG_*`
-(`chargeback.platform.warehouse.dbt_env()`), which `chargeback.orchestration.runner.airflow_env()` exports
-for `airflow dags test` and `make airflow`; it also turns cosmos' telemetry off.
+(`chargeback.platform.warehouse.dbt_env()`), which `chargeback.orchestration.runner.airflow_env()`
+exports for `airflow dags test` and `make airflow`.
 """
 
 from __future__ import annotations
@@ -56,22 +47,8 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import Param, dag, task
-from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
-from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior, TestIndirectSelection
 
-from chargeback.engine.transform import GUARANTEED, INSIGHTS, dbt_paths
 from chargeback.orchestration.dag_defaults import USAGE_MARTS, default_args, on_dag_failure, schedule
-from chargeback.orchestration.dbt_tasks import drop_excluded_tests
-
-DBT = dbt_paths()  # paths only: no dbt, no database
-if not DBT.manifest.is_file():
-    raise FileNotFoundError(f"{DBT.manifest} is missing: run `make install` (dbt parse) first")
-
-# dbt's window is the lookback publish returns, not the run's own interval
-WINDOW_VARS = {
-    "window_start": "{{ ti.xcom_pull(task_ids='publish')['start'] }}",
-    "window_end": "{{ ti.xcom_pull(task_ids='publish')['end'] }}",
-}
 
 
 @dag(
@@ -154,52 +131,19 @@ def usage_hourly():
         steps.check_marts(*steps.resolve_window(window, None, None))
         outlet_events[USAGE_MARTS].extra = {"start": window["start"], "end": window["end"]}
 
-    transform = DbtTaskGroup(
-        group_id="transform",
-        project_config=ProjectConfig(
-            manifest_path=DBT.manifest,
-            project_name="chargeback",
-            install_dbt_deps=False,
-            env_vars={"DBT_LOG_PATH": str(DBT.log_dir), "DBT_USE_COLORS": "false",
-                      "DBT_EXCLUDE_RESOURCE_TYPES": "unit_test"},
-        ),
-        profile_config=ProfileConfig(
-            profile_name="chargeback", target_name="warehouse", profiles_yml_filepath=DBT.profiles_yml,
-        ),
-        execution_config=ExecutionConfig(
-            execution_mode=ExecutionMode.LOCAL,
-            invocation_mode=InvocationMode.DBT_RUNNER,
-            dbt_project_path=DBT.project_dir,
-            test_indirect_selection=TestIndirectSelection.CAUTIOUS,
-        ),
-        render_config=RenderConfig(
-            load_method=LoadMode.DBT_MANIFEST,
-            test_behavior=TestBehavior.BUILD,
-            should_detach_multiple_parents_tests=True,
-            emit_datasets=False,
-            # the insights DAG builds the insight marts (docs/INSIGHTS.md); CI runs the tests of
-            # what keys and construction guarantee (transform.GUARANTEED)
-            exclude=[INSIGHTS, GUARANTEED],
-            # the ephemeral pricing models get dbt tasks too (with docs and retries like every
-            # task); with unit tests left to CI they build nothing of their own
-            ephemeral_models_as_empty_operator=False,
-        ),
-        operator_args={
-            "vars": WINDOW_VARS,
-            "doc_md": "dbt over this run's window (see the `transform` section of the DAG docs"
-                      " and the model's description in `dbt_project/models/`).",
-        },
-    )
+    @task
+    def transform(window: dict[str, str]) -> None:
+        """dbt build of the cost chain over the lookback publish returns (the insight marts are
+        the insights DAG's); a failing model or test fails the task and names it."""
+        from chargeback.orchestration import steps
 
-    # cosmos puts back the tests spanning an insight mart and a ledger mart: drop them here too
-    drop_excluded_tests(transform, DBT.manifest, "insights")
-    drop_excluded_tests(transform, DBT.manifest, "guaranteed")
+        steps.transform(*steps.resolve_window(window, None, None), insights=False)
 
     plan = plan_window(resolve_window())
     load_id = extract_and_stage(plan)
     apply_configuration() >> load_id
     lookback = publish(load_id, plan)
-    gate(load_id, plan) >> lookback >> transform >> check_marts(lookback)
+    gate(load_id, plan) >> lookback >> transform(lookback) >> check_marts(lookback)
 
 
 usage_hourly()

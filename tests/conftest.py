@@ -39,10 +39,7 @@ def _worker() -> str:
 def session_env() -> Iterator[pytest.MonkeyPatch]:
     """Environment changes for the whole session, undone when it ends."""
     with pytest.MonkeyPatch.context() as patch:
-        # cosmos reads these when it is first imported (the DAG files import it)
-        patch.setenv("AIRFLOW__COSMOS__ENABLE_TELEMETRY", "False")
-        patch.setenv("AIRFLOW__COSMOS__ENABLE_DAG_VERSIONING", "False")
-        patch.setenv("DO_NOT_TRACK", "1")
+        patch.setenv("DO_NOT_TRACK", "1")  # dbt's and Airflow's usage tracking
         yield patch
 
 
@@ -55,7 +52,7 @@ def _a_development_installation(session_env) -> None:
 
 @pytest.fixture(scope="session")
 def dbt_manifest(session_env, tmp_path_factory) -> Path:
-    """The dbt manifest the usage_hourly DAG is rendered from, parsed for this session.
+    """The dbt project parsed for this session (its manifest; a partial parse for the builds).
 
     Each xdist worker has dbt artifacts of its own (``CHARGEBACK_DBT_ARTIFACTS``): two
     dbt processes must not share a target directory.

@@ -1,11 +1,11 @@
 """The DAGs, run for real through Airflow, from landed files to PDF invoices.
 
-usage_hourly and the insights DAG run in this process (``airflow dags test``, as ``chargeback
-demo`` runs them); billing_monthly runs on Airflow on Celery (chargeback.orchestration.cluster:
+usage_hourly and billing_monthly run on Airflow on Celery (chargeback.orchestration.cluster:
 scheduler, API server, DAG processor, triggerer and two Celery workers on the machine's Redis),
-its invoices rendered in batches of two by mapped tasks on the workers. A copy of the warehouse
-taken before that close is closed in this process (``chargeback close``'s path): the invoices
-are the same, to the cent, line by line.
+every task on a worker, the invoices rendered in batches of two by mapped tasks. A copy of the
+warehouse taken before that close is closed in this process (``chargeback close``'s path): the
+invoices are the same, to the cent, line by line. The insights DAG runs on the workers too,
+triggered by hand over usage_hourly's window.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from pypdf import PdfReader
 from chargeback.billing import close as month_close
 from chargeback.ingest.simulate import simulate
 from chargeback.orchestration import cluster as airflow_cluster
-from chargeback.orchestration import runner
 from chargeback.platform import warehouse
 from chargeback.platform.money import format_money
 from conftest import database_of_its_own
@@ -40,20 +39,18 @@ WORKERS = {"worker-1", "worker-2"}
 
 
 @pytest.fixture(scope="module")
-def airflow_home(test_warehouse, tmp_path_factory):
-    """An Airflow home, and a database of the module's own: the insights DAG forecasts the month of
-    the marts' last hour, which must be this module's July, not a later month another module loaded."""
-    home = tmp_path_factory.mktemp("airflow_home")
+def own_database(test_warehouse):
+    """A database of the module's own: the insights DAG forecasts the month of the marts' last hour,
+    which must be this module's July, not a later month another module loaded."""
     with database_of_its_own("e2e") as name, pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AIRFLOW_HOME", str(home))
         patch.setenv("CHARGEBACK_RETRY_DELAY_SECONDS", "1")
         patch.setenv("CHARGEBACK_INVOICE_BATCH_SIZE", "2")
-        yield home, name
+        yield name
 
 
 @pytest.fixture(scope="module")
-def celery(airflow_home, tmp_path_factory):
-    """Airflow on Celery for this module's warehouse; it starts while usage_hourly runs in process."""
+def celery(own_database, tmp_path_factory):
+    """Airflow on Celery for this module's warehouse."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CHARGEBACK_SCHEDULE", "manual")  # unpaused, a DAG would also run its latest interval
         with airflow_cluster.started(home=tmp_path_factory.mktemp("airflow_celery"), workers=2) as running:
@@ -83,17 +80,18 @@ def issued(database: str) -> tuple[list[tuple], list[tuple]]:
 
 
 def test_usage_hourly_then_billing_monthly_on_celery_issue_final_invoices_equal_to_the_marts(
-        airflow_home, celery, settings, landing, tmp_path, monkeypatch):
-    _, database = airflow_home
+        own_database, celery, settings, landing, tmp_path, monkeypatch):
+    database = own_database
     simulate(str(landing), TENANTS, START, END, seed=11)
 
-    runner.run_dag("usage_hourly", {"start": START.isoformat(), "end": END.isoformat(), "source": "files"},
-                   quiet=True)
+    hourly = celery.run_dag("usage_hourly", {"start": START.isoformat(), "end": END.isoformat(), "source": "files"})
+    assert {t.task_id for t in hourly if t.state == "success"} >= {"extract_and_stage", "gate", "publish",
+                                                                    "transform", "check_marts"}
     copy_of(database, f"{database}_in_process")
     # a day of usage in a month long past: the grace period is over, the month is incomplete, so the
     # close goes through only with an operator's override, which every invoice then prints
     tasks = celery.run_dag("billing_monthly", {"period": "2026-07", **OVERRIDE})
-    ran = [t for t in tasks if t.state == "success"]
+    ran = [t for t in hourly + tasks if t.state == "success"]
     assert {t.worker for t in ran} <= WORKERS, [(t.task_id, t.hostname) for t in ran]  # none ran in process
     batches = sorted((t.map_index, t.state) for t in tasks if t.task_id == "render_invoice_batch")
     assert batches == [(0, "success"), (1, "success"), (2, "success")]  # five invoices, two a batch
@@ -143,23 +141,20 @@ def test_usage_hourly_then_billing_monthly_on_celery_issue_final_invoices_equal_
 
 
 def test_usage_hourly_updates_the_usage_marts_asset_and_the_insights_dag_forecasts_and_checks_budgets(
-        airflow_home, settings):
+        own_database, celery, settings):
     """Runs after the test above (same module, same warehouse): usage_hourly's check_marts recorded an
     asset event carrying its window; a manual insights run over that window forecasts the month in
     progress (one day of history: "too early") and records every budget's state for July."""
-    import json
-    import sqlite3
-
     from chargeback.orchestration.insights import ASSET_URI
 
-    with sqlite3.connect(airflow_home[0] / "airflow.db") as db:
-        extras = [json.loads(row[0]) for row in db.execute(
-            "select e.extra from asset_event e join asset a on a.id = e.asset_id where a.uri = ?", (ASSET_URI,))]
+    extras = [row[0] for row in celery.query(
+        "select e.extra from asset_event e join asset a on a.id = e.asset_id where a.uri = %s", ASSET_URI)]
     assert {"start": START.isoformat(), "end": END.isoformat()} in extras
 
     with warehouse.connect() as conn:
         conn.execute("truncate pipeline.insights_requests")
-    runner.run_dag("insights", {"start": START.isoformat(), "end": END.isoformat()}, quiet=True)
+    tasks = celery.run_dag("insights", {"start": START.isoformat(), "end": END.isoformat()})
+    assert {t.worker for t in tasks if t.state == "success"} <= WORKERS
 
     with warehouse.connect() as conn:
         pending = conn.execute("select count(*) from pipeline.insights_requests where done_at is null").fetchone()[0]

@@ -105,9 +105,9 @@ def test_failed_transform_renders_no_invoice(landing, settings):
 
 
 def test_dbt_runs_chargeback_did_not_start_are_recorded_too(settings, monkeypatch):
-    """The dbt tasks of usage_hourly (cosmos) call dbt directly: its on-run-end hook keeps
+    """dbt run directly (an engineer's `dbt build`, another orchestrator): its on-run-end hook keeps
     those runs in pipeline.transform_runs, failed ones with the failing node and why."""
-    monkeypatch.setenv("DBT_INDIRECT_SELECTION", "cautious")  # as cosmos runs them: the model's own tests
+    monkeypatch.setenv("DBT_INDIRECT_SELECTION", "cautious")  # a model's own tests only
     window = {"window_start": "2034-03-01T00:00:00Z", "window_end": "2034-03-01T01:00:00Z"}
     args = ["build", "--select", "stg_config__meters", "--vars", json.dumps(window)]
     assert transform._invoke(args, settings).success
@@ -126,7 +126,7 @@ def test_dbt_runs_chargeback_did_not_start_are_recorded_too(settings, monkeypatc
     assert len(runs[0][4]) == 1
     assert runs[0][4][0].startswith("model stg_config__meters: ")
     assert runs[0][5] == "dbt"
-    # cosmos forwards usage_hourly's exclusion of the insight marts: it is part of what the run built
+    # an exclusion is part of what the run built
     assert transform._invoke([*args[:3], "--exclude", "tag:insights", *args[3:]], settings).success
     assert _rows("select selection from pipeline.transform_runs order by transform_id desc limit 1") == [
         ("stg_config__meters --exclude tag:insights",)]

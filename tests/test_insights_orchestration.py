@@ -93,7 +93,7 @@ def test_the_month_close_rebuilds_the_insight_marts_only_when_they_miss_a_change
         return freshness.insight_marts_current(*month)
 
     with database_of_its_own("insights_fresh"):  # no other module's dbt runs
-        build("int_cost_allocations_hourly", h, h + HOUR)  # an hourly cosmos task
+        build("int_cost_allocations_hourly", h, h + HOUR)  # one model, as a dbt run of it alone
         assert not current()
         build(INSIGHTS, h - HOUR, h + 2 * HOUR)  # the insights DAG's refresh after it, over a wider window
         assert current()

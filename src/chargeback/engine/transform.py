@@ -162,7 +162,8 @@ def _selection(select: str | None, exclude: str | None) -> str | None:
 
 
 def parse(environ: Mapping[str, str] | None = None) -> Path:
-    """Write ``manifest.json`` (``dbt parse``) for Airflow's cosmos; returns its path.
+    """Write ``manifest.json`` (``dbt parse``): the project checked without a warehouse
+    (``make install``), and a partial parse the builds that follow start from; returns its path.
 
     Parsing never connects: the ``CHARGEBACK_PG_*`` values come from ``environ`` (default
     ``os.environ``) and, where missing (``make install``, a fresh checkout), placeholders,
@@ -188,29 +189,8 @@ _PARSE_PLACEHOLDERS = {
 }
 
 
-@dataclass(frozen=True)
-class DbtPaths:
-    """Where the dbt project, its profile, manifest and logs are — what the DAG wires cosmos with."""
-
-    project_dir: Path
-    profiles_yml: Path
-    manifest: Path
-    log_dir: Path
-
-
-def dbt_paths(settings: Settings | None = None) -> DbtPaths:
-    """The dbt locations :func:`build` uses, for cosmos (paths only: cheap at DAG parse time)."""
-    settings = settings or get_settings()
-    return DbtPaths(
-        project_dir=settings.dbt_project_dir,
-        profiles_yml=settings.dbt_profiles_dir / "profiles.yml",
-        manifest=manifest_path(settings),
-        log_dir=settings.dbt_artifacts_dir / "logs",
-    )
-
-
 def manifest_path(settings: Settings | None = None) -> Path:
-    """Where :func:`parse` writes the manifest the ``usage_hourly`` DAG is rendered from."""
+    """Where :func:`parse` (and every build) writes the dbt manifest."""
     return _target_path(settings or get_settings()) / "manifest.json"
 
 

@@ -100,7 +100,7 @@ class Status:
 
 
 # Each relation of schema marts with its last successful build: a run of everything or one
-# whose selection names it (cosmos runs one model per task; `--select a b` names several).
+# whose selection names it (`--select a b` names several; a dbt run of one model names it alone).
 _MARTS = r"""
 select c.relname,
        b.finished_at, b.window_start, b.window_end, b.transform_id

@@ -102,11 +102,11 @@ class Cluster:
         state = None
         while time.monotonic() < deadline:
             self._check_alive()
-            state = self._query("select state from dag_run where dag_id = %s and run_id = %s", dag_id, run_id)
+            state = self.query("select state from dag_run where dag_id = %s and run_id = %s", dag_id, run_id)
             if state and state[0][0] in ("success", "failed"):
                 break
             time.sleep(2)
-        tasks = [TaskRun(*row) for row in self._query(
+        tasks = [TaskRun(*row) for row in self.query(
             "select task_id, map_index, state, hostname from task_instance where dag_id = %s and run_id = %s"
             " order by task_id, map_index", dag_id, run_id)]
         if not state or state[0][0] != "success":
@@ -118,14 +118,15 @@ class Cluster:
 
     def _wait_for_dag(self, dag_id: str, *, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while not self._query("select 1 from dag where dag_id = %s and not is_stale", dag_id):
+        while not self.query("select 1 from dag where dag_id = %s and not is_stale", dag_id):
             self._check_alive()
             if time.monotonic() > deadline:
                 raise AirflowRunFailed(f"the DAG processor did not parse {dag_id} in {timeout:.0f} s: see "
                                        f"{self.home / 'logs'}")
             time.sleep(1)
 
-    def _query(self, statement: str, *params: object) -> list[tuple]:
+    def query(self, statement: str, *params: object) -> list[tuple]:
+        """Rows of ``statement`` on the cluster's metadata database."""
         with psycopg.connect(self.metadata_dsn) as conn:
             return conn.execute(statement, params).fetchall()
 
@@ -181,7 +182,6 @@ def cluster_env(settings: Settings | None = None, *, home: Path, api_port: int, 
     env.update({
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-        "AIRFLOW__COSMOS__CACHE_DIR": str(home / "cosmos_cache"),
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _sqlalchemy(dsn, "postgresql+psycopg2"),
         "AIRFLOW__CELERY__BROKER_URL": os.environ.get("CHARGEBACK_CELERY_BROKER") or DEFAULT_BROKER,
@@ -221,8 +221,6 @@ def _free_port() -> int:
 def started(settings: Settings | None = None, *, home: Path, workers: int = 2, concurrency: int = 1,
             api_port: int | None = None) -> Iterator[Cluster]:
     """A cluster of ``workers`` Celery workers, its metadata database migrated; stopped on exit."""
-    from chargeback.engine import transform
-
     settings = settings or get_settings()
     warehouse.ensure_schema(settings)  # the embedded server runs before any component reaches it
     home.mkdir(parents=True, exist_ok=True)
@@ -231,7 +229,6 @@ def started(settings: Settings | None = None, *, home: Path, workers: int = 2, c
                                " server needs it")
     dsn = metadata_dsn(settings)
     env = cluster_env(settings, home=home, api_port=api_port or _free_port(), concurrency=concurrency, dsn=dsn)
-    transform.parse(env)  # the manifest usage_hourly's dbt tasks are rendered from
     cluster = Cluster(env, home, dsn)
     cluster.airflow("db", "migrate")
     queue = env["AIRFLOW__OPERATORS__DEFAULT_QUEUE"]

@@ -21,19 +21,6 @@ class AirflowRunFailed(RuntimeError):
     """A DAG run did not succeed; the message says which DAG and where its log is."""
 
 
-# astronomer-cosmos (the dbt tasks of usage_hourly): no telemetry (it would call out to
-# the internet), no DAG-version hash (it would read every file under the dbt project
-# dir, which is the repository root with .venv and .warehouse), and its partial-parse
-# cache beside the Airflow home rather than a /tmp directory shared by every run.
-def cosmos_env(airflow_home: Path) -> dict[str, str]:
-    return {
-        "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
-        "DO_NOT_TRACK": "1",
-        "AIRFLOW__COSMOS__ENABLE_DAG_VERSIONING": "False",
-        "AIRFLOW__COSMOS__CACHE_DIR": str(airflow_home / "cosmos_cache"),
-    }
-
-
 def airflow_env(settings: Settings | None = None, *, warehouse: bool = True) -> dict[str, str]:
     """The environment Airflow runs in: Chargeback's DAGs and, with ``warehouse``, the
     ``CHARGEBACK_PG_*`` connection dbt's profile reads (starting the embedded server if
@@ -54,7 +41,6 @@ def airflow_env(settings: Settings | None = None, *, warehouse: bool = True) -> 
         "NO_COLOR": "1",
         # airflow standalone starts its components as `airflow …` subprocesses
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-        **cosmos_env(home),
     })
     if warehouse:
         from chargeback.platform import warehouse as wh
@@ -83,11 +69,8 @@ def ensure_metadata_db(settings: Settings | None = None) -> None:
 
 def run_dag(dag_id: str, conf: dict, *, settings: Settings | None = None, quiet: bool = False) -> str:
     """Run ``dag_id`` once with ``conf`` via ``airflow dags test``; return its output."""
-    from chargeback.engine import transform
-
     ensure_metadata_db(settings)
     env = airflow_env(settings)
-    transform.parse(env)  # the manifest usage_hourly's dbt tasks are rendered from, fresh
     proc = _airflow(["dags", "test", dag_id, "--conf", json.dumps(conf)], env, capture=True)
     output = proc.stdout + proc.stderr
     if not quiet:
@@ -101,13 +84,11 @@ def run_dag(dag_id: str, conf: dict, *, settings: Settings | None = None, quiet:
 
 def standalone(settings: Settings | None = None) -> int:
     """``airflow standalone`` (scheduler, API server and web UI on :8080) with Chargeback's DAGs and warehouse."""
-    from chargeback.engine import transform
     from chargeback.platform import warehouse
 
     warehouse.ensure_schema(settings)  # starts the embedded warehouse so tasks find it running
     ensure_metadata_db(settings)
     env = airflow_env(settings)
-    transform.parse(env)
     print(f"Airflow home: {env['AIRFLOW_HOME']} — the admin password is printed below and kept in "
           f"{env['AIRFLOW_HOME']}/simple_auth_manager_passwords.json.generated", flush=True)
     return _airflow(["standalone"], env, capture=False).returncode
