@@ -291,8 +291,7 @@ def bench_render() -> None:
     reports_dir = settings.reports_dir.resolve()
     jobs = month.jobs(DEFAULT_ISSUER, str(reports_dir), issue_date=month.usage_as_of.date(),
                       leave_out=frozenset(h["tenant_id"] for h in month.headers[RENDER_SAMPLE:]), status="final",
-                      numbers=numbers,
-                      usage_as_of=month.usage_as_of)
+                      numbers=numbers, usage_as_of=month.usage_as_of)
     render.render_job(jobs[0])  # warm: imports, the stylesheet and its fonts
     trivial = []
     for _ in range(30):

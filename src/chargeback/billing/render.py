@@ -70,6 +70,7 @@ TEMPLATE = "invoice.html"
 STYLESHEET = "invoice.css"
 """Applied by the renderer, parsed once per process (:func:`_parsed_stylesheet`): the template links no CSS."""
 _STATUS_LABELS = {"draft": "DRAFT", "final": "FINAL"}
+_TITLES = {"invoice": "INVOICE", "credit_note": "CREDIT NOTE", "debit_note": "DEBIT NOTE"}
 
 # The lines table has a fixed layout (an automatic one measures every cell twice: a sixth of an
 # invoice's rendering). Its columns after the description are as wide as their widest printed
@@ -78,7 +79,6 @@ _STATUS_LABELS = {"draft": "DRAFT", "final": "FINAL"}
 # A value that still does not fit wraps (``overflow-wrap: anywhere``); the description takes the rest.
 LINE_COLUMNS = (("quantity", 9.5), ("unit", 5.0), ("unit_price", 6.5), ("list_amount", 7.5),
                 ("discount", 9.5), ("amount", 7.5))
-_TITLES = {"invoice": "INVOICE", "credit_note": "CREDIT NOTE", "debit_note": "DEBIT NOTE"}
 
 
 class URLRefusedError(FatalURLFetchingError):
