@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml uv.lock
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: system-deps $(STAMP) ## create the virtualenv and install Chargeback with its test tools
-	@# dbt parse -> dbt_project/target/manifest.json, which the usage_hourly DAG is rendered from
+	@# dbt parse: the project checked without a warehouse (dbt_project/target/manifest.json)
 	@$(PY) -c 'from chargeback.engine import transform; transform.parse()' >/dev/null || \
 	  { echo "dbt parse failed: see dbt_project/logs/dbt.log"; exit 1; }
 

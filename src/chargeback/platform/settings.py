@@ -41,7 +41,7 @@ class Settings:
     dbt_project_dir: Path
     dbt_profiles_dir: Path
     dbt_artifacts_dir: Path
-    """Where dbt writes ``target/`` (the manifest the DAG is rendered from) and ``logs/``:
+    """Where dbt writes ``target/`` (the manifest, run results, partial parse) and ``logs/``:
     ``dbt_project/`` unless ``CHARGEBACK_DBT_ARTIFACTS`` says otherwise (processes that
     build at the same time, such as parallel test workers, each need their own)."""
     gx_dir: Path
