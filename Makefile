@@ -58,12 +58,12 @@ test-unit: install ## pure-logic tests only, in seconds: no PostgreSQL is starte
 
 # On another server, the tests of what depends on its version (docs/DEVELOPMENT.md, "CI"): the
 # loader's safe casts (an exception-catching function before PostgreSQL 16), the schema, roles and
-# row-level security (the readers' too: tests/test_access.py), and the worked example: every dbt model
-# built on that server, a hand-computed month to the cent. Everything else runs the same SQL on every
-# server; `make test-external-pg EXTERNAL_PG_TESTS=tests` runs all the warehouse tests.
+# row-level security (the readers' too: tests/test_access.py), and the money path from usage to invoice
+# lines (the dbt models with their unit tests). Everything else runs the same SQL on every server;
+# `make test-external-pg EXTERNAL_PG_TESTS=tests` runs all the warehouse tests.
 EXTERNAL_PG_TESTS ?= tests/test_load.py tests/test_gate.py tests/test_quarantine.py tests/test_hostile_producers.py \
 	tests/test_attribution_contract.py tests/test_warehouse.py tests/test_roles.py tests/test_worked_example.py \
-	tests/test_access.py
+	tests/test_allocation.py tests/test_pricing.py tests/test_access.py
 test-external-pg: install ## the server-dependent warehouse tests again, on the server $$WAREHOUSE_DSN names
 	@test -n "$$WAREHOUSE_DSN" || { echo "set WAREHOUSE_DSN, e.g. postgresql://postgres@127.0.0.1:5432/postgres"; exit 2; }
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile -m "warehouse and not airflow" $(EXTERNAL_PG_TESTS)

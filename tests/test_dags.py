@@ -12,7 +12,7 @@ DAGS = Path(__file__).resolve().parents[1] / "dags"
 
 @pytest.fixture(scope="module")
 def dagbag(dbt_manifest, tmp_path_factory):
-    """The DAG files parsed as the scheduler parses them (usage_hourly needs dbt's manifest)."""
+    """The DAG files parsed as the scheduler parses them."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow_home")))
         patch.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")

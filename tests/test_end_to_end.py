@@ -87,6 +87,9 @@ def test_usage_hourly_then_billing_monthly_on_celery_issue_final_invoices_equal_
     hourly = celery.run_dag("usage_hourly", {"start": START.isoformat(), "end": END.isoformat(), "source": "files"})
     assert {t.task_id for t in hourly if t.state == "success"} >= {"extract_and_stage", "gate", "publish",
                                                                     "transform", "check_marts"}
+    with warehouse.connect() as conn:  # its one dbt build left the insight marts to the insights DAG
+        builds = conn.execute("select selection, status from pipeline.transform_runs").fetchall()
+    assert builds == [("--exclude tag:insights", "succeeded")], builds
     copy_of(database, f"{database}_in_process")
     # a day of usage in a month long past: the grace period is over, the month is incomplete, so the
     # close goes through only with an operator's override, which every invoice then prints

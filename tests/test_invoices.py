@@ -61,6 +61,19 @@ INVOICE = Invoice("CB-2026-000123", "t001", dt.date(2026, 10, 1), dt.date(2026, 
                   "USD", D("7019.15"), "enterprise")
 
 
+def test_fixed_columns_are_as_wide_as_their_widest_value_and_the_last_two_hold_the_total():
+    """The lines table's fixed layout (render.LINE_COLUMNS): widths in ch from the printed values,
+    never narrower than the headings; the total, in larger bold type, spans the last two."""
+    rows = [{"quantity": "123,456,789.500", "unit": "GB-month", "unit_price": "0.0003", "list_amount": "1.00",
+             "discount": "\u2014", "amount": "1.00"}]
+    # 15 digits and separators; 8 letters at 1.2; the headings' minimums; then the total:
+    # "1,234,567.89 USD" is (12 + 4 x 1.2) x 1.5 = 25.2 ch, so the last column grows by
+    # 25.2 - (9.5 + 8.5 + 1.7) = 5.5
+    assert render.column_widths(rows, ["744.95 USD", "1,234,567.89 USD"]) == pytest.approx(
+        [15.0, 9.6, 6.5, 8.5, 9.5, 14.0])
+    assert render.column_widths(rows, ["1.00 USD"]) == pytest.approx([15.0, 9.6, 6.5, 8.5, 9.5, 8.5])
+
+
 def test_quantities_print_three_decimals_with_thousands_separators():
     assert formatting.format_quantity(D("2345678.5")) == "2,345,678.500"
     assert formatting.format_quantity(D("12345.678912")) == "12,345.679"

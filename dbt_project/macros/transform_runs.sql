@@ -3,8 +3,8 @@
     pipeline.transform_runs, so chargeback.freshness knows whether a month's
     marts are current. chargeback.engine.transform.build records its own runs (it can
     also record a run dbt could not start) and turns this off with
-    var('chargeback_record_run') false; the dbt tasks of usage_hourly (cosmos)
-    and dbt run by hand are recorded here.
+    var('chargeback_record_run') false; dbt run by hand (or by another
+    orchestrator) is recorded here.
 -#}
 {% macro chargeback_record_transform_run(results) -%}
     {%- if execute and var('chargeback_record_run', true)

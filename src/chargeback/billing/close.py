@@ -276,13 +276,20 @@ def plan_finals(period: str, *, override_reason: str | None = None, override_by:
 def _checks_before_finals(period: str, override_reason: str | None, override_by: str | None,
                           settings: Settings | None) -> tuple[str, ...]:
     """The marts and the completeness of a month about to be issued; what its invoices print of an
-    override. A month issued already is not checked again: nothing of it changes (a tenant first
-    billed since gets its invoice alone, with the override the month recorded — issue_corrections)."""
+    override. A month issued already is not checked again: its documents do not change, and a
+    tenant first billed since is invoiced alone, printing the override the month's close recorded."""
     if is_final(period, settings):
-        return ()
+        return _recorded_notes(period, settings)
     check_month(period, settings)
     note = check_completeness(period, override_reason=override_reason, override_by=override_by,
                               settings=settings).invoice_note()
+    return (note,) if note else ()
+
+
+def _recorded_notes(period: str, settings: Settings | None) -> tuple[str, ...]:
+    """What every invoice of a month already closed prints of its close's override."""
+    recorded = recorded_completeness(period, settings)
+    note = recorded.invoice_note() if recorded else None
     return (note,) if note else ()
 
 
@@ -295,10 +302,8 @@ def issue_corrections(period: str, *, settings: Settings | None = None,
     for month in invoices.months_with_unissued_tenants(period, settings=settings):
         with warehouse.connect(settings) as conn:
             known = {r.invoice_number for r in store.final_documents(conn, month_window(month)[0].date())}
-        recorded = recorded_completeness(month, settings)
-        note = recorded.invoice_note() if recorded else None
         issued = invoices.finalize_month(month, workers=1, settings=settings, issue_date=issue_date,
-                                         notes=(note,) if note else ())
+                                         notes=_recorded_notes(month, settings))
         for record in issued:
             if record.invoice_number not in known:
                 late.append(record)

@@ -75,10 +75,14 @@ _TITLES = {"invoice": "INVOICE", "credit_note": "CREDIT NOTE", "debit_note": "DE
 # The lines table has a fixed layout (an automatic one measures every cell twice: a sixth of an
 # invoice's rendering). Its columns after the description are as wide as their widest printed
 # value, in ``ch`` (the width of a digit; other characters counted 1.2 to err wide), and at least
-# as wide as the longest word of their heading (uppercase, spaced: ``ch`` per letter below).
-# A value that still does not fit wraps (``overflow-wrap: anywhere``); the description takes the rest.
-LINE_COLUMNS = (("quantity", 9.5), ("unit", 5.0), ("unit_price", 6.5), ("list_amount", 7.5),
-                ("discount", 9.5), ("amount", 7.5))
+# as wide as the longest word of their heading (uppercase, bold, spaced: ``ch`` below). The
+# totals span the last two columns in a larger bold type (TOTALS_SCALE ``ch`` per character),
+# so the last column widens until the widest total fits. A value that still does not fit wraps
+# (``overflow-wrap: anywhere``); the description takes the rest.
+LINE_COLUMNS = (("quantity", 9.5), ("unit", 5.0), ("unit_price", 6.5), ("list_amount", 8.5),
+                ("discount", 9.5), ("amount", 8.5))
+TOTALS_SCALE = 1.5  # 10.5 pt bold against the lines' 8 pt regular
+TOTALS_PADDING_CH = 1.7  # the 3 mm of padding of the second spanned column, in 8 pt digits
 
 
 class URLRefusedError(FatalURLFetchingError):
@@ -147,12 +151,18 @@ def _template_environment(templates_dir: str) -> jinja2.Environment:
     )
 
 
-def column_widths(rows: Sequence[Mapping[str, str]]) -> list[float]:
-    """The width in ``ch`` of each of :data:`LINE_COLUMNS` for these printed lines."""
+def column_widths(rows: Sequence[Mapping[str, str]], totals: Sequence[str] = ()) -> list[float]:
+    """The width in ``ch`` of each of :data:`LINE_COLUMNS` for these printed lines, the last two
+    wide enough together for the widest of ``totals`` (the summary's amounts and the total)."""
     def width(text: str) -> float:
         return sum(1.0 if c.isdigit() or c in ",." else 1.2 for c in text)
 
-    return [max([heading, *(width(row[key]) for row in rows)]) for key, heading in LINE_COLUMNS]
+    widths = [max([heading, *(width(row[key]) for row in rows)]) for key, heading in LINE_COLUMNS]
+    short = max((width(text) * TOTALS_SCALE for text in totals), default=0.0) - (
+        widths[-2] + widths[-1] + TOTALS_PADDING_CH)
+    if short > 0:
+        widths[-1] += short
+    return widths
 
 
 def invoice_context(invoice: Invoice, lines: Sequence[InvoiceLine], tenant: Tenant) -> dict[str, Any]:
@@ -171,6 +181,7 @@ def invoice_context(invoice: Invoice, lines: Sequence[InvoiceLine], tenant: Tena
         }
         for line in lines
     ]
+    summary = summary_rows(invoice)
     status = invoice.status
     label = _STATUS_LABELS.get(status, status.upper())
     title = _TITLES.get(invoice.document_type, "INVOICE")
@@ -205,8 +216,9 @@ def invoice_context(invoice: Invoice, lines: Sequence[InvoiceLine], tenant: Tena
             "watermark": label if status != "final" else "",
         },
         "lines": printed,
-        "columns": [round(width, 1) for width in column_widths(printed)],
-        "summary": summary_rows(invoice),
+        "columns": [round(width, 1) for width in column_widths(
+            printed, [row["amount"] for row in summary] + [format_money(invoice.total, invoice.currency)])],
+        "summary": summary,
         "sources": [
             {
                 "meter": row.meter,

@@ -9,8 +9,8 @@
     the first to the last hour of usage (the hour_start index answers both
     ends).
 -#}
-{#- Declared always, although a windowed run doesn't read it, so the DAG (and
-    cosmos' rendering of it) doesn't change with the vars. #}
+{#- Declared always, although a windowed run doesn't read it, so the dbt DAG
+    doesn't change with the vars. #}
 -- depends_on: {{ ref('int_usage_hourly') }}
 {% set window = chargeback_window() %}
 
