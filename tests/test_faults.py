@@ -308,7 +308,9 @@ def test_warehouse_restart_mid_dag_run_retries_to_the_same_result(warehouse_to_r
     end = start + dt.timedelta(hours=2)
     simulate(str(landing), TENANTS, start, end, seed=13)
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow_home"))
-    monkeypatch.setenv("CHARGEBACK_RETRY_DELAY_SECONDS", "1")
+    # the gate's two retries must outlast the restart (a fast shutdown's checkpoint, then recovery):
+    # 1 s apart, all three tries once failed while the server was still coming back
+    monkeypatch.setenv("CHARGEBACK_RETRY_DELAY_SECONDS", "6")
     conf = {"start": start.isoformat(), "end": end.isoformat(), "source": "files"}
     outcome: dict[str, object] = {}
 
