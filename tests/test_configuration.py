@@ -11,6 +11,7 @@ import pytest
 
 from chargeback.engine import configuration
 from chargeback.platform import warehouse
+from conftest import database_of_its_own
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
 
@@ -244,18 +245,23 @@ FROZEN_EDITS = {
 }
 
 
-@pytest.fixture
-def november_final():
-    with warehouse.connect(admin=True) as conn:  # a final row: only the owner writes one directly
-        conn.execute(
+@pytest.fixture(scope="module")
+def _finalized_to_november(test_warehouse) -> str:
+    """A database of its own whose last final month is November 2026: in the session's database
+    another module may have finalized a later month (test_focus finalizes May 2031), and the
+    refusal names the last one."""
+    with database_of_its_own("configuration") as name, warehouse.connect(admin=True) as conn:
+        conn.execute(  # a final row: only the owner writes one directly
             "insert into pipeline.invoices (invoice_number, tenant_id, period_start, period_end, close_period,"
             " currency, total, pdf_uri, pdf_sha256, status, issue_date, finalized_at, usage_as_of)"
             " values ('GUARD-2026-11', 't001', date '2026-11-01', date '2026-11-30', date '2026-11-01',"
             " 'USD', 0, 'memory://guard.pdf', '', 'final', date '2026-12-04', now(), now())")
-    yield
-    with warehouse.connect(admin=True) as conn:
-        conn.execute("set local session_replication_role = replica")  # past an immutability trigger
-        conn.execute("delete from pipeline.invoices where invoice_number = 'GUARD-2026-11'")
+    return name
+
+
+@pytest.fixture
+def november_final(_finalized_to_november, monkeypatch) -> None:
+    monkeypatch.setenv("CHARGEBACK_DATABASE", _finalized_to_november)
 
 
 @pytest.mark.warehouse

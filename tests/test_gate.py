@@ -241,11 +241,11 @@ def test_gate_rejects_unknown_tenant_and_meter():
     error = rejected([snapshot(1), snapshot(2, tenant_id="t404"), snapshot(3, meter="egress_gb")])
     message = str(error)
     assert (
-        f"expect_column_values_to_be_in_set(tenant_id in config.tenants): 1 row(s), e.g. {FILE}:2 tenant_id=t404"
+        f"unexpected_rows_expectation(tenant_id in config.tenants): 1 row(s), e.g. {FILE}:2 tenant_id=t404"
         in message
     )
     assert (
-        f"expect_column_values_to_be_in_set(meter in config.meters): 1 row(s), e.g. {FILE}:3 meter=egress_gb" in message
+        f"unexpected_rows_expectation(meter in config.meters): 1 row(s), e.g. {FILE}:3 meter=egress_gb" in message
     )
     assert error.result.failed_expectations == 2  # an unknown meter is not also reported as a unit mismatch
 
@@ -339,10 +339,10 @@ def test_failure_message_lists_every_failed_expectation_in_suite_order():
                       snapshot(2, snapshot_id="snap-1", tenant_id="t404")])
     lines = str(error).splitlines()
     assert lines[0].endswith("2026-10-01T13:00Z–14:00Z):")
-    assert [line.split("(")[0].strip() for line in lines[1:4]] == [
-        "unexpected_rows_expectation",
-        "expect_column_values_to_be_between",
-        "expect_column_values_to_be_in_set",
+    assert [line.split(":")[0].strip() for line in lines[1:4]] == [
+        "unexpected_rows_expectation(snapshot_id is unique per tenant within the load)",
+        "expect_column_values_to_be_between(value >= 0)",
+        "unexpected_rows_expectation(tenant_id in config.tenants)",
     ]
     assert lines[4].startswith("Data Docs: file://")
     row = validation_row(error.result.validation_id)

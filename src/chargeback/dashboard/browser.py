@@ -47,15 +47,17 @@ def settle(page: Any) -> None:
 
 def metrics(page: Any) -> dict[str, Decimal]:
     """The headline figures: label → amount (``"23,338.35 USD"`` → ``Decimal("23338.35")``), read
-    once two reads in a row agree and every figure is drawn (a run may still redraw them)."""
+    once two reads in a row agree, both taken while no script run is going (a run redraws them, and a
+    rerun can start after ``settle``), and every figure is drawn."""
     settle(page)
     page.locator("[data-testid=stMetricValue]").first.wait_for()
-    read = """() => [...document.querySelectorAll('[data-testid=stMetric]')].map(m => [
+    read = """(idle) => document.querySelector(idle) === null ? null :
+        [...document.querySelectorAll('[data-testid=stMetric]')].map(m => [
         m.querySelector('[data-testid=stMetricLabel]')?.innerText ?? '',
         m.querySelector('[data-testid=stMetricValue]')?.innerText ?? ''])"""
     previous = None
     for _ in range(100):
-        current = page.evaluate(read)
+        current = page.evaluate(read, IDLE)
         if current and current == previous and all(label.strip() and value.strip() for label, value in current):
             break
         previous = current
