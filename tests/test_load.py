@@ -397,6 +397,10 @@ def test_upgrade_backfills_landed_hour_and_learned_at_of_published_rows(settings
                     loaded_at timestamptz not null default now());
                 insert into raw.usage_snapshots values ('old-1', 't001', 'ingested_gb', 1, 'GB',
                     '2026-08-01T10:00Z', '2026-08-01T10:59Z', 'counter', 'f.jsonl', 1, 1, '2026-08-01T11:05Z');
+                create table raw.usage_staging (
+                    load_id bigint not null, snapshot_id text, tenant_id text, meter text, value numeric,
+                    unit text, hour_start timestamptz, emitted_at timestamptz, kind text,
+                    source_file text not null, source_line integer not null);
             """)
 
         warehouse.ensure_schema(old)
@@ -407,6 +411,9 @@ def test_upgrade_backfills_landed_hour_and_learned_at_of_published_rows(settings
             nullable = conn.execute(
                 "select is_nullable from information_schema.columns where table_schema = 'raw'"
                 " and table_name = 'usage_snapshots' and column_name = 'learned_at'").fetchone()[0]
+            staging = conn.execute("select relpersistence from pg_class where oid = 'raw.usage_staging'::regclass"
+                                   ).fetchone()[0]
+        assert staging == "u"  # that release's logged staging table, unlogged now
         assert row == (dt.datetime(2026, 8, 1, 10, tzinfo=dt.UTC), dt.datetime(2026, 8, 1, 11, 5, tzinfo=dt.UTC),
                        "(none)", {})  # issue 11: a row without a source or labels
         assert nullable == "NO"

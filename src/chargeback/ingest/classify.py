@@ -120,7 +120,10 @@ def _classify_sql(fields_cte: str, *, labels: bool = True) -> str:
     label_join = "left join label_checks as lb on f.labels::text = lb.labels_text" if labels else (
         "cross join (select null::bigint as n_labels, null::text as problem) as lb")
     missing = "\n".join(
-        f"            when nullif(btrim(t.{f}), '') is null then '{f}: missing'" for f in SNAPSHOT_FIELDS
+        # blank: null, or only spaces (compared as bytes first: btrim runs only on a value that
+        # is empty or starts with a space)
+        f"            when t.{f} is null or (t.{f} collate \"C\" < '!' and btrim(t.{f}) = '')"
+        f" then '{f}: missing'" for f in SNAPSHOT_FIELDS
     )
     wrong_type = "\n".join(
         f"            when t.t_{f} in ('object', 'array') then '{f}: expected text, got a JSON ' || t.t_{f}"
@@ -136,13 +139,16 @@ with fields as (
 ), instants as (
     -- each distinct hour and emitted_at text of the file read once (a file holds few: the
     -- hours it covers, its producer's emission times), then found again by a hash join
-    select d.t, case when d.t ~ '{_ISO_TIMESTAMP}' and raw.is_timestamptz(d.t) then d.t::timestamptz end as ts
-    from (select hour as t from fields union select emitted_at from fields) as d
+    select t, ts, ts = date_trunc('hour', ts, 'UTC') as on_the_hour
+    from (
+        select d.t, case when d.t ~ '{_ISO_TIMESTAMP}' and raw.is_timestamptz(d.t) then d.t::timestamptz end as ts
+        from (select hour as t from fields union select emitted_at from fields) as d
+    ) as parsed
 ), typed as (
     select f.*,
            case when raw.is_numeric(f.value) and coalesce(f.t_value, 'string') in ('string', 'number')
                 then f.value::numeric end as n_value,
-           ih.ts as ts_hour, ie.ts as ts_emitted,
+           ih.ts as ts_hour, ih.on_the_hour as hour_on_the_hour, ie.ts as ts_emitted,
            lb.n_labels, lb.problem as label_problem
     from fields as f
     left join instants as ih on ih.t = f.hour
@@ -160,7 +166,7 @@ with fields as (
             when t.n_value < 0 then 'value: negative: ' || t.value
             when t.ts_hour is null then 'hour: not an ISO-8601 timestamp: ' || quote_literal(t.hour)
             when t.ts_emitted is null then 'emitted_at: not an ISO-8601 timestamp: ' || quote_literal(t.emitted_at)
-            when t.ts_hour <> date_trunc('hour', t.ts_hour, 'UTC')
+            when not t.hour_on_the_hour
                 then 'hour: not the start of an hour: ' || t.hour
             when t.ts_hour >= %(window_end)s
                 then 'hour: after the load window (it ends ' || %(window_end_text)s || ')'
@@ -185,10 +191,10 @@ with fields as (
                 then 'hour: ' || to_char(t.ts_hour at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI"Z"')
                      || ' is before the platform start (' || %(platform_start_text)s::text
                      || ', CHARGEBACK_PLATFORM_START)'
-            when t.ts_hour < (te.start_date::timestamp at time zone 'UTC')
+            when t.ts_hour < te.starts_at
                 then 'hour: ' || to_char(t.ts_hour at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI"Z"')
                      || ' is before tenant ' || te.tenant_id || '''s start_date (' || te.start_date || ')'
-            when pb.first_from is null or t.ts_hour < (pb.first_from::timestamp at time zone 'UTC')
+            when pb.first_from is null or t.ts_hour < pb.first_at
                 then 'hour: ' || to_char(t.ts_hour at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI"Z"')
                      || ' is before the first version of price book ' || quote_literal(te.price_book)
                      || coalesce(' (valid from ' || pb.first_from || ')', ' (it has no version)')
@@ -211,10 +217,15 @@ with fields as (
             when t.label_problem is not null then t.label_problem
         end as reason
     from typed as t
-    left join config.tenants as te on te.tenant_id = t.tenant_id
+    -- the tenants' and price books' first instants computed once per tenant and book, not per row
+    left join (
+        select tenant_id, price_book, start_date, start_date::timestamp at time zone 'UTC' as starts_at
+        from config.tenants
+    ) as te on te.tenant_id = t.tenant_id
     left join config.meters as m on m.meter = t.meter
     left join (
-        select price_book, min(valid_from) as first_from from config.prices group by price_book
+        select price_book, first_from, first_from::timestamp at time zone 'UTC' as first_at
+        from (select price_book, min(valid_from) as first_from from config.prices group by price_book) as books
     ) as pb on pb.price_book = te.price_book
 )
 select %(file_seq)s, %(file)s, line, %(landed_hour)s, %(learned_at)s,
@@ -271,31 +282,38 @@ def classify_csv(header: CsvHeader) -> str:
     )
     source_at, labels_at = header.optional
     source = f"case when marked is null then nullif(c{source_at}, '') end" if source_at else "null::text"
-    labels = f"case when marked is null then c{labels_at} end" if labels_at else "null::text"
-    return _classify_sql(f"""
-    with landed as (
-        select landed.*, {source} as source, {labels} as labels_cell
-        from (
-            select landed_csv.*, case when left(c1, 1) = chr(1) then substr(c1, 2) end as marked
-            from landed_csv
-        ) as landed
-    ), cells as (
+    if labels_at:
+        labels_cell = f"case when marked is null then c{labels_at} end"
+        parsed = f"""), cells as (
         -- each distinct labels cell of the file parsed once (their number is small: the label
         -- values' combinations), then found again by each row with a hash join
         select d.labels_cell, lp.labels_problem, lp.parsed_labels
         from (select distinct labels_cell from landed where btrim(labels_cell) <> '') as d
         cross join lateral ({_CSV_LABELS}) as lp
-    )
+    )"""
+        labels = """case when lp.labels_cell is null or lp.labels_problem is not null then null
+                else coalesce(lp.parsed_labels, '{}'::jsonb) end as labels,
+           lp.labels_problem"""
+        join = "left join cells as lp on lp.labels_cell = landed.labels_cell"
+    else:  # no labels column: no cells to parse, nothing to join
+        labels_cell, parsed = "null::text", ")"
+        labels, join = "null::jsonb as labels, null::text as labels_problem", ""
+    return _classify_sql(f"""
+    with landed as (
+        select landed.*, {source} as source, {labels_cell} as labels_cell
+        from (
+            select landed_csv.*, case when left(c1, 1) = chr(1) then substr(c1, 2) end as marked
+            from landed_csv
+        ) as landed
+    {parsed}
     select line::integer + 1 as line,
            coalesce(split_part(marked, chr(2), 2), raw, concat_ws(',', {cells})) as raw_record,
            coalesce(split_part(marked, chr(2), 1), problem) as doc_problem,
            {fields},
            source, null::text as t_source,
-           case when lp.labels_cell is null or lp.labels_problem is not null then null
-                else coalesce(lp.parsed_labels, '{{}}'::jsonb) end as labels,
-           lp.labels_problem
+           {labels}
     from landed
-    left join cells as lp on lp.labels_cell = landed.labels_cell
+    {join}
 """, labels=labels_at is not None)
 
 def difference(first: str, this: str) -> str:

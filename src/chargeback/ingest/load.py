@@ -322,6 +322,7 @@ def publish(load_id: int, settings: Settings | None = None) -> PublishResult:
                 f"load {load_id}", f"it is {status}, not staged: only a staged load that passed the gate is published",
                 "load the window again (chargeback load, or chargeback quarantine replay)", settings=settings))
         lock_window(conn)
+        _check_staged_rows_kept(conn, load_id, settings)
         if _published_since_stage(conn, load_id):
             _settle_against_published(conn, load_id, start, end)
         deleted = _delete_landed_hours(conn, load_id, start, end)
@@ -338,6 +339,24 @@ def publish(load_id: int, settings: Settings | None = None) -> PublishResult:
         )
     _truncate_staging_if_empty(settings)
     return PublishResult(load_id, deleted, loaded, usage_start, usage_end)
+
+
+def _check_staged_rows_kept(conn: psycopg.Connection, load_id: int, settings: Settings | None) -> None:
+    """Refuse to publish a load whose staged rows are not all there: ``raw.usage_staging`` is
+    unlogged, and a crash of the server between stage and publish empties it. Publishing then
+    would replace the window's published rows with what is left (nothing). The load is marked
+    failed (its rows counted at stage are gone); loading the window again stages them anew."""
+    expected, kept = conn.execute(
+        "select r.rows_loaded, (select count(*) from raw.usage_staging as s where s.load_id = r.load_id)"
+        " from pipeline.load_runs as r where r.load_id = %s", (load_id,)).fetchone()
+    if kept == expected:
+        return
+    conn.rollback()
+    why = f"{expected - kept} of its {expected} staged rows are gone (the server restarted after a crash?)"
+    _finish_run(settings, load_id, "failed", why)
+    raise LoadError(events.refuse(
+        f"load {load_id}", f"{why}; nothing was published",
+        "load the window again (chargeback load; in Airflow, clear the run's stage task)", settings=settings))
 
 
 def _changes_statistics(conn: psycopg.Connection, loaded: int) -> bool:

@@ -31,7 +31,10 @@ create index if not exists usage_snapshots_hour_idx on raw.usage_snapshots (hour
 -- Snapshots of one load run waiting for the gate. Same shape as raw.usage_snapshots;
 -- the gate validates `where load_id = X`, then `publish` moves them in one transaction.
 -- No constraints on purpose: the gate, not an insert error, reports bad rows.
-create table if not exists raw.usage_staging (
+-- Unlogged: staged rows are written once, not also to the WAL (the landed files stay, and a
+-- load is repeatable). A crash empties the table; publish compares the staged rows with the
+-- count stage recorded and refuses a load that lost any (chargeback.ingest.load.publish).
+create unlogged table if not exists raw.usage_staging (
     load_id bigint not null,
     snapshot_id text,
     tenant_id text,
@@ -49,6 +52,14 @@ create table if not exists raw.usage_staging (
     labels jsonb
 );
 create index if not exists usage_staging_load_idx on raw.usage_staging (load_id);
+-- Warehouses of earlier releases: their staging table was logged (checked first: the alter
+-- rewrites the table under an exclusive lock).
+do $$
+begin
+    if (select relpersistence from pg_class where oid = 'raw.usage_staging'::regclass) = 'p' then
+        alter table raw.usage_staging set unlogged;
+    end if;
+end $$;
 
 -- ---- ingestion: landed hour, learned_at, quarantine, per-file accounting (docs/INGESTION.md) ----
 -- Warehouses of the previous release: raw.usage_snapshots gains the landing folder hour a row
