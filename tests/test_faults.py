@@ -377,15 +377,15 @@ def test_a_crash_between_stage_and_publish_publishes_nothing_it_lost(warehouse_t
     with pytest.raises(load.LoadError) as refused:
         load.publish(again.load_id, settings)
     assert str(refused.value) == (
-        f"chargeback refusal: load {again.load_id}: {again.rows} of its {again.rows} staged rows are gone (the"
-        " server restarted after a crash?); nothing was published — load the window again (chargeback load; in"
+        f"chargeback refusal: load {again.load_id}: {again.rows} of its {again.rows} staged rows are gone (staging"
+        " is unlogged: a crash empties it); nothing was published — load the window again (chargeback load; in"
         " Airflow, clear the run's stage task)")
     assert published() == before
     with warehouse.connect(settings) as conn:
         status, message = conn.execute("select status, message from pipeline.load_runs where load_id = %s",
                                        (again.load_id,)).fetchone()
-    assert (status, message) == ("failed", f"{again.rows} of its {again.rows} staged rows are gone (the server"
-                                           " restarted after a crash?)")
+    assert (status, message) == ("failed", f"{again.rows} of its {again.rows} staged rows are gone (staging is"
+                                           " unlogged: a crash empties it)")
 
     third = load.stage(source, start, end, settings)
     load.publish(third.load_id, settings)

@@ -3,8 +3,8 @@
 The suite is data (``expectations/raw_usage_staging.json``); the load's window reaches it as
 suite parameters at run time, and the known tenants and meters are read from ``config.*`` by its
 own queries (a value set passed in is copied into every query GX builds: with 40,000 tenants the
-gate took 5.9 s, reading the table in SQL 1.9 s). The quarantine policy (bad-row share per landed hour, files
-rejected whole) joins the suite as expectations under ``fail``. The suites run through
+gate took 5.9 s, reading the table in SQL 1.9 s). The quarantine policy (bad-row share per
+landed hour, files rejected whole) joins the suite as expectations under ``fail``. The suites run through
 :mod:`chargeback.platform.validation`, which records every run in ``pipeline.validations``
 and GX Data Docs.
 """

@@ -352,7 +352,10 @@ def _check_staged_rows_kept(conn: psycopg.Connection, load_id: int, settings: Se
     if kept == expected:
         return
     conn.rollback()
-    why = f"{expected - kept} of its {expected} staged rows are gone (the server restarted after a crash?)"
+    if kept < expected:
+        why = f"{expected - kept} of its {expected} staged rows are gone (staging is unlogged: a crash empties it)"
+    else:
+        why = f"it has {kept} staged rows where stage counted {expected}"
     _finish_run(settings, load_id, "failed", why)
     raise LoadError(events.refuse(
         f"load {load_id}", f"{why}; nothing was published",
